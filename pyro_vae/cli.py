@@ -1,0 +1,274 @@
+"""The ``pyro-vae`` command: train, evaluate and sample from VAEs.
+
+Errors a user can cause end in one paragraph on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from pyro_vae.errors import ConfigError, PyroVAEError
+
+EPILOG = """examples:
+  pyro-vae train                                   # embedded 8x8 digits, no download
+  pyro-vae train models/mnist_vae_burda.toml --data-dir ../shared/data --epochs 10
+  pyro-vae evaluate runs/digits-... --num-samples 5000
+  pyro-vae sample runs/digits-... --n 64 --out samples.png
+"""
+
+# command-line flag -> (recipe table, key)
+TRAIN_FLAGS: dict[str, tuple[str, str]] = {
+    "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
+    "binarize": ("data", "binarize"), "download": ("data", "download"),
+    "latent_dim": ("model", "latent_dim"), "network": ("model", "network"),
+    "likelihood": ("model", "likelihood"), "epochs": ("train", "epochs"),
+    "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
+    "objective": ("train", "objective"), "particles": ("train", "particles"),
+    "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
+    "seed": ("train", "seed"), "device": ("train", "device"),
+    "eval_samples": ("evaluate", "num_samples"),
+}
+#: What may change when a run is continued with --resume.
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders written the Pyro way.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    train = commands.add_parser(
+        "train", help="train a VAE and write a run directory",
+        description="Train a VAE (model/guide pair, SVI) and write a run directory: "
+        "config.toml, checkpoint.pt, metrics.jsonl, summary.json and pictures. Flags override "
+        "the recipe; with no arguments it trains on the embedded 8x8 digits.")
+    train.add_argument("recipe", nargs="?", help="TOML recipe (see models/)")
+    train.add_argument("--dataset", help="digits | mnist | fashion-mnist | binarized-mnist | "
+                       "file:PATH.npz")
+    train.add_argument("--data-dir", help="folder with the MNIST-family files "
+                       "(default: $PYRO_VAE_DATA_DIR, else ./data)")
+    train.add_argument("--download", action="store_true", default=None,
+                       help="download MNIST/Fashion-MNIST with torchvision if missing")
+    train.add_argument("--binarize", choices=["dynamic", "static", "none"],
+                       help="dynamic: fresh Bernoulli draw per epoch; static: one fixed draw")
+    train.add_argument("--epochs", type=int, help="number of passes over the training split")
+    train.add_argument("--batch-size", type=int, help="minibatch size")
+    train.add_argument("--lr", type=float, help="Adam learning rate")
+    train.add_argument("--latent-dim", type=int, help="size of z")
+    train.add_argument("--network", choices=["mlp", "conv"], help="encoder/decoder family")
+    train.add_argument("--likelihood", choices=["bernoulli", "continuous_bernoulli", "gaussian"],
+                       help="p(x|z)")
+    train.add_argument("--objective", choices=["elbo", "meanfield"],
+                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)")
+    train.add_argument("--particles", type=int, help="vectorized samples per datapoint")
+    train.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
+    train.add_argument("--kl-warmup-epochs", type=int,
+                       help="epochs of linear KL annealing from 0 to beta")
+    train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
+    train.add_argument("--eval-samples", type=int,
+                       help="importance samples K for the final test log p(x) (default 5000)")
+    train.add_argument("--out", help="run directory (default: runs/DATASET-TIME)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last complete epoch")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score a trained run: ELBO and importance-sampled log p(x)",
+        description="Per-datapoint ELBO and importance-sampled log p(x) (log-mean-exp of K "
+        "weights), with standard errors over the split, active units and KL per dimension.")
+    evaluate.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    evaluate.add_argument("--num-samples", type=int, default=5000, help="K (default 5000)")
+    evaluate.add_argument("--split", choices=["test", "validation"], default="test")
+    evaluate.add_argument("--dataset", help="score another dataset of the same image shape "
+                          "(e.g. for anomaly scores)")
+    evaluate.add_argument("--data-dir", help="data folder for --dataset")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sample = commands.add_parser("sample", help="draw images from a trained model",
+                                 description="Draw x ~ p(x): a grid picture (.png) or the raw "
+                                 "samples in data space as array x (.npz, with their means).")
+    sample.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    sample.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    sample.add_argument("--out", help="FILE.png or FILE.npz (default RUN_DIR/samples-N.png)")
+    sample.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _positive_flag(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"--{name} must be a positive integer, not {value}.")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for flag, (section, key) in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    return overrides
+
+
+def _fresh_run_dir(dataset: str) -> Path:
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset.removeprefix("file:")).stem).strip("-")
+    base = Path("runs") / f"{name or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, suffix = base, 1
+    while candidate.exists():
+        suffix += 1
+        candidate = Path(f"{base}-{suffix}")
+    return candidate
+
+
+def _train_config(args: argparse.Namespace):
+    from pyro_vae.config import Config
+    from pyro_vae.runs import read_run_config
+
+    overrides = _train_overrides(args)
+    if args.resume:
+        if not args.out:
+            raise ConfigError("--resume continues an existing run: name it with --out RUN_DIR.")
+        if args.recipe:
+            raise ConfigError("--resume takes its recipe from RUN_DIR/config.toml; leave out "
+                              f"{args.recipe}.")
+        changed = sorted(f for f in TRAIN_FLAGS if getattr(args, f) is not None
+                         and f not in RESUMABLE_FLAGS)
+        if changed:
+            raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
+                              "resumed run keeps its configuration (only --epochs, --device, "
+                              "--eval-samples and --data-dir may change). Start a new run "
+                              "with another --out instead.")
+        return read_run_config(Path(args.out)).with_overrides(overrides)
+    config = Config.from_toml(args.recipe) if args.recipe else Config()
+    return config.with_overrides(overrides)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from pyro_vae.progress import TqdmProgress
+    from pyro_vae.train import train
+
+    config = _train_config(args)
+    run_dir = Path(args.out) if args.out else _fresh_run_dir(config.data.dataset)
+    print(f"training into {run_dir}", file=sys.stderr)
+    try:
+        summary = train(config, run_dir, resume=args.resume, progress=TqdmProgress())
+    except KeyboardInterrupt:
+        print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; continue "
+              f"with: pyro-vae train --out {run_dir} --resume", file=sys.stderr)
+        return 130
+    print(_format_summary(summary))
+    print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
+          "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png)")
+    return 0
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"dataset: {summary['dataset']} ({summary.get('split', 'test')} split, "
+        f"{summary['num_test_datapoints']} datapoints)",
+        f"ELBO: {summary['test_elbo']:.3f} ± {summary['test_elbo_stderr']:.3f} nats",
+        f"log p(x), K={summary['num_importance_samples']} importance samples: "
+        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats",
+        f"active units: {summary['active_units']} of {summary['latent_dim']}",
+    ]
+    return "\n".join(lines)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
+    from pyro_vae.progress import TqdmProgress
+    from pyro_vae.runs import load_trained
+    from pyro_vae.train import prepare_data, resolve_device
+
+    _positive_flag("num-samples", args.num_samples)
+    device = resolve_device(args.device)
+    config, vae, checkpoint = load_trained(args.run_dir, device)
+    if args.dataset or args.data_dir:
+        config = config.with_overrides({"data": {
+            k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}})
+    data = prepare_data(config, device)
+    if list(data.image_shape) != list(checkpoint["image_shape"]):
+        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
+                          f"{data.image_shape}, but the model was trained on "
+                          f"{tuple(checkpoint['image_shape'])}; score data of the same shape.")
+    x, _ = data.split(args.split)
+    if len(x) == 0:
+        raise ConfigError(f"the {args.split} split of {config.data.dataset!r} is empty (was "
+                          "validation_fraction 0?); use --split test.")
+    progress = TqdmProgress()
+    progress.start_evaluation(len(x), args.num_samples)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        estimate = estimate_log_likelihood(vae, x, args.num_samples, config.evaluate.max_chunk,
+                                           progress=progress.evaluated)
+    progress.end_evaluation()
+    summary = {
+        "run_dir": str(args.run_dir), "dataset": config.data.dataset, "split": args.split,
+        "num_test_datapoints": len(x), "latent_dim": config.model.latent_dim,
+        "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
+        "test_log_likelihood": estimate.mean_log_likelihood,
+        "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
+        "num_importance_samples": args.num_samples, **latent_activity(vae, x),
+    }
+    print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
+    return 0
+
+
+def command_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from pyro_vae.plots import save_image_grid
+    from pyro_vae.runs import atomic_write_bytes, load_trained
+
+    _positive_flag("n", args.n)
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"samples-{args.n}.png"
+    if out.suffix not in (".png", ".npz"):
+        raise ConfigError(f"--out {out} must end in .png (a picture) or .npz (raw samples).")
+    config, vae, checkpoint = load_trained(args.run_dir)
+    shape = tuple(checkpoint["image_shape"])
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        z = vae.prior(torch.Size([args.n]), torch.device("cpu"), torch.float32).sample()
+        output = vae.decoder(z)
+        means = vae.likelihood.mean(output)
+        draws = vae.likelihood(output).sample()
+    if out.suffix == ".png":
+        save_image_grid(out, means, shape, min(args.n, 8 if args.n <= 64 else 16),
+                        f"E[x|z], z ~ p(z) ({config.data.dataset})")
+    else:
+        import io
+        buffer = io.BytesIO()
+        np.savez(buffer, x=draws.reshape(args.n, *shape).numpy(),
+                 mean=means.reshape(args.n, *shape).numpy(), z=z.numpy())
+        atomic_write_bytes(out, buffer.getvalue())
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": command_sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PyroVAEError as error:
+        print(f"pyro-vae: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("\npyro-vae: interrupted; nothing was left half-written.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

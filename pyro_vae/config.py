@@ -1,0 +1,286 @@
+"""Run configuration: dataclasses with validation, read from and written to TOML.
+
+A recipe is a TOML file with up to four tables, ``[data]``, ``[model]``, ``[train]`` and
+``[evaluate]``, whose keys are the fields below. Anything not given takes the default shown.
+Unknown keys, wrong types and out-of-range values raise :class:`~pyro_vae.errors.ConfigError`
+with a message that names the key and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pyro_vae.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
+BINARIZATIONS = ("dynamic", "static", "none")
+NETWORKS = ("mlp", "conv")
+ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
+ENCODER_SCALES = ("softplus", "logvar")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+OBJECTIVES = ("elbo", "meanfield")
+DEVICES = ("cpu", "cuda")
+
+
+def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"[{section}] {key} = {value!r} is not one of {', '.join(map(repr, choices))}."
+            + _suggestion(value, choices)
+        )
+
+
+def _positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
+    bad = value < 0 if allow_zero else value <= 0
+    if bad or (isinstance(value, float) and not math.isfinite(value)):
+        word = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"[{section}] {key} = {value!r} must be a finite {word} number.")
+
+
+def _suggestion(word: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass
+class DataConfig:
+    """Which data to train on and how to prepare it."""
+
+    #: ``digits`` (embedded, no download), ``mnist``, ``fashion-mnist``, ``binarized-mnist``
+    #: (Larochelle's static binarization) or ``file:PATH.npz`` (array ``x``, optional ``y``).
+    dataset: str = "digits"
+    #: Folder holding the MNIST-family files; default: $PYRO_VAE_DATA_DIR, else ``./data``.
+    data_dir: str | None = None
+    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw) or ``none``.
+    binarize: str = "dynamic"
+    #: Fraction of the training split held out for validation (0 disables validation).
+    validation_fraction: float = 0.1
+    #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
+    download: bool = False
+
+    def validate(self) -> None:
+        if not self.dataset.startswith("file:"):
+            _choice("data", "dataset", self.dataset, DATASETS)
+        _choice("data", "binarize", self.binarize, BINARIZATIONS)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ConfigError(
+                f"[data] validation_fraction = {self.validation_fraction!r} must lie in [0, 1)."
+            )
+
+
+@dataclass
+class ModelConfig:
+    """The networks, the latent space and the likelihood."""
+
+    latent_dim: int = 8
+    #: ``mlp`` or ``conv`` (a small convolutional pair for square images, side divisible by 4).
+    network: str = "mlp"
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 128])
+    activation: str = "relu"
+    #: How the encoder's second head becomes a standard deviation: ``softplus`` or ``logvar``.
+    encoder_scale: str = "softplus"
+    likelihood: str = "bernoulli"
+    #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
+    gaussian_scale: float | str = "learned"
+
+    def validate(self) -> None:
+        _positive("model", "latent_dim", self.latent_dim)
+        _choice("model", "network", self.network, NETWORKS)
+        for size in self.hidden_dims:
+            _positive("model", "hidden_dims", size)
+        _choice("model", "activation", self.activation, ACTIVATIONS)
+        _choice("model", "encoder_scale", self.encoder_scale, ENCODER_SCALES)
+        _choice("model", "likelihood", self.likelihood, LIKELIHOODS)
+        if isinstance(self.gaussian_scale, str):
+            _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
+        else:
+            _positive("model", "gaussian_scale", self.gaussian_scale)
+
+
+@dataclass
+class TrainConfig:
+    """The objective, the optimizer and the schedule."""
+
+    epochs: int = 200
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    #: ``elbo`` (Pyro's Trace_ELBO) or ``meanfield`` (TraceMeanField_ELBO, analytic KL).
+    objective: str = "elbo"
+    #: Number of vectorized particles per datapoint in the ELBO estimate.
+    particles: int = 1
+    #: Weight of the KL term (β-VAE); 1 is the ELBO.
+    beta: float = 1.0
+    #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
+    kl_warmup_epochs: int = 0
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        _positive("train", "epochs", self.epochs)
+        _positive("train", "batch_size", self.batch_size)
+        _positive("train", "learning_rate", self.learning_rate)
+        _choice("train", "objective", self.objective, OBJECTIVES)
+        _positive("train", "particles", self.particles)
+        _positive("train", "beta", self.beta, allow_zero=True)
+        _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
+        _positive("train", "seed", self.seed, allow_zero=True)
+        _choice("train", "device", self.device, DEVICES)
+
+
+@dataclass
+class EvaluateConfig:
+    """The test-set evaluation written to ``summary.json`` at the end of training."""
+
+    #: Importance samples K per datapoint for log p(x).
+    num_samples: int = 5000
+    #: Largest number of decoded samples held in memory at once (K × datapoints per chunk).
+    max_chunk: int = 100_000
+
+    def validate(self) -> None:
+        _positive("evaluate", "num_samples", self.num_samples)
+        _positive("evaluate", "max_chunk", self.max_chunk)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
+
+
+@dataclass
+class Config:
+    """A whole run: ``[data]``, ``[model]``, ``[train]`` and ``[evaluate]``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def validate(self) -> "Config":
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        return self
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe") -> "Config":
+        unknown = [key for key in mapping if key not in SECTIONS]
+        if unknown:
+            key = unknown[0]
+            raise ConfigError(
+                f"{source}: unknown table [{key}]; the tables are "
+                f"{', '.join('[' + s + ']' for s in SECTIONS)}.{_suggestion(key, SECTIONS)}"
+            )
+        sections = {}
+        for name, section_cls in SECTIONS.items():
+            values = mapping.get(name, {})
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{source}: [{name}] must be a table of keys, not {values!r}.")
+            sections[name] = _section_from_dict(section_cls, name, values, source)
+        return cls(**sections).validate()
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"recipe {path} does not exist; give the path of a TOML recipe "
+                              "(the project's recipes are in models/).") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"recipe {path} cannot be read ({error}).") from None
+        try:
+            mapping = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"recipe {path} is not valid TOML: {error}. Fix the line it "
+                              "names; every value needs a key = value form.") from None
+        return cls.from_dict(mapping, source=str(path))
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Config":
+        """A copy with ``{"train": {"epochs": 3}, ...}`` applied and validated."""
+        merged = self.to_dict()
+        for section, values in overrides.items():
+            merged.setdefault(section, {}).update(values)
+        return Config.from_dict(merged, source="command line")
+
+
+def _section_from_dict(section_cls: type, name: str, values: Mapping[str, Any],
+                       source: str) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    names = [f.name for f in dataclasses.fields(section_cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(
+                f"{source}: [{name}] has no key {key!r}; its keys are {', '.join(names)}."
+                + _suggestion(key, names)
+            )
+        kwargs[key] = _coerce(value, hints[key], f"[{name}] {key}", source)
+    return section_cls(**kwargs)
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "absent"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
+    """Return ``value`` as type ``hint`` or raise a ConfigError naming ``where``."""
+    options = typing.get_args(hint) if (
+        isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is list and isinstance(value, (list, tuple)):
+            item = typing.get_args(option)[0]
+            return [_coerce(v, item, where, source) for v in value]
+    raise ConfigError(f"{source}: {where} = {value!r} should be {_type_name(hint)}.")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """Write a mapping of tables of plain values as TOML (``None`` values are left out)."""
+    lines = []
+    for name, values in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {_toml_value(v)}" for key, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""Likelihoods p(x|z): each turns the decoder's output into a distribution over a whole image.
+
+Every likelihood returns a distribution with one event dimension (the pixels), so that
+``pyro.sample("x", likelihood(decoder(z)), obs=x)`` scores a whole image per datapoint. Decoders
+output unconstrained values (logits, means): a Bernoulli built from logits costs a fraction of
+one built from probabilities and is numerically safer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pyro_vae.errors import ConfigError, DataError
+
+
+class Likelihood(nn.Module):
+    """Base class: ``forward(decoder_output)`` gives p(x|z); ``mean`` gives E[x|z]."""
+
+    #: Human-readable description of the data this likelihood accepts.
+    support = "any real values"
+
+    def forward(self, decoder_output: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_data(self, x: torch.Tensor, what: str) -> None:
+        """Raise :class:`DataError` if ``x`` lies outside this likelihood's support."""
+        if not torch.isfinite(x).all():
+            raise DataError(f"{what} contains NaN or infinite values; clean the data first.")
+
+
+def check_unit_interval(x: torch.Tensor, what: str, name: str) -> None:
+    """Raise :class:`DataError` unless every value of ``x`` is finite and in [0, 1]."""
+    if not torch.isfinite(x).all():
+        raise DataError(f"{what} contains NaN or infinite values; clean the data first.")
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"{what} has pixel values in [{low:g}, {high:g}], but the {name} needs values "
+            "in [0, 1]. Rescale the data (e.g. divide 8-bit images by 255) or choose "
+            "likelihood = \"gaussian\"."
+        )
+
+
+class BernoulliLikelihood(Likelihood):
+    """p(x|z) = Π_i Bernoulli(x_i; sigmoid(logit_i)) for binary pixels."""
+
+    support = "binary pixels (0 or 1)"
+
+    def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)
+
+    def check_data(self, x: torch.Tensor, what: str) -> None:
+        super().check_data(x, what)
+        check_unit_interval(x, what, "Bernoulli likelihood")
+        if not ((x == 0) | (x == 1)).all():
+            raise DataError(
+                f"{what} has grey pixels, but the Bernoulli likelihood is a density only for "
+                "binary pixels. Set binarize = \"dynamic\" or \"static\" in [data] (or "
+                "--binarize), or choose likelihood = \"continuous_bernoulli\" or \"gaussian\"."
+            )
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """The continuous Bernoulli of Loaiza-Ganem & Cunningham (2019) for intensities in [0, 1].
+
+    p(x|λ) = C(λ) λ^x (1-λ)^(1-x), with the normaliser C(λ) that the plain Bernoulli "BCE" loss
+    omits; the mean is not λ.
+    """
+
+    support = "intensities in [0, 1]"
+
+    def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False).to_event(1)
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        return dist.ContinuousBernoulli(logits=logits, validate_args=False).mean
+
+    def check_data(self, x: torch.Tensor, what: str) -> None:
+        super().check_data(x, what)
+        check_unit_interval(x, what, "continuous Bernoulli likelihood")
+
+
+class GaussianLikelihood(Likelihood):
+    """p(x|z) = Π_i N(x_i; μ_i(z), σ²) with σ fixed or learned (one σ shared by all pixels).
+
+    A learned σ is ``min_scale + softplus(s)``: the floor keeps the density bounded on images
+    with constant pixels (MNIST's borders), where σ → 0 would make log p(x|z) unbounded.
+    """
+
+    def __init__(self, scale: float | None = None, min_scale: float = 1e-2):
+        super().__init__()
+        self.fixed_scale = scale
+        self.min_scale = min_scale
+        if scale is None:
+            self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(0.1 - min_scale))))
+
+    @property
+    def scale(self) -> torch.Tensor | float:
+        if self.fixed_scale is not None:
+            return self.fixed_scale
+        return self.min_scale + F.softplus(self.raw_scale)
+
+    def forward(self, loc: torch.Tensor) -> dist.TorchDistribution:
+        scale = self.scale
+        if not isinstance(scale, torch.Tensor):
+            scale = torch.tensor(scale, dtype=loc.dtype, device=loc.device)
+        return dist.Normal(loc, scale.expand(loc.shape), validate_args=False).to_event(1)
+
+    def mean(self, loc: torch.Tensor) -> torch.Tensor:
+        return loc
+
+
+def build_likelihood(name: str, gaussian_scale: float | str = "learned") -> Likelihood:
+    """The likelihood named ``bernoulli``, ``continuous_bernoulli`` or ``gaussian``."""
+    if name == "bernoulli":
+        return BernoulliLikelihood()
+    if name == "continuous_bernoulli":
+        return ContinuousBernoulliLikelihood()
+    if name == "gaussian":
+        return GaussianLikelihood(None if gaussian_scale == "learned" else float(gaussian_scale))
+    raise ConfigError(f"unknown likelihood {name!r}; use bernoulli, continuous_bernoulli or "
+                      "gaussian.")

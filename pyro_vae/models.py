@@ -1,0 +1,131 @@
+"""The VAE as a Pyro model/guide pair.
+
+Generative model, for each datapoint n in the ``data`` plate::
+
+    z_n ~ p(z)                       (the prior, e.g. N(0, I))
+    x_n ~ p(x | decoder(z_n))        (the likelihood, e.g. Bernoulli with decoder logits)
+
+Guide (the amortized variational posterior)::
+
+    z_n ~ q(z | x_n) = N(μ(x_n), diag σ(x_n)²)     with  z = μ + σ ⊙ ε,  ε ~ N(0, I)
+
+Any Pyro objective trains the pair: the model never holds a loss. Both functions run their data
+sites inside ``pyro.plate("data", N, subsample=...)``, so a minibatch of B points is scaled by
+N / B and the loss estimates the whole-dataset negative ELBO. The KL weight (β, annealing) is
+``poutine.scale`` on the latent site in model and guide alike, which every ELBO in Pyro honours,
+including the analytic KL of ``TraceMeanField_ELBO``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae.config import ModelConfig
+from pyro_vae.likelihoods import Likelihood
+from pyro_vae.priors import Prior
+
+
+class VAE(nn.Module):
+    """A variational autoencoder made of four swappable pieces.
+
+    Args:
+        encoder: ``x ↦ (μ, σ)`` of the diagonal Gaussian q(z|x).
+        decoder: ``z ↦`` the likelihood's raw parameters (one per pixel).
+        prior: p(z), a :class:`~pyro_vae.priors.Prior`.
+        likelihood: p(x|z), a :class:`~pyro_vae.likelihoods.Likelihood`.
+        num_data: size N of the training set, for minibatch scaling; ``None`` scores the batch
+            given as the whole dataset (as evaluation does).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior,
+                 likelihood: Likelihood, num_data: int | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.num_data = num_data
+        #: Weight of the latent site in model and guide: β times the annealing factor.
+        self.kl_weight = 1.0
+
+    @property
+    def latent_dim(self) -> int:
+        return self.prior.latent_dim
+
+    def _data_plate(self, x: torch.Tensor) -> pyro.plate:
+        batch = x.shape[0]
+        size = self.num_data or batch
+        # The batch *is* the subsample: passing it explicitly gives the N/B scale without
+        # drawing (and ignoring) random indices.
+        subsample = None if size == batch else torch.arange(batch, device=x.device)
+        return pyro.plate("data", size, subsample=subsample, dim=-1)
+
+    def _kl_scale(self) -> contextlib.AbstractContextManager:
+        if self.kl_weight == 1.0:
+            return contextlib.nullcontext()
+        return poutine.scale(scale=self.kl_weight)
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """p(z) p(x|z) with ``x`` observed; ``y`` is accepted and ignored (unconditional)."""
+        pyro.module("vae", self)
+        with self._data_plate(x):
+            with self._kl_scale():
+                z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
+            return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """q(z|x) = N(μ(x), diag σ(x)²), reparameterized."""
+        pyro.module("vae", self)
+        with self._data_plate(x):
+            with self._kl_scale():
+                return pyro.sample("z", self.posterior(x))
+
+    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
+        """The amortized variational posterior q(z|x) as a distribution over ``[B, D]``."""
+        loc, scale = self.encoder(x)
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z] in data space (probabilities for Bernoulli, means otherwise)."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = μ(x)]: the decoded mean of q(z|x)."""
+        return self.decode(self.posterior(x).mean)
+
+    def sample(self, num_samples: int, device: torch.device | str = "cpu",
+               mean: bool = True) -> torch.Tensor:
+        """Draws x ~ p(x) (or E[x|z] for z ~ p(z) when ``mean``), shape ``[num_samples, P]``."""
+        prior = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32)
+        output = self.decoder(prior.sample())
+        return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator["VAE"]:
+        """Evaluate the true model: KL weight 1 and no minibatch scaling, restored afterwards."""
+        saved = self.kl_weight, self.num_data
+        self.kl_weight, self.num_data = 1.0, None
+        try:
+            yield self
+        finally:
+            self.kl_weight, self.num_data = saved
+
+
+def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
+              num_data: int | None = None) -> VAE:
+    """The VAE that a ``[model]`` configuration describes, for images of ``image_shape``."""
+    from pyro_vae.likelihoods import build_likelihood
+    from pyro_vae.networks import build_networks
+    from pyro_vae.priors import StandardNormalPrior
+
+    encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
+                                      config.hidden_dims, config.activation, config.encoder_scale)
+    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    return VAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood, num_data)

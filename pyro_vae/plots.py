@@ -1,0 +1,129 @@
+"""Pictures of a trained VAE: samples, reconstructions, interpolations, latent map, curves.
+
+Each function writes one PNG atomically and returns nothing; matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pyro_vae.runs import atomic_write_bytes  # noqa: E402
+
+
+def image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], columns: int,
+               pad: int = 1) -> np.ndarray:
+    """Tile flattened images ``[N, P]`` into one ``[H', W']`` (grey) or ``[H', W', C]`` array."""
+    channels, height, width = image_shape
+    images = images.detach().float().cpu().clamp(0, 1).reshape(-1, channels, height, width)
+    rows = -(-len(images) // columns)
+    grid = np.full((channels, rows * (height + pad) + pad, columns * (width + pad) + pad), 0.25)
+    for i, image in enumerate(images.numpy()):
+        r, c = divmod(i, columns)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        grid[:, top: top + height, left: left + width] = image
+    return grid[0] if channels == 1 else grid.transpose(1, 2, 0)
+
+
+def _save(figure: plt.Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_image_grid(path: Path, images: torch.Tensor, image_shape: tuple[int, int, int],
+                    columns: int, title: str) -> None:
+    grid = image_grid(images, image_shape, columns)
+    scale = 0.45 if image_shape[1] <= 8 else 0.6
+    rows = -(-len(images) // columns)
+    figure, axis = plt.subplots(figsize=(max(3.0, columns * scale), max(1.5, rows * scale) + 0.4))
+    axis.imshow(grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1,
+                interpolation="nearest")
+    axis.set_title(title, fontsize=9)
+    axis.axis("off")
+    _save(figure, path)
+
+
+@torch.no_grad()
+def save_samples(path: Path, vae, image_shape, count: int = 64) -> None:
+    images = vae.sample(count, device=next(vae.parameters()).device)
+    save_image_grid(path, images, image_shape, 8, "E[x|z] for z ~ p(z)")
+
+
+@torch.no_grad()
+def save_reconstructions(path: Path, vae, x: torch.Tensor, image_shape, count: int = 10
+                         ) -> None:
+    """Rows alternate: inputs, then their reconstructions E[x | z = μ(x)]."""
+    x = x[:2 * count]
+    recon = vae.reconstruct(x)
+    rows = [t for pair in zip(x.split(count), recon.split(count)) for t in pair]
+    save_image_grid(path, torch.cat(rows), image_shape, count,
+                    "inputs (odd rows) and reconstructions (even rows)")
+
+
+@torch.no_grad()
+def save_interpolation(path: Path, vae, x: torch.Tensor, image_shape, pairs: int = 6,
+                       steps: int = 10) -> None:
+    """Each row decodes μ(a) + t (μ(b) − μ(a)) for t from 0 to 1 between two test images."""
+    loc = vae.posterior(x[: 2 * pairs]).mean
+    start, end = loc[:pairs], loc[pairs: 2 * pairs]
+    t = torch.linspace(0, 1, steps, device=loc.device).reshape(1, steps, 1)
+    z = start[:, None] + t * (end - start)[:, None]
+    images = vae.decode(z.reshape(-1, loc.shape[-1]))
+    save_image_grid(path, images, image_shape, steps,
+                    "decoded along a straight line between two test encodings")
+
+
+def project_2d(points: torch.Tensor) -> tuple[np.ndarray, str]:
+    """The points themselves if 2-D, else their first two principal components."""
+    points = points.detach().float().cpu()
+    if points.shape[1] == 1:
+        return np.stack([points[:, 0].numpy(), np.zeros(len(points))], 1), "z₁"
+    if points.shape[1] == 2:
+        return points.numpy(), "z"
+    centred = points - points.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return (centred @ v[:2].T).numpy(), "first two principal components of μ(x)"
+
+
+@torch.no_grad()
+def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
+                    max_points: int = 5000) -> None:
+    loc = vae.posterior(x[:max_points]).mean
+    xy, label = project_2d(loc)
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    if y is not None:
+        labels = y[:max_points].cpu().numpy()
+        scatter = axis.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8,
+                               vmin=-0.5, vmax=9.5)
+        figure.colorbar(scatter, ax=axis, ticks=range(10), label="label")
+    else:
+        axis.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
+    axis.set_title(f"test encodings μ(x): {label}", fontsize=9)
+    _save(figure, path)
+
+
+def save_elbo_curves(path: Path, history: list[dict]) -> None:
+    epochs = [row["epoch"] for row in history]
+    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    axis.plot(epochs, [row["train_elbo"] for row in history], label="train (objective)")
+    valid = [(row["epoch"], row["validation_elbo"]) for row in history
+             if row.get("validation_elbo") is not None]
+    if valid:
+        axis.plot(*zip(*valid), label="validation ELBO")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("nats per datapoint")
+    if len(epochs) > 5:
+        low = np.percentile([row["train_elbo"] for row in history], 5)
+        axis.set_ylim(bottom=low)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    _save(figure, path)

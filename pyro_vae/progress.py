@@ -1,0 +1,54 @@
+"""tqdm progress bars for the CLI (the library reports through :class:`~pyro_vae.train.Progress`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from pyro_vae.train import Progress
+
+
+class TqdmProgress(Progress):
+    """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar."""
+
+    def __init__(self) -> None:
+        self.epochs: tqdm | None = None
+        self.steps: tqdm | None = None
+        self.evaluation: tqdm | None = None
+
+    def start_epochs(self, first: int, last: int) -> None:
+        self.epochs = tqdm(total=last, initial=first, desc="epochs", unit="epoch",
+                           dynamic_ncols=True)
+
+    def start_epoch(self, epoch: int, num_batches: int) -> None:
+        self.steps = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", unit="step",
+                          leave=False, dynamic_ncols=True, mininterval=0.5, delay=1.0)
+
+    def step(self, elbo: float) -> None:
+        if self.steps is not None:
+            self.steps.update()
+
+    def end_epoch(self, metrics: dict[str, Any]) -> None:
+        if self.steps is not None:
+            self.steps.close()
+        if self.epochs is not None:
+            postfix = {"train_elbo": f"{metrics['train_elbo']:.2f}"}
+            if metrics.get("validation_elbo") is not None:
+                postfix["valid_elbo"] = f"{metrics['validation_elbo']:.2f}"
+            self.epochs.set_postfix(postfix)
+            self.epochs.update()
+
+    def start_evaluation(self, num_datapoints: int, num_samples: int) -> None:
+        if self.epochs is not None:
+            self.epochs.close()
+        self.evaluation = tqdm(total=num_datapoints, unit="datapoint", dynamic_ncols=True,
+                               desc=f"log p(x), K={num_samples}")
+
+    def evaluated(self, num_datapoints: int) -> None:
+        if self.evaluation is not None:
+            self.evaluation.update(num_datapoints)
+
+    def end_evaluation(self) -> None:
+        if self.evaluation is not None:
+            self.evaluation.close()

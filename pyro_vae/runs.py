@@ -1,0 +1,158 @@
+"""Run directories: atomic writes, checkpoints, and loading a trained run back.
+
+Every file is written to a temporary name in the same folder, flushed to disk and renamed over
+the old one, so an interrupted or killed run never leaves a half-written file: readers see the
+previous complete version or the new one. Checkpoints are read with ``weights_only=True``, so a
+checkpoint file someone sends you cannot execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pyro_vae.config import Config
+from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` all-or-nothing (temp file, fsync, rename)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(payload)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise PyroVAEError(f"cannot write {path} ({error.strerror or error}). Check that the "
+                           "folder is writable and the disk has space; nothing earlier in the "
+                           "run directory was changed.") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_metrics(run_dir: Path, history: list[dict]) -> None:
+    """Rewrite ``metrics.jsonl`` from the full history (so a resumed run never duplicates)."""
+    atomic_write_text(run_dir / METRICS, "".join(json.dumps(row) + "\n" for row in history))
+
+
+# --- random number generator state -------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint safely, or raise :class:`CheckpointError` saying what is wrong."""
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; is this a run directory written by "
+                              "`pyro-vae train`?")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged or foreign files
+        raise CheckpointError(
+            f"{path} cannot be read as a pyro-vae checkpoint ({type(error).__name__}): it is "
+            "truncated, corrupt, or not a checkpoint. If the run was interrupted, the previous "
+            "complete checkpoint was replaced only after the new one was written, so this file "
+            "was damaged afterwards; retrain, or restore it from a copy."
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a pyro-vae checkpoint.")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by checkpoint format version "
+                              f"{payload.get('version')}, this pyro-vae reads version "
+                              f"{CHECKPOINT_VERSION}; use the pyro-vae release that wrote it.")
+    return payload
+
+
+def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise CheckpointError(
+            f"{path} holds weights of a different model than its config.toml describes "
+            f"({first[1].strip() if len(first) > 1 else first[0]}). Use the config.toml that "
+            "was written with this checkpoint."
+        ) from None
+
+
+def read_run_config(run_dir: Path) -> Config:
+    path = run_dir / CONFIG
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {run_dir} does not exist.")
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} has no {CONFIG}; is it a run directory written by "
+                              "`pyro-vae train`?")
+    try:
+        return Config.from_toml(path)
+    except ConfigError as error:
+        raise CheckpointError(f"{path} is damaged: {error}") from None
+
+
+def load_trained(run_dir: str | Path, device: str = "cpu"):
+    """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
+    from pyro_vae.models import build_vae
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+    if checkpoint.get("config", {}).get("model") != config.to_dict()["model"]:
+        raise CheckpointError(f"{run_dir / CHECKPOINT} was written for a different [model] "
+                              f"than {run_dir / CONFIG} describes; restore the matching pair.")
+    shape = tuple(checkpoint["image_shape"])
+    vae = build_vae(config.model, shape)
+    load_state(vae, checkpoint["model"], run_dir / CHECKPOINT)
+    return config, vae.to(device).eval(), checkpoint

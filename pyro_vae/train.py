@@ -1,0 +1,252 @@
+"""The training loop: an objective module, a torch optimizer, checkpoints and resume.
+
+One step is ``loss = ObjectiveModule(vae, elbo)(x_batch)``, ``loss.backward()``,
+``optimizer.step()``: the Pyro objective supplies a differentiable surrogate loss and a plain
+``torch.optim.Adam`` updates the VAE's parameters (the same tensors ``pyro.module`` registers).
+
+After every epoch the loop writes ``metrics.jsonl`` and an atomic ``checkpoint.pt`` holding
+everything needed to continue bit-for-bit: weights, optimizer state, the param store, every RNG
+state, the epoch and step counters and the metric history. At the end it scores the test split
+(ELBO and importance-sampled log p(x)), writes ``summary.json`` and the pictures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyro_vae import plots
+from pyro_vae.config import Config
+from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
+from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
+from pyro_vae.likelihoods import build_likelihood, check_unit_interval
+from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
+from pyro_vae.models import VAE, build_vae
+from pyro_vae.objectives import ObjectiveModule, make_objective
+from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
+                           load_state, rng_state, save_checkpoint, set_rng_state, write_json,
+                           write_metrics)
+
+
+@dataclass
+class KLSchedule:
+    """KL weight β·min(1, step / warmup_steps): linear annealing from 0 to β (Bowman et al.)."""
+
+    beta: float = 1.0
+    warmup_steps: int = 0
+
+    def weight(self, step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.warmup_steps)
+
+
+class Progress:
+    """Hooks the CLI fills in to show progress; the library itself never prints."""
+
+    def start_epochs(self, first: int, last: int) -> None: ...
+    def start_epoch(self, epoch: int, num_batches: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def end_epoch(self, metrics: dict[str, Any]) -> None: ...
+    def start_evaluation(self, num_datapoints: int, num_samples: int) -> None: ...
+    def evaluated(self, num_datapoints: int) -> None: ...
+    def end_evaluation(self) -> None: ...
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("[train] device = \"cuda\" was asked for, but torch sees no CUDA GPU "
+                          "here; use --device cpu, or install a CUDA build of torch.")
+    return torch.device(name)
+
+
+def prepare_data(config: Config, device: torch.device | str = "cpu",
+                 check: bool = True) -> ImageData:
+    """Load the dataset, binarize it as configured, check it fits the likelihood, move it."""
+    data = load_dataset(config.data.dataset, config.data.data_dir,
+                        config.data.validation_fraction, config.data.download)
+    if config.data.binarize == "dynamic":
+        data = binarize_fixed(data, ("validation", "test"))
+    elif config.data.binarize == "static":
+        data = binarize_fixed(data, ("train", "validation", "test"))
+    if check:
+        likelihood = build_likelihood(config.model.likelihood, config.model.gaussian_scale)
+        source = f"dataset {config.data.dataset!r}"
+        if config.data.binarize == "dynamic":  # drawn per epoch from intensities in [0, 1]
+            check_unit_interval(data.train_x, f"{source} (train split)", "dynamic binarization")
+        else:
+            likelihood.check_data(data.train_x, f"{source} (train split)")
+        likelihood.check_data(data.test_x, f"{source} (test split)")
+    return data.to(device)
+
+
+def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                 batch_size: int, schedule: KLSchedule, step: int, epoch: int,
+                 progress: Progress, run_dir: Path) -> tuple[float, int]:
+    """One pass over ``x``; returns (mean training objective per datapoint, new step)."""
+    vae = module.vae
+    total, count = 0.0, 0
+    for indices in minibatches(len(x), batch_size, x.device):
+        vae.kl_weight = schedule.weight(step)
+        loss = module(x[indices])
+        value = loss.detach().item()
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (the negative "
+                f"ELBO of a minibatch). The last good state is the checkpoint of epoch {epoch} "
+                f"in {run_dir / CHECKPOINT}. Lower the learning rate (--lr) and train again, "
+                "or continue from it with --resume."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
+        total += value / vae.num_data * len(indices)
+        count += len(indices)
+        progress.step(-value / vae.num_data)
+    return -total / count, step
+
+
+def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int) -> float | None:
+    if len(x) == 0:
+        return None
+    return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk).mean_elbo
+
+
+def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
+                        optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                        history: list[dict], train_seconds: float) -> dict[str, Any]:
+    store = pyro.get_param_store()
+    return {
+        "config": config.to_dict(),
+        "image_shape": list(data.image_shape),
+        "model": vae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "param_store": {name: store[name].detach().cpu() for name in store.keys()},
+        "rng": rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "train_seconds": train_seconds,
+    }
+
+
+def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> None:
+    saved = checkpoint.get("config", {})
+    current = config.to_dict()
+    for section in ("data", "model"):
+        if saved.get(section) != current[section]:
+            raise CheckpointError(f"{path} was written for a different [{section}] than the "
+                                  "run's config.toml; resume with the config it was saved with.")
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False,
+          progress: Progress | None = None) -> dict[str, Any]:
+    """Train (or continue) the run in ``run_dir`` and return its summary.
+
+    A fresh run refuses a directory that already holds a checkpoint; ``resume=True`` continues
+    it from its last complete epoch up to ``config.train.epochs``.
+    """
+    progress = progress or Progress()
+    run_dir = Path(run_dir)
+    checkpoint_path = run_dir / CHECKPOINT
+    if not resume and checkpoint_path.exists():
+        raise ConfigError(f"{run_dir} already holds a trained run; continue it with --resume, "
+                          "or choose another --out so nothing is overwritten.")
+    device = resolve_device(config.train.device)
+    checkpoint = load_checkpoint(checkpoint_path) if resume else None
+    if checkpoint is not None:
+        _check_resumable(config, checkpoint, checkpoint_path)
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.train.seed)
+    data = prepare_data(config, device)
+    vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
+    module = ObjectiveModule(vae, make_objective(config.train.objective, config.train.particles))
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
+    batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
+    schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
+
+    start_epoch, step, history, train_seconds = 0, 0, [], 0.0
+    if checkpoint is not None:
+        load_state(vae, checkpoint["model"], checkpoint_path)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
+        history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, config.to_toml())
+
+    progress.start_epochs(start_epoch, config.train.epochs)
+    with pyro.validation_enabled(False):
+        for epoch in range(start_epoch, config.train.epochs):
+            started = time.perf_counter()
+            vae.train()
+            x_train = binarize(data.train_x) if config.data.binarize == "dynamic" else data.train_x
+            progress.start_epoch(epoch, batches_per_epoch)
+            train_elbo, step = _train_epoch(module, optimizer, x_train, config.train.batch_size,
+                                            schedule, step, epoch, progress, run_dir)
+            train_seconds += time.perf_counter() - started
+            vae.eval()
+            row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
+                   "validation_elbo": _validation_elbo(vae, data.valid_x,
+                                                       config.evaluate.max_chunk),
+                   "kl_weight": vae.kl_weight, "seconds": round(train_seconds, 3)}
+            history.append(row)
+            save_checkpoint(checkpoint_path, _checkpoint_payload(
+                config, data, vae, optimizer, epoch + 1, step, history, train_seconds))
+            write_metrics(run_dir, history)
+            progress.end_epoch(row)
+        vae.eval()
+        summary = _finish(config, data, vae, run_dir, history, train_seconds, progress)
+    return summary
+
+
+def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: list[dict],
+            train_seconds: float, progress: Progress) -> dict[str, Any]:
+    """Score the test split, write ``summary.json`` and the pictures."""
+    started = time.perf_counter()
+    num_samples = config.evaluate.num_samples
+    progress.start_evaluation(len(data.test_x), num_samples)
+    estimate = estimate_log_likelihood(vae, data.test_x, num_samples, config.evaluate.max_chunk,
+                                       progress=progress.evaluated)
+    progress.end_evaluation()
+    activity = latent_activity(vae, data.test_x)
+    summary = {
+        "dataset": config.data.dataset,
+        "epochs": len(history),
+        "steps": history[-1]["step"] if history else 0,
+        "objective": config.train.objective,
+        "latent_dim": config.model.latent_dim,
+        "test_elbo": estimate.mean_elbo,
+        "test_elbo_stderr": estimate.elbo_stderr,
+        "test_log_likelihood": estimate.mean_log_likelihood,
+        "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
+        "num_importance_samples": num_samples,
+        "num_test_datapoints": len(data.test_x),
+        "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
+        **activity,
+        "train_seconds": round(train_seconds, 2),
+        "evaluate_seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json(run_dir / SUMMARY, summary)
+    write_pictures(vae, data, run_dir, history)
+    return summary
+
+
+def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]) -> None:
+    """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``, ``elbo.png``."""
+    shape = data.image_shape
+    plots.save_samples(run_dir / "samples.png", vae, shape)
+    plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
+    plots.save_interpolation(run_dir / "interpolation.png", vae, data.test_x, shape)
+    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y)
+    if history:
+        plots.save_elbo_curves(run_dir / "elbo.png", history)

@@ -1,0 +1,32 @@
+"""Shared fixtures. Real datasets are read from $PYRO_VAE_DATA_DIR, else ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("PYRO_VAE_DATA_DIR") or ROOT.parent / "shared" / "data")
+os.environ["PYRO_VAE_DATA_DIR"] = str(DATA_DIR)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro_state():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The MNIST-family data; missing data is a failure, never a silent skip."""
+    assert (DATA_DIR / "mnist").is_dir(), (
+        f"MNIST-family data not found in {DATA_DIR}; set PYRO_VAE_DATA_DIR to the folder that "
+        "holds mnist/, fashion-mnist/ and binarized-mnist/.")
+    return DATA_DIR
