@@ -116,7 +116,7 @@ class TrainConfig:
     objective: str = "elbo"
     #: Number of vectorized particles per datapoint in the ELBO estimate.
     particles: int = 1
-    #: Weight of the KL term (β-VAE); 1 is the ELBO.
+    #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
     kl_warmup_epochs: int = 0
@@ -129,7 +129,7 @@ class TrainConfig:
         _positive("train", "learning_rate", self.learning_rate)
         _choice("train", "objective", self.objective, OBJECTIVES)
         _positive("train", "particles", self.particles)
-        _positive("train", "beta", self.beta, allow_zero=True)
+        _positive("train", "beta", self.beta)
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
         _choice("train", "device", self.device, DEVICES)

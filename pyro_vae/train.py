@@ -36,7 +36,11 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_
 
 @dataclass
 class KLSchedule:
-    """KL weight β·min(1, step / warmup_steps): linear annealing from 0 to β (Bowman et al.)."""
+    """KL weight β·min(1, (step + 1) / warmup_steps): linear annealing up to β.
+
+    Annealing the KL term from near 0 follows Bowman et al. (2016). The first step already has
+    a small positive weight because Pyro's ``poutine.scale`` requires a positive scale.
+    """
 
     beta: float = 1.0
     warmup_steps: int = 0
@@ -44,7 +48,7 @@ class KLSchedule:
     def weight(self, step: int) -> float:
         if self.warmup_steps <= 0:
             return self.beta
-        return self.beta * min(1.0, step / self.warmup_steps)
+        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
 
 
 class Progress:
