@@ -30,6 +30,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "likelihood": ("model", "likelihood"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
+    "alpha": ("train", "alpha"),
     "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
@@ -66,9 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--network", choices=["mlp", "conv"], help="encoder/decoder family")
     train.add_argument("--likelihood", choices=["bernoulli", "continuous_bernoulli", "gaussian"],
                        help="p(x|z)")
-    train.add_argument("--objective", choices=["elbo", "meanfield"],
-                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL)")
-    train.add_argument("--particles", type=int, help="vectorized samples per datapoint")
+    train.add_argument("--objective",
+                       choices=["elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score"],
+                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
+                       "iwae: importance-weighted bound; dreg: IWAE with doubly "
+                       "reparameterized gradients; stl: sticking the landing; renyi: VR-alpha; "
+                       "score: score-function ELBO with a baseline")
+    train.add_argument("--particles", type=int, help="vectorized samples K per datapoint")
+    train.add_argument("--alpha", type=float, help="alpha of the Renyi bound (not 1)")
     train.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
     train.add_argument("--kl-warmup-epochs", type=int,
                        help="epochs of linear KL annealing from 0 to beta")

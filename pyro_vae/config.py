@@ -26,7 +26,7 @@ NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-OBJECTIVES = ("elbo", "meanfield")
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 DEVICES = ("cpu", "cuda")
 
 
@@ -112,10 +112,13 @@ class TrainConfig:
     epochs: int = 200
     batch_size: int = 64
     learning_rate: float = 1e-3
-    #: ``elbo`` (Pyro's Trace_ELBO) or ``meanfield`` (TraceMeanField_ELBO, analytic KL).
+    #: ``elbo`` (Pyro's Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO, analytic KL),
+    #: ``iwae``, ``dreg``, ``stl``, ``renyi`` or ``score`` (see pyro_vae.objectives).
     objective: str = "elbo"
-    #: Number of vectorized particles per datapoint in the ELBO estimate.
+    #: Number of vectorized particles K per datapoint (IWAE's k).
     particles: int = 1
+    #: α of the Rényi bound (objective ``renyi``); α ≠ 1, and α = 0 is IWAE.
+    alpha: float = 0.5
     #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
@@ -129,6 +132,11 @@ class TrainConfig:
         _positive("train", "learning_rate", self.learning_rate)
         _choice("train", "objective", self.objective, OBJECTIVES)
         _positive("train", "particles", self.particles)
+        if self.objective == "renyi" and self.alpha == 1.0:
+            raise ConfigError("[train] alpha = 1 makes the Rényi bound the ELBO itself; use "
+                              "objective = \"elbo\", or an alpha other than 1 (0 is IWAE).")
+        if not math.isfinite(self.alpha):
+            raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
         _positive("train", "beta", self.beta)
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
@@ -142,7 +150,7 @@ class EvaluateConfig:
     #: Importance samples K per datapoint for log p(x).
     num_samples: int = 5000
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk).
-    max_chunk: int = 100_000
+    max_chunk: int = 20_000
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)

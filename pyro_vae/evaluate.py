@@ -26,49 +26,22 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.errors import PyroVAEError
-from pyro_vae.objectives import MAX_PLATE_NESTING
+from pyro_vae.objectives.particles import log_weights, run_particles
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
-def _per_datapoint_log_prob(site: dict, num_particles: int, batch: int) -> torch.Tensor:
-    if not any(frame.name == "data" for frame in site["cond_indep_stack"]):
-        raise PyroVAEError(
-            f"site {site['name']!r} is outside the 'data' plate (a global latent), so it has "
-            "no per-datapoint log-density; per-datapoint evaluation needs every site in the "
-            "data plate."
-        )
-    log_prob = site["fn"].log_prob(site["value"])
-    return log_prob.expand(num_particles, batch)
-
-
 def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor,
                            num_particles: int, *args, **kwargs) -> torch.Tensor:
-    """log w[k, n] = log p(x_n, z_kn) − log q(z_kn | x_n), with z_kn ~ q; shape ``[K, B]``."""
+    """log w[k, n] = log p(x_n, z_kn) − log q(z_kn | x_n), with z_kn ~ q; shape ``[K, B]``.
 
-    def in_particle_plate(fn: Callable) -> Callable:
-        def wrapped(*a, **k):
-            with pyro.plate("particles", num_particles, dim=-(MAX_PLATE_NESTING + 1)):
-                return fn(*a, **k)
-        return wrapped
-
-    guide_trace = poutine.trace(in_particle_plate(guide)).get_trace(x, *args, **kwargs)
-    model_trace = poutine.trace(
-        poutine.replay(in_particle_plate(model), trace=guide_trace)
-    ).get_trace(x, *args, **kwargs)
-    batch = x.shape[0]
-    log_w = torch.zeros(num_particles, batch, device=x.device, dtype=x.dtype)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site):
-                log_w = log_w + sign * _per_datapoint_log_prob(site, num_particles, batch)
-    return log_w
+    Site scales (β, minibatch scaling) are ignored: this scores the true model.
+    """
+    traces = run_particles(model, guide, num_particles, (x, *args), kwargs,
+                           who="per-datapoint evaluation")
+    return log_weights(traces, scaled=False)
 
 
 @dataclass
@@ -104,7 +77,7 @@ class LogLikelihoodEstimate:
 
 @torch.no_grad()
 def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 5000,
-                            max_chunk: int = 100_000,
+                            max_chunk: int = 20_000,
                             progress: Callable[[int], None] | None = None
                             ) -> LogLikelihoodEstimate:
     """Importance-sampled log p(x) and the ELBO for every row of ``x`` (see module docstring).

@@ -41,6 +41,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
                 file.write(payload)
                 file.flush()
                 os.fsync(file.fileno())
+            os.chmod(temp, 0o644)  # mkstemp makes 0600; results are meant to be shared
             os.replace(temp, path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)

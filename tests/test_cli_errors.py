@@ -104,3 +104,9 @@ def test_cuda_when_there_is_none(tmp_path, capsys, monkeypatch):
 def test_nonpositive_flags(tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--epochs", "0", "--out", str(tmp_path / "r"))
     assert code == 2 and "epochs" in err
+
+
+def test_renyi_alpha_one_is_refused(tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--objective", "renyi", "--alpha", "1",
+                        "--out", str(tmp_path / "r"))
+    assert code == 2 and "alpha = 1" in err

@@ -1,9 +1,4 @@
-"""Exact answers on the linear-Gaussian model p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I).
-
-There log p(x) = log N(x; b, WWᵀ + σ²I) and the posterior is Gaussian. With W's columns
-orthogonal the posterior covariance (I + WᵀW/σ²)⁻¹ is diagonal, so a linear encoder with a
-constant scale can represent it exactly.
-"""
+"""Exact answers on the linear-Gaussian model (see ``linear_gaussian.py``)."""
 
 import math
 
@@ -12,49 +7,19 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
+from linear_gaussian import LATENT, LinearGaussian
 from pyro_vae.evaluate import estimate_log_likelihood, log_importance_weights
-from pyro_vae.likelihoods import GaussianLikelihood
-from pyro_vae.models import VAE
-from pyro_vae.networks import MLPDecoder, MLPEncoder
-from pyro_vae.priors import StandardNormalPrior
-
-PIXELS, LATENT, SIGMA = 6, 2, 0.5
 
 
 @pytest.fixture
 def linear_gaussian():
-    torch.manual_seed(0)
-    basis, _ = torch.linalg.qr(torch.randn(PIXELS, LATENT))
-    weight = basis * torch.tensor([1.5, 0.8])  # orthogonal columns, different lengths
-    bias = torch.randn(PIXELS) * 0.3
-    decoder = MLPDecoder(LATENT, PIXELS, hidden_dims=[])
-    with torch.no_grad():
-        decoder.net[0].weight.copy_(weight)
-        decoder.net[0].bias.copy_(bias)
-    vae = VAE(MLPEncoder(PIXELS, LATENT, hidden_dims=[]), decoder, StandardNormalPrior(LATENT),
-              GaussianLikelihood(scale=SIGMA))
-    marginal = dist.MultivariateNormal(bias, weight @ weight.T + SIGMA ** 2 * torch.eye(PIXELS))
-    x = marginal.sample((40,))
-    post_cov = torch.linalg.inv(torch.eye(LATENT) + weight.T @ weight / SIGMA ** 2)
-    assert torch.allclose(post_cov, torch.diag(torch.diag(post_cov)), atol=1e-6)
-    return vae, x, marginal.log_prob(x), weight, bias, post_cov
-
-
-def _set_encoder(vae, weight, bias, post_cov, loc_error=0.0, scale_factor=1.0):
-    """Encoder = exact posterior: μ(x) = Σ Wᵀ (x − b) / σ², σ = sqrt(diag Σ) (optionally off)."""
-    head = vae.encoder.head
-    with torch.no_grad():
-        gain = post_cov @ weight.T / SIGMA ** 2
-        head.loc.weight.copy_(gain)
-        head.loc.bias.copy_(-gain @ bias + loc_error)
-        head.raw_scale.weight.zero_()
-        std = torch.sqrt(torch.diag(post_cov)) * scale_factor
-        head.raw_scale.bias.copy_(torch.log(torch.expm1(std)))  # softplus⁻¹
+    model = LinearGaussian()
+    return model, model.vae, model.x, model.log_px
 
 
 def test_exact_posterior_gives_exact_log_likelihood(linear_gaussian):
-    vae, x, exact, weight, bias, post_cov = linear_gaussian
-    _set_encoder(vae, weight, bias, post_cov)
+    lg, vae, x, exact = linear_gaussian
+    lg.set_encoder()
     estimate = estimate_log_likelihood(vae, x, num_samples=50)
     # q = p(z|x) makes every weight equal to p(x): estimate and ELBO are exact, not noisy.
     assert torch.allclose(estimate.log_likelihood, exact, atol=1e-3)
@@ -62,9 +27,8 @@ def test_exact_posterior_gives_exact_log_likelihood(linear_gaussian):
 
 
 def test_importance_sampling_matches_exact_within_standard_error(linear_gaussian):
-    vae, x, exact, weight, bias, post_cov = linear_gaussian
-    _set_encoder(vae, weight, bias, post_cov, loc_error=torch.tensor([0.4, -0.3]),
-                 scale_factor=1.6)
+    lg, vae, x, exact = linear_gaussian
+    lg.set_encoder(loc_error=torch.tensor([0.4, -0.3]), scale_factor=1.6)
     torch.manual_seed(5)
     num_samples = 5000
     estimate = estimate_log_likelihood(vae, x, num_samples=num_samples, max_chunk=20_000)
@@ -84,13 +48,13 @@ def test_importance_sampling_matches_exact_within_standard_error(linear_gaussian
 
 
 def test_elbo_gap_is_kl_to_the_exact_posterior(linear_gaussian):
-    vae, x, exact, weight, bias, post_cov = linear_gaussian
+    lg, vae, x, exact = linear_gaussian
     shift, factor = torch.tensor([0.4, -0.3]), 1.6
-    _set_encoder(vae, weight, bias, post_cov, loc_error=shift, scale_factor=factor)
+    lg.set_encoder(loc_error=shift, scale_factor=factor)
     torch.manual_seed(6)
     estimate = estimate_log_likelihood(vae, x, num_samples=4000)
     # log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)), the same for every x here.
-    post_std = torch.sqrt(torch.diag(post_cov))
+    post_std = lg.post_std
     q = dist.Normal(shift, post_std * factor).to_event(1)
     p = dist.Normal(torch.zeros(LATENT), post_std).to_event(1)
     kl = float(kl_divergence(q, p))
@@ -101,8 +65,8 @@ def test_elbo_gap_is_kl_to_the_exact_posterior(linear_gaussian):
 
 
 def test_chunking_does_not_change_the_estimate(linear_gaussian):
-    vae, x, exact, weight, bias, post_cov = linear_gaussian
-    _set_encoder(vae, weight, bias, post_cov)
+    lg, vae, x, exact = linear_gaussian
+    lg.set_encoder()
     small = estimate_log_likelihood(vae, x, num_samples=64, max_chunk=100)
     large = estimate_log_likelihood(vae, x, num_samples=64, max_chunk=100_000)
     assert torch.allclose(small.log_likelihood, large.log_likelihood, atol=1e-4)

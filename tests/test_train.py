@@ -75,8 +75,15 @@ def test_fresh_run_refuses_to_overwrite(tmp_path):
     {"model": {"likelihood": "gaussian", "gaussian_scale": 0.2, "encoder_scale": "logvar"},
      "data": {"binarize": "none"}},
     {"train": {"beta": 0.5, "kl_warmup_epochs": 1}},
+    {"train": {"objective": "iwae", "particles": 5}},
+    {"train": {"objective": "dreg", "particles": 5}},
+    {"train": {"objective": "stl", "particles": 2}},
+    {"train": {"objective": "renyi", "particles": 5, "alpha": 0.5}},
+    {"train": {"objective": "score", "particles": 4}},
+    {"train": {"objective": "iwae", "particles": 5, "beta": 0.5}},
 ], ids=["meanfield-3-particles", "conv", "continuous-bernoulli", "gaussian-learned",
-        "gaussian-fixed-logvar", "beta-annealed"])
+        "gaussian-fixed-logvar", "beta-annealed", "iwae", "dreg", "stl", "renyi", "score",
+        "iwae-beta"])
 def test_each_option_trains(tmp_path, overrides):
     summary = train(small(epochs=2).with_overrides(overrides), tmp_path / "run")
     assert np.isfinite(summary["test_log_likelihood"])

@@ -1,9 +1,22 @@
-"""Training objectives: Pyro ELBO estimators, one file each, chosen by name.
+"""Training objectives, one file each, chosen by name.
 
-``elbo`` is Pyro's ``Trace_ELBO`` and ``meanfield`` its ``TraceMeanField_ELBO`` (the KL term in
-closed form where one exists). Both are vectorized over ``particles`` and used through
-:class:`ObjectiveModule`, an ``nn.Module`` whose ``forward`` is the differentiable loss, so a
-plain ``torch.optim`` optimizer (or ``DistributedDataParallel``) drives them.
+=========== =================================================== ==========================
+name        objective                                           file
+=========== =================================================== ==========================
+elbo        ELBO, reparameterized (Pyro's ``Trace_ELBO``)       (Pyro)
+meanfield   ELBO with closed-form KL (``TraceMeanField_ELBO``)  (Pyro)
+iwae        IWAE bound L_K (Burda et al. 2016)                  ``iwae.py``
+dreg        IWAE bound, doubly reparameterized gradient         ``dreg.py``
+stl         ELBO, sticking-the-landing gradient                 ``stl.py``
+renyi       Rényi / VR-α bound (Li & Turner 2016)               ``renyi.py``
+score       ELBO, score-function gradient with a baseline       ``score.py``
+=========== =================================================== ==========================
+
+All are Pyro ``ELBO`` objects with ``loss``, ``loss_and_grads`` and ``differentiable_loss``,
+vectorized over ``particles``; the ones of this library reduce per datapoint inside the
+``data`` plate (``particles.py``). Training uses them through :class:`ObjectiveModule`, an
+``nn.Module`` whose ``forward`` is the differentiable loss, so a plain ``torch.optim``
+optimizer (or ``DistributedDataParallel``) drives any of them.
 """
 
 from __future__ import annotations
@@ -13,24 +26,35 @@ from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.dreg import DReG
+from pyro_vae.objectives.iwae import IWAE
+from pyro_vae.objectives.particles import MAX_PLATE_NESTING, PerDatapointObjective
+from pyro_vae.objectives.renyi import RenyiBound
+from pyro_vae.objectives.score import ScoreFunctionELBO
+from pyro_vae.objectives.stl import STL
 
-#: Plates the library's models nest: ``data`` at dim -1. Particles go at dim -2.
-MAX_PLATE_NESTING = 1
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
+
+__all__ = ["DReG", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES", "ObjectiveModule",
+           "PerDatapointObjective", "RenyiBound", "STL", "ScoreFunctionELBO", "make_objective"]
 
 
-def make_objective(name: str, particles: int = 1) -> ELBO:
-    """The Pyro ELBO called ``name`` (``elbo`` or ``meanfield``) with ``particles`` samples."""
-    options = dict(num_particles=particles, vectorize_particles=particles > 1,
+def make_objective(name: str, particles: int = 1, alpha: float = 0.5) -> ELBO:
+    """The objective called ``name`` (see the table above) with ``particles`` samples each."""
+    if name in ("elbo", "meanfield"):
+        cls = Trace_ELBO if name == "elbo" else TraceMeanField_ELBO
+        return cls(num_particles=particles, vectorize_particles=particles > 1,
                    max_plate_nesting=MAX_PLATE_NESTING)
-    if name == "elbo":
-        return Trace_ELBO(**options)
-    if name == "meanfield":
-        return TraceMeanField_ELBO(**options)
-    raise ConfigError(f"unknown objective {name!r}; use elbo or meanfield.")
+    if name == "renyi":
+        return RenyiBound(alpha=alpha, num_particles=particles)
+    classes = {"iwae": IWAE, "dreg": DReG, "stl": STL, "score": ScoreFunctionELBO}
+    if name not in classes:
+        raise ConfigError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)}.")
+    return classes[name](num_particles=particles)
 
 
 class ObjectiveModule(nn.Module):
-    """``forward(x)`` = the objective's differentiable loss (negative ELBO) of ``vae`` on x.
+    """``forward(x)`` = the objective's differentiable loss (negative bound) of ``vae`` on x.
 
     Unlike ``elbo(vae.model, vae.guide)``, this module owns the VAE's parameters, so optimizers
     and ``DistributedDataParallel`` see them.

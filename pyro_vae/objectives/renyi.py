@@ -1,0 +1,39 @@
+"""The Rényi (variational Rényi, VR-α) bound, reduced per datapoint.
+
+Li & Turner (2016), "Rényi Divergence Variational Inference", NeurIPS:
+
+    L_α(x) = 1/(1−α) · log (1/K) Σ_k w_k^(1−α),     w_k = p(x, z_k) / q(z_k|x)
+
+α = 0 is the IWAE bound; α → 1 tends to the ELBO; for α < 1 it lies between them in
+expectation for large K. α = 1 itself is the ELBO's limit and is refused (use ``elbo``).
+Unlike Pyro's ``RenyiELBO`` the log-mean-exp is per datapoint, and the loss is differentiable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.particles import PerDatapointObjective, log_mean_exp, log_weights
+
+
+class RenyiBound(PerDatapointObjective):
+    """VR-α with ``num_particles = K`` (α ≠ 1)."""
+
+    name = "Rényi-α"
+
+    def __init__(self, alpha: float = 0.5, num_particles: int = 2, **kwargs: Any):
+        if alpha == 1.0:
+            raise ConfigError("Rényi α = 1 is the ELBO itself (the bound's limit); use "
+                              "objective \"elbo\", or choose α ≠ 1 (α = 0 is IWAE).")
+        super().__init__(num_particles=num_particles, **kwargs)
+        self.alpha = alpha
+
+    def per_datapoint(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        traces = self.traces(model, guide, args, kwargs)
+        one_minus_alpha = 1.0 - self.alpha
+        bound = log_mean_exp(one_minus_alpha * log_weights(traces)) / one_minus_alpha
+        return bound, bound, traces.data_scale
