@@ -1,0 +1,73 @@
+"""Reproduce rows of Burda et al. (2016), Table 1 (1 stochastic layer) for a given budget.
+
+Each row is a recipe in models/; this trains it for --epochs passes (the paper: 3,280 with a
+decaying learning rate), evaluates the test log-likelihood with k = 5000 importance samples and
+records it next to the paper's figure. Run by hand (a GPU helps: --device cuda), not in CI:
+
+    python benchmarks/iwae_table1.py --rows vae iwae_k5 --epochs 10 --data-dir ../shared/data
+
+Results go to benchmarks/results/iwae_table1.json (one entry per row, appended).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pyro_vae.config import Config
+from pyro_vae.progress import TqdmProgress
+from pyro_vae.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Test NLL (nats) of Burda et al. (2016), Table 1, 1 stochastic layer.
+PAPER = {
+    "vae": ("mnist_vae_burda.toml", 86.76), "vae_k5": ("mnist_vae_k5_burda.toml", 86.47),
+    "vae_k50": ("mnist_vae_k50_burda.toml", 86.35),
+    "iwae_k5": ("mnist_iwae_k5_burda.toml", 85.54),
+    "iwae_k50": ("mnist_iwae_k50_burda.toml", 84.78),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", choices=sorted(PAPER), default=["vae", "iwae_k5"])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--eval-samples", type=int, default=5000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "iwae_table1.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    for row in args.rows:
+        recipe, paper_nll = PAPER[row]
+        config = Config.from_toml(ROOT / "models" / recipe).with_overrides({
+            "data": {"data_dir": args.data_dir} if args.data_dir else {},
+            "train": {"epochs": args.epochs, "device": args.device},
+            "evaluate": {"num_samples": args.eval_samples}})
+        run_dir = out / f"{row}-{args.epochs}ep-{time.strftime('%Y%m%d-%H%M%S')}"
+        started = time.perf_counter()
+        summary = train(config, run_dir, progress=TqdmProgress())
+        entry = {
+            "row": row, "recipe": f"models/{recipe}", "epochs": args.epochs,
+            "device": args.device, "test_nll": -summary["test_log_likelihood"],
+            "test_nll_stderr": summary["test_log_likelihood_stderr"],
+            "test_elbo": summary["test_elbo"], "paper_nll": paper_nll,
+            "gap_to_paper": -summary["test_log_likelihood"] - paper_nll,
+            "active_units": summary["active_units"],
+            "train_seconds": summary["train_seconds"],
+            "wall_seconds": round(time.perf_counter() - started, 1), "run_dir": str(run_dir),
+        }
+        results.append(entry)
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(entry, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
