@@ -30,13 +30,13 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "likelihood": ("model", "likelihood"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
-    "alpha": ("train", "alpha"),
+    "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
     "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
 }
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir"}
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kl-warmup-epochs", type=int,
                        help="epochs of linear KL annealing from 0 to beta")
     train.add_argument("--seed", type=int, help="random seed")
+    train.add_argument("--on-nan", choices=["stop", "rollback"],
+                       help="on a NaN/inf loss: stop (default), or roll back to the last good "
+                       "state with half the learning rate")
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
@@ -169,7 +172,7 @@ def _train_config(args: argparse.Namespace):
         if changed:
             raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
                               "resumed run keeps its configuration (only --epochs, --device, "
-                              "--eval-samples and --data-dir may change). Start a new run "
+                              "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
         return read_run_config(Path(args.out)).with_overrides(overrides)
     config = Config.from_toml(args.recipe) if args.recipe else Config()
@@ -304,7 +307,7 @@ def command_compare(args: argparse.Namespace) -> int:
                               save_lab_plots)
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import OBJECTIVES
-    from pyro_vae.runs import atomic_write_text, load_trained, write_json
+    from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
     from pyro_vae.train import prepare_data
 
     objectives = _csv_list("objectives", args.objectives, str, OBJECTIVES)
@@ -333,7 +336,7 @@ def command_compare(args: argparse.Namespace) -> int:
         vae, x, objectives, particles, args.repeats, args.seed, args.alpha,
         progress=lambda name, k: print(f"[{next(done)}/{total}] {name}, K={k}",
                                        file=sys.stderr))
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_dir(out)
     atomic_write_text(out / "compare.csv", reports_to_csv(reports))
     write_json(out / "compare.json", {
         "run_dir": args.run_dir, "dataset": config.data.dataset, "batch_size": len(x),

@@ -125,8 +125,12 @@ class TrainConfig:
     kl_warmup_epochs: int = 0
     seed: int = 0
     device: str = "cpu"
+    #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
+    #: state with half the learning rate (up to 3 times).
+    on_nan: str = "stop"
 
     def validate(self) -> None:
+        _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)

@@ -52,6 +52,17 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
                            "run directory was changed.") from None
 
 
+def make_run_dir(path: Path) -> None:
+    """Create ``path`` (and parents), or say clearly why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise PyroVAEError(f"cannot create the output folder {path} ({error.strerror or error}); "
+                           "choose a writable --out.") from None
+    if not os.access(path, os.W_OK):
+        raise PyroVAEError(f"the output folder {path} is not writable; choose another --out.")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -12,8 +12,10 @@ state, the epoch and step counters and the metric history. At the end it scores 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,16 @@ from pyro_vae.config import Config
 from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
 from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
 from pyro_vae.likelihoods import build_likelihood, check_unit_interval
+from pyro_vae.faults import nonfinite_loss_error
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
-                           load_state, rng_state, save_checkpoint, set_rng_state, write_json,
-                           write_metrics)
+                           load_state, make_run_dir, rng_state, save_checkpoint, set_rng_state,
+                           write_json, write_metrics)
+
+#: How many times ``on_nan = "rollback"`` steps back before giving up.
+MAX_ROLLBACKS = 3
 
 
 @dataclass
@@ -90,25 +96,42 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
     return data.to(device)
 
 
+class NonFiniteStep(Exception):
+    """Raised inside an epoch when a step's loss or gradient is not finite."""
+
+    def __init__(self, batch: torch.Tensor, loss: float, grad_norm: float, step: int):
+        super().__init__(f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}")
+        self.batch, self.loss, self.grad_norm, self.step = batch, loss, grad_norm, step
+
+
+def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                 batch_size: int, schedule: KLSchedule, step: int, epoch: int,
-                 progress: Progress, run_dir: Path) -> tuple[float, int]:
-    """One pass over ``x``; returns (mean training objective per datapoint, new step)."""
+                 batch_size: int, schedule: KLSchedule, step: int,
+                 progress: Progress) -> tuple[float, int]:
+    """One pass over ``x``; returns (mean training objective per datapoint, new step).
+
+    A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
+    optimizer applies it, so the parameters stay those of the last good step.
+    """
     vae = module.vae
+    parameters = list(module.parameters())
     total, count = 0.0, 0
     for indices in minibatches(len(x), batch_size, x.device):
         vae.kl_weight = schedule.weight(step)
-        loss = module(x[indices])
-        value = loss.detach().item()
-        if not math.isfinite(value):
-            raise TrainingError(
-                f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (the negative "
-                f"ELBO of a minibatch). The last good state is the checkpoint of epoch {epoch} "
-                f"in {run_dir / CHECKPOINT}. Lower the learning rate (--lr) and train again, "
-                "or continue from it with --resume."
-            )
+        batch = x[indices]
+        loss = module(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # One read of two numbers per step: the progress bar needs the loss anyway.
+        value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
+        if not (math.isfinite(value) and math.isfinite(grad_norm)):
+            raise NonFiniteStep(batch, value, grad_norm, step + 1)
         optimizer.step()
         step += 1
         # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
@@ -116,6 +139,25 @@ def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: t
         count += len(indices)
         progress.step(-value / vae.num_data)
     return -total / count, step
+
+
+def _set_learning_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = rate
+
+
+def _roll_back(vae: VAE, optimizer: torch.optim.Optimizer, checkpoint_path: Path | None,
+               initial: tuple[dict, dict] | None) -> None:
+    """Restore the last good weights and optimizer state and halve the learning rate."""
+    rate = optimizer.param_groups[0]["lr"] / 2
+    if checkpoint_path is not None:
+        saved = load_checkpoint(checkpoint_path)
+        model_state, optimizer_state = saved["model"], saved["optimizer"]
+    else:
+        model_state, optimizer_state = copy.deepcopy(initial)
+    vae.load_state_dict(model_state)
+    optimizer.load_state_dict(optimizer_state)
+    _set_learning_rate(optimizer, rate)
 
 
 def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int) -> float | None:
@@ -186,29 +228,52 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
         set_rng_state(checkpoint["rng"])
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]
-    run_dir.mkdir(parents=True, exist_ok=True)
+        _set_learning_rate(optimizer, config.train.learning_rate)  # --lr may change on resume
+    make_run_dir(run_dir)
     atomic_write_text(run_dir / CONFIG, config.to_toml())
+    # The state to step back to if the first epoch goes non-finite.
+    last_good = copy.deepcopy((vae.state_dict(), optimizer.state_dict())) \
+        if checkpoint is None else None
+    rollbacks = 0
 
     progress.start_epochs(start_epoch, config.train.epochs)
-    with pyro.validation_enabled(False):
-        for epoch in range(start_epoch, config.train.epochs):
+    epoch = start_epoch
+    with pyro.validation_enabled(False), warnings.catch_warnings():
+        # Non-finite losses are detected and explained below; Pyro's own warning is noise.
+        warnings.filterwarnings("ignore", message="Encountered NaN")
+        while epoch < config.train.epochs:
             started = time.perf_counter()
             vae.train()
             x_train = binarize(data.train_x) if config.data.binarize == "dynamic" else data.train_x
             progress.start_epoch(epoch, batches_per_epoch)
-            train_elbo, step = _train_epoch(module, optimizer, x_train, config.train.batch_size,
-                                            schedule, step, epoch, progress, run_dir)
+            try:
+                train_elbo, new_step = _train_epoch(module, optimizer, x_train,
+                                                    config.train.batch_size, schedule, step,
+                                                    progress)
+            except NonFiniteStep as fault:
+                if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
+                    where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
+                             else "the initial state (no epoch had finished)")
+                    raise nonfinite_loss_error(vae, fault.batch, fault.loss, fault.grad_norm,
+                                               epoch + 1, fault.step, where) from None
+                rollbacks += 1
+                _roll_back(vae, optimizer, checkpoint_path if epoch else None, last_good)
+                continue  # redo this epoch from the last good state at half the rate
+            step = new_step
             train_seconds += time.perf_counter() - started
             vae.eval()
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk),
-                   "kl_weight": vae.kl_weight, "seconds": round(train_seconds, 3)}
+                   "kl_weight": vae.kl_weight,
+                   "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
+                   "seconds": round(train_seconds, 3)}
             history.append(row)
             save_checkpoint(checkpoint_path, _checkpoint_payload(
                 config, data, vae, optimizer, epoch + 1, step, history, train_seconds))
             write_metrics(run_dir, history)
             progress.end_epoch(row)
+            epoch += 1
         vae.eval()
         summary = _finish(config, data, vae, run_dir, history, train_seconds, progress)
     return summary
