@@ -206,6 +206,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     if not resume and checkpoint_path.exists():
         raise ConfigError(f"{run_dir} already holds a trained run; continue it with --resume, "
                           "or choose another --out so nothing is overwritten.")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise ConfigError(f"{run_dir} already holds files; a new run needs an empty or new "
+                          "folder so nothing is overwritten. Choose another --out.")
     device = resolve_device(config.train.device)
     checkpoint = load_checkpoint(checkpoint_path) if resume else None
     if checkpoint is not None:

@@ -198,3 +198,12 @@ def test_out_of_range_values_name_the_field(tmp_path, capsys, argv, field):
     err = capsys.readouterr().err
     assert code == 2 and field in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_never_writes_into_a_folder_with_files(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.toml").write_text("precious")
+    assert main(["train", "--out", str(folder), "--epochs", "1"]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (folder / "config.toml").read_text() == "precious"
