@@ -207,3 +207,29 @@ def test_a_new_run_never_writes_into_a_folder_with_files(tmp_path, capsys):
     assert main(["train", "--out", str(folder), "--epochs", "1"]) == 2
     assert "already holds files" in capsys.readouterr().err
     assert (folder / "config.toml").read_text() == "precious"
+
+
+def test_meanfield_with_a_prior_that_has_no_closed_form_kl_falls_back_to_monte_carlo():
+    import pyro.distributions as dist
+
+    from pyro_vae.models import build_vae
+    from pyro_vae.objectives import make_objective
+    from pyro_vae.priors import Prior
+
+    class LaplacePrior(Prior):
+        def forward(self, batch_shape, device, dtype):
+            zeros = torch.zeros(*batch_shape, self.latent_dim, device=device, dtype=dtype)
+            return dist.Laplace(zeros, 1.0).to_event(1)
+
+    vae = build_vae(Config().model, (1, 8, 8))
+    vae.prior = LaplacePrior(vae.latent_dim)
+    x = torch.bernoulli(torch.full((16, 64), 0.3))
+    torch.manual_seed(0)
+    meanfield = torch.stack([make_objective("meanfield").differentiable_loss(
+        vae.model, vae.guide, x) for _ in range(200)]).detach()
+    torch.manual_seed(1)
+    trace = torch.stack([make_objective("elbo").differentiable_loss(
+        vae.model, vae.guide, x) for _ in range(200)]).detach()
+    stderr = (meanfield.var() / 200 + trace.var() / 200).sqrt()
+    assert torch.isfinite(meanfield).all()
+    assert abs(meanfield.mean() - trace.mean()) < 4 * stderr
