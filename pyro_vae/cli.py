@@ -267,8 +267,7 @@ def command_sample(args: argparse.Namespace) -> int:
     shape = tuple(checkpoint["image_shape"])
     torch.manual_seed(args.seed)
     with torch.no_grad():
-        z = vae.prior(torch.Size([args.n]), torch.device("cpu"), torch.float32).sample()
-        output = vae.decoder(z)
+        z, output = vae.generate(args.n)
         means = vae.likelihood.mean(output)
         draws = vae.likelihood(output).sample()
     if out.suffix == ".png":

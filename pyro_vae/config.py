@@ -90,6 +90,11 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
     gaussian_scale: float | str = "learned"
+    #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
+    #: is then the size of z1 and the two keys below describe z2 and the nets between them.
+    stochastic_layers: int = 1
+    top_latent_dim: int = 50
+    top_hidden_dims: list[int] = field(default_factory=lambda: [50, 50])
 
     def validate(self) -> None:
         _positive("model", "latent_dim", self.latent_dim)
@@ -99,6 +104,13 @@ class ModelConfig:
         _choice("model", "activation", self.activation, ACTIVATIONS)
         _choice("model", "encoder_scale", self.encoder_scale, ENCODER_SCALES)
         _choice("model", "likelihood", self.likelihood, LIKELIHOODS)
+        _choice("model", "stochastic_layers", str(self.stochastic_layers), ("1", "2"))
+        _positive("model", "top_latent_dim", self.top_latent_dim)
+        for size in self.top_hidden_dims:
+            _positive("model", "top_hidden_dims", size)
+        if self.stochastic_layers == 2 and self.network != "mlp":
+            raise ConfigError("[model] stochastic_layers = 2 is built from MLPs; set network = "
+                              "\"mlp\".")
         if isinstance(self.gaussian_scale, str):
             _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
         else:
@@ -181,6 +193,12 @@ class Config:
     def validate(self) -> "Config":
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.model.stochastic_layers == 2 and self.train.objective in ("meanfield", "dreg",
+                                                                           "stl"):
+            raise ConfigError(
+                f"[train] objective = \"{self.train.objective}\" needs a guide whose latent "
+                "sites do not depend on one another, but the two-layer model's q(z2|z1) depends "
+                "on z1. Use elbo, iwae, renyi or score with stochastic_layers = 2.")
         return self
 
     @classmethod

@@ -122,7 +122,7 @@ def latent_activity(vae: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
     """Active units (Cov_x(E_q[z_u]) > 0.01) and the mean KL(q(z_u|x) ‖ p(z_u)) per dimension."""
     loc, scale = encode_means(vae, x)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
-    kl = vae.prior.kl_per_dim(loc, scale)
+    kl = vae.kl_per_dim(loc, scale)
     return {
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "activity_per_dim": [round(float(a), 6) for a in activity],

@@ -100,12 +100,22 @@ class VAE(nn.Module):
         """E[x | z = μ(x)]: the decoded mean of q(z|x)."""
         return self.decode(self.posterior(x).mean)
 
+    def generate(self, num_samples: int, device: torch.device | str = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, decoder output) for ``num_samples`` draws z ~ p(z)."""
+        prior = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32)
+        z = prior.sample()
+        return z, self.decoder(z)
+
     def sample(self, num_samples: int, device: torch.device | str = "cpu",
                mean: bool = True) -> torch.Tensor:
         """Draws x ~ p(x) (or E[x|z] for z ~ p(z) when ``mean``), shape ``[num_samples, P]``."""
-        prior = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32)
-        output = self.decoder(prior.sample())
+        _, output = self.generate(num_samples, device)
         return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
+
+    def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+        """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form."""
+        return self.prior.kl_per_dim(loc, scale)
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator["VAE"]:
@@ -128,4 +138,8 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
                                       config.hidden_dims, config.activation, config.encoder_scale)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    if config.stochastic_layers == 2:
+        from pyro_vae.hierarchical import HierarchicalVAE
+
+        return HierarchicalVAE.build(encoder, decoder, likelihood, config, num_data)
     return VAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood, num_data)
