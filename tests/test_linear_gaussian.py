@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import kl_divergence
 
-from linear_gaussian import LATENT, LinearGaussian
+from pyro_vae.toy import LATENT, LinearGaussian
 from pyro_vae.evaluate import estimate_log_likelihood, log_importance_weights
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
-from linear_gaussian import LinearGaussian
+from pyro_vae.toy import LinearGaussian
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import (DReG, IWAE, STL, ObjectiveModule, RenyiBound,
                                  ScoreFunctionELBO, make_objective)

@@ -35,7 +35,7 @@ class ScoreFunctionELBO(PerDatapointObjective):
         num_particles = log_w.shape[0]
         if num_particles > 1:
             return (log_w.sum(0, keepdim=True) - log_w) / (num_particles - 1)
-        mean = float(log_w.mean())
+        mean = float(log_w.detach().mean())
         baseline = mean if self.running_baseline is None else self.running_baseline
         self.running_baseline = (mean if self.running_baseline is None else
                                  self.baseline_decay * self.running_baseline

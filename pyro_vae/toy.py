@@ -1,4 +1,5 @@
-"""The linear-Gaussian VAE, whose log p(x), posterior and ELBO are known in closed form.
+"""A toy with exact answers: the linear-Gaussian VAE, whose log p(x), posterior and ELBO are
+known in closed form. The tests check every estimator against it; the notebooks teach with it.
 
 p(z) = N(0, I), p(x|z) = N(Wz + b, σ²I) ⇒ log p(x) = log N(x; b, WWᵀ + σ²I). With W's columns
 orthogonal the posterior covariance Σ = (I + WᵀW/σ²)⁻¹ is diagonal, so a linear encoder with a
@@ -17,6 +18,12 @@ PIXELS, LATENT, SIGMA = 6, 2, 0.5
 
 
 class LinearGaussian:
+    """A :class:`~pyro_vae.models.VAE` with linear encoder and decoder and a Gaussian likelihood.
+
+    ``vae`` is the model/guide pair, ``x`` data drawn from the model, ``log_px`` their exact
+    log-likelihoods, ``post_cov`` the (diagonal) exact posterior covariance.
+    """
+
     def __init__(self, num_points: int = 40, seed: int = 0):
         generator = torch.Generator().manual_seed(seed)
         basis, _ = torch.linalg.qr(torch.randn(PIXELS, LATENT, generator=generator))
