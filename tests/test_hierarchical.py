@@ -94,3 +94,16 @@ def test_objectives_needing_independent_guide_sites_are_refused(objective):
 def test_two_layers_need_mlps():
     with pytest.raises(ConfigError, match="network"):
         Config().with_overrides({"model": {"stochastic_layers": 2, "network": "conv"}})
+
+
+def test_score_function_gradient_has_no_pathwise_term_in_a_hierarchical_guide():
+    """With samples detached as drawn, log q(z2|z1) carries no gradient to the z1 encoder."""
+    from pyro_vae.objectives.particles import run_particles
+
+    vae, x, _ = linear_chain()
+    traces = run_particles(vae.model, vae.guide, 4, (x,), {}, detach_samples=True)
+    z2 = traces.guide.nodes["z2"]
+    upper_term = z2["fn"].log_prob(z2["value"]).sum()
+    grads = torch.autograd.grad(upper_term, list(vae.encoder.parameters()), allow_unused=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in grads)
+    assert not traces.guide.nodes["z1"]["value"].requires_grad

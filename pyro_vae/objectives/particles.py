@@ -25,6 +25,7 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import detach
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
@@ -58,6 +59,15 @@ def _data_frame(site: dict, who: str):
     )
 
 
+class _DetachSamples(Messenger):
+    """Detach every latent sample as it is drawn, so that the rest of the guide (e.g. q(z2|z1)
+    in a hierarchical guide) sees a value with no pathwise gradient either."""
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if not msg["is_observed"] and not site_is_subsample(msg):
+            msg["value"] = msg["value"].detach()
+
+
 def run_particles(model: Callable, guide: Callable, num_particles: int, args: tuple,
                   kwargs: dict, max_plate_nesting: int = MAX_PLATE_NESTING,
                   detach_samples: bool = False, who: str = "this objective") -> ParticleTraces:
@@ -73,8 +83,10 @@ def run_particles(model: Callable, guide: Callable, num_particles: int, args: tu
                 return fn(*a, **k)
         return wrapped
 
-    guide_trace = poutine.trace(in_particle_plate(guide)).get_trace(*args, **kwargs)
     if detach_samples:
+        guide = _DetachSamples()(guide)
+    guide_trace = poutine.trace(in_particle_plate(guide)).get_trace(*args, **kwargs)
+    if detach_samples:  # the trace recorded each value before the inner handler detached it
         for site in _sample_sites(guide_trace):
             site["value"] = site["value"].detach()
     model_trace = poutine.trace(
@@ -151,7 +163,11 @@ class PerDatapointObjective(ELBO):
 
     def per_datapoint(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
                       ) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """(value ``[B]``, surrogate ``[B]``, N/B)."""
+        """(value ``[B]``, surrogate ``[B]``, N/B).
+
+        The value is for reporting only: it may be built from stop-gradient terms, so
+        differentiate the surrogate (as :meth:`differentiable_loss` does), never the value.
+        """
         raise NotImplementedError
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any,

@@ -7,7 +7,7 @@ With z_k drawn from q and *not* differentiated through (no reparameterization),
 (Williams 1992; Ranganath, Gerrish & Blei 2014). The baseline b does not change the
 expectation (E_q[∇_φ log q] = 0) but lowers the variance: with K ≥ 2 particles it is the
 leave-one-out mean of the other particles' log w for the same datapoint; with one particle an
-exponential running average of the minibatch's mean log w. Compare its gradient variance with ``elbo``'s to see
+exponential running average of earlier training minibatches' mean log w (0 at the first step). Compare its gradient variance with ``elbo``'s to see
 what the reparameterization trick buys.
 """
 
@@ -35,11 +35,13 @@ class ScoreFunctionELBO(PerDatapointObjective):
         num_particles = log_w.shape[0]
         if num_particles > 1:
             return (log_w.sum(0, keepdim=True) - log_w) / (num_particles - 1)
-        mean = float(log_w.detach().mean())
-        baseline = mean if self.running_baseline is None else self.running_baseline
-        self.running_baseline = (mean if self.running_baseline is None else
-                                 self.baseline_decay * self.running_baseline
-                                 + (1 - self.baseline_decay) * mean)
+        # Only past batches enter the baseline (so it is independent of this draw), and only
+        # training steps update it (so that evaluating the loss changes nothing).
+        baseline = 0.0 if self.running_baseline is None else self.running_baseline
+        if torch.is_grad_enabled():
+            mean = float(log_w.detach().mean())
+            self.running_baseline = mean if self.running_baseline is None else (
+                self.baseline_decay * self.running_baseline + (1 - self.baseline_decay) * mean)
         return torch.full_like(log_w, baseline)
 
     def per_datapoint(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
