@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from pyro_vae.cli_applications import APPLICATION_COMMANDS, add_application_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 EPILOG = """examples:
@@ -20,6 +21,9 @@ EPILOG = """examples:
   pyro-vae train models/mnist_vae_burda.toml --data-dir ../shared/data --epochs 10
   pyro-vae evaluate runs/digits-... --num-samples 5000
   pyro-vae sample runs/digits-... --n 64 --out samples.png
+  pyro-vae compare runs/digits-... --particles 1,5,50
+  pyro-vae anomaly RUN_DIR --against fashion-mnist --data-dir ../shared/data
+  pyro-vae impute RUN_DIR --mask box ; pyro-vae probe RUN_A RUN_B ; pyro-vae traverse RUN_DIR
 """
 
 # command-line flag -> (recipe table, key)
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="data folder")
     compare.add_argument("--out", help="output folder (default RUN_DIR/compare or "
                          "runs/compare-TIME)")
+    add_application_parsers(commands)
     return parser
 
 
@@ -348,7 +353,7 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": command_sample,
-            "compare": command_compare}
+            "compare": command_compare, **APPLICATION_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

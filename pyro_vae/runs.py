@@ -141,6 +141,16 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
         ) from None
 
 
+def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
+    """The configuration a checkpoint was written with, with defaults filled in for keys added
+    to the configuration since (so older checkpoints stay comparable)."""
+    try:
+        return Config.from_dict(checkpoint.get("config", {}), source=str(path)).to_dict()
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds a configuration this pyro-vae cannot read "
+                              f"({error}).") from None
+
+
 def read_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG
     if not run_dir.is_dir():
@@ -161,7 +171,7 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-    if checkpoint.get("config", {}).get("model") != config.to_dict()["model"]:
+    if saved_config(checkpoint, run_dir / CHECKPOINT)["model"] != config.to_dict()["model"]:
         raise CheckpointError(f"{run_dir / CHECKPOINT} was written for a different [model] "
                               f"than {run_dir / CONFIG} describes; restore the matching pair.")
     shape = tuple(checkpoint["image_shape"])

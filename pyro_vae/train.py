@@ -33,8 +33,8 @@ from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
-                           load_state, make_run_dir, rng_state, save_checkpoint, set_rng_state,
-                           write_json, write_metrics)
+                           load_state, make_run_dir, rng_state, save_checkpoint, saved_config,
+                           set_rng_state, write_json, write_metrics)
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
@@ -185,7 +185,7 @@ def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
 
 
 def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> None:
-    saved = checkpoint.get("config", {})
+    saved = saved_config(checkpoint, path)
     current = config.to_dict()
     for section in ("data", "model"):
         if saved.get(section) != current[section]:

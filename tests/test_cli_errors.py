@@ -110,3 +110,16 @@ def test_renyi_alpha_one_is_refused(tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--objective", "renyi", "--alpha", "1",
                         "--out", str(tmp_path / "r"))
     assert code == 2 and "alpha = 1" in err
+
+
+def test_checkpoints_from_before_a_new_config_key_still_load(trained_run, capsys):
+    """A key added to [model] later (with its default) must not orphan older runs."""
+    import torch
+
+    from pyro_vae.runs import load_checkpoint
+    checkpoint = load_checkpoint(trained_run / "checkpoint.pt")
+    for key in ("stochastic_layers", "top_latent_dim", "top_hidden_dims"):
+        del checkpoint["config"]["model"][key]
+    torch.save(checkpoint, trained_run / "checkpoint.pt")
+    code, err = run_cli(capsys, "evaluate", str(trained_run), "--num-samples", "4")
+    assert code == 0, err

@@ -1,0 +1,204 @@
+"""``pyro-vae anomaly | impute | probe | traverse``: the applications as commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_application_parsers(commands) -> None:
+    anomaly = commands.add_parser(
+        "anomaly", help="anomaly scores: log p(x) of test data against another dataset (AUROC)",
+        description="Score the run's test images and another dataset's test images by the "
+        "importance-sampled log p(x) and by the ELBO; report the AUROC of each score for "
+        "telling them apart and draw the two histograms.")
+    anomaly.add_argument("run_dir")
+    anomaly.add_argument("--against", required=True,
+                         help="the other dataset (same image shape), e.g. fashion-mnist")
+    anomaly.add_argument("--num-samples", type=int, default=200, help="K (default 200)")
+    anomaly.add_argument("--limit", type=int, default=2000,
+                         help="images scored from each dataset (default 2000)")
+    anomaly.add_argument("--data-dir")
+    anomaly.add_argument("--out", help="output folder (default RUN_DIR/anomaly)")
+
+    impute = commands.add_parser(
+        "impute", help="fill missing pixels of test images, against a mean-image baseline",
+        description="Hide part of each test image (a centred box, random pixels or the "
+        "bottom rows), fill it with E[missing | observed] by self-normalized importance "
+        "sampling of p(z | observed), and report the mean squared error on the hidden pixels "
+        "for the VAE and for the mean training image.")
+    impute.add_argument("run_dir")
+    impute.add_argument("--mask", choices=["box", "random", "bottom"], default="box")
+    impute.add_argument("--fraction", type=float, default=0.25,
+                        help="fraction of pixels hidden (default 0.25)")
+    impute.add_argument("--num-samples", type=int, default=1000, help="K (default 1000)")
+    impute.add_argument("--limit", type=int, default=1000, help="test images (default 1000)")
+    impute.add_argument("--data-dir")
+    impute.add_argument("--out", help="output folder (default RUN_DIR/impute)")
+
+    probe = commands.add_parser(
+        "probe", help="linear-probe accuracy of the latent means, for one or several runs",
+        description="Fit a logistic regression on the encoder means of the training images "
+        "and report its test accuracy; with several runs (e.g. different latent sizes), plot "
+        "accuracy against latent size.")
+    probe.add_argument("run_dirs", nargs="+")
+    probe.add_argument("--data-dir")
+    probe.add_argument("--out", help="output folder (default FIRST_RUN_DIR/probe)")
+
+    traverse = commands.add_parser(
+        "traverse", help="latent traversals: decode one coordinate swept across the prior",
+        description="Decode the encoding of a test image with one latent coordinate swept "
+        "from -3 to 3, one row per latent dimension, the most active first.")
+    traverse.add_argument("run_dir")
+    traverse.add_argument("--index", type=int, default=0, help="which test image (default 0)")
+    traverse.add_argument("--data-dir")
+    traverse.add_argument("--out", help="FILE.png (default RUN_DIR/traversals.png)")
+
+
+def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
+    from pyro_vae.runs import load_trained
+    from pyro_vae.train import prepare_data
+
+    config, vae, checkpoint = load_trained(run_dir)
+    overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
+    if overrides:
+        config = config.with_overrides({"data": overrides})
+    data = prepare_data(config)
+    if list(data.image_shape) != list(checkpoint["image_shape"]):
+        from pyro_vae.errors import ConfigError
+        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
+                          f"{data.image_shape}, but the model was trained on "
+                          f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
+    return config, vae, data
+
+
+def _positive(name: str, value: int) -> None:
+    from pyro_vae.errors import ConfigError
+    if value <= 0:
+        raise ConfigError(f"--{name} must be a positive integer, not {value}.")
+
+
+def command_anomaly(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vae.applications import auroc, save_score_histogram
+    from pyro_vae.evaluate import estimate_log_likelihood
+    from pyro_vae.runs import make_run_dir, write_json
+
+    _positive("num-samples", args.num_samples)
+    _positive("limit", args.limit)
+    config, vae, data = _load(args.run_dir, args.data_dir)
+    _, _, other = _load(args.run_dir, args.data_dir, args.against)
+    torch.manual_seed(0)
+    normal = estimate_log_likelihood(vae, data.test_x[: args.limit], args.num_samples)
+    odd = estimate_log_likelihood(vae, other.test_x[: args.limit], args.num_samples)
+    report = {
+        "run_dir": args.run_dir, "dataset": config.data.dataset, "against": args.against,
+        "num_samples": args.num_samples, "num_images_each": len(normal.log_likelihood),
+        "auroc_log_likelihood": auroc(-normal.log_likelihood, -odd.log_likelihood),
+        "auroc_elbo": auroc(-normal.elbo, -odd.elbo),
+        "mean_log_likelihood": normal.mean_log_likelihood,
+        "mean_log_likelihood_against": odd.mean_log_likelihood,
+    }
+    out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
+    make_run_dir(out)
+    write_json(out / "anomaly.json", report)
+    save_score_histogram(out / "anomaly.png", normal.log_likelihood, odd.log_likelihood,
+                         f"{config.data.dataset} (test)", f"{args.against} (test)",
+                         f"AUROC {report['auroc_log_likelihood']:.3f} by log p(x), "
+                         f"{report['auroc_elbo']:.3f} by ELBO")
+    print(f"AUROC, {config.data.dataset} against {args.against}: "
+          f"{report['auroc_log_likelihood']:.4f} by log p(x) (K={args.num_samples}), "
+          f"{report['auroc_elbo']:.4f} by ELBO; {len(normal.log_likelihood)} images each")
+    print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
+    return 0
+
+
+def command_impute(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vae.applications import (impute, imputation_error, make_mask,
+                                       save_imputation_picture)
+    from pyro_vae.runs import make_run_dir, write_json
+
+    _positive("num-samples", args.num_samples)
+    _positive("limit", args.limit)
+    config, vae, data = _load(args.run_dir, args.data_dir)
+    x = data.test_x[: args.limit]
+    observed = make_mask(len(x), data.image_shape, args.mask, args.fraction)
+    mean_image = data.train_x.mean(0)
+    torch.manual_seed(0)
+    imputed = impute(vae, x, observed, mean_image, args.num_samples)
+    report = imputation_error(x, observed, imputed, mean_image)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "impute"
+    make_run_dir(out)
+    write_json(out / "imputation.json", {"run_dir": args.run_dir, "mask": args.mask,
+                                         "fraction": args.fraction,
+                                         "num_samples": args.num_samples, **vars(report)})
+    save_imputation_picture(out / "imputation.png", x, observed, imputed, data.image_shape)
+    print(f"mean squared error on the {report.missing_fraction:.0%} hidden pixels of "
+          f"{report.num_images} test images ({args.mask} mask): VAE {report.model_mse:.4f}, "
+          f"mean image {report.baseline_mse:.4f}")
+    print(f"wrote {out / 'imputation.json'} and {out / 'imputation.png'}")
+    return 0
+
+
+def command_probe(args: argparse.Namespace) -> int:
+    from pyro_vae.applications import linear_probe_accuracy
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.runs import make_run_dir, write_json
+
+    rows = []
+    for run_dir in args.run_dirs:
+        config, vae, data = _load(run_dir, args.data_dir)
+        if data.train_y is None or data.test_y is None:
+            raise ConfigError(f"{run_dir} was trained on {config.data.dataset!r}, which has no "
+                              "labels; a linear probe needs labelled data.")
+        accuracy = linear_probe_accuracy(vae, data.train_x, data.train_y, data.test_x,
+                                         data.test_y)
+        rows.append({"run_dir": run_dir, "latent_dim": config.model.latent_dim,
+                     "test_accuracy": accuracy})
+        print(f"{run_dir}: latent size {config.model.latent_dim}, linear-probe test accuracy "
+              f"{accuracy:.4f}")
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "probe"
+    make_run_dir(out)
+    write_json(out / "probe.json", rows)
+    if len(rows) > 1:
+        from pyro_vae.plots import _save, plt
+
+        rows_sorted = sorted(rows, key=lambda r: r["latent_dim"])
+        figure, axis = plt.subplots(figsize=(5, 3.4))
+        axis.plot([r["latent_dim"] for r in rows_sorted],
+                  [r["test_accuracy"] for r in rows_sorted], marker="o")
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("latent size")
+        axis.set_ylabel("linear-probe test accuracy")
+        axis.grid(alpha=0.3)
+        _save(figure, out / "probe.png")
+    print(f"wrote {out / 'probe.json'}" + (" and probe.png" if len(rows) > 1 else ""))
+    return 0
+
+
+def command_traverse(args: argparse.Namespace) -> int:
+    from pyro_vae.applications import save_traversals
+    from pyro_vae.errors import ConfigError
+
+    config, vae, data = _load(args.run_dir, args.data_dir)
+    if not 0 <= args.index < len(data.test_x):
+        raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "traversals.png"
+    x = data.test_x[args.index: args.index + 1]
+    dims = save_traversals(out, vae, torch_cat_first(x, data.test_x), data.image_shape)
+    print(f"wrote {out} (dimensions {dims})")
+    return 0
+
+
+def torch_cat_first(first, rest):
+    """The chosen image first, then the test set (whose spread ranks the dimensions)."""
+    import torch
+    return torch.cat([first, rest[:2000]])
+
+
+APPLICATION_COMMANDS = {"anomaly": command_anomaly, "impute": command_impute,
+                        "probe": command_probe, "traverse": command_traverse}
