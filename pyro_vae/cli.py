@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from pyro_vae.cli_applications import APPLICATION_COMMANDS, add_application_parsers
+from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
+                                       positive_flag as _positive_flag)
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 EPILOG = """examples:
@@ -135,11 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "runs/compare-TIME)")
     add_application_parsers(commands)
     return parser
-
-
-def _positive_flag(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise ConfigError(f"--{name} must be a positive integer, not {value}.")
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -73,9 +73,10 @@ def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     return config, vae, data
 
 
-def _positive(name: str, value: int) -> None:
+def positive_flag(name: str, value: int | None) -> None:
+    """Refuse a non-positive count given as ``--name``."""
     from pyro_vae.errors import ConfigError
-    if value <= 0:
+    if value is not None and value <= 0:
         raise ConfigError(f"--{name} must be a positive integer, not {value}.")
 
 
@@ -86,8 +87,8 @@ def command_anomaly(args: argparse.Namespace) -> int:
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.runs import make_run_dir, write_json
 
-    _positive("num-samples", args.num_samples)
-    _positive("limit", args.limit)
+    positive_flag("num-samples", args.num_samples)
+    positive_flag("limit", args.limit)
     config, vae, data = _load(args.run_dir, args.data_dir)
     _, _, other = _load(args.run_dir, args.data_dir, args.against)
     torch.manual_seed(0)
@@ -122,8 +123,8 @@ def command_impute(args: argparse.Namespace) -> int:
                                        save_imputation_picture)
     from pyro_vae.runs import make_run_dir, write_json
 
-    _positive("num-samples", args.num_samples)
-    _positive("limit", args.limit)
+    positive_flag("num-samples", args.num_samples)
+    positive_flag("limit", args.limit)
     config, vae, data = _load(args.run_dir, args.data_dir)
     x = data.test_x[: args.limit]
     observed = make_mask(len(x), data.image_shape, args.mask, args.fraction)
