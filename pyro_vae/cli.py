@@ -190,8 +190,12 @@ def command_train(args: argparse.Namespace) -> int:
     try:
         summary = train(config, run_dir, resume=args.resume, progress=TqdmProgress())
     except KeyboardInterrupt:
-        print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; continue "
-              f"with: pyro-vae train --out {run_dir} --resume", file=sys.stderr)
+        if (run_dir / "checkpoint.pt").exists():
+            print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; "
+                  f"continue with: pyro-vae train --out {run_dir} --resume", file=sys.stderr)
+        else:
+            print(f"\npyro-vae: interrupted before the first epoch finished; nothing was "
+                  f"saved. Train again with the same --out {run_dir}.", file=sys.stderr)
         return 130
     print(_format_summary(summary))
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
@@ -312,12 +316,14 @@ def command_compare(args: argparse.Namespace) -> int:
 
     objectives = _csv_list("objectives", args.objectives, str, OBJECTIVES)
     particles = _csv_list("particles", args.particles, int)
-    _positive_flag("repeats", args.repeats)
+    if args.repeats < 2:
+        raise ConfigError(f"--repeats {args.repeats}: variances and standard errors need at "
+                          "least 2 draws.")
     _positive_flag("batch-size", args.batch_size)
     if "renyi" in objectives and args.alpha == 1.0:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     if args.run_dir:
-        config, vae, _ = load_trained(args.run_dir)
+        config, vae, checkpoint = load_trained(args.run_dir)
         out = Path(args.out) if args.out else Path(args.run_dir) / "compare"
     else:
         config = Config()
@@ -326,6 +332,10 @@ def command_compare(args: argparse.Namespace) -> int:
     if overrides:
         config = config.with_overrides({"data": overrides})
     data = prepare_data(config)
+    if args.run_dir and list(data.image_shape) != list(checkpoint["image_shape"]):
+        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
+                          f"{data.image_shape}, but the model was trained on "
+                          f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
     if not args.run_dir:
         torch.manual_seed(args.seed)
         vae = build_vae(config.model, data.image_shape)

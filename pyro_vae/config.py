@@ -156,6 +156,8 @@ class TrainConfig:
         _positive("train", "beta", self.beta)
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
+        if self.seed >= 2 ** 32:
+            raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
         _choice("train", "device", self.device, DEVICES)
 
 

@@ -99,6 +99,11 @@ def load_dataset(name: str, data_dir: str | None = None, validation_fraction: fl
         raise DataError(f"unknown dataset {name!r}; use digits, mnist, fashion-mnist, "
                         "binarized-mnist or file:PATH.npz.")
     train_x, train_y, valid_x, valid_y = _hold_out(train_x, train_y, validation_fraction)
+    for split, values in (("training", train_x), ("test", test_x)):
+        if len(values) == 0:
+            raise DataError(f"dataset {name!r} leaves the {split} split empty ({len(train_x)} "
+                            f"training, {len(valid_x)} validation, {len(test_x)} test images); "
+                            "give more images or a smaller validation_fraction.")
     return ImageData(name, shape, train_x, train_y, valid_x, valid_y, test_x, test_y)
 
 
@@ -257,18 +262,29 @@ def _load_npz(path: Path):
         raise DataError(f"{path} does not exist; give file:PATH.npz with an array 'x'.") from None
     except (ValueError, OSError, zlib.error) as error:
         raise DataError(f"{path} is not a readable .npz archive ({error}).") from None
+    if not hasattr(archive, "files"):
+        raise DataError(f"{path} holds a single array, not an .npz archive; save it with "
+                        "numpy.savez(path, x=images, y=labels).")
     if "x" not in archive:
         raise DataError(f"{path} has no array 'x' (it has {sorted(archive.files)}); save the "
                         "images as x (N×D, N×H×W or N×C×H×W) and labels, if any, as y.")
-    x, shape = _npz_images(archive["x"], path, "x")
+    x, shape = _npz_images(_npz_array(archive, "x", path), path, "x")
     y = _npz_labels(archive, "y", len(x), path)
     if "x_test" in archive:
-        test_x, test_shape = _npz_images(archive["x_test"], path, "x_test")
+        test_x, test_shape = _npz_images(_npz_array(archive, "x_test", path), path, "x_test")
         if test_shape != shape:
             raise DataError(f"{path}: x_test images are {test_shape}, x images are {shape}.")
         test_y = _npz_labels(archive, "y_test", len(test_x), path)
         return x, y, test_x, test_y, shape
     return (*_fixed_test_split(x, y), shape)
+
+
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except (ValueError, OSError, zlib.error) as error:
+        raise DataError(f"{path}: array {key!r} cannot be read ({error}); store plain numeric "
+                        "arrays (no Python objects).") from None
 
 
 def _npz_images(array: np.ndarray, path: Path, key: str):
@@ -291,7 +307,7 @@ def _npz_images(array: np.ndarray, path: Path, key: str):
 def _npz_labels(archive, key: str, count: int, path: Path) -> torch.Tensor | None:
     if key not in archive:
         return None
-    labels = archive[key]
+    labels = _npz_array(archive, key, path)
     if labels.shape != (count,) or not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{path}: {key} must be {count} integer labels, got {labels.dtype} "
                         f"{labels.shape}.")

@@ -42,7 +42,8 @@ def nonfinite_terms(vae, x: torch.Tensor) -> list[str]:
 
 
 def nonfinite_loss_error(vae, x: torch.Tensor, loss: float, grad_norm: float, epoch: int,
-                         step: int, last_good: str) -> TrainingError:
+                         step: int, last_good: str, resumable: bool = True,
+                         rolled_back: bool = False) -> TrainingError:
     """A one-paragraph :class:`TrainingError` naming the step, the bad terms and what to do."""
     what = f"the loss became {loss:g}" if loss != loss or abs(loss) == float("inf") else \
         f"the gradient norm became {grad_norm:g} (loss {loss:g})"
@@ -58,7 +59,11 @@ def nonfinite_loss_error(vae, x: torch.Tensor, loss: float, grad_norm: float, ep
         f"{what} at epoch {epoch}, step {step}"
         + (f" ({'; '.join(detail)})" if detail else "")
         + f". The parameters were not updated with it. The last good state is {last_good}. "
-        "Lower the learning rate and continue with `pyro-vae train --out RUN_DIR --resume "
-        "--lr SMALLER`, or set [train] on_nan = \"rollback\" to have training step back and "
-        "halve the rate by itself."
+        + ("Lower the learning rate and continue with `pyro-vae train --out RUN_DIR --resume "
+           "--lr SMALLER`" if resumable else
+           "Nothing was saved yet: train again with a smaller --lr into the same --out")
+        + ("; rolling back and halving the rate did not help either, so check the data and "
+           "the model." if rolled_back else
+           ", or set [train] on_nan = \"rollback\" (--on-nan rollback) to have training step "
+           "back and halve the rate by itself.")
     )

@@ -62,7 +62,8 @@ def save_samples(path: Path, vae, image_shape, count: int = 64) -> None:
 def save_reconstructions(path: Path, vae, x: torch.Tensor, image_shape, count: int = 10
                          ) -> None:
     """Rows alternate: inputs, then their reconstructions E[x | z = μ(x)]."""
-    x = x[:2 * count]
+    count = max(1, min(count, len(x) // 2 or 1))
+    x = x[:2 * count] if len(x) >= 2 * count else x[:count]
     recon = vae.reconstruct(x)
     rows = [t for pair in zip(x.split(count), recon.split(count)) for t in pair]
     save_image_grid(path, torch.cat(rows), image_shape, count,
@@ -73,6 +74,9 @@ def save_reconstructions(path: Path, vae, x: torch.Tensor, image_shape, count: i
 def save_interpolation(path: Path, vae, x: torch.Tensor, image_shape, pairs: int = 6,
                        steps: int = 10) -> None:
     """Each row decodes μ(a) + t (μ(b) − μ(a)) for t from 0 to 1 between two test images."""
+    pairs = min(pairs, len(x) // 2)
+    if pairs == 0:
+        return  # a single test image has no partner to interpolate towards
     loc = vae.posterior(x[: 2 * pairs]).mean
     start, end = loc[:pairs], loc[pairs: 2 * pairs]
     t = torch.linspace(0, 1, steps, device=loc.device).reshape(1, steps, 1)
@@ -97,6 +101,8 @@ def project_2d(points: torch.Tensor) -> tuple[np.ndarray, str]:
 @torch.no_grad()
 def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
                     max_points: int = 5000) -> None:
+    if len(x) < 3:
+        return  # too few points for a map
     loc = vae.posterior(x[:max_points]).mean
     xy, label = project_2d(loc)
     figure, axis = plt.subplots(figsize=(5.5, 4.5))

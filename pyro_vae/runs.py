@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import random
 import tempfile
@@ -67,8 +68,19 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, value: Any) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    """Strict JSON (NaN and infinities, e.g. a standard error of one datapoint, become null)."""
+    atomic_write_text(path, json.dumps(_finite_or_none(value), indent=2, allow_nan=False) + "\n")
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:

@@ -167,7 +167,7 @@ def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int) -> float | None:
 
 
 def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
-                        optimizer: torch.optim.Optimizer, epoch: int, step: int,
+                        optimizer: torch.optim.Optimizer, objective: Any, epoch: int, step: int,
                         history: list[dict], train_seconds: float) -> dict[str, Any]:
     store = pyro.get_param_store()
     return {
@@ -181,16 +181,23 @@ def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
         "step": step,
         "history": history,
         "train_seconds": train_seconds,
+        # Estimator state that shapes later gradients (the score-function running baseline).
+        "objective_state": {"running_baseline": getattr(objective, "running_baseline", None)},
     }
 
 
 def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> None:
     saved = saved_config(checkpoint, path)
     current = config.to_dict()
+    # Where the data live may change between machines; what the data are may not.
+    for key in ("data_dir", "download"):
+        saved["data"].pop(key, None)
+        current["data"].pop(key, None)
     for section in ("data", "model"):
         if saved.get(section) != current[section]:
             raise CheckpointError(f"{path} was written for a different [{section}] than the "
-                                  "run's config.toml; resume with the config it was saved with.")
+                                  "configuration given now; resume with the one it was saved "
+                                  "with.")
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False,
@@ -231,13 +238,21 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
         set_rng_state(checkpoint["rng"])
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]
-        _set_learning_rate(optimizer, config.train.learning_rate)  # --lr may change on resume
+        saved = saved_config(checkpoint, checkpoint_path)["train"]
+        if saved["learning_rate"] != config.train.learning_rate:  # --lr given on resume
+            _set_learning_rate(optimizer, config.train.learning_rate)
+        baseline = checkpoint.get("objective_state", {}).get("running_baseline")
+        if hasattr(module.objective, "running_baseline"):
+            module.objective.running_baseline = baseline
+        if config.train.epochs < start_epoch:
+            raise ConfigError(f"{run_dir} has already trained {start_epoch} epochs; --epochs "
+                              f"{config.train.epochs} would go back. Give --epochs "
+                              f"{start_epoch} or more.")
     make_run_dir(run_dir)
-    atomic_write_text(run_dir / CONFIG, config.to_toml())
     # The state to step back to if the first epoch goes non-finite.
     last_good = copy.deepcopy((vae.state_dict(), optimizer.state_dict())) \
         if checkpoint is None else None
-    rollbacks = 0
+    rollbacks = history[-1].get("rollbacks", 0) if history else 0
 
     progress.start_epochs(start_epoch, config.train.epochs)
     epoch = start_epoch
@@ -258,7 +273,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
                     where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
                              else "the initial state (no epoch had finished)")
                     raise nonfinite_loss_error(vae, fault.batch, fault.loss, fault.grad_norm,
-                                               epoch + 1, fault.step, where) from None
+                                               epoch + 1, fault.step, where, resumable=epoch > 0,
+                                               rolled_back=rollbacks > 0) from None
                 rollbacks += 1
                 _roll_back(vae, optimizer, checkpoint_path if epoch else None, last_good)
                 continue  # redo this epoch from the last good state at half the rate
@@ -273,7 +289,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
                    "seconds": round(train_seconds, 3)}
             history.append(row)
             save_checkpoint(checkpoint_path, _checkpoint_payload(
-                config, data, vae, optimizer, epoch + 1, step, history, train_seconds))
+                config, data, vae, optimizer, module.objective, epoch + 1, step, history,
+                train_seconds))
+            if epoch == start_epoch:  # the run directory describes a run once it has one
+                atomic_write_text(run_dir / CONFIG, config.to_toml())
             write_metrics(run_dir, history)
             progress.end_epoch(row)
             epoch += 1

@@ -233,3 +233,83 @@ def test_meanfield_with_a_prior_that_has_no_closed_form_kl_falls_back_to_monte_c
     stderr = (meanfield.var() / 200 + trace.var() / 200).sqrt()
     assert torch.isfinite(meanfield).all()
     assert abs(meanfield.mean() - trace.mean()) < 4 * stderr
+
+
+def test_nan_in_the_first_epoch_leaves_the_folder_reusable(tmp_path, monkeypatch, capsys):
+    poison_decoder(monkeypatch, at_call=1)
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
+    assert "train again with a smaller --lr" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--eval-samples", "4"]) == 0
+
+
+def test_resume_after_a_rollback_keeps_the_halved_rate(tmp_path, monkeypatch):
+    poison_decoder(monkeypatch, at_call=15, times=1)
+    straight = train(small(epochs=4, on_nan="rollback"), tmp_path / "a")
+    monkeypatch.undo()
+    poison_decoder(monkeypatch, at_call=15, times=1)
+    train(small(epochs=3, on_nan="rollback"), tmp_path / "b")
+    monkeypatch.undo()
+    resumed = train(small(epochs=4, on_nan="rollback"), tmp_path / "b", resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert rows[-1]["rollbacks"] == 1 and rows[-1]["learning_rate"] == pytest.approx(5e-4)
+    assert straight["test_elbo"] == resumed["test_elbo"]
+
+
+def test_score_objective_resumes_exactly(tmp_path):
+    straight = train(small(epochs=3, objective="score"), tmp_path / "a")
+    train(small(epochs=2, objective="score"), tmp_path / "b")
+    resumed = train(small(epochs=3, objective="score"), tmp_path / "b", resume=True)
+    assert straight["test_elbo"] == resumed["test_elbo"]
+
+
+def test_resume_may_change_the_data_dir_but_not_go_back(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(small(epochs=2), run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--data-dir",
+                 str(tmp_path), "--eval-samples", "4"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "1"]) == 2
+    assert "would go back" in capsys.readouterr().err
+
+
+def test_tiny_datasets_finish_with_strict_json(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=(np.random.default_rng(0).random((6, 8, 8)) > 0.5).astype(np.float32))
+    config = small(epochs=1).with_overrides({"data": {"dataset": f"file:{path}",
+                                                      "binarize": "none"}})
+    train(config, tmp_path / "run")
+    text = (tmp_path / "run" / "summary.json").read_text()
+    assert "NaN" not in text and json.loads(text)["num_test_datapoints"] == 1
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--seed", "5000000000"], "2**32"),
+    (["compare", "--repeats", "1"], "at least 2"),
+])
+def test_more_bad_flags(tmp_path, capsys, argv, needle):
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_unreadable_npz_contents(tmp_path):
+    import numpy as np
+
+    from pyro_vae.data import load_dataset
+    from pyro_vae.errors import DataError
+
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x=np.array([{"a": 1}, {"b": 2}], dtype=object))
+    with pytest.raises(DataError, match="cannot be read"):
+        load_dataset(f"file:{objects}")
+    single = tmp_path / "single.npz"
+    with open(single, "wb") as handle:
+        np.save(handle, np.zeros((4, 4)))
+    with pytest.raises(DataError, match="single array"):
+        load_dataset(f"file:{single}")
+    two = tmp_path / "two.npz"
+    np.savez(two, x=np.zeros((2, 4)))
+    with pytest.raises(DataError, match="empty"):
+        load_dataset(f"file:{two}")
