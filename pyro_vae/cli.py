@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
-                                       positive_flag as _positive_flag)
+                                       check_same_shape, positive_flag as _positive_flag)
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 EPILOG = """examples:
@@ -230,10 +230,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         config = config.with_overrides({"data": {
             k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}})
     data = prepare_data(config, device)
-    if list(data.image_shape) != list(checkpoint["image_shape"]):
-        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
-                          f"{data.image_shape}, but the model was trained on "
-                          f"{tuple(checkpoint['image_shape'])}; score data of the same shape.")
+    check_same_shape(config, data, checkpoint)
     x, _ = data.split(args.split)
     if len(x) == 0:
         raise ConfigError(f"the {args.split} split of {config.data.dataset!r} is empty (was "
@@ -332,10 +329,8 @@ def command_compare(args: argparse.Namespace) -> int:
     if overrides:
         config = config.with_overrides({"data": overrides})
     data = prepare_data(config)
-    if args.run_dir and list(data.image_shape) != list(checkpoint["image_shape"]):
-        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
-                          f"{data.image_shape}, but the model was trained on "
-                          f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
+    if args.run_dir:
+        check_same_shape(config, data, checkpoint)
     if not args.run_dir:
         torch.manual_seed(args.seed)
         vae = build_vae(config.model, data.image_shape)

@@ -65,12 +65,17 @@ def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     if overrides:
         config = config.with_overrides({"data": overrides})
     data = prepare_data(config)
+    check_same_shape(config, data, checkpoint)
+    return config, vae, data
+
+
+def check_same_shape(config, data, checkpoint) -> None:
+    """Refuse to score data whose images differ in shape from the model's training images."""
+    from pyro_vae.errors import ConfigError
     if list(data.image_shape) != list(checkpoint["image_shape"]):
-        from pyro_vae.errors import ConfigError
         raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
                           f"{data.image_shape}, but the model was trained on "
                           f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
-    return config, vae, data
 
 
 def positive_flag(name: str, value: int | None) -> None:
