@@ -26,7 +26,7 @@ import torch
 from pyro_vae import plots
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
-from pyro_vae.errors import CheckpointError, ConfigError, TrainingError
+from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.likelihoods import build_likelihood, check_unit_interval
 from pyro_vae.faults import nonfinite_loss_error
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity

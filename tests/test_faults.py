@@ -15,7 +15,7 @@ import pyro_vae.networks as networks
 from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, PyroVAEError, TrainingError
-from pyro_vae.runs import load_checkpoint, save_checkpoint
+from pyro_vae.runs import load_checkpoint
 from pyro_vae.train import train
 
 

@@ -1,6 +1,5 @@
 """Every notebook runs end to end (in smoke size) and is committed without outputs."""
 
-import os
 from pathlib import Path
 
 import nbformat
