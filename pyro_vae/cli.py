@@ -32,11 +32,13 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
     "binarize": ("data", "binarize"), "download": ("data", "download"),
     "latent_dim": ("model", "latent_dim"), "network": ("model", "network"),
-    "likelihood": ("model", "likelihood"), "epochs": ("train", "epochs"),
+    "likelihood": ("model", "likelihood"), "prior": ("model", "prior"),
+    "prior_components": ("model", "prior_components"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
     "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
     "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
+    "free_bits": ("train", "free_bits"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
 }
@@ -72,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--network", choices=["mlp", "conv"], help="encoder/decoder family")
     train.add_argument("--likelihood", choices=["bernoulli", "continuous_bernoulli", "gaussian"],
                        help="p(x|z)")
+    train.add_argument("--prior", choices=["normal", "mixture", "vamp", "flow"],
+                       help="p(z): standard normal, learned mixture of Gaussians, VampPrior "
+                       "(pseudo-inputs through the encoder) or an affine-coupling flow")
+    train.add_argument("--prior-components", type=int,
+                       help="mixture components / VampPrior pseudo-inputs (10 / 500)")
     train.add_argument("--objective",
                        choices=["elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score"],
                        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
@@ -83,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
     train.add_argument("--kl-warmup-epochs", type=int,
                        help="epochs of linear KL annealing from 0 to beta")
+    train.add_argument("--free-bits", type=float,
+                       help="free bits: nats per latent dimension below which the KL is not "
+                       "pushed down (Kingma et al. 2016); 0 disables")
     train.add_argument("--seed", type=int, help="random seed")
     train.add_argument("--on-nan", choices=["stop", "rollback"],
                        help="on a NaN/inf loss: stop (default), or roll back to the last good "
@@ -199,7 +209,7 @@ def command_train(args: argparse.Namespace) -> int:
         return 130
     print(_format_summary(summary))
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
-          "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png)")
+          "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png)")
     return 0
 
 

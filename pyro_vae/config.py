@@ -28,6 +28,7 @@ ENCODER_SCALES = ("softplus", "logvar")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 DEVICES = ("cpu", "cuda")
+PRIORS = ("normal", "mixture", "vamp", "flow")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -95,6 +96,12 @@ class ModelConfig:
     stochastic_layers: int = 1
     top_latent_dim: int = 50
     top_hidden_dims: list[int] = field(default_factory=lambda: [50, 50])
+    #: p(z): ``normal`` N(0, I), ``mixture`` of Gaussians, ``vamp`` (VampPrior) or ``flow``.
+    prior: str = "normal"
+    #: Mixture components, or VampPrior pseudo-inputs; absent: 10 (mixture), 500 (vamp).
+    prior_components: int | None = None
+    #: Affine coupling layers of the flow prior.
+    flow_layers: int = 4
 
     def validate(self) -> None:
         _positive("model", "latent_dim", self.latent_dim)
@@ -111,6 +118,18 @@ class ModelConfig:
         if self.stochastic_layers == 2 and self.network != "mlp":
             raise ConfigError("[model] stochastic_layers = 2 is built from MLPs; set network = "
                               "\"mlp\".")
+        _choice("model", "prior", self.prior, PRIORS)
+        if self.prior_components is not None:
+            _positive("model", "prior_components", self.prior_components)
+        _positive("model", "flow_layers", self.flow_layers)
+        if self.prior == "flow" and self.latent_dim < 2:
+            raise ConfigError("[model] prior = \"flow\" is built from coupling layers that need "
+                              "latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
+        if self.stochastic_layers == 2 and self.prior != "normal":
+            raise ConfigError(
+                f"[model] prior = \"{self.prior}\" is for the one-layer model; with "
+                "stochastic_layers = 2 the prior is already hierarchical, p(z1|z2) p(z2) with "
+                "p(z2) = N(0, I). Set prior = \"normal\" or stochastic_layers = 1.")
         if isinstance(self.gaussian_scale, str):
             _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
         else:
@@ -135,6 +154,9 @@ class TrainConfig:
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
     kl_warmup_epochs: int = 0
+    #: Free bits λ (Kingma et al. 2016): nats per latent dimension of batch-averaged KL below
+    #: which the KL is not pushed down; 0 disables. Objectives elbo and meanfield, prior normal.
+    free_bits: float = 0.0
     seed: int = 0
     device: str = "cpu"
     #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
@@ -155,6 +177,7 @@ class TrainConfig:
             raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
         _positive("train", "beta", self.beta)
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
+        _positive("train", "free_bits", self.free_bits, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
@@ -201,7 +224,21 @@ class Config:
                 f"[train] objective = \"{self.train.objective}\" needs a guide whose latent "
                 "sites do not depend on one another, but the two-layer model's q(z2|z1) depends "
                 "on z1. Use elbo, iwae, renyi or score with stochastic_layers = 2.")
+        if self.train.free_bits > 0:
+            self._check_free_bits()
         return self
+
+    def _check_free_bits(self) -> None:
+        if self.train.objective not in ("elbo", "meanfield"):
+            raise ConfigError(
+                f"[train] free_bits needs the ELBO's separate KL term, which objective "
+                f"\"{self.train.objective}\" does not have; use objective = \"elbo\" or "
+                "\"meanfield\", or free_bits = 0.")
+        if self.model.prior != "normal" or self.model.stochastic_layers != 1:
+            raise ConfigError(
+                "[train] free_bits works per latent dimension, which needs a KL that splits "
+                "over dimensions: the one-layer model with prior = \"normal\". Use beta or "
+                "kl_warmup_epochs against collapse with other priors, or free_bits = 0.")
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe") -> "Config":

@@ -28,7 +28,8 @@ from typing import Callable
 
 import torch
 
-from pyro_vae.objectives.particles import log_weights, run_particles
+from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log_weights,
+                                           run_particles)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 
@@ -118,13 +119,36 @@ def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000
 
 
 @torch.no_grad()
+def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16
+                   ) -> torch.Tensor:
+    """KL(q(z|x) ‖ p(z)) per row of ``x`` as (1/S) Σ_s [log q(z_s|x) − log p(z_s)], z_s ~ q.
+
+    Works for any prior and for several latent sites (the two-layer model's p(z1|z2) p(z2)).
+    """
+    with vae.scoring():
+        traces = run_particles(vae.model, vae.guide, num_samples, (x,), {}, who="the KL")
+    shape = (traces.num_particles, traces.batch_size)
+    log_prior = sum(site["fn"].log_prob(site["value"]).expand(shape)
+                    for site in _sample_sites(traces.model) if not site["is_observed"])
+    return (guide_log_density(traces) - log_prior).mean(0)
+
+
+@torch.no_grad()
 def latent_activity(vae: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
-    """Active units (Cov_x(E_q[z_u]) > 0.01) and the mean KL(q(z_u|x) ‖ p(z_u)) per dimension."""
+    """Active units (Cov_x(E_q[z_u]) > 0.01), the mean KL(q(z_u|x) ‖ p(z_u)) per dimension
+    where the prior splits over dimensions, and the mean total KL(q(z|x) ‖ p(z)) (closed form
+    where there is one, else Monte Carlo with 16 draws per point)."""
     loc, scale = encode_means(vae, x)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
     kl = vae.kl_per_dim(loc, scale)
+    if kl is not None:
+        total = float(kl.sum(-1).mean())
+    else:
+        total = float(torch.cat([monte_carlo_kl(vae, x[start: start + 500])
+                                 for start in range(0, len(x), 500)]).mean())
     return {
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "activity_per_dim": [round(float(a), 6) for a in activity],
+        "kl": round(total, 6),
         "kl_per_dim": None if kl is None else [round(float(k), 6) for k in kl.mean(0)],
     }

@@ -133,7 +133,7 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     """The VAE that a ``[model]`` configuration describes, for images of ``image_shape``."""
     from pyro_vae.likelihoods import build_likelihood
     from pyro_vae.networks import build_networks
-    from pyro_vae.priors import StandardNormalPrior
+    from pyro_vae.priors import build_prior
 
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
                                       config.hidden_dims, config.activation, config.encoder_scale)
@@ -142,4 +142,7 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
         from pyro_vae.hierarchical import HierarchicalVAE
 
         return HierarchicalVAE.build(encoder, decoder, likelihood, config, num_data)
-    return VAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood, num_data)
+    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    prior = build_prior(config.prior, config.latent_dim, encoder, num_pixels,
+                        config.prior_components, config.flow_layers)
+    return VAE(encoder, decoder, prior, likelihood, num_data)

@@ -133,3 +133,33 @@ def save_elbo_curves(path: Path, history: list[dict]) -> None:
     axis.legend()
     axis.grid(alpha=0.3)
     _save(figure, path)
+
+
+def save_kl_curves(path: Path, history: list[dict]) -> None:
+    """Collapse diagnostics over training: KL per latent dimension (a heat map, where the prior
+    splits over dimensions; else the total KL) and the number of active units."""
+    rows = [row for row in history if row.get("active_units") is not None]
+    if not rows:
+        return
+    epochs = [row["epoch"] for row in rows]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    per_dim = [row.get("kl_per_dim") for row in rows]
+    if all(kl is not None for kl in per_dim):
+        kl = np.asarray(per_dim).T  # [dims, epochs]
+        image = left.imshow(kl, aspect="auto", origin="lower", cmap="viridis",
+                            extent=(epochs[0] - 0.5, epochs[-1] + 0.5, -0.5, len(kl) - 0.5))
+        figure.colorbar(image, ax=left, label="nats")
+        left.set_ylabel("latent dimension")
+        left.set_title("KL(q(z_j|x) ‖ p(z_j)) per dimension")
+    else:
+        left.plot(epochs, [row["kl"] for row in rows])
+        left.set_ylabel("nats per datapoint")
+        left.set_title("KL(q(z|x) ‖ p(z))")
+        left.grid(alpha=0.3)
+    right.plot(epochs, [row["active_units"] for row in rows], marker="o", markersize=3)
+    right.set_ylabel("active units")
+    right.set_ylim(bottom=0)
+    right.grid(alpha=0.3)
+    for axis in (left, right):
+        axis.set_xlabel("epoch")
+    _save(figure, path)

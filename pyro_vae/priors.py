@@ -1,10 +1,34 @@
-"""Priors p(z) on the latent code: each is one class that builds a batched distribution."""
+"""Priors p(z) on the latent code: each is one class that builds a batched distribution.
+
+Every prior is an ``nn.Module`` (its parameters train with the rest of the VAE) whose
+``forward(batch_shape, device, dtype)`` returns a distribution with that batch shape and one
+event dimension of size D. The model samples ``z`` from it inside the ``data`` plate, so every
+objective (ELBO, mean-field, IWAE, DReG, ...) works with every prior:
+
+==============  =====================================================================
+``normal``      p(z) = N(0, I)
+``mixture``     p(z) = Σ_c π_c N(z; m_c, diag s_c²), learned π, m, s
+``vamp``        p(z) = (1/C) Σ_c q(z | u_c), learned pseudo-inputs u_c through the encoder
+                (Tomczak & Welling 2018, "VAE with a VampPrior")
+``flow``        p(z) = N(f⁻¹(z); 0, I) |det ∂f⁻¹/∂z|, f a stack of affine coupling layers
+                (Dinh et al. 2017, RealNVP) from ``pyro.distributions.transforms``
+==============  =====================================================================
+
+Only the standard normal has a closed-form KL(q(z|x) ‖ p(z)) against the diagonal-Gaussian
+guide; with the others Pyro's ``TraceMeanField_ELBO`` finds no registered KL and uses the Monte
+Carlo estimate log q(z) − log p(z) instead, with no error. The two-stochastic-layer model of
+Burda et al. (a hierarchical prior p(z1|z2) p(z2)) lives in ``hierarchical.py``.
+"""
 
 from __future__ import annotations
 
 import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
+
+from pyro_vae.config import PRIORS
+from pyro_vae.errors import ConfigError
 
 
 class Prior(nn.Module):
@@ -38,3 +62,116 @@ class StandardNormalPrior(Prior):
 def gaussian_kl_to_standard_normal(loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(μ, σ²) ‖ N(0, 1)) = ½(μ² + σ² − 1) − log σ."""
     return 0.5 * (loc.pow(2) + scale.pow(2) - 1.0) - torch.log(scale)
+
+
+def _gaussian_mixture(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                      batch_shape: torch.Size) -> dist.TorchDistribution:
+    """Σ_c softmax(logits)_c N(loc_c, diag scale_c²), batched to ``batch_shape``."""
+    components, latent_dim = loc.shape
+    mixing = dist.Categorical(logits=logits.expand(*batch_shape, components),
+                              validate_args=False)
+    normals = dist.Normal(loc.expand(*batch_shape, components, latent_dim),
+                          scale.expand(*batch_shape, components, latent_dim),
+                          validate_args=False).to_event(1)
+    return dist.MixtureSameFamily(mixing, normals, validate_args=False)
+
+
+class MixturePrior(Prior):
+    """p(z) = Σ_c π_c N(z; m_c, diag s_c²) with learned weights, means and scales.
+
+    Means start as draws from N(0, I) (so components begin spread over the standard normal's
+    bulk), scales at 1, weights uniform. Scales are ``softplus`` of a free parameter.
+    """
+
+    def __init__(self, latent_dim: int, components: int = 10):
+        super().__init__(latent_dim)
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        # softplus(0.5413) = 1.
+        self.raw_scale = nn.Parameter(torch.full((components, latent_dim), 0.5413))
+
+    def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype
+                ) -> dist.TorchDistribution:
+        scale = nn.functional.softplus(self.raw_scale)
+        return _gaussian_mixture(self.logits, self.loc, scale, batch_shape)
+
+
+class VampPrior(Prior):
+    """The variational mixture of posteriors p(z) = (1/C) Σ_c q(z | u_c) (Tomczak & Welling).
+
+    ``u_c = sigmoid(v_c)`` are C learned pseudo-inputs in the data space [0, 1]^P, passed through
+    the VAE's own encoder, so the prior follows the aggregate posterior as the encoder learns.
+    The encoder is shared, not copied: it is held outside this module's parameters (the VAE
+    registers it) so a state dict stores it once.
+    """
+
+    def __init__(self, latent_dim: int, encoder: nn.Module, num_pixels: int,
+                 components: int = 500):
+        super().__init__(latent_dim)
+        # Pseudo-inputs start near grey (sigmoid(v) ≈ 0.5) with a little noise to break symmetry.
+        self.pseudo_inputs = nn.Parameter(0.1 * torch.randn(components, num_pixels))
+        self._encoder = (encoder,)  # a tuple hides it from nn.Module's registration
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self._encoder[0]
+
+    def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype
+                ) -> dist.TorchDistribution:
+        loc, scale = self.encoder(torch.sigmoid(self.pseudo_inputs))
+        uniform = torch.zeros(len(loc), device=loc.device, dtype=loc.dtype)
+        return _gaussian_mixture(uniform, loc, scale, batch_shape)
+
+
+class FlowPrior(Prior):
+    """p(z) = N(f⁻¹(z); 0, I) |det ∂f⁻¹/∂z| with f = a stack of affine coupling layers.
+
+    Each layer (``pyro.distributions.transforms.affine_coupling``) keeps the first ⌊D/2⌋
+    coordinates and shifts and scales the rest by networks of them; the coordinates are reversed
+    between layers so every coordinate is transformed. Both directions are one network pass, so
+    sampling and the density are equally cheap. Needs D ≥ 2.
+    """
+
+    def __init__(self, latent_dim: int, num_flows: int = 4, hidden_dims: list[int] | None = None):
+        super().__init__(latent_dim)
+        if latent_dim < 2:
+            raise ConfigError("the flow prior's coupling layers need latent_dim ≥ 2; use "
+                              "prior = \"mixture\" or \"normal\" for a one-dimensional code.")
+        hidden = list(hidden_dims or [64, 64])
+        self.couplings = nn.ModuleList(
+            T.affine_coupling(latent_dim, hidden_dims=hidden) for _ in range(num_flows))
+        for coupling in self.couplings:  # start at the identity: p(z) = N(0, I)
+            last = coupling.nn.layers[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        self.register_buffer("reverse", torch.arange(latent_dim - 1, -1, -1))
+
+    def transforms(self) -> list[dist.transforms.Transform]:
+        """f as a list of transforms from the base N(0, I) to z."""
+        layers: list[dist.transforms.Transform] = []
+        for i, coupling in enumerate(self.couplings):
+            if i:
+                layers.append(T.Permute(self.reverse))
+            layers.append(coupling)
+        return layers
+
+    def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype
+                ) -> dist.TorchDistribution:
+        base = dist.Normal(torch.zeros(*batch_shape, self.latent_dim, device=device,
+                                       dtype=dtype), 1.0, validate_args=False).to_event(1)
+        return dist.TransformedDistribution(base, self.transforms(), validate_args=False)
+
+
+def build_prior(name: str, latent_dim: int, encoder: nn.Module, num_pixels: int,
+                components: int | None = None, num_flows: int = 4) -> Prior:
+    """The prior called ``name`` (see the module table); ``components`` defaults to 10 for the
+    mixture and 500 pseudo-inputs for the VampPrior (Tomczak & Welling's MNIST setting)."""
+    if name == "normal":
+        return StandardNormalPrior(latent_dim)
+    if name == "mixture":
+        return MixturePrior(latent_dim, components or 10)
+    if name == "vamp":
+        return VampPrior(latent_dim, encoder, num_pixels, components or 500)
+    if name == "flow":
+        return FlowPrior(latent_dim, num_flows)
+    raise ConfigError(f"unknown prior {name!r}; use one of {', '.join(PRIORS)}.")

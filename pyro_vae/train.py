@@ -38,6 +38,7 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
+MONITOR_POINTS = 1000
 
 
 @dataclass
@@ -226,7 +227,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     data = prepare_data(config, device)
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     module = ObjectiveModule(vae, make_objective(config.train.objective, config.train.particles,
-                                                 config.train.alpha))
+                                                 config.train.alpha), config.train.free_bits)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
@@ -254,6 +255,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
         if checkpoint is None else None
     rollbacks = history[-1].get("rollbacks", 0) if history else 0
 
+    # Collapse diagnostics each epoch on up to 1,000 fixed points (validation, else training).
+    monitor_x = (data.valid_x if len(data.valid_x) else data.train_x)[:MONITOR_POINTS]
     progress.start_epochs(start_epoch, config.train.epochs)
     epoch = start_epoch
     with pyro.validation_enabled(False), warnings.catch_warnings():
@@ -281,9 +284,12 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             step = new_step
             train_seconds += time.perf_counter() - started
             vae.eval()
+            activity = latent_activity(vae, monitor_x)
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk),
+                   "active_units": activity["active_units"], "kl": activity["kl"],
+                   "kl_per_dim": activity["kl_per_dim"],
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
@@ -334,7 +340,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
 
 
 def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]) -> None:
-    """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``, ``elbo.png``."""
+    """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``,
+    ``elbo.png`` and ``kl.png``."""
     shape = data.image_shape
     plots.save_samples(run_dir / "samples.png", vae, shape)
     plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
@@ -342,3 +349,4 @@ def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]
     plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y)
     if history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
+        plots.save_kl_curves(run_dir / "kl.png", history)

@@ -27,6 +27,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.dreg import DReG
+from pyro_vae.objectives.free_bits import free_bits_penalty
 from pyro_vae.objectives.iwae import IWAE
 from pyro_vae.objectives.particles import MAX_PLATE_NESTING, PerDatapointObjective
 from pyro_vae.objectives.renyi import RenyiBound
@@ -35,7 +36,7 @@ from pyro_vae.objectives.stl import STL
 
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 
-__all__ = ["DReG", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES", "ObjectiveModule",
+__all__ = ["DReG", "free_bits_penalty", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES", "ObjectiveModule",
            "PerDatapointObjective", "RenyiBound", "STL", "ScoreFunctionELBO", "make_objective"]
 
 
@@ -57,13 +58,18 @@ class ObjectiveModule(nn.Module):
     """``forward(x)`` = the objective's differentiable loss (negative bound) of ``vae`` on x.
 
     Unlike ``elbo(vae.model, vae.guide)``, this module owns the VAE's parameters, so optimizers
-    and ``DistributedDataParallel`` see them.
+    and ``DistributedDataParallel`` see them. ``free_bits`` > 0 adds the free-bits term of
+    ``free_bits.py`` (for the ELBO objectives).
     """
 
-    def __init__(self, vae: nn.Module, objective: ELBO):
+    def __init__(self, vae: nn.Module, objective: ELBO, free_bits: float = 0.0):
         super().__init__()
         self.vae = vae
         self.objective = objective
+        self.free_bits = free_bits
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+        if self.free_bits > 0:
+            loss = loss + free_bits_penalty(self.vae, x, self.free_bits)
+        return loss
