@@ -102,6 +102,10 @@ class ModelConfig:
     prior_components: int | None = None
     #: Affine coupling layers of the flow prior.
     flow_layers: int = 4
+    #: Priors on decoder weights with a mean-field guide: ``none``, ``last`` layer or ``all``.
+    bayesian_decoder: str = "none"
+    #: Standard deviation s of the N(0, s²) prior on each Bayesian decoder weight.
+    weight_prior_scale: float = 1.0
 
     def validate(self) -> None:
         _positive("model", "latent_dim", self.latent_dim)
@@ -122,6 +126,11 @@ class ModelConfig:
         if self.prior_components is not None:
             _positive("model", "prior_components", self.prior_components)
         _positive("model", "flow_layers", self.flow_layers)
+        _choice("model", "bayesian_decoder", self.bayesian_decoder, ("none", "last", "all"))
+        _positive("model", "weight_prior_scale", self.weight_prior_scale)
+        if self.bayesian_decoder != "none" and self.stochastic_layers != 1:
+            raise ConfigError("[model] bayesian_decoder is built for the one-layer model; set "
+                              "stochastic_layers = 1 or bayesian_decoder = \"none\".")
         if self.prior == "flow" and self.latent_dim < 2:
             raise ConfigError("[model] prior = \"flow\" is built from coupling layers that need "
                               "latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
@@ -226,6 +235,13 @@ class Config:
                 "on z1. Use elbo, iwae, renyi or score with stochastic_layers = 2.")
         if self.train.free_bits > 0:
             self._check_free_bits()
+        if self.model.bayesian_decoder != "none" and self.train.objective not in ("elbo",
+                                                                                  "meanfield"):
+            raise ConfigError(
+                f"[train] objective = \"{self.train.objective}\" is reduced per datapoint, but "
+                "the Bayesian decoder's weights are one global latent variable shared by all "
+                "datapoints, with no per-datapoint share of its KL. Use objective = \"elbo\" or "
+                "\"meanfield\", or bayesian_decoder = \"none\".")
         return self
 
     def _check_free_bits(self) -> None:

@@ -22,6 +22,7 @@ Cov_x(E_{q(z|x)}[z_u]) > 0.01.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -32,6 +33,18 @@ from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log
                                            run_particles)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+#: Posterior draws of a Bayesian decoder's weights that share the importance samples.
+WEIGHT_DRAWS = 10
+
+
+def _is_bayesian(vae: torch.nn.Module) -> bool:
+    """A Bayesian decoder whose weights are not fixed: its W is a global latent variable."""
+    return getattr(vae, "weight_posterior", None) is not None and vae.fixed_weights is None
+
+
+def _any_weights(vae: torch.nn.Module) -> contextlib.AbstractContextManager:
+    """Fix a Bayesian decoder at its posterior mean (for terms that do not involve W)."""
+    return vae.using_weights() if _is_bayesian(vae) else contextlib.nullcontext()
 
 
 def log_importance_weights(model: Callable, guide: Callable, x: torch.Tensor,
@@ -84,7 +97,14 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     """Importance-sampled log p(x) and the ELBO for every row of ``x`` (see module docstring).
 
     ``progress(n)`` is called after each chunk with the number of datapoints finished.
+
+    For a Bayesian decoder the estimate is of the posterior predictive log p(x | data): the K
+    samples are split over S = 10 draws W_s ~ q(W), K/S each, and
+    log p̂ = log (1/K) Σ_s Σ_k p(x, z_sk | W_s) / q(z_sk | x) — importance sampling of
+    ∫ p(x|W) q(W) dW with the proposal q(W) q(z|x); the ELBO is averaged over the draws.
     """
+    if _is_bayesian(vae):
+        return _estimate_posterior_predictive(vae, x, num_samples, max_chunk, progress)
     data_chunk = max(1, min(len(x), max_chunk // num_samples))
     particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
     log_likelihoods, elbos = [], []
@@ -106,6 +126,23 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
                                  num_samples)
 
 
+def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_samples: int,
+                                   max_chunk: int, progress: Callable[[int], None] | None
+                                   ) -> LogLikelihoodEstimate:
+    draws = min(WEIGHT_DRAWS, num_samples)
+    per_draw = num_samples // draws
+    log_likelihoods, elbos = [], []
+    for draw in range(draws):
+        with vae.using_weights(vae.sample_weights()):
+            estimate = estimate_log_likelihood(vae, x, per_draw, max_chunk,
+                                               progress if draw == draws - 1 else None)
+        log_likelihoods.append(estimate.log_likelihood)
+        elbos.append(estimate.elbo)
+    log_likelihood = torch.logsumexp(torch.stack(log_likelihoods), 0) - math.log(draws)
+    return LogLikelihoodEstimate(log_likelihood, torch.stack(elbos).mean(0),
+                                 draws * per_draw)
+
+
 @torch.no_grad()
 def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +162,7 @@ def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16
 
     Works for any prior and for several latent sites (the two-layer model's p(z1|z2) p(z2)).
     """
-    with vae.scoring():
+    with vae.scoring(), _any_weights(vae):
         traces = run_particles(vae.model, vae.guide, num_samples, (x,), {}, who="the KL")
     shape = (traces.num_particles, traces.batch_size)
     log_prior = sum(site["fn"].log_prob(site["value"]).expand(shape)

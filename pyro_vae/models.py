@@ -145,4 +145,9 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     prior = build_prior(config.prior, config.latent_dim, encoder, num_pixels,
                         config.prior_components, config.flow_layers)
+    if config.bayesian_decoder != "none":
+        from pyro_vae.bayesian import BayesianVAE
+
+        return BayesianVAE(encoder, decoder, prior, likelihood, num_data,
+                           config.bayesian_decoder, config.weight_prior_scale)
     return VAE(encoder, decoder, prior, likelihood, num_data)

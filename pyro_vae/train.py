@@ -226,8 +226,9 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     pyro.set_rng_seed(config.train.seed)
     data = prepare_data(config, device)
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
-    module = ObjectiveModule(vae, make_objective(config.train.objective, config.train.particles,
-                                                 config.train.alpha), config.train.free_bits)
+    objective = make_objective(config.train.objective, config.train.particles,
+                               config.train.alpha, config.model.bayesian_decoder == "none")
+    module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)

@@ -183,7 +183,7 @@ def test_free_bits_penalty_is_the_shortfall_below_the_floor():
     floor = float(kl.detach().max()) + 0.1  # every dimension below the floor
     penalty = free_bits_penalty(vae, x, floor)
     assert torch.allclose(penalty, 0.5 * len(x) * (floor - kl).sum())
-    assert float(free_bits_penalty(vae, x, float(kl.detach().min()) * 0.5)) == 0.0
+    assert float(free_bits_penalty(vae, x, float(kl.detach().min()) * 0.5).detach()) == 0.0
 
 
 def test_free_bits_stop_pushing_dimensions_below_the_floor_towards_the_prior():

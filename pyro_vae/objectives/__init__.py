@@ -40,11 +40,16 @@ __all__ = ["DReG", "free_bits_penalty", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES
            "PerDatapointObjective", "RenyiBound", "STL", "ScoreFunctionELBO", "make_objective"]
 
 
-def make_objective(name: str, particles: int = 1, alpha: float = 0.5) -> ELBO:
-    """The objective called ``name`` (see the table above) with ``particles`` samples each."""
+def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
+                   vectorize: bool = True) -> ELBO:
+    """The objective called ``name`` (see the table above) with ``particles`` samples each.
+
+    ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one after another (for
+    models whose global sites cannot take a particle dimension, like a Bayesian decoder).
+    """
     if name in ("elbo", "meanfield"):
         cls = Trace_ELBO if name == "elbo" else TraceMeanField_ELBO
-        return cls(num_particles=particles, vectorize_particles=particles > 1,
+        return cls(num_particles=particles, vectorize_particles=vectorize and particles > 1,
                    max_plate_nesting=MAX_PLATE_NESTING)
     if name == "renyi":
         return RenyiBound(alpha=alpha, num_particles=particles)

@@ -89,6 +89,8 @@ def run_particles(model: Callable, guide: Callable, num_particles: int, args: tu
     if detach_samples:  # the trace recorded each value before the inner handler detached it
         for site in _sample_sites(guide_trace):
             site["value"] = site["value"].detach()
+    for site in _sample_sites(guide_trace):  # refuse global sites before the model runs
+        _data_frame(site, who)
     model_trace = poutine.trace(
         poutine.replay(in_particle_plate(model), trace=guide_trace)).get_trace(*args, **kwargs)
     frames = [_data_frame(site, who) for trace in (model_trace, guide_trace)
