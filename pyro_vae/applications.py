@@ -105,7 +105,7 @@ def impute(vae, x: torch.Tensor, observed: torch.Tensor, fill: torch.Tensor,
         proposal = torch.logaddexp(q.log_prob(z), prior.log_prob(z)) - math.log(2.0)
         if num_samples // 2 == 0:
             proposal = q.log_prob(z)
-        output = vae.decoder(z)
+        output = vae.decoder_output(z)
         pixel_log_lik = vae.likelihood(output).base_dist.log_prob(xb)
         log_w = (pixel_log_lik * mb).sum(-1) + prior.log_prob(z) - proposal
         weights = torch.softmax(log_w, dim=0).unsqueeze(-1)

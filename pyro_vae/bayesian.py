@@ -185,15 +185,6 @@ class BayesianVAE(VAE):
         weights = self.fixed_weights or self.weight_posterior.mean()
         return self._decode_with(weights, z)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.likelihood.mean(self.decoder_output(z))
-
-    def generate(self, num_samples: int, device: torch.device | str = "cpu"
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        prior = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32)
-        z = prior.sample()
-        return z, self.decoder_output(z)
-
     def weight_kl(self) -> torch.Tensor:
         """KL(q(W) ‖ p(W)) in closed form (both Gaussian)."""
         return sum(torch.distributions.kl_divergence(q, self.weight_prior(name))

@@ -33,7 +33,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "binarize": ("data", "binarize"), "download": ("data", "download"),
     "latent_dim": ("model", "latent_dim"), "network": ("model", "network"),
     "likelihood": ("model", "likelihood"), "prior": ("model", "prior"),
-    "prior_components": ("model", "prior_components"), "epochs": ("train", "epochs"),
+    "prior_components": ("model", "prior_components"),
+    "bayesian_decoder": ("model", "bayesian_decoder"), "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
     "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(pseudo-inputs through the encoder) or an affine-coupling flow")
     train.add_argument("--prior-components", type=int,
                        help="mixture components / VampPrior pseudo-inputs (10 / 500)")
+    train.add_argument("--bayesian-decoder", choices=["none", "last", "all"],
+                       help="priors on the decoder's weights (last layer or all) with a "
+                       "mean-field guide; objectives elbo and meanfield")
     train.add_argument("--objective",
                        choices=["elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score"],
                        help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "

@@ -92,9 +92,13 @@ class VAE(nn.Module):
         loc, scale = self.encoder(x)
         return dist.Normal(loc, scale, validate_args=False).to_event(1)
 
+    def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
+        """The likelihood's raw parameters at z, outside a Pyro program (pictures, scoring)."""
+        return self.decoder(z)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """E[x|z] in data space (probabilities for Bernoulli, means otherwise)."""
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder_output(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z = μ(x)]: the decoded mean of q(z|x)."""
@@ -105,7 +109,7 @@ class VAE(nn.Module):
         """(z, decoder output) for ``num_samples`` draws z ~ p(z)."""
         prior = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32)
         z = prior.sample()
-        return z, self.decoder(z)
+        return z, self.decoder_output(z)
 
     def sample(self, num_samples: int, device: torch.device | str = "cpu",
                mean: bool = True) -> torch.Tensor:

@@ -11,7 +11,8 @@ from pyro_vae.config import Config
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.train import KLSchedule, train
 
-PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "latent.png", "elbo.png")
+PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "latent.png", "elbo.png",
+            "kl.png")
 
 
 def small(**train):
@@ -38,6 +39,9 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert 0 < summary["test_log_likelihood_stderr"] < 1
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in metrics] == [1, 2, 3]
+    for row in metrics:  # collapse diagnostics every epoch
+        assert 0 <= row["active_units"] <= 4 and len(row["kl_per_dim"]) == 4
+        assert abs(row["kl"] - sum(row["kl_per_dim"])) < 1e-4
     assert Config.from_toml(run / "config.toml").train.epochs == 3
 
 
@@ -81,9 +85,17 @@ def test_fresh_run_refuses_to_overwrite(tmp_path):
     {"train": {"objective": "renyi", "particles": 5, "alpha": 0.5}},
     {"train": {"objective": "score", "particles": 4}},
     {"train": {"objective": "iwae", "particles": 5, "beta": 0.5}},
+    {"model": {"prior": "mixture"}, "train": {"objective": "meanfield"}},
+    {"model": {"prior": "vamp", "prior_components": 20}, "train": {"objective": "dreg",
+                                                                  "particles": 3}},
+    {"model": {"prior": "flow", "flow_layers": 2}},
+    {"train": {"free_bits": 0.5, "objective": "meanfield"}},
+    {"model": {"bayesian_decoder": "last"}},
+    {"model": {"bayesian_decoder": "all"}, "train": {"objective": "meanfield", "particles": 2}},
 ], ids=["meanfield-3-particles", "conv", "continuous-bernoulli", "gaussian-learned",
         "gaussian-fixed-logvar", "beta-annealed", "iwae", "dreg", "stl", "renyi", "score",
-        "iwae-beta"])
+        "iwae-beta", "mixture-prior", "vamp-prior-dreg", "flow-prior", "free-bits",
+        "bayesian-last", "bayesian-all"])
 def test_each_option_trains(tmp_path, overrides):
     summary = train(small(epochs=2).with_overrides(overrides), tmp_path / "run")
     assert np.isfinite(summary["test_log_likelihood"])
