@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
                                        check_same_shape, positive_flag as _positive_flag)
+from pyro_vae.cli_diagnostics import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
 
 EPILOG = """examples:
@@ -25,6 +26,7 @@ EPILOG = """examples:
   pyro-vae compare runs/digits-... --particles 1,5,50
   pyro-vae anomaly RUN_DIR --against fashion-mnist --data-dir ../shared/data
   pyro-vae impute RUN_DIR --mask box ; pyro-vae probe RUN_A RUN_B ; pyro-vae traverse RUN_DIR
+  pyro-vae gaps RUN_DIR --n 100         # approximation/amortization gaps, NUTS vs q(z|x)
 """
 
 # command-line flag -> (recipe table, key)
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", help="output folder (default RUN_DIR/compare or "
                          "runs/compare-TIME)")
     add_application_parsers(commands)
+    add_diagnostics_parsers(commands)
     return parser
 
 
@@ -368,7 +371,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": command_sample,
-            "compare": command_compare, **APPLICATION_COMMANDS}
+            "compare": command_compare, **APPLICATION_COMMANDS,
+            **DIAGNOSTICS_COMMANDS}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

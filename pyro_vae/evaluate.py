@@ -92,11 +92,13 @@ class LogLikelihoodEstimate:
 @torch.no_grad()
 def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 5000,
                             max_chunk: int = 20_000,
-                            progress: Callable[[int], None] | None = None
-                            ) -> LogLikelihoodEstimate:
+                            progress: Callable[[int], None] | None = None,
+                            guide: Callable | None = None) -> LogLikelihoodEstimate:
     """Importance-sampled log p(x) and the ELBO for every row of ``x`` (see module docstring).
 
     ``progress(n)`` is called after each chunk with the number of datapoints finished.
+    ``guide`` is the proposal q(z|x) (default ``vae.guide``, the amortized one); another guide
+    must take the same ``x`` and run its sites in the ``data`` plate.
 
     For a Bayesian decoder the estimate is of the posterior predictive log p(x | data): the K
     samples are split over S = 10 draws W_s ~ q(W), K/S each, and
@@ -104,7 +106,10 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     ∫ p(x|W) q(W) dW with the proposal q(W) q(z|x); the ELBO is averaged over the draws.
     """
     if _is_bayesian(vae):
+        if guide is not None:
+            raise ValueError("a custom proposal is for models with point-estimated weights")
         return _estimate_posterior_predictive(vae, x, num_samples, max_chunk, progress)
+    guide = vae.guide if guide is None else guide
     data_chunk = max(1, min(len(x), max_chunk // num_samples))
     particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
     log_likelihoods, elbos = [], []
@@ -115,7 +120,7 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
             sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
             for done in range(0, num_samples, particle_chunk):
                 k = min(particle_chunk, num_samples - done)
-                log_w = log_importance_weights(vae.model, vae.guide, batch, k)
+                log_w = log_importance_weights(vae.model, guide, batch, k)
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
                 sum_log_w += log_w.sum(0)
             log_likelihoods.append(log_sum_w - math.log(num_samples))

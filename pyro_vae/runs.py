@@ -8,6 +8,7 @@ checkpoint file someone sends you cannot execute code when loaded.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -15,7 +16,7 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -31,16 +32,19 @@ CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` all-or-nothing (temp file, fsync, rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path in ``path``'s folder to write into; on success it is flushed to disk
+    and renamed over ``path``, on failure removed (for writers that need a file name, e.g.
+    netCDF)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
+        os.close(handle)
         try:
-            with os.fdopen(handle, "wb") as file:
-                file.write(payload)
-                file.flush()
+            yield Path(temp)
+            with open(temp, "rb+") as file:
                 os.fsync(file.fileno())
             os.chmod(temp, 0o644)  # mkstemp makes 0600; results are meant to be shared
             os.replace(temp, path)
@@ -51,6 +55,12 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
         raise PyroVAEError(f"cannot write {path} ({error.strerror or error}). Check that the "
                            "folder is writable and the disk has space; nothing earlier in the "
                            "run directory was changed.") from None
+
+
+def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` all-or-nothing (temp file, fsync, rename)."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(payload)
 
 
 def make_run_dir(path: Path) -> None:

@@ -1,0 +1,131 @@
+"""``pyro-vae gaps``: the inference-gap decomposition and posterior diagnostics of a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pyro_vae.cli_applications import positive_flag
+
+
+def add_diagnostics_parsers(commands) -> None:
+    gaps = commands.add_parser(
+        "gaps", help="inference gaps (approximation vs amortization) and NUTS posterior "
+        "diagnostics with ArviZ",
+        description="For the first N test images: log p(x) by importance sampling, the ELBO of "
+        "a Gaussian optimized per image (q*) and of the amortized q(z|x); approximation gap = "
+        "log p(x) - ELBO(q*), amortization gap = ELBO(q*) - ELBO(q). Also draws the exact "
+        "posterior p(z|x) with NUTS for the first --nuts-points images. Writes gaps.json, "
+        "posterior_nuts.nc, posterior_q.nc, log_likelihood.nc (ArviZ netCDF) and "
+        "posterior_comparison.png.")
+    gaps.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    gaps.add_argument("--n", type=int, default=100, help="test images (default 100)")
+    gaps.add_argument("--num-samples", type=int, default=5000,
+                      help="K importance samples for log p(x) and each ELBO (default 5000)")
+    gaps.add_argument("--steps", type=int, default=500,
+                      help="Adam steps optimizing q* per image (default 500)")
+    gaps.add_argument("--lr", type=float, default=0.01, help="Adam learning rate for q*")
+    gaps.add_argument("--nuts-points", type=int, default=4,
+                      help="test images whose posterior NUTS draws (default 4)")
+    gaps.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+    gaps.add_argument("--draws", type=int, default=500, help="NUTS draws per chain "
+                      "(default 500, after as many warm-up steps)")
+    gaps.add_argument("--seed", type=int, default=0)
+    gaps.add_argument("--data-dir", help="data folder (for MNIST-family runs)")
+    gaps.add_argument("--out", help="output folder (default RUN_DIR)")
+
+
+class _Bars:
+    """One tqdm bar per stage of the library's progress reports."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, finished: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = tqdm(total=total, desc=stage, dynamic_ncols=True,
+                                          mininterval=0.5)
+        bar.update(finished - bar.n)
+        if finished >= total:
+            bar.close()
+
+
+def command_gaps(args: argparse.Namespace) -> int:
+    import torch
+
+    from pyro_vae.cli_applications import _load
+    from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_draws,
+                                      inference_gaps, log_likelihood_inference_data,
+                                      save_inference_data, save_posterior_comparison)
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.runs import make_run_dir, write_json
+
+    for flag in ("n", "num_samples", "steps", "nuts_points", "chains", "draws"):
+        positive_flag(flag.replace("_", "-"), getattr(args, flag))
+    if args.chains < 2:
+        raise ConfigError(f"--chains {args.chains}: R-hat compares chains, so NUTS needs at "
+                          "least 2.")
+    if not args.lr > 0:
+        raise ConfigError(f"--lr {args.lr} must be a positive number.")
+    config, vae, data = _load(args.run_dir, args.data_dir)
+    x = data.test_x[: args.n]
+    if args.nuts_points > len(x):
+        raise ConfigError(f"--nuts-points {args.nuts_points} is more than the {len(x)} test "
+                          "images scored (--n).")
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    make_run_dir(out)
+    bars = _Bars()
+    torch.manual_seed(args.seed)
+    gaps = inference_gaps(vae, x, args.num_samples, args.steps, args.lr, progress=bars)
+    chosen = x[: args.nuts_points]
+    nuts = exact_posterior_draws(vae, chosen, args.chains, args.draws, args.draws, args.seed,
+                                 progress=bars)
+    torch.manual_seed(args.seed)
+    amortized = amortized_posterior_draws(vae, chosen, args.chains * args.draws)
+    save_inference_data(nuts, out / "posterior_nuts.nc")
+    save_inference_data(amortized, out / "posterior_q.nc")
+    save_inference_data(log_likelihood_inference_data(gaps.log_likelihood),
+                        out / "log_likelihood.nc")
+    save_posterior_comparison(out / "posterior_comparison.png", amortized, nuts)
+
+    import arviz as az
+
+    summary = az.summary(nuts, kind="diagnostics")
+    report = {
+        "run_dir": str(args.run_dir), "dataset": config.data.dataset, "num_test_images": len(x),
+        "num_samples": args.num_samples, "steps": args.steps, "learning_rate": args.lr,
+        "seed": args.seed, **gaps.summary(),
+        "nuts": {"datapoints": args.nuts_points, "chains": args.chains, "draws": args.draws,
+                 "warmup_steps": args.draws, "max_r_hat": float(summary["r_hat"].max()),
+                 "min_ess_bulk": float(summary["ess_bulk"].min()),
+                 "divergences": int(nuts.sample_stats["diverging"].sum())},
+    }
+    write_json(out / "gaps.json", report)
+    print(format_gaps(report))
+    print(f"wrote {out / 'gaps.json'}, posterior_nuts.nc, posterior_q.nc, log_likelihood.nc "
+          "and posterior_comparison.png", file=sys.stderr)
+    return 0
+
+
+def format_gaps(report: dict) -> str:
+    """The decomposition as a small text table."""
+    rows = [("log p(x)", "log_likelihood"), ("ELBO, optimized q*", "elbo_optimized"),
+            ("ELBO, amortized q", "elbo_amortized"), ("approximation gap", "approximation_gap"),
+            ("amortization gap", "amortization_gap"), ("inference gap", "inference_gap")]
+    lines = [f"{report['dataset']}: {report['num_test_images']} test images, "
+             f"K = {report['num_samples']}, {report['steps']} steps for q*",
+             f"{'term':<20} {'nats':>10} {'± s.e.':>8}"]
+    for label, key in rows:
+        lines.append(f"{label:<20} {report[key]:>10.3f} {report[key + '_stderr']:>8.3f}")
+    nuts = report["nuts"]
+    lines.append(f"NUTS on {nuts['datapoints']} images: {nuts['chains']} chains x "
+                 f"{nuts['draws']} draws, max R-hat {nuts['max_r_hat']:.3f}, min bulk ESS "
+                 f"{nuts['min_ess_bulk']:.0f}, {nuts['divergences']} divergences")
+    return "\n".join(lines)
+
+
+DIAGNOSTICS_COMMANDS = {"gaps": command_gaps}
