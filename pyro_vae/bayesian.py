@@ -189,3 +189,18 @@ class BayesianVAE(VAE):
         """KL(q(W) ‖ p(W)) in closed form (both Gaussian)."""
         return sum(torch.distributions.kl_divergence(q, self.weight_prior(name))
                    for name, q in self.weight_posterior.distributions().items())
+
+
+@torch.no_grad()
+def weight_posterior_draws(vae: BayesianVAE, num_chains: int = 2, num_draws: int = 200,
+                           max_entries: int = 1000) -> dict[str, torch.Tensor]:
+    """Draws W ~ q(W) as ``{site name: [chain, draw, entry]}`` for ArviZ.
+
+    Each weight tensor is flattened (row-major) and cut to its first ``max_entries`` entries,
+    so a 200 × 784 layer does not become gigabytes of netCDF; biases are usually whole.
+    """
+    draws: dict[str, torch.Tensor] = {}
+    for name, q in vae.weight_posterior.distributions().items():
+        sample = q.sample((num_chains, num_draws))
+        draws[SITE_PREFIX + name] = sample.reshape(num_chains, num_draws, -1)[..., :max_entries]
+    return draws

@@ -55,14 +55,8 @@ class _Bars:
 
 
 def command_gaps(args: argparse.Namespace) -> int:
-    import torch
-
     from pyro_vae.cli_applications import _load
-    from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_draws,
-                                      inference_gaps, log_likelihood_inference_data,
-                                      save_inference_data, save_posterior_comparison)
     from pyro_vae.errors import ConfigError
-    from pyro_vae.runs import make_run_dir, write_json
 
     for flag in ("n", "num_samples", "steps", "nuts_points", "chains", "draws"):
         positive_flag(flag.replace("_", "-"), getattr(args, flag))
@@ -72,6 +66,41 @@ def command_gaps(args: argparse.Namespace) -> int:
     if not args.lr > 0:
         raise ConfigError(f"--lr {args.lr} must be a positive number.")
     config, vae, data = _load(args.run_dir, args.data_dir)
+    if getattr(vae, "weight_posterior", None) is not None:
+        return _gaps_of_bayesian_decoder(args, config, vae, data)
+    return _gaps(args, config, vae, data)
+
+
+def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> int:
+    """The gaps of a Bayesian decoder are those of its posterior-mean decoder; q(W) is written
+    beside them as ``posterior_weights.nc``."""
+    import torch
+
+    from pyro_vae.bayesian import weight_posterior_draws
+    from pyro_vae.diagnostics import inference_data_from_draws, save_inference_data
+
+    torch.manual_seed(args.seed)
+    draws = weight_posterior_draws(vae, args.chains, args.draws)
+    out = Path(args.out) if args.out else Path(args.run_dir)
+    with vae.using_weights():
+        status = _gaps(args, config, vae, data)
+    dims = {name: [f"{name}_entry"] for name in draws}
+    save_inference_data(inference_data_from_draws(draws, dims=dims),
+                        out / "posterior_weights.nc")
+    print("the gaps above are those of the posterior-mean decoder; draws of q(W) are in "
+          f"{out / 'posterior_weights.nc'}", file=sys.stderr)
+    return status
+
+
+def _gaps(args: argparse.Namespace, config, vae, data) -> int:
+    import torch
+
+    from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_draws,
+                                      inference_gaps, log_likelihood_inference_data,
+                                      save_inference_data, save_posterior_comparison)
+    from pyro_vae.errors import ConfigError
+    from pyro_vae.runs import make_run_dir, write_json
+
     x = data.test_x[: args.n]
     if args.nuts_points > len(x):
         raise ConfigError(f"--nuts-points {args.nuts_points} is more than the {len(x)} test "

@@ -14,6 +14,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
+from pyro_vae.runs import load_trained
 
 PIXELS = 16
 
@@ -134,3 +135,28 @@ def test_posterior_predictive_log_likelihood_pools_the_weight_draws():
     expected = torch.logsumexp(torch.stack(per_draw), 0) - math.log(200)
     assert torch.allclose(pooled.log_likelihood, expected, atol=1e-5)
     assert torch.allclose(pooled.elbo, torch.stack(elbos).mean(0), atol=1e-5)
+
+
+def test_gaps_command_exports_weight_posterior_draws_for_arviz(tmp_path, capsys):
+    import arviz as az
+
+    from pyro_vae.cli import main
+    from pyro_vae.train import train
+
+    config = Config().with_overrides({
+        "model": {"latent_dim": 2, "hidden_dims": [16], "bayesian_decoder": "last"},
+        "train": {"epochs": 1, "batch_size": 256}, "evaluate": {"num_samples": 10}})
+    run = tmp_path / "run"
+    train(config, run)
+    assert main(["gaps", str(run), "--n", "3", "--num-samples", "20", "--steps", "5",
+                 "--nuts-points", "1", "--chains", "2", "--draws", "15"]) == 0
+    assert "posterior-mean decoder" in capsys.readouterr().err
+    data = az.from_netcdf(run / "posterior_weights.nc")
+    bias = data.posterior[SITE_PREFIX + "net.2.bias"]
+    assert bias.shape == (2, 15, 64)
+    # Draws of q(W) are independent, so their mean is the guide's mean within 5 s.e.
+    _, vae, _ = load_trained(run)
+    loc = vae.weight_posterior.loc[1].detach().numpy()
+    scale = torch.nn.functional.softplus(vae.weight_posterior.raw_scale[1]).detach().numpy()
+    assert (abs(bias.values.mean((0, 1)) - loc) < 5 * scale / math.sqrt(30)).all()
+    assert "r_hat" in az.summary(data, var_names=[SITE_PREFIX + "net.2.bias"]).columns
