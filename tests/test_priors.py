@@ -214,3 +214,22 @@ def test_free_bits_stop_pushing_dimensions_below_the_floor_towards_the_prior():
 def test_bad_prior_settings_are_explained(overrides, words):
     with pytest.raises(ConfigError, match=words):
         Config().with_overrides(overrides)
+
+
+def test_mixture_density_by_matrix_products_matches_mixture_same_family():
+    import pyro.distributions as dist
+
+    torch.manual_seed(2)
+    logits, loc = torch.randn(6), torch.randn(6, 4) * 2
+    scale = torch.rand(6, 4) + 0.2
+    reference = dist.MixtureSameFamily(dist.Categorical(logits=logits),
+                                       dist.Normal(loc, scale).to_event(1))
+    mixture = MixturePrior(4, components=6)
+    with torch.no_grad():
+        mixture.logits.copy_(logits)
+        mixture.loc.copy_(loc)
+        mixture.raw_scale.copy_(torch.log(torch.expm1(scale)))
+    z = torch.randn(5, 3, 4) * 3  # [particles, batch, D]
+    got = mixture(torch.Size([3]), z.device, z.dtype).log_prob(z)
+    assert got.shape == (5, 3)
+    assert torch.allclose(got, reference.log_prob(z), rtol=1e-5, atol=1e-4)
