@@ -28,6 +28,8 @@ ENCODER_SCALES = ("softplus", "logvar")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 DEVICES = ("cpu", "cuda")
+#: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
+MODEL_KINDS = ("vae", "cvae", "m2")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -65,8 +67,12 @@ class DataConfig:
     validation_fraction: float = 0.1
     #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
     download: bool = False
+    #: For ``[model] kind = "m2"``: how many training labels are kept (the rest are hidden);
+    #: 0 keeps every label.
+    num_labels: int = 0
 
     def validate(self) -> None:
+        _positive("data", "num_labels", self.num_labels, allow_zero=True)
         if not self.dataset.startswith("file:"):
             _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "binarize", self.binarize, BINARIZATIONS)
@@ -95,8 +101,17 @@ class ModelConfig:
     stochastic_layers: int = 1
     top_latent_dim: int = 50
     top_hidden_dims: list[int] = field(default_factory=lambda: [50, 50])
+    #: ``vae``, ``cvae`` (label-conditional, needs labels) or ``m2`` (semi-supervised).
+    kind: str = "vae"
+    #: Number of labels 0..C−1 of ``cvae`` and ``m2`` models.
+    num_classes: int = 10
 
     def validate(self) -> None:
+        _choice("model", "kind", self.kind, MODEL_KINDS)
+        _positive("model", "num_classes", self.num_classes)
+        if self.kind != "vae" and (self.network != "mlp" or self.stochastic_layers != 1):
+            raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "
+                              "layer of MLPs; set network = \"mlp\" and stochastic_layers = 1.")
         _positive("model", "latent_dim", self.latent_dim)
         _choice("model", "network", self.network, NETWORKS)
         for size in self.hidden_dims:
@@ -140,9 +155,12 @@ class TrainConfig:
     #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
     #: state with half the learning rate (up to 3 times).
     on_nan: str = "stop"
+    #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
+    aux_loss_weight: float = 50.0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
+        _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
@@ -201,6 +219,13 @@ class Config:
                 f"[train] objective = \"{self.train.objective}\" needs a guide whose latent "
                 "sites do not depend on one another, but the two-layer model's q(z2|z1) depends "
                 "on z1. Use elbo, iwae, renyi or score with stochastic_layers = 2.")
+        if self.model.kind == "m2" and self.train.objective != "elbo":
+            raise ConfigError(
+                f"[train] objective = \"{self.train.objective}\": the M2 model sums its "
+                "discrete label out with TraceEnum_ELBO; use objective = \"elbo\".")
+        if self.data.num_labels and self.model.kind != "m2":
+            raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
+                              "it needs [model] kind = \"m2\".")
         return self
 
     @classmethod

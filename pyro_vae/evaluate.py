@@ -78,11 +78,13 @@ class LogLikelihoodEstimate:
 @torch.no_grad()
 def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 5000,
                             max_chunk: int = 20_000,
-                            progress: Callable[[int], None] | None = None
-                            ) -> LogLikelihoodEstimate:
+                            progress: Callable[[int], None] | None = None,
+                            y: torch.Tensor | None = None) -> LogLikelihoodEstimate:
     """Importance-sampled log p(x) and the ELBO for every row of ``x`` (see module docstring).
 
-    ``progress(n)`` is called after each chunk with the number of datapoints finished.
+    ``progress(n)`` is called after each chunk with the number of datapoints finished. With
+    labels ``y`` the model and guide are called as ``model(x, y)``: for a conditional model the
+    estimate is then log p̂_K(x | y).
     """
     data_chunk = max(1, min(len(x), max_chunk // num_samples))
     particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
@@ -90,11 +92,12 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     with vae.scoring():
         for start in range(0, len(x), data_chunk):
             batch = x[start: start + data_chunk]
+            labels = () if y is None else (y[start: start + data_chunk],)
             log_sum_w = torch.full((len(batch),), -math.inf, device=x.device, dtype=x.dtype)
             sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
             for done in range(0, num_samples, particle_chunk):
                 k = min(particle_chunk, num_samples - done)
-                log_w = log_importance_weights(vae.model, vae.guide, batch, k)
+                log_w = log_importance_weights(vae.model, vae.guide, batch, k, *labels)
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
                 sum_log_w += log_w.sum(0)
             log_likelihoods.append(log_sum_w - math.log(num_samples))
@@ -106,21 +109,25 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
 
 
 @torch.no_grad()
-def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ(x), σ(x)) of q(z|x) for every row of ``x``, computed ``batch_size`` rows at a time."""
+def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
+                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
+    computed ``batch_size`` rows at a time."""
     locs, scales = [], []
     for start in range(0, len(x), batch_size):
-        loc, scale = vae.encoder(x[start: start + batch_size])
+        labels = () if y is None else (y[start: start + batch_size],)
+        loc, scale = vae.encoder(x[start: start + batch_size], *labels)
         locs.append(loc)
         scales.append(scale)
     return torch.cat(locs), torch.cat(scales)
 
 
 @torch.no_grad()
-def latent_activity(vae: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
-    """Active units (Cov_x(E_q[z_u]) > 0.01) and the mean KL(q(z_u|x) ‖ p(z_u)) per dimension."""
-    loc, scale = encode_means(vae, x)
+def latent_activity(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+                    ) -> dict[str, object]:
+    """Active units (Cov_x(E_q[z_u]) > 0.01) and the mean KL(q(z_u|x) ‖ p(z_u)) per dimension
+    (of q(z|x, y) for an encoder that takes labels ``y``)."""
+    loc, scale = encode_means(vae, x, y=y)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
     kl = vae.kl_per_dim(loc, scale)
     return {

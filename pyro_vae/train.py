@@ -113,7 +113,7 @@ def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
 
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  batch_size: int, schedule: KLSchedule, step: int,
-                 progress: Progress) -> tuple[float, int]:
+                 progress: Progress, labels: torch.Tensor | None = None) -> tuple[float, int]:
     """One pass over ``x``; returns (mean training objective per datapoint, new step).
 
     A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
@@ -125,7 +125,7 @@ def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: t
     for indices in minibatches(len(x), batch_size, x.device):
         vae.kl_weight = schedule.weight(step)
         batch = x[indices]
-        loss = module(batch)
+        loss = module(batch) if labels is None else module(batch, labels[indices])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         # One read of two numbers per step: the progress bar needs the loss anyway.
@@ -160,10 +160,16 @@ def _roll_back(vae: VAE, optimizer: torch.optim.Optimizer, checkpoint_path: Path
     _set_learning_rate(optimizer, rate)
 
 
-def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int) -> float | None:
+def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int,
+                     y: torch.Tensor | None = None) -> float | None:
     if len(x) == 0:
         return None
-    return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk).mean_elbo
+    return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk, y=y).mean_elbo
+
+
+def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a conditional model is called with (``None`` for the others)."""
+    return y if getattr(vae, "conditional", False) else None
 
 
 def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
@@ -225,8 +231,13 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     pyro.set_rng_seed(config.train.seed)
     data = prepare_data(config, device)
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
-    module = ObjectiveModule(vae, make_objective(config.train.objective, config.train.particles,
-                                                 config.train.alpha))
+    objective = make_objective(config.train.objective, config.train.particles,
+                               config.train.alpha)
+    splits = None
+    if config.model.kind != "vae":
+        from pyro_vae.conditional import prepare_labelled
+        objective, splits = prepare_labelled(config, data, vae)
+    module = ObjectiveModule(vae, objective)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
@@ -265,9 +276,15 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             x_train = binarize(data.train_x) if config.data.binarize == "dynamic" else data.train_x
             progress.start_epoch(epoch, batches_per_epoch)
             try:
-                train_elbo, new_step = _train_epoch(module, optimizer, x_train,
-                                                    config.train.batch_size, schedule, step,
-                                                    progress)
+                if splits is not None:  # semi-supervised M2
+                    from pyro_vae.semisupervised import train_epoch
+                    train_elbo, new_step = train_epoch(
+                        module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
+                        x_train[splits[1]], config.train.batch_size, schedule, step, progress)
+                else:
+                    train_elbo, new_step = _train_epoch(
+                        module, optimizer, x_train, config.train.batch_size, schedule, step,
+                        progress, _model_labels(vae, data.train_y))
             except NonFiniteStep as fault:
                 if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
                     where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
@@ -283,7 +300,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             vae.eval()
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
-                                                       config.evaluate.max_chunk),
+                                                       config.evaluate.max_chunk,
+                                                       _model_labels(vae, data.valid_y)),
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
@@ -308,9 +326,11 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     num_samples = config.evaluate.num_samples
     progress.start_evaluation(len(data.test_x), num_samples)
     estimate = estimate_log_likelihood(vae, data.test_x, num_samples, config.evaluate.max_chunk,
-                                       progress=progress.evaluated)
+                                       progress=progress.evaluated,
+                                       y=_model_labels(vae, data.test_y))
     progress.end_evaluation()
-    activity = latent_activity(vae, data.test_x)
+    labelled = config.model.kind != "vae"  # their encoders are q(z|x, y)
+    activity = latent_activity(vae, data.test_x, data.test_y if labelled else None)
     summary = {
         "dataset": config.data.dataset,
         "epochs": len(history),
@@ -325,11 +345,16 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
+        **(vae.test_summary(data.test_x, data.test_y) if hasattr(vae, "test_summary") else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run_dir / SUMMARY, summary)
-    write_pictures(vae, data, run_dir, history)
+    if labelled:
+        from pyro_vae.conditional import write_conditional_pictures
+        write_conditional_pictures(vae, data, run_dir, history)
+    else:
+        write_pictures(vae, data, run_dir, history)
     return summary
 
 
