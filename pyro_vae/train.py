@@ -342,6 +342,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "num_importance_samples": num_samples,
+        # True when test_log_likelihood is log p(x|y) of a label-conditional model.
+        "conditional": getattr(vae, "conditional", False),
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
