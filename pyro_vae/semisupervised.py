@@ -26,6 +26,7 @@ an unbiased estimate of its whole split's term.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import pyro
@@ -179,6 +180,9 @@ def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tens
     :func:`pyro_vae.train._train_epoch`, and raises its ``NonFiniteStep`` the same way.
     """
     from pyro_vae.train import NonFiniteStep, _gradient_norm
+
+    # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
+    warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
 
     vae = module.vae
     parameters = list(module.parameters())
