@@ -40,7 +40,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
-    "aux_loss_weight": ("train", "aux_loss_weight"),
+    "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
 }
 #: What may change when a run is continued with --resume.
 RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan"}
@@ -92,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
-    train.add_argument("--model", choices=["vae", "cvae", "m2"],
-                       help="vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2")
+    train.add_argument("--model", choices=["vae", "cvae", "m2", "quadrant_baseline",
+                                           "quadrant_cvae"],
+                       help="vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
+                       "quadrant_baseline / quadrant_cvae: complete images from --quadrants")
+    train.add_argument("--quadrants", type=int,
+                       help="quadrant models: quadrants given (1, 2 or 3)")
     train.add_argument("--num-labels", type=int,
                        help="m2: training labels kept, balanced over classes (0: all)")
     train.add_argument("--aux-loss-weight", type=float,
@@ -208,7 +212,8 @@ def command_train(args: argparse.Namespace) -> int:
                   f"saved. Train again with the same --out {run_dir}.", file=sys.stderr)
         return 130
     print(_format_summary(summary))
-    pictures = ("samples.png (label x z grid), reconstructions.png, elbo.png"
+    pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
+                "samples.png (label x z grid), reconstructions.png, elbo.png"
                 if config.model.kind != "vae" else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
@@ -225,8 +230,8 @@ def _format_summary(summary: dict[str, Any]) -> str:
         f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats",
         f"active units: {summary['active_units']} of {summary['latent_dim']}",
     ]
-    if summary.get("conditional"):
-        lines[2] = lines[2].replace("log p(x)", "log p(x|y)")
+    if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
+        lines[2] = lines[2].replace("log p(x)", summary["score_name"], 1)
     if "test_accuracy" in summary:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
@@ -250,7 +255,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
-    if config.model.kind != "vae":
+    if config.model.kind in ("cvae", "m2"):
         from pyro_vae.conditional import check_labels
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
@@ -272,8 +277,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "num_importance_samples": args.num_samples,
-        "conditional": getattr(vae, "conditional", False),
-        **latent_activity(vae, x, y if config.model.kind != "vae" else None),
+        "score_name": getattr(vae, "score_name", "log p(x)"),
+        **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
+           latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
         **(vae.test_summary(x, y) if hasattr(vae, "test_summary") else {}),
     }
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
@@ -304,7 +310,7 @@ def command_sample(args: argparse.Namespace) -> int:
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
         title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
-    elif config.model.kind != "vae" and out.suffix == ".png":  # every label × several z
+    elif config.model.kind in ("cvae", "m2") and out.suffix == ".png":  # every label × several z
         columns = max(1, args.n // config.model.num_classes)
         with torch.no_grad():
             means = vae.label_grid(columns)
@@ -325,6 +331,10 @@ def _sample_labels(args: argparse.Namespace, config, vae):
     """The labels ``--label`` asks for (``None`` without it); checked against the model."""
     import torch
 
+    if config.model.kind.startswith("quadrant_"):
+        raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
+                          "given quadrants rather than drawing images from nothing; its "
+                          "completions are in RUN_DIR/completions.png.")
     if args.label is None:
         return None
     if config.model.kind == "vae":

@@ -114,6 +114,8 @@ class ConditionalVAE(VAE):
 
     #: Training and evaluation pass the labels to model and guide.
     conditional = True
+    #: What the importance-sampled test score estimates.
+    score_name = "log p(x|y)"
 
     def __init__(self, encoder: LabelledEncoder, decoder: LabelledDecoder, prior, likelihood,
                  num_classes: int, num_data: int | None = None):

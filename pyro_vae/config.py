@@ -29,7 +29,8 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 DEVICES = ("cpu", "cuda")
 #: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
-MODEL_KINDS = ("vae", "cvae", "m2")
+#: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
+MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -105,9 +106,14 @@ class ModelConfig:
     kind: str = "vae"
     #: Number of labels 0..C−1 of ``cvae`` and ``m2`` models.
     num_classes: int = 10
+    #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
+    quadrants: int = 1
 
     def validate(self) -> None:
         _choice("model", "kind", self.kind, MODEL_KINDS)
+        if self.quadrants not in (1, 2, 3):
+            raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
+                              "quadrants; the model predicts the other 4 − quadrants.")
         _positive("model", "num_classes", self.num_classes)
         if self.kind != "vae" and (self.network != "mlp" or self.stochastic_layers != 1):
             raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "

@@ -139,6 +139,10 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
         from pyro_vae.conditional import build_conditional_vae
 
         return build_conditional_vae(config, image_shape, num_data)
+    if config.kind.startswith("quadrant_"):
+        from pyro_vae.quadrants import build_quadrant_model
+
+        return build_quadrant_model(config, image_shape, num_data)
     if config.kind == "m2":
         from pyro_vae.semisupervised import build_m2
 

@@ -56,6 +56,7 @@ class M2(ConditionalVAE):
 
     #: log p(x) is scored with y summed (sampled) out: the labels are not needed.
     conditional = False
+    score_name = "log p(x)"
 
     def __init__(self, classifier: nn.Module, encoder, decoder, prior, likelihood,
                  num_classes: int, aux_loss_weight: float = 50.0):

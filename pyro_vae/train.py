@@ -234,7 +234,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha)
     splits = None
-    if config.model.kind != "vae":
+    if config.model.kind in ("cvae", "m2"):
         from pyro_vae.conditional import prepare_labelled
         objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective)
@@ -329,8 +329,10 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
                                        progress=progress.evaluated,
                                        y=_model_labels(vae, data.test_y))
     progress.end_evaluation()
-    labelled = config.model.kind != "vae"  # their encoders are q(z|x, y)
-    activity = latent_activity(vae, data.test_x, data.test_y if labelled else None)
+    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
+    quadrants = config.model.kind.startswith("quadrant_")
+    activity = {"active_units": 0} if config.model.kind == "quadrant_baseline" else \
+        latent_activity(vae, data.test_x, data.test_y if labelled else None)
     summary = {
         "dataset": config.data.dataset,
         "epochs": len(history),
@@ -342,8 +344,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "num_importance_samples": num_samples,
-        # True when test_log_likelihood is log p(x|y) of a label-conditional model.
-        "conditional": getattr(vae, "conditional", False),
+        # What test_log_likelihood estimates: log p(x), log p(x|y), ...
+        "score_name": getattr(vae, "score_name", "log p(x)"),
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
@@ -352,7 +354,10 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run_dir / SUMMARY, summary)
-    if labelled:
+    if quadrants:
+        from pyro_vae.quadrants import write_quadrant_pictures
+        write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
+    elif labelled:
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
     else:
