@@ -178,9 +178,9 @@ def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tens
     """One pass over the larger split; every step adds a labelled and an unlabelled batch.
 
     Returns (mean training objective per datapoint, new step), like
-    :func:`pyro_vae.train._train_epoch`, and raises its ``NonFiniteStep`` the same way.
+    :func:`pyro_vae.train._train_epoch`, and raises ``NonFiniteStep`` the same way.
     """
-    from pyro_vae.train import NonFiniteStep, _gradient_norm
+    from pyro_vae.train import optimizer_step
 
     # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
@@ -200,12 +200,7 @@ def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tens
         if next_unlabelled is not None:
             batch = x_unlabelled[next_unlabelled()]
             loss = loss + module(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            raise NonFiniteStep(batch, value, grad_norm, step + 1)
-        optimizer.step()
+        value = optimizer_step(loss, optimizer, parameters, batch, step)
         step += 1
         # The loss estimates the negative objective summed over both splits.
         total += value / vae.num_data

@@ -111,6 +111,24 @@ def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int
+                   ) -> float:
+    """Backpropagate ``loss`` and apply the step; returns the loss value.
+
+    Raises :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient
+    is not finite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # One read of two numbers per step: the progress bar needs the loss anyway.
+    value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
+    if not (math.isfinite(value) and math.isfinite(grad_norm)):
+        raise NonFiniteStep(batch, value, grad_norm, step + 1)
+    optimizer.step()
+    return value
+
+
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  batch_size: int, schedule: KLSchedule, step: int,
                  progress: Progress, labels: torch.Tensor | None = None) -> tuple[float, int]:
@@ -126,13 +144,7 @@ def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: t
         vae.kl_weight = schedule.weight(step)
         batch = x[indices]
         loss = module(batch) if labels is None else module(batch, labels[indices])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # One read of two numbers per step: the progress bar needs the loss anyway.
-        value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            raise NonFiniteStep(batch, value, grad_norm, step + 1)
-        optimizer.step()
+        value = optimizer_step(loss, optimizer, parameters, batch, step)
         step += 1
         # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
         total += value / vae.num_data * len(indices)
