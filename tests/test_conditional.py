@@ -200,3 +200,12 @@ def test_model_kind_typo_suggests():
         Config.from_dict({"model": {"kind": "cvea"}})
     with pytest.raises(ConfigError, match="network = \"mlp\""):
         Config.from_dict({"model": {"kind": "cvae", "network": "conv"}})
+
+
+def test_evaluate_cli_scores_log_p_x_given_y(trained_cvae, capsys):
+    import json
+
+    assert main(["evaluate", str(trained_cvae), "--num-samples", "5", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["score_name"] == "log p(x|y)"
+    assert summary["test_elbo"] <= summary["test_log_likelihood"]
