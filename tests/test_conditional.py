@@ -1,6 +1,5 @@
 """The label-conditional VAE: shapes, conditioning, exact conditional likelihoods, the CLI."""
 
-import math
 
 import numpy as np
 import pytest
@@ -9,8 +8,12 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from pyro_vae.cli import main
-from pyro_vae.conditional import (ConditionalVAE, LabelledDecoder, LabelledEncoder,
-                                  build_conditional_vae)
+from pyro_vae.conditional import (
+    ConditionalVAE,
+    LabelledDecoder,
+    LabelledEncoder,
+    build_conditional_vae,
+)
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import estimate_log_likelihood
@@ -42,7 +45,6 @@ def test_shapes_with_vectorized_particles():
 
 def test_the_label_changes_the_likelihood():
     vae = build_conditional_vae(CVAE, (1, 2, 3))
-    x = torch.rand(5, 6).round()
     z = torch.randn(5, 3)
     outputs = [vae.decoder(z, torch.full((5,), c)) for c in range(4)]
     assert not torch.allclose(outputs[0], outputs[1])
