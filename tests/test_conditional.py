@@ -1,6 +1,5 @@
 """The label-conditional VAE: shapes, conditioning, exact conditional likelihoods, the CLI."""
 
-
 import numpy as np
 import pytest
 import torch
