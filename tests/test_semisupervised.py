@@ -123,3 +123,20 @@ def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path):
     assert summary["test_accuracy"] > 0.4
     assert math.isfinite(summary["test_log_likelihood"])
     assert (tmp_path / "m2" / "samples.png").exists()
+
+
+def test_resumed_m2_run_matches_the_uninterrupted_one(tmp_path):
+    from pyro_vae.runs import load_checkpoint
+
+    def config(epochs):
+        return Config().with_overrides({
+            "model": {"kind": "m2", "hidden_dims": [16]}, "data": {"num_labels": 50},
+            "train": {"epochs": epochs, "batch_size": 256}, "evaluate": {"num_samples": 2}})
+
+    train(config(2), tmp_path / "straight")
+    train(config(1), tmp_path / "resumed")
+    train(config(2), tmp_path / "resumed", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
