@@ -44,6 +44,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "free_bits": ("train", "free_bits"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
+    "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
+    "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
 }
 #: What may change when a run is continued with --resume.
 RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan"}
@@ -106,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
+    train.add_argument("--model", choices=["vae", "cvae", "m2", "quadrant_baseline",
+                                           "quadrant_cvae"],
+                       help="vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
+                       "quadrant_baseline / quadrant_cvae: complete images from --quadrants")
+    train.add_argument("--quadrants", type=int,
+                       help="quadrant models: quadrants given (1, 2 or 3)")
+    train.add_argument("--num-labels", type=int,
+                       help="m2: training labels kept, balanced over classes (0: all)")
+    train.add_argument("--aux-loss-weight", type=float,
+                       help="m2: weight of -log q(y|x) per labelled datapoint (default 50)")
     train.add_argument("--out", help="run directory (default: runs/DATASET-TIME)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last complete epoch")
@@ -130,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
     sample.add_argument("--out", help="FILE.png or FILE.npz (default RUN_DIR/samples-N.png)")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--label", type=int, help="cvae/m2: draw x ~ p(x|y) for this label "
+                        "(default: a grid of every label x several z)")
     compare = commands.add_parser(
         "compare", help="the estimator lab: bounds, gradient variance and SNR per objective and K",
         description="Measure, on one fixed test minibatch and the same seeds, each objective at "
@@ -215,8 +229,12 @@ def command_train(args: argparse.Namespace) -> int:
                   f"saved. Train again with the same --out {run_dir}.", file=sys.stderr)
         return 130
     print(_format_summary(summary))
+    pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
+                "samples.png (label x z grid), reconstructions.png, elbo.png"
+                if config.model.kind != "vae" else
+                "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
-          "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png)")
+          f"{pictures})")
     return 0
 
 
@@ -229,6 +247,11 @@ def _format_summary(summary: dict[str, Any]) -> str:
         f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats",
         f"active units: {summary['active_units']} of {summary['latent_dim']}",
     ]
+    if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
+        lines[2] = lines[2].replace("log p(x)", summary["score_name"], 1)
+    if "test_accuracy" in summary:
+        lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
+                     f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
     return "\n".join(lines)
 
 
@@ -248,7 +271,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
             k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}})
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
-    x, _ = data.split(args.split)
+    x, y = data.split(args.split)
+    if config.model.kind in ("cvae", "m2"):
+        from pyro_vae.conditional import check_labels
+        check_labels(y, config.model.num_classes, f"the {args.split} split of "
+                     f"{config.data.dataset!r}")
     if len(x) == 0:
         raise ConfigError(f"the {args.split} split of {config.data.dataset!r} is empty (was "
                           "validation_fraction 0?); use --split test.")
@@ -257,7 +284,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     with torch.no_grad():
         estimate = estimate_log_likelihood(vae, x, args.num_samples, config.evaluate.max_chunk,
-                                           progress=progress.evaluated)
+                                           progress=progress.evaluated,
+                                           y=y if getattr(vae, "conditional", False) else None)
     progress.end_evaluation()
     summary = {
         "run_dir": str(args.run_dir), "dataset": config.data.dataset, "split": args.split,
@@ -265,7 +293,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
-        "num_importance_samples": args.num_samples, **latent_activity(vae, x),
+        "num_importance_samples": args.num_samples,
+        "score_name": getattr(vae, "score_name", "log p(x)"),
+        **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
+           latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
+        **(vae.test_summary(x, y) if hasattr(vae, "test_summary") else {}),
     }
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0
@@ -285,21 +317,51 @@ def command_sample(args: argparse.Namespace) -> int:
     config, vae, checkpoint = load_trained(args.run_dir)
     shape = tuple(checkpoint["image_shape"])
     torch.manual_seed(args.seed)
+    title = f"E[x|z], z ~ p(z) ({config.data.dataset})"
+    labels = _sample_labels(args, config, vae)
     with torch.no_grad():
-        z, output = vae.generate(args.n)
+        z, output = vae.generate(args.n) if labels is None else vae.generate(args.n,
+                                                                             labels=labels)
         means = vae.likelihood.mean(output)
         draws = vae.likelihood(output).sample()
+    columns = min(args.n, 8 if args.n <= 64 else 16)
+    if labels is not None:
+        title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
+    elif config.model.kind in ("cvae", "m2") and out.suffix == ".png":  # every label × several z
+        columns = max(1, args.n // config.model.num_classes)
+        with torch.no_grad():
+            means = vae.label_grid(columns)
+        title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
     if out.suffix == ".png":
-        save_image_grid(out, means, shape, min(args.n, 8 if args.n <= 64 else 16),
-                        f"E[x|z], z ~ p(z) ({config.data.dataset})")
+        save_image_grid(out, means, shape, columns, title)
     else:
         import io
         buffer = io.BytesIO()
         np.savez(buffer, x=draws.reshape(args.n, *shape).numpy(),
                  mean=means.reshape(args.n, *shape).numpy(), z=z.numpy())
         atomic_write_bytes(out, buffer.getvalue())
-    print(f"wrote {args.n} samples to {out}")
+    print(f"wrote {len(means)} samples to {out}")
     return 0
+
+
+def _sample_labels(args: argparse.Namespace, config, vae):
+    """The labels ``--label`` asks for (``None`` without it); checked against the model."""
+    import torch
+
+    if config.model.kind.startswith("quadrant_"):
+        raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
+                          "given quadrants rather than drawing images from nothing; its "
+                          "completions are in RUN_DIR/completions.png.")
+    if args.label is None:
+        return None
+    if config.model.kind == "vae":
+        raise ConfigError(f"--label {args.label}: {args.run_dir} holds an unconditional VAE, "
+                          "which draws x ~ p(x) with no label. Train one with --model cvae to "
+                          "draw from p(x|y), or leave out --label.")
+    from pyro_vae.conditional import check_label_flag
+
+    check_label_flag(args.label, config.model.num_classes)
+    return torch.full((args.n,), args.label, dtype=torch.long)
 
 
 def _csv_list(flag: str, text: str, convert: type, allowed: Sequence[str] | None = None) -> list:

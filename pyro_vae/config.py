@@ -29,6 +29,9 @@ LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 DEVICES = ("cpu", "cuda")
 PRIORS = ("normal", "mixture", "vamp", "flow")
+#: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
+#: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
+MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -66,8 +69,12 @@ class DataConfig:
     validation_fraction: float = 0.1
     #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
     download: bool = False
+    #: For ``[model] kind = "m2"``: how many training labels are kept (the rest are hidden);
+    #: 0 keeps every label.
+    num_labels: int = 0
 
     def validate(self) -> None:
+        _positive("data", "num_labels", self.num_labels, allow_zero=True)
         if not self.dataset.startswith("file:"):
             _choice("data", "dataset", self.dataset, DATASETS)
         _choice("data", "binarize", self.binarize, BINARIZATIONS)
@@ -106,8 +113,22 @@ class ModelConfig:
     bayesian_decoder: str = "none"
     #: Standard deviation s of the N(0, s²) prior on each Bayesian decoder weight.
     weight_prior_scale: float = 1.0
+    #: ``vae``, ``cvae`` (label-conditional, needs labels) or ``m2`` (semi-supervised).
+    kind: str = "vae"
+    #: Number of labels 0..C−1 of ``cvae`` and ``m2`` models.
+    num_classes: int = 10
+    #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
+    quadrants: int = 1
 
     def validate(self) -> None:
+        _choice("model", "kind", self.kind, MODEL_KINDS)
+        if self.quadrants not in (1, 2, 3):
+            raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
+                              "quadrants; the model predicts the other 4 − quadrants.")
+        _positive("model", "num_classes", self.num_classes)
+        if self.kind != "vae" and (self.network != "mlp" or self.stochastic_layers != 1):
+            raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "
+                              "layer of MLPs; set network = \"mlp\" and stochastic_layers = 1.")
         _positive("model", "latent_dim", self.latent_dim)
         _choice("model", "network", self.network, NETWORKS)
         for size in self.hidden_dims:
@@ -171,9 +192,12 @@ class TrainConfig:
     #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
     #: state with half the learning rate (up to 3 times).
     on_nan: str = "stop"
+    #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
+    aux_loss_weight: float = 50.0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
+        _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
@@ -242,6 +266,21 @@ class Config:
                 "the Bayesian decoder's weights are one global latent variable shared by all "
                 "datapoints, with no per-datapoint share of its KL. Use objective = \"elbo\" or "
                 "\"meanfield\", or bayesian_decoder = \"none\".")
+        if self.model.kind != "vae" and (self.model.prior != "normal"
+                                         or self.model.bayesian_decoder != "none"
+                                         or self.train.free_bits > 0):
+            raise ConfigError(
+                f"[model] kind = \"{self.model.kind}\" has its own fixed prior and decoder; "
+                "prior, bayesian_decoder and free_bits are options of kind = \"vae\". Leave "
+                "them at their defaults (prior = \"normal\", bayesian_decoder = \"none\", "
+                "free_bits = 0) or use kind = \"vae\".")
+        if self.model.kind == "m2" and self.train.objective != "elbo":
+            raise ConfigError(
+                f"[train] objective = \"{self.train.objective}\": the M2 model sums its "
+                "discrete label out with TraceEnum_ELBO; use objective = \"elbo\".")
+        if self.data.num_labels and self.model.kind != "m2":
+            raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
+                              "it needs [model] kind = \"m2\".")
         return self
 
     def _check_free_bits(self) -> None:

@@ -93,12 +93,15 @@ class LogLikelihoodEstimate:
 def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 5000,
                             max_chunk: int = 20_000,
                             progress: Callable[[int], None] | None = None,
-                            guide: Callable | None = None) -> LogLikelihoodEstimate:
+                            guide: Callable | None = None,
+                            y: torch.Tensor | None = None) -> LogLikelihoodEstimate:
     """Importance-sampled log p(x) and the ELBO for every row of ``x`` (see module docstring).
 
     ``progress(n)`` is called after each chunk with the number of datapoints finished.
     ``guide`` is the proposal q(z|x) (default ``vae.guide``, the amortized one); another guide
-    must take the same ``x`` and run its sites in the ``data`` plate.
+    must take the same ``x`` and run its sites in the ``data`` plate. With labels ``y`` the
+    model and guide are called as ``model(x, y)``: for a conditional model the estimate is
+    then log p̂_K(x | y).
 
     For a Bayesian decoder the estimate is of the posterior predictive log p(x | data): the K
     samples are split over S = 10 draws W_s ~ q(W), K/S each, and
@@ -116,11 +119,12 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     with vae.scoring():
         for start in range(0, len(x), data_chunk):
             batch = x[start: start + data_chunk]
+            labels = () if y is None else (y[start: start + data_chunk],)
             log_sum_w = torch.full((len(batch),), -math.inf, device=x.device, dtype=x.dtype)
             sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
             for done in range(0, num_samples, particle_chunk):
                 k = min(particle_chunk, num_samples - done)
-                log_w = log_importance_weights(vae.model, guide, batch, k)
+                log_w = log_importance_weights(vae.model, guide, batch, k, *labels)
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
                 sum_log_w += log_w.sum(0)
             log_likelihoods.append(log_sum_w - math.log(num_samples))
@@ -149,26 +153,29 @@ def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_sa
 
 
 @torch.no_grad()
-def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ(x), σ(x)) of q(z|x) for every row of ``x``, computed ``batch_size`` rows at a time."""
+def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
+                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
+    computed ``batch_size`` rows at a time."""
     locs, scales = [], []
     for start in range(0, len(x), batch_size):
-        loc, scale = vae.encoder(x[start: start + batch_size])
+        labels = () if y is None else (y[start: start + batch_size],)
+        loc, scale = vae.encoder(x[start: start + batch_size], *labels)
         locs.append(loc)
         scales.append(scale)
     return torch.cat(locs), torch.cat(scales)
 
 
 @torch.no_grad()
-def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16
-                   ) -> torch.Tensor:
+def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16,
+                   y: torch.Tensor | None = None) -> torch.Tensor:
     """KL(q(z|x) ‖ p(z)) per row of ``x`` as (1/S) Σ_s [log q(z_s|x) − log p(z_s)], z_s ~ q.
 
     Works for any prior and for several latent sites (the two-layer model's p(z1|z2) p(z2)).
     """
+    args = (x,) if y is None else (x, y)
     with vae.scoring(), _any_weights(vae):
-        traces = run_particles(vae.model, vae.guide, num_samples, (x,), {}, who="the KL")
+        traces = run_particles(vae.model, vae.guide, num_samples, args, {}, who="the KL")
     shape = (traces.num_particles, traces.batch_size)
     log_prior = sum(site["fn"].log_prob(site["value"]).expand(shape)
                     for site in _sample_sites(traces.model) if not site["is_observed"])
@@ -176,11 +183,13 @@ def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16
 
 
 @torch.no_grad()
-def latent_activity(vae: torch.nn.Module, x: torch.Tensor) -> dict[str, object]:
+def latent_activity(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+                    ) -> dict[str, object]:
     """Active units (Cov_x(E_q[z_u]) > 0.01), the mean KL(q(z_u|x) ‖ p(z_u)) per dimension
     where the prior splits over dimensions, and the mean total KL(q(z|x) ‖ p(z)) (closed form
-    where there is one, else Monte Carlo with 16 draws per point)."""
-    loc, scale = encode_means(vae, x)
+    where there is one, else Monte Carlo with 16 draws per point); of q(z|x, y) for an
+    encoder that takes labels ``y``."""
+    loc, scale = encode_means(vae, x, y=y)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
     kl = vae.kl_per_dim(loc, scale)
     if kl is not None:

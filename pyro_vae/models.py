@@ -139,6 +139,18 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     from pyro_vae.networks import build_networks
     from pyro_vae.priors import build_prior
 
+    if config.kind == "cvae":
+        from pyro_vae.conditional import build_conditional_vae
+
+        return build_conditional_vae(config, image_shape, num_data)
+    if config.kind.startswith("quadrant_"):
+        from pyro_vae.quadrants import build_quadrant_model
+
+        return build_quadrant_model(config, image_shape, num_data)
+    if config.kind == "m2":
+        from pyro_vae.semisupervised import build_m2
+
+        return build_m2(config, image_shape)
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
                                       config.hidden_dims, config.activation, config.encoder_scale)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)

@@ -112,9 +112,27 @@ def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int
+                   ) -> float:
+    """Backpropagate ``loss`` and apply the step; returns the loss value.
+
+    Raises :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient
+    is not finite.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # One read of two numbers per step: the progress bar needs the loss anyway.
+    value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
+    if not (math.isfinite(value) and math.isfinite(grad_norm)):
+        raise NonFiniteStep(batch, value, grad_norm, step + 1)
+    optimizer.step()
+    return value
+
+
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  batch_size: int, schedule: KLSchedule, step: int,
-                 progress: Progress) -> tuple[float, int]:
+                 progress: Progress, labels: torch.Tensor | None = None) -> tuple[float, int]:
     """One pass over ``x``; returns (mean training objective per datapoint, new step).
 
     A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
@@ -126,14 +144,8 @@ def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: t
     for indices in minibatches(len(x), batch_size, x.device):
         vae.kl_weight = schedule.weight(step)
         batch = x[indices]
-        loss = module(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # One read of two numbers per step: the progress bar needs the loss anyway.
-        value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
-        if not (math.isfinite(value) and math.isfinite(grad_norm)):
-            raise NonFiniteStep(batch, value, grad_norm, step + 1)
-        optimizer.step()
+        loss = module(batch) if labels is None else module(batch, labels[indices])
+        value = optimizer_step(loss, optimizer, parameters, batch, step)
         step += 1
         # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
         total += value / vae.num_data * len(indices)
@@ -161,10 +173,26 @@ def _roll_back(vae: VAE, optimizer: torch.optim.Optimizer, checkpoint_path: Path
     _set_learning_rate(optimizer, rate)
 
 
-def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int) -> float | None:
+def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int,
+                     y: torch.Tensor | None = None) -> float | None:
     if len(x) == 0:
         return None
-    return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk).mean_elbo
+    return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk, y=y).mean_elbo
+
+
+def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
+                          y: torch.Tensor | None) -> dict[str, Any]:
+    """Active units, total KL and KL per dimension on ``x`` (nothing for a model without z)."""
+    if config.model.kind == "quadrant_baseline":
+        return {}
+    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
+    activity = latent_activity(vae, x, y if labelled else None)
+    return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
+
+
+def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
+    """The labels a conditional model is called with (``None`` for the others)."""
+    return y if getattr(vae, "conditional", False) else None
 
 
 def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
@@ -228,6 +256,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none")
+    splits = None
+    if config.model.kind in ("cvae", "m2"):
+        from pyro_vae.conditional import prepare_labelled
+        objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
@@ -257,7 +289,11 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     rollbacks = history[-1].get("rollbacks", 0) if history else 0
 
     # Collapse diagnostics each epoch on up to 1,000 fixed points (validation, else training).
-    monitor_x = (data.valid_x if len(data.valid_x) else data.train_x)[:MONITOR_POINTS]
+    monitor_x, monitor_y = data.valid_x, data.valid_y
+    if not len(monitor_x):
+        monitor_x, monitor_y = data.train_x, data.train_y
+    monitor_x = monitor_x[:MONITOR_POINTS]
+    monitor_y = None if monitor_y is None else monitor_y[:MONITOR_POINTS]
     progress.start_epochs(start_epoch, config.train.epochs)
     epoch = start_epoch
     with pyro.validation_enabled(False), warnings.catch_warnings():
@@ -269,9 +305,15 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             x_train = binarize(data.train_x) if config.data.binarize == "dynamic" else data.train_x
             progress.start_epoch(epoch, batches_per_epoch)
             try:
-                train_elbo, new_step = _train_epoch(module, optimizer, x_train,
-                                                    config.train.batch_size, schedule, step,
-                                                    progress)
+                if splits is not None:  # semi-supervised M2
+                    from pyro_vae.semisupervised import train_epoch
+                    train_elbo, new_step = train_epoch(
+                        module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
+                        x_train[splits[1]], config.train.batch_size, schedule, step, progress)
+                else:
+                    train_elbo, new_step = _train_epoch(
+                        module, optimizer, x_train, config.train.batch_size, schedule, step,
+                        progress, _model_labels(vae, data.train_y))
             except NonFiniteStep as fault:
                 if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
                     where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
@@ -285,12 +327,12 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             step = new_step
             train_seconds += time.perf_counter() - started
             vae.eval()
-            activity = latent_activity(vae, monitor_x)
+            activity = _collapse_diagnostics(config, vae, monitor_x, monitor_y)
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
-                                                       config.evaluate.max_chunk),
-                   "active_units": activity["active_units"], "kl": activity["kl"],
-                   "kl_per_dim": activity["kl_per_dim"],
+                                                       config.evaluate.max_chunk,
+                                                       _model_labels(vae, data.valid_y)),
+                   **activity,
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
@@ -315,9 +357,13 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     num_samples = config.evaluate.num_samples
     progress.start_evaluation(len(data.test_x), num_samples)
     estimate = estimate_log_likelihood(vae, data.test_x, num_samples, config.evaluate.max_chunk,
-                                       progress=progress.evaluated)
+                                       progress=progress.evaluated,
+                                       y=_model_labels(vae, data.test_y))
     progress.end_evaluation()
-    activity = latent_activity(vae, data.test_x)
+    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
+    quadrants = config.model.kind.startswith("quadrant_")
+    activity = {"active_units": 0} if config.model.kind == "quadrant_baseline" else \
+        latent_activity(vae, data.test_x, data.test_y if labelled else None)
     summary = {
         "dataset": config.data.dataset,
         "epochs": len(history),
@@ -329,14 +375,24 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "num_importance_samples": num_samples,
+        # What test_log_likelihood estimates: log p(x), log p(x|y), ...
+        "score_name": getattr(vae, "score_name", "log p(x)"),
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
+        **(vae.test_summary(data.test_x, data.test_y) if hasattr(vae, "test_summary") else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run_dir / SUMMARY, summary)
-    write_pictures(vae, data, run_dir, history)
+    if quadrants:
+        from pyro_vae.quadrants import write_quadrant_pictures
+        write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
+    elif labelled:
+        from pyro_vae.conditional import write_conditional_pictures
+        write_conditional_pictures(vae, data, run_dir, history)
+    else:
+        write_pictures(vae, data, run_dir, history)
     return summary
 
 

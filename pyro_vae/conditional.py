@@ -1,0 +1,254 @@
+"""The label-conditional VAE (CVAE) as a Pyro model/guide pair.
+
+Generative model, for each datapoint n in the ``data`` plate, with its label y_n observed::
+
+    z_n ~ p(z) = N(0, I)
+    x_n ~ p(x | decoder(z_n, y_n))
+
+Guide::
+
+    z_n ~ q(z | x_n, y_n) = N(μ(x_n, y_n), diag σ(x_n, y_n)²)
+
+The label enters both networks as a one-hot vector concatenated to their input (Sohn, Lee & Yan,
+"Learning Structured Output Representation using Deep Conditional Generative Models", NeurIPS
+2015; Kingma et al. 2014, M2 with y observed). The ELBO of this pair bounds log p(x | y):
+
+    log p(x|y) ≥ E_q[log p(x|z, y)] − KL(q(z|x, y) ‖ p(z)),
+
+and the importance-sampled estimate of :func:`pyro_vae.evaluate.estimate_log_likelihood` run on
+(x, y) is log p̂_K(x|y), the conditional log-likelihood, per datapoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.infer import ELBO, TraceEnum_ELBO
+from torch import nn
+
+from pyro_vae import plots
+from pyro_vae.config import ModelConfig
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.models import VAE
+from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.priors import StandardNormalPrior
+
+if TYPE_CHECKING:
+    from pyro_vae.config import Config
+    from pyro_vae.data import ImageData
+
+
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32
+            ) -> torch.Tensor:
+    """Integer labels ``[...]`` as one-hot vectors ``[..., C]``."""
+    return F.one_hot(y.long(), num_classes).to(dtype)
+
+
+class LabelledEncoder(nn.Module):
+    """(x, y) ↦ (μ, σ): an encoder applied to ``[x, one_hot(y)]``."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # y may carry leading particle or enumeration dimensions that x lacks.
+        batch = torch.broadcast_shapes(x.shape[:-1], y.shape)
+        labels = one_hot(y, self.num_classes, x.dtype).expand(*batch, self.num_classes)
+        return self.encoder(torch.cat([x.expand(*batch, x.shape[-1]), labels], -1))
+
+
+class LabelledDecoder(nn.Module):
+    """(z, y) ↦ likelihood parameters: a decoder applied to ``[z, one_hot(y)]``.
+
+    ``z`` may carry leading particle dimensions that ``y`` lacks; the one-hot labels are
+    broadcast to them.
+    """
+
+    def __init__(self, decoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.decoder = decoder
+        self.num_classes = num_classes
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels = one_hot(y, self.num_classes, z.dtype)
+        labels = labels.expand(*z.shape[:-1], self.num_classes)
+        return self.decoder(torch.cat([z, labels], -1))
+
+
+def check_labels(y: torch.Tensor | None, num_classes: int, what: str = "the data") -> None:
+    """Raise :class:`DataError` unless ``y`` holds integer labels in 0..num_classes−1."""
+    if y is None:
+        raise DataError(f"{what} has no labels, but a conditional model needs one label per "
+                        "datapoint. Train it on a labelled dataset (digits, mnist, "
+                        "fashion-mnist, or a .npz with an integer array y), or use "
+                        "[model] kind = \"vae\".")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(f"{what} has labels in [{int(y.min())}, {int(y.max())}], but the model "
+                        f"has {num_classes} classes (0..{num_classes - 1}).")
+
+
+def check_label_flag(label: int, num_classes: int) -> None:
+    """Raise :class:`ConfigError` unless ``label`` is one of the model's classes."""
+    if not 0 <= label < num_classes:
+        raise ConfigError(f"--label {label} is not a class of this model, whose labels are "
+                          f"0..{num_classes - 1}.")
+
+
+class ConditionalVAE(VAE):
+    """p(z) p(x|z, y) with guide q(z|x, y); ``y`` is required and observed.
+
+    Args:
+        encoder: a :class:`LabelledEncoder`.
+        decoder: a :class:`LabelledDecoder`.
+        prior, likelihood, num_data: as for :class:`~pyro_vae.models.VAE`.
+        num_classes: the number C of labels 0..C−1.
+    """
+
+    #: Training and evaluation pass the labels to model and guide.
+    conditional = True
+    #: What the importance-sampled test score estimates.
+    score_name = "log p(x|y)"
+
+    def __init__(self, encoder: LabelledEncoder, decoder: LabelledDecoder, prior, likelihood,
+                 num_classes: int, num_data: int | None = None):
+        super().__init__(encoder, decoder, prior, likelihood, num_data)
+        self.num_classes = num_classes
+
+    def _require_labels(self, y: torch.Tensor | None) -> torch.Tensor:
+        if y is None:
+            raise DataError("a conditional VAE needs the labels y of its batch: call "
+                            "model(x, y) and guide(x, y).")
+        return y
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """p(z) p(x|z, y) with ``x`` observed and ``y`` given."""
+        y = self._require_labels(y)
+        pyro.module("vae", self)
+        with self._data_plate(x):
+            with self._kl_scale():
+                z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
+            return pyro.sample("x", self.likelihood(self.decoder(z, y)), obs=x)
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """q(z|x, y) = N(μ(x, y), diag σ(x, y)²), reparameterized."""
+        y = self._require_labels(y)
+        pyro.module("vae", self)
+        with self._data_plate(x):
+            with self._kl_scale():
+                return pyro.sample("z", self.posterior(x, y))
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        loc, scale = self.encoder(x, self._require_labels(y))
+        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x|z, y] in data space."""
+        return self.likelihood.mean(self.decoder(z, self._require_labels(y)))
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode(self.posterior(x, y).mean, y)
+
+    def cycle_labels(self, num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Labels 0, 1, …, C−1, 0, 1, … of length ``num_samples``."""
+        return torch.arange(num_samples, device=device) % self.num_classes
+
+    def generate(self, num_samples: int, device: torch.device | str = "cpu",
+                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, decoder output) for z ~ p(z) and ``labels`` (default: cycling through classes)."""
+        if labels is None:
+            labels = self.cycle_labels(num_samples, device)
+        check_labels(labels, self.num_classes, "the requested labels")
+        z = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32).sample()
+        return z, self.decoder(z, labels.to(z.device))
+
+    def sample(self, num_samples: int, device: torch.device | str = "cpu", mean: bool = True,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
+        _, output = self.generate(num_samples, device, labels)
+        return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
+
+    @torch.no_grad()
+    def label_grid(self, columns: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """E[x|z, y] for every label (rows) × ``columns`` draws of z shared by every row."""
+        z = self.prior(torch.Size([columns]), torch.device(device), torch.float32).sample()
+        z = z.repeat(self.num_classes, 1)
+        labels = torch.arange(self.num_classes, device=z.device).repeat_interleave(columns)
+        return self.likelihood.mean(self.decoder(z, labels))
+
+
+def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int],
+                          num_data: int | None = None) -> ConditionalVAE:
+    """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``."""
+    encoder, decoder = labelled_networks(config, image_shape)
+    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    return ConditionalVAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
+                          config.num_classes, num_data)
+
+
+def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]
+                      ) -> tuple[LabelledEncoder, LabelledDecoder]:
+    """q(z|x, y)'s encoder and p(x|z, y)'s decoder as the ``[model]`` table describes them."""
+    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    classes = config.num_classes
+    encoder = MLPEncoder(num_pixels + classes, config.latent_dim, config.hidden_dims,
+                         config.activation, config.encoder_scale)
+    decoder = MLPDecoder(config.latent_dim + classes, num_pixels, config.hidden_dims,
+                         config.activation)
+    return LabelledEncoder(encoder, classes), LabelledDecoder(decoder, classes)
+
+
+def prepare_labelled(config: "Config", data: "ImageData", vae: ConditionalVAE
+                     ) -> tuple[ELBO, tuple[torch.Tensor, torch.Tensor] | None]:
+    """Check that the data have labels and set up the objective of a ``cvae`` or ``m2`` run.
+
+    Returns (objective, splits): splits is ``None`` for the CVAE, and the (labelled,
+    unlabelled) training indices for M2, whose objective is ``TraceEnum_ELBO`` so that the
+    missing labels are summed out.
+    """
+    from pyro_vae.objectives import MAX_PLATE_NESTING, make_objective
+
+    source = f"dataset {config.data.dataset!r}"
+    check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
+    check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
+    check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
+    particles = config.train.particles
+    if config.model.kind == "cvae":
+        return make_objective(config.train.objective, particles, config.train.alpha), None
+    from pyro_vae.semisupervised import labelled_subset
+
+    num_labels = config.data.num_labels or len(data.train_y)
+    labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
+                               config.train.seed)
+    unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
+    unlabelled[labelled] = False
+    unlabelled = unlabelled.nonzero().squeeze(-1)
+    vae.set_split_sizes(len(labelled), len(unlabelled))
+    vae.aux_loss_weight = config.train.aux_loss_weight
+    objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
+                               max_plate_nesting=MAX_PLATE_NESTING)
+    return objective, (labelled, unlabelled)
+
+
+@torch.no_grad()
+def write_conditional_pictures(vae: ConditionalVAE, data: "ImageData", run_dir: Path,
+                               history: list[dict], columns: int = 8) -> None:
+    """``samples.png`` (every label × ``columns`` draws of z), ``reconstructions.png`` (given
+    the true labels) and ``elbo.png``."""
+    shape = data.image_shape
+    device = next(vae.parameters()).device
+    plots.save_image_grid(run_dir / "samples.png", vae.label_grid(columns, device), shape,
+                          columns, "E[x|z, y]: one row per label y, one column per z ~ p(z)")
+    count = max(1, min(10, len(data.test_x)))
+    x, y = data.test_x[:count], data.test_y[:count]
+    plots.save_image_grid(run_dir / "reconstructions.png",
+                          torch.cat([x, vae.reconstruct(x, y)]), shape, count,
+                          "inputs (top) and reconstructions given their labels (bottom)")
+    if history:
+        plots.save_elbo_curves(run_dir / "elbo.png", history)

@@ -1,0 +1,208 @@
+"""Semi-supervised learning with the M2 model of Kingma, Rezende, Mohamed & Welling (2014),
+"Semi-supervised Learning with Deep Generative Models", as a Pyro model/guide pair.
+
+Generative model, for each datapoint n in the ``data`` plate::
+
+    y_n ~ Cat(1/C, …, 1/C),   z_n ~ N(0, I),   x_n ~ p(x | decoder(z_n, y_n))
+
+Guide::
+
+    y_n ~ q(y | x_n) = Cat(softmax(classifier(x_n)))      (only when y_n is not observed)
+    z_n ~ q(z | x_n, y_n) = N(μ(x_n, y_n), diag σ(x_n, y_n)²)
+
+A labelled batch observes y and its ELBO is −L(x, y) = log p(y) + E_q[log p(x|y,z)] − KL; an
+unlabelled batch treats y as latent, and ``TraceEnum_ELBO`` sums it out exactly over the C
+classes (``infer={"enumerate": "parallel"}``), which gives Kingma's
+
+    −U(x) = Σ_y q(y|x) (−L(x, y)) + H(q(y|x)).
+
+Because q(y|x) then only learns from unlabelled data, Kingma et al. add α · E_labelled[−log q(y|x)]
+(their eq. 9); here it is an observed site ``y_aux`` of the model scored by the classifier and
+weighted with ``poutine.scale`` by α per labelled datapoint, as Pyro's SS-VAE tutorial does.
+Labelled and unlabelled batches use ``data`` plates of their own sizes, so each minibatch loss is
+an unbiased estimate of its whole split's term.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Callable
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch import nn
+
+from pyro_vae.conditional import ConditionalVAE, labelled_networks
+from pyro_vae.config import ModelConfig
+from pyro_vae.data import minibatches
+from pyro_vae.errors import DataError
+from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.networks import mlp
+from pyro_vae.priors import StandardNormalPrior
+
+
+class M2(ConditionalVAE):
+    """Kingma et al.'s M2: y observed when labelled, enumerated when not (see module docstring).
+
+    Args:
+        classifier: ``x ↦`` logits of q(y|x), shape ``[..., C]``.
+        encoder, decoder, prior, likelihood, num_classes: as for
+            :class:`~pyro_vae.conditional.ConditionalVAE`.
+        aux_loss_weight: α, the weight of −log q(y|x) per labelled datapoint.
+    """
+
+    #: log p(x) is scored with y summed (sampled) out: the labels are not needed.
+    conditional = False
+    score_name = "log p(x)"
+
+    def __init__(self, classifier: nn.Module, encoder, decoder, prior, likelihood,
+                 num_classes: int, aux_loss_weight: float = 50.0):
+        super().__init__(encoder, decoder, prior, likelihood, num_classes)
+        self.classifier = classifier
+        self.aux_loss_weight = aux_loss_weight
+        #: Sizes of the labelled and unlabelled training splits, for minibatch scaling.
+        self.num_labelled: int | None = None
+        self.num_unlabelled: int | None = None
+
+    def set_split_sizes(self, num_labelled: int, num_unlabelled: int) -> None:
+        self.num_labelled, self.num_unlabelled = num_labelled, num_unlabelled
+        self.num_data = num_labelled + num_unlabelled
+
+    def _split_plate(self, x: torch.Tensor, labelled: bool) -> pyro.plate:
+        batch = x.shape[0]
+        size = batch
+        if self.num_data is not None:  # training: scale each batch up to its own split
+            size = (self.num_labelled if labelled else self.num_unlabelled) or batch
+        subsample = None if size == batch else torch.arange(batch, device=x.device)
+        return pyro.plate("data", size, subsample=subsample, dim=-1)
+
+    def label_prior(self, batch: int, x: torch.Tensor) -> dist.TorchDistribution:
+        logits = x.new_zeros(self.num_classes)
+        return dist.Categorical(logits=logits).expand([batch])
+
+    def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """p(y) p(z) p(x|y, z); with ``y`` given, also α·log q(y|x) as the observed ``y_aux``."""
+        pyro.module("m2", self)
+        with self._split_plate(x, labelled=y is not None):
+            label = pyro.sample("y", self.label_prior(x.shape[0], x), obs=y)
+            with self._kl_scale():
+                z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
+            observed = pyro.sample("x", self.likelihood(self.decoder(z, label)), obs=x)
+            if y is not None and self.aux_loss_weight > 0 and self.num_data is not None:
+                with poutine.scale(scale=self.aux_loss_weight):
+                    pyro.sample("y_aux", dist.Categorical(logits=self.classifier(x)), obs=y)
+            return observed
+
+    def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """q(y|x) (enumerated, only when y is missing) and q(z|x, y)."""
+        pyro.module("m2", self)
+        with self._split_plate(x, labelled=y is not None):
+            if y is None:
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)),
+                                infer={"enumerate": "parallel"})
+            with self._kl_scale():
+                return pyro.sample("z", self.posterior(x, y))
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+        """argmax_y q(y|x) for every row of ``x``."""
+        return torch.cat([self.classifier(x[s: s + batch_size]).argmax(-1)
+                          for s in range(0, len(x), batch_size)])
+
+    def reconstruct(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """E[x | z = μ(x, y), y], with y the classifier's guess when not given."""
+        y = self.classify(x) if y is None else y
+        return super().reconstruct(x, y)
+
+    def test_summary(self, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, Any]:
+        """Test accuracy of the classifier argmax q(y|x), with its binomial standard error."""
+        if y is None:
+            return {}
+        accuracy = float((self.classify(x) == y).float().mean())
+        return {"test_accuracy": accuracy,
+                "test_accuracy_stderr": math.sqrt(accuracy * (1 - accuracy) / len(y))}
+
+
+def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
+             aux_loss_weight: float = 50.0) -> M2:
+    """The M2 model a ``[model]`` table describes (MLP classifier, encoder and decoder)."""
+    encoder, decoder = labelled_networks(config, image_shape)
+    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
+    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    return M2(classifier, encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
+              config.num_classes, aux_loss_weight)
+
+
+def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0
+                    ) -> torch.Tensor:
+    """Indices of ``num_labels`` training points, balanced across classes as in Kingma et al.
+
+    Classes take turns in a fixed random order; a class that runs out is skipped.
+    """
+    if num_labels > len(y):
+        raise DataError(f"[data] num_labels = {num_labels} asks for more labels than the "
+                        f"training split has datapoints ({len(y)}); choose at most {len(y)}.")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=generator)
+    per_class = [order[y.cpu()[order] == c].tolist() for c in range(num_classes)]
+    chosen: list[int] = []
+    rank = 0
+    while len(chosen) < num_labels:
+        for members in per_class:
+            if rank < len(members) and len(chosen) < num_labels:
+                chosen.append(members[rank])
+        rank += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long, device=y.device)
+
+
+def _cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
+    """A function returning the next ``batch_size`` indices of ever fresh permutations."""
+    state = {"batches": iter(())}
+
+    def next_batch() -> torch.Tensor:
+        batch = next(state["batches"], None)
+        if batch is None:
+            state["batches"] = minibatches(num_items, batch_size, device)
+            batch = next(state["batches"])
+        return batch
+    return next_batch
+
+
+def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tensor,
+                y_labelled: torch.Tensor, x_unlabelled: torch.Tensor, batch_size: int,
+                schedule, step: int, progress) -> tuple[float, int]:
+    """One pass over the larger split; every step adds a labelled and an unlabelled batch.
+
+    Returns (mean training objective per datapoint, new step), like
+    :func:`pyro_vae.train._train_epoch`, and raises ``NonFiniteStep`` the same way.
+    """
+    from pyro_vae.train import optimizer_step
+
+    # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
+    warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
+
+    vae = module.vae
+    parameters = list(module.parameters())
+    num_l, num_u = len(x_labelled), len(x_unlabelled)
+    num_steps = math.ceil(max(num_l, num_u) / batch_size)
+    next_labelled = _cycled_batches(num_l, min(batch_size, num_l), x_labelled.device)
+    next_unlabelled = _cycled_batches(num_u, batch_size, x_labelled.device) if num_u else None
+    total = 0.0
+    for _ in range(num_steps):
+        vae.kl_weight = schedule.weight(step)
+        labelled = next_labelled()
+        loss = module(x_labelled[labelled], y_labelled[labelled])
+        batch = x_labelled[labelled]
+        if next_unlabelled is not None:
+            batch = x_unlabelled[next_unlabelled()]
+            loss = loss + module(batch)
+        value = optimizer_step(loss, optimizer, parameters, batch, step)
+        step += 1
+        # The loss estimates the negative objective summed over both splits.
+        total += value / vae.num_data
+        progress.step(-value / vae.num_data)
+    return -total / num_steps, step
