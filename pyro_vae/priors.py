@@ -154,6 +154,18 @@ class VampPrior(Prior):
     def encoder(self) -> nn.Module:
         return self._encoder[0]
 
+    @torch.no_grad()
+    def initialize_from(self, images: torch.Tensor) -> None:
+        """Start the pseudo-inputs at training images (one per component, pixels squeezed into
+        [0.05, 0.95] so the logit is finite): the prior starts as a mixture of posteriors of real
+        data instead of C copies of one grey image, which lets training escape the collapsed
+        state q(z|x) = p(z) that a uniform start invites."""
+        chosen = images[torch.randperm(len(images), device=images.device)[: len(self.pseudo_inputs)]]
+        if len(chosen) < len(self.pseudo_inputs):
+            raise ValueError(f"{len(self.pseudo_inputs)} pseudo-inputs need at least as many "
+                             f"training images; there are {len(images)}")
+        self.pseudo_inputs.copy_(torch.logit(chosen.reshape(len(chosen), -1).clamp(0.05, 0.95)))
+
     def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype
                 ) -> dist.TorchDistribution:
         loc, scale = self.encoder(torch.sigmoid(self.pseudo_inputs))

@@ -180,6 +180,15 @@ def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int,
     return estimate_log_likelihood(vae, x, num_samples=1, max_chunk=max_chunk, y=y).mean_elbo
 
 
+def _initialize_pseudo_inputs(vae: VAE, data: ImageData) -> None:
+    components = len(vae.prior.pseudo_inputs)
+    if components > len(data.train_x):
+        raise ConfigError(f"[model] prior_components = {components} pseudo-inputs start at "
+                          f"training images, but there are only {len(data.train_x)}; use at "
+                          f"most {len(data.train_x)}.")
+    vae.prior.initialize_from(data.train_x)
+
+
 def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
                           y: torch.Tensor | None) -> dict[str, Any]:
     """Active units, total KL and KL per dimension on ``x`` (nothing for a model without z)."""
@@ -254,6 +263,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     pyro.set_rng_seed(config.train.seed)
     data = prepare_data(config, device)
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
+    if hasattr(vae.prior, "initialize_from"):  # VampPrior: pseudo-inputs start at real images
+        _initialize_pseudo_inputs(vae, data)
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none")
     splits = None
