@@ -233,3 +233,13 @@ def test_mixture_density_by_matrix_products_matches_mixture_same_family():
     got = mixture(torch.Size([3]), z.device, z.dtype).log_prob(z)
     assert got.shape == (5, 3)
     assert torch.allclose(got, reference.log_prob(z), rtol=1e-5, atol=1e-4)
+
+
+def test_vamp_pseudo_inputs_start_at_training_images():
+    vae, x = _small("vamp")  # 4 pseudo-inputs, 32 images
+    vae.prior.initialize_from(x * 0.8 + 0.1)
+    starts = torch.sigmoid(vae.prior.pseudo_inputs)
+    for start in starts:  # each pseudo-input is one of the images
+        assert ((x * 0.8 + 0.1) - start).abs().amax(-1).min() < 1e-5
+    with pytest.raises(ValueError, match="pseudo-inputs need"):
+        vae.prior.initialize_from(x[:2])
