@@ -141,8 +141,9 @@ class BayesianVAE(VAE):
         weights = self._sample_weights(guide=False)
         if x is None:
             with pyro.plate("data", num_samples, dim=-1):
-                z = pyro.sample("z", self.prior(torch.Size([num_samples]),
-                                                self._device(), torch.float32))
+                loc = self.weight_posterior.loc[0]
+                z = pyro.sample("z", self.prior(torch.Size([num_samples]), loc.device,
+                                                loc.dtype))
                 return pyro.sample("x", self.likelihood(self._decode_with(weights, z)))
         with self._data_plate(x):
             with self._kl_scale():
@@ -159,9 +160,6 @@ class BayesianVAE(VAE):
         with self._data_plate(x):
             with self._kl_scale():
                 return pyro.sample("z", self.posterior(x))
-
-    def _device(self) -> torch.device:
-        return self.weight_posterior.loc[0].device
 
     # -- fixed weights: evaluation, pictures, posterior draws ---------------------------------
     @contextlib.contextmanager

@@ -293,7 +293,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
-        "num_importance_samples": args.num_samples,
+        "num_importance_samples": estimate.num_samples,
         "score_name": getattr(vae, "score_name", "log p(x)"),
         **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
            latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
@@ -400,6 +400,13 @@ def command_compare(args: argparse.Namespace) -> int:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     if args.run_dir:
         config, vae, checkpoint = load_trained(args.run_dir)
+        if config.model.bayesian_decoder != "none" or config.model.kind != "vae":
+            raise ConfigError(
+                f"{args.run_dir} is not a plain VAE (bayesian_decoder = "
+                f"\"{config.model.bayesian_decoder}\", kind = \"{config.model.kind}\"); the "
+                "lab compares estimators on the same model/guide pair with point-estimated "
+                "weights, which a Bayesian decoder's global weights or a conditional model do "
+                "not give every estimator. Run compare on a plain VAE run.")
         out = Path(args.out) if args.out else Path(args.run_dir) / "compare"
     else:
         config = Config()

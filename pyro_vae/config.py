@@ -148,6 +148,7 @@ class ModelConfig:
             _positive("model", "prior_components", self.prior_components)
         _positive("model", "flow_layers", self.flow_layers)
         _choice("model", "bayesian_decoder", self.bayesian_decoder, ("none", "last", "all"))
+        self._check_unused_options()
         _positive("model", "weight_prior_scale", self.weight_prior_scale)
         if self.bayesian_decoder != "none" and self.stochastic_layers != 1:
             raise ConfigError("[model] bayesian_decoder is built for the one-layer model; set "
@@ -164,6 +165,21 @@ class ModelConfig:
             _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
         else:
             _positive("model", "gaussian_scale", self.gaussian_scale)
+
+
+    def _check_unused_options(self) -> None:
+        """Options of one prior given with another would be ignored: say so instead."""
+        unused = []
+        if self.prior_components is not None and self.prior not in ("mixture", "vamp"):
+            unused.append(("prior_components", "prior = \"mixture\" or \"vamp\""))
+        if self.flow_layers != 4 and self.prior != "flow":
+            unused.append(("flow_layers", "prior = \"flow\""))
+        if self.weight_prior_scale != 1.0 and self.bayesian_decoder == "none":
+            unused.append(("weight_prior_scale", "bayesian_decoder = \"last\" or \"all\""))
+        if unused:
+            key, needs = unused[0]
+            raise ConfigError(f"[model] {key} is only used with {needs}, which this recipe does "
+                              f"not set; remove {key} or set the option it belongs to.")
 
 
 @dataclass

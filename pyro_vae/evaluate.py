@@ -33,8 +33,8 @@ from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log
                                            run_particles)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
-#: Posterior draws of a Bayesian decoder's weights that share the importance samples.
-WEIGHT_DRAWS = 10
+#: Importance samples per posterior draw of a Bayesian decoder's weights (at least 10 draws).
+SAMPLES_PER_WEIGHT_DRAW = 50
 
 
 def _is_bayesian(vae: torch.nn.Module) -> bool:
@@ -104,9 +104,11 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     then log p̂_K(x | y).
 
     For a Bayesian decoder the estimate is of the posterior predictive log p(x | data): the K
-    samples are split over S = 10 draws W_s ~ q(W), K/S each, and
+    samples are split over S = max(10, K/50) draws W_s ~ q(W) (at most K), K/S each, and
     log p̂ = log (1/K) Σ_s Σ_k p(x, z_sk | W_s) / q(z_sk | x) — importance sampling of
-    ∫ p(x|W) q(W) dW with the proposal q(W) q(z|x); the ELBO is averaged over the draws.
+    ∫ p(x|W) q(W) dW with the proposal q(W) q(z|x); the ELBO is averaged over the draws. All
+    datapoints share the S draws, so the standard error across datapoints leaves out the
+    (shared) spread of the weight draws.
     """
     if _is_bayesian(vae):
         if guide is not None:
@@ -138,7 +140,7 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
 def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_samples: int,
                                    max_chunk: int, progress: Callable[[int], None] | None
                                    ) -> LogLikelihoodEstimate:
-    draws = min(WEIGHT_DRAWS, num_samples)
+    draws = min(num_samples, max(10, num_samples // SAMPLES_PER_WEIGHT_DRAW))
     per_draw = num_samples // draws
     log_likelihoods, elbos = [], []
     for draw in range(draws):

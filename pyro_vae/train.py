@@ -385,7 +385,7 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
-        "num_importance_samples": num_samples,
+        "num_importance_samples": estimate.num_samples,
         # What test_log_likelihood estimates: log p(x), log p(x|y), ...
         "score_name": getattr(vae, "score_name", "log p(x)"),
         "num_test_datapoints": len(data.test_x),

@@ -11,9 +11,10 @@ from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import latent_activity, monte_carlo_kl
 from pyro_vae.models import build_vae
-from pyro_vae.objectives import OBJECTIVES, ObjectiveModule, free_bits_penalty, make_objective
-from pyro_vae.priors import FlowPrior, MixturePrior, StandardNormalPrior, VampPrior
 from pyro_vae.networks import MLPEncoder
+from pyro_vae.objectives import OBJECTIVES, ObjectiveModule, free_bits_penalty, make_objective
+from pyro_vae.priors import DiagonalGaussianMixture as _gaussian_mixture_for_test
+from pyro_vae.priors import FlowPrior, MixturePrior, StandardNormalPrior, VampPrior
 
 PIXELS = 16
 
@@ -165,7 +166,7 @@ def test_monte_carlo_kl_matches_the_closed_form_within_standard_error():
 
 
 def test_latent_activity_reports_total_kl_for_every_prior():
-    for prior in ("normal", "mixture"):
+    for prior in ("normal", "mixture", "vamp", "flow"):
         vae, x = _small(prior)
         activity = latent_activity(vae, x)
         assert math.isfinite(activity["kl"]) and activity["kl"] > 0
@@ -210,6 +211,9 @@ def test_free_bits_stop_pushing_dimensions_below_the_floor_towards_the_prior():
     ({"train": {"free_bits": 0.5, "objective": "iwae"}}, "free_bits"),
     ({"train": {"free_bits": 0.5}, "model": {"prior": "vamp"}}, "splits over dimensions"),
     ({"train": {"free_bits": -1.0}}, "non-negative"),
+    ({"model": {"prior_components": 5}}, "prior_components is only used"),
+    ({"model": {"prior": "mixture", "flow_layers": 2}}, "flow_layers is only used"),
+    ({"model": {"weight_prior_scale": 0.5}}, "weight_prior_scale is only used"),
 ])
 def test_bad_prior_settings_are_explained(overrides, words):
     with pytest.raises(ConfigError, match=words):
@@ -243,3 +247,18 @@ def test_vamp_pseudo_inputs_start_at_training_images():
         assert ((x * 0.8 + 0.1) - start).abs().amax(-1).min() < 1e-5
     with pytest.raises(ValueError, match="pseudo-inputs need"):
         vae.prior.initialize_from(x[:2])
+
+
+def test_mixture_density_keeps_float32_precision_at_small_scales():
+    """The expanded square cancels badly in float32 when scales are ~0.01; the float64
+    products keep the density within 1e-3 nats of a float64 reference."""
+    torch.manual_seed(4)
+    components, dims = 50, 40
+    loc = torch.randn(components, dims) * 3
+    scale = torch.full((components, dims), 0.01)
+    z = loc[torch.randint(components, (64,))] + 0.01 * torch.randn(64, dims)
+    got = _gaussian_mixture_for_test(torch.zeros(components), loc, scale).log_prob(z)
+    reference = torch.logsumexp(torch.distributions.Normal(loc.double(), scale.double())
+                                .log_prob(z.double()[:, None]).sum(-1), -1) - math.log(components)
+    assert got.dtype == torch.float32
+    assert (got.double() - reference).abs().max() < 1e-3

@@ -36,8 +36,9 @@ from pyro_vae.objectives.stl import STL
 
 OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
 
-__all__ = ["DReG", "free_bits_penalty", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES", "ObjectiveModule",
-           "PerDatapointObjective", "RenyiBound", "STL", "ScoreFunctionELBO", "make_objective"]
+__all__ = ["DReG", "IWAE", "MAX_PLATE_NESTING", "OBJECTIVES", "ObjectiveModule",
+           "PerDatapointObjective", "RenyiBound", "STL", "ScoreFunctionELBO", "free_bits_penalty",
+           "make_objective"]
 
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
