@@ -219,7 +219,8 @@ def command_train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else _fresh_run_dir(config.data.dataset)
     print(f"training into {run_dir}", file=sys.stderr)
     try:
-        summary = train(config, run_dir, resume=args.resume, progress=TqdmProgress())
+        with TqdmProgress() as progress:
+            summary = train(config, run_dir, resume=args.resume, progress=progress)
     except KeyboardInterrupt:
         if (run_dir / "checkpoint.pt").exists():
             print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -10,12 +12,37 @@ from pyro_vae.train import Progress
 
 
 class TqdmProgress(Progress):
-    """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar."""
+    """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar.
+
+    Used as a context manager it also owns Ctrl-C: the first one is noted and raised as
+    ``KeyboardInterrupt`` at the next step or evaluation chunk, from ordinary code, so it can
+    never land where Python swallows exceptions (a ``__del__``, a callback) and be lost; a
+    second Ctrl-C interrupts at once.
+    """
 
     def __init__(self) -> None:
         self.epochs: tqdm | None = None
         self.steps: tqdm | None = None
         self.evaluation: tqdm | None = None
+        self.stop_requested = False
+        self._previous_handler: Any = None
+
+    def __enter__(self) -> "TqdmProgress":
+        self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGINT, self._previous_handler)
+
+    def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
+        self.stop_requested = True
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_requested:
+            self.stop_requested = False
+            raise KeyboardInterrupt
 
     def start_epochs(self, first: int, last: int) -> None:
         self.epochs = tqdm(total=last, initial=first, desc="epochs", unit="epoch",
@@ -28,6 +55,7 @@ class TqdmProgress(Progress):
     def step(self, elbo: float) -> None:
         if self.steps is not None:
             self.steps.update()
+        self._stop_if_requested()
 
     def end_epoch(self, metrics: dict[str, Any]) -> None:
         if self.steps is not None:
@@ -38,6 +66,7 @@ class TqdmProgress(Progress):
                 postfix["valid_elbo"] = f"{metrics['validation_elbo']:.2f}"
             self.epochs.set_postfix(postfix)
             self.epochs.update()
+        self._stop_if_requested()  # the epoch's checkpoint is already written
 
     def start_evaluation(self, num_datapoints: int, num_samples: int) -> None:
         if self.epochs is not None:
@@ -48,6 +77,7 @@ class TqdmProgress(Progress):
     def evaluated(self, num_datapoints: int) -> None:
         if self.evaluation is not None:
             self.evaluation.update(num_datapoints)
+        self._stop_if_requested()
 
     def end_evaluation(self) -> None:
         if self.evaluation is not None:

@@ -313,3 +313,22 @@ def test_unreadable_npz_contents(tmp_path):
     np.savez(two, x=np.zeros((2, 4)))
     with pytest.raises(DataError, match="empty"):
         load_dataset(f"file:{two}")
+
+
+def test_first_ctrl_c_is_raised_at_the_next_step_and_never_lost():
+    """The CLI's progress owns Ctrl-C: the signal only sets a flag (so it cannot land in a
+    __del__ or callback where Python would swallow it), and the next step raises."""
+    import os
+    import signal as signals
+
+    from pyro_vae.progress import TqdmProgress
+
+    before = signals.getsignal(signals.SIGINT)
+    with TqdmProgress() as progress:
+        os.kill(os.getpid(), signals.SIGINT)
+        time.sleep(0.01)
+        assert progress.stop_requested
+        with pytest.raises(KeyboardInterrupt):
+            progress.step(-1.0)
+        assert not progress.stop_requested
+    assert signals.getsignal(signals.SIGINT) is before
