@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -212,14 +213,20 @@ def _train_config(args: argparse.Namespace):
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from pyro_vae.distributed import launched_by_torchrun
     from pyro_vae.progress import TqdmProgress
     from pyro_vae.train import train
 
     config = _train_config(args)
+    main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
+    if launched_by_torchrun() and not args.out:
+        raise ConfigError("under torchrun, give --out: every process must write to (and read "
+                          "from) the same run directory.")
     run_dir = Path(args.out) if args.out else _fresh_run_dir(config.data.dataset)
-    print(f"training into {run_dir}", file=sys.stderr)
+    if main_process:
+        print(f"training into {run_dir}", file=sys.stderr)
     try:
-        with TqdmProgress() as progress:
+        with TqdmProgress(quiet=not main_process) as progress:
             summary = train(config, run_dir, resume=args.resume, progress=progress)
     except KeyboardInterrupt:
         if (run_dir / "checkpoint.pt").exists():
@@ -229,6 +236,8 @@ def command_train(args: argparse.Namespace) -> int:
             print(f"\npyro-vae: interrupted before the first epoch finished; nothing was "
                   f"saved. Train again with the same --out {run_dir}.", file=sys.stderr)
         return 130
+    if not main_process:  # rank 0 reports
+        return 0
     print(_format_summary(summary))
     pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
                 "samples.png (label x z grid), reconstructions.png, elbo.png"
@@ -450,7 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
-        print(f"pyro-vae: error: {error}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+        who = "pyro-vae" if rank == "0" else f"pyro-vae (process {rank})"
+        print(f"{who}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; nothing was left half-written.", file=sys.stderr)

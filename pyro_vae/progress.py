@@ -20,7 +20,9 @@ class TqdmProgress(Progress):
     second Ctrl-C interrupts at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
+        #: No bars (the other processes of a torchrun job); Ctrl-C is still handled.
+        self.quiet = quiet
         self.epochs: tqdm | None = None
         self.steps: tqdm | None = None
         self.evaluation: tqdm | None = None
@@ -45,10 +47,14 @@ class TqdmProgress(Progress):
             raise KeyboardInterrupt
 
     def start_epochs(self, first: int, last: int) -> None:
+        if self.quiet:
+            return
         self.epochs = tqdm(total=last, initial=first, desc="epochs", unit="epoch",
                            dynamic_ncols=True)
 
     def start_epoch(self, epoch: int, num_batches: int) -> None:
+        if self.quiet:
+            return
         self.steps = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", unit="step",
                           leave=False, dynamic_ncols=True, mininterval=0.5, delay=1.0)
 

@@ -23,9 +23,10 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae import plots
+from pyro_vae import distributed, plots
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
+from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.likelihoods import build_likelihood, check_unit_interval
 from pyro_vae.faults import nonfinite_loss_error
@@ -113,17 +114,21 @@ def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int
-                   ) -> float:
+                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int,
+                   group: ProcessGroup | None = None) -> float:
     """Backpropagate ``loss`` and apply the step; returns the loss value.
 
     Raises :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient
-    is not finite.
+    is not finite. In a process group the value is the average of the processes' losses (the
+    whole minibatch's loss), so every process takes the same decision.
     """
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     # One read of two numbers per step: the progress bar needs the loss anyway.
-    value, grad_norm = torch.stack([loss.detach(), _gradient_norm(parameters)]).tolist()
+    numbers = torch.stack([loss.detach(), _gradient_norm(parameters)])
+    if group is not None:  # gradients are already averaged; average the losses too
+        numbers = group.average(numbers)
+    value, grad_norm = numbers.tolist()
     if not (math.isfinite(value) and math.isfinite(grad_norm)):
         raise NonFiniteStep(batch, value, grad_norm, step + 1)
     optimizer.step()
@@ -132,20 +137,29 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
 
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  batch_size: int, schedule: KLSchedule, step: int,
-                 progress: Progress, labels: torch.Tensor | None = None) -> tuple[float, int]:
+                 progress: Progress, labels: torch.Tensor | None = None,
+                 group: ProcessGroup | None = None,
+                 forward: torch.nn.Module | None = None) -> tuple[float, int]:
     """One pass over ``x``; returns (mean training objective per datapoint, new step).
 
     A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
-    optimizer applies it, so the parameters stay those of the last good step.
+    optimizer applies it, so the parameters stay those of the last good step. In a process
+    group each process computes its share of every minibatch through ``forward`` (the
+    ``DistributedDataParallel`` wrapper of ``module``); see :mod:`pyro_vae.distributed`.
     """
     vae = module.vae
+    forward = forward or module
     parameters = list(module.parameters())
     total, count = 0.0, 0
     for indices in minibatches(len(x), batch_size, x.device):
         vae.kl_weight = schedule.weight(step)
-        batch = x[indices]
-        loss = module(batch) if labels is None else module(batch, labels[indices])
-        value = optimizer_step(loss, optimizer, parameters, batch, step)
+        local, offset = (indices, 0) if group is None else group.shard(indices)
+        batch = x[local]
+        with distributed.sharded_noise(group, len(indices), offset):
+            loss = forward(batch) if labels is None else forward(batch, labels[local])
+        if group is not None:
+            loss = loss * group.loss_weight(len(local), len(indices))
+        value = optimizer_step(loss, optimizer, parameters, batch, step, group)
         step += 1
         # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
         total += value / vae.num_data * len(indices)
@@ -244,9 +258,34 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
 
     A fresh run refuses a directory that already holds a checkpoint; ``resume=True`` continues
     it from its last complete epoch up to ``config.train.epochs``.
+
+    Started by ``torchrun``, each process trains its share of every minibatch under
+    ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`); rank 0 alone writes the run
+    directory and returns the summary, the other processes return ``{}``.
     """
-    progress = progress or Progress()
-    run_dir = Path(run_dir)
+    group, group_device = distributed.start(config.train.device)
+    try:
+        return _train(config, Path(run_dir), resume, progress or Progress(), group,
+                      group_device)
+    finally:
+        distributed.stop(group)
+
+
+def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
+    if group is None:
+        return
+    if config.model.kind == "m2":
+        raise ConfigError("the semi-supervised M2 model enumerates its labels and cannot be "
+                          "shared out between processes; train it without torchrun.")
+    if config.train.objective == "score":
+        raise ConfigError("objective \"score\" keeps a running baseline of its own batches, "
+                          "which would differ between processes; train it without torchrun.")
+
+
+def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
+           group: ProcessGroup | None, group_device: torch.device | None) -> dict[str, Any]:
+    """:func:`train`, as one of the processes of ``group`` (if any)."""
+    is_main = group is None or group.is_main
     checkpoint_path = run_dir / CHECKPOINT
     if not resume and checkpoint_path.exists():
         raise ConfigError(f"{run_dir} already holds a trained run; continue it with --resume, "
@@ -254,7 +293,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} already holds files; a new run needs an empty or new "
                           "folder so nothing is overwritten. Choose another --out.")
-    device = resolve_device(config.train.device)
+    device = group_device or resolve_device(config.train.device)
+    _check_distributable(config, group)
     checkpoint = load_checkpoint(checkpoint_path) if resume else None
     if checkpoint is not None:
         _check_resumable(config, checkpoint, checkpoint_path)
@@ -293,7 +333,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
             raise ConfigError(f"{run_dir} has already trained {start_epoch} epochs; --epochs "
                               f"{config.train.epochs} would go back. Give --epochs "
                               f"{start_epoch} or more.")
-    make_run_dir(run_dir)
+    distributed.check_batches(len(data.train_x), config.train.batch_size, group)
+    forward = distributed.wrap(module, group, device)
+    if is_main:
+        make_run_dir(run_dir)
     # The state to step back to if the first epoch goes non-finite.
     last_good = copy.deepcopy((vae.state_dict(), optimizer.state_dict())) \
         if checkpoint is None else None
@@ -324,7 +367,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
                 else:
                     train_elbo, new_step = _train_epoch(
                         module, optimizer, x_train, config.train.batch_size, schedule, step,
-                        progress, _model_labels(vae, data.train_y))
+                        progress, _model_labels(vae, data.train_y), group, forward)
             except NonFiniteStep as fault:
                 if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
                     where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
@@ -348,15 +391,18 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
             history.append(row)
-            save_checkpoint(checkpoint_path, _checkpoint_payload(
-                config, data, vae, optimizer, module.objective, epoch + 1, step, history,
-                train_seconds))
-            if epoch == start_epoch:  # the run directory describes a run once it has one
-                atomic_write_text(run_dir / CONFIG, config.to_toml())
-            write_metrics(run_dir, history)
+            if is_main:
+                save_checkpoint(checkpoint_path, _checkpoint_payload(
+                    config, data, vae, optimizer, module.objective, epoch + 1, step, history,
+                    train_seconds))
+                if epoch == start_epoch:  # the run directory describes a run once it has one
+                    atomic_write_text(run_dir / CONFIG, config.to_toml())
+                write_metrics(run_dir, history)
             progress.end_epoch(row)
             epoch += 1
         vae.eval()
+        if not is_main:  # rank 0 scores the test split and writes the summary and pictures
+            return {}
         summary = _finish(config, data, vae, run_dir, history, train_seconds, progress)
     return summary
 
