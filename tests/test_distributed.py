@@ -15,7 +15,12 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig
-from pyro_vae.distributed import ProcessGroup, ShardedNoise, check_batches, sharded_noise
+from pyro_vae.distributed import (
+    ProcessGroup,
+    ShardedNoise,
+    check_batches,
+    sharded_noise,
+)
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
@@ -109,9 +114,9 @@ def test_a_latent_that_is_not_normal_is_refused():
         with pyro.plate("data", len(x)):
             pyro.sample("c", dist.Bernoulli(torch.full((len(x),), 0.5)))
 
-    with pytest.raises(ConfigError, match="site 'c' is a Bernoulli"):
-        with ShardedNoise(global_size=8, offset=0):
-            guide(torch.zeros(4, 2))
+    with pytest.raises(ConfigError, match="site 'c' is a Bernoulli"), \
+            ShardedNoise(global_size=8, offset=0):
+        guide(torch.zeros(4, 2))
 
 
 def test_a_global_latent_is_drawn_as_usual():
