@@ -33,21 +33,9 @@ from pyro_vae.faults import nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood, check_unit_interval
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
-from pyro_vae.runs import (
-    CHECKPOINT,
-    CONFIG,
-    SUMMARY,
-    atomic_write_text,
-    load_checkpoint,
-    load_state,
-    make_run_dir,
-    rng_state,
-    save_checkpoint,
-    saved_config,
-    set_rng_state,
-    write_json,
-    write_metrics,
-)
+from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
+                           load_state, make_run_dir, rng_state, save_checkpoint, saved_config,
+                           set_rng_state, write_json, write_metrics)
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
