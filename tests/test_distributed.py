@@ -147,32 +147,30 @@ def test_torchrun_without_out_is_refused(monkeypatch, capsys):
     assert "under torchrun, give --out" in capsys.readouterr().err
 
 
-def _train_command(run_dir, processes: int | None) -> list[str]:
+def _train_command(run_dir, processes: int | None, resume: bool = False) -> list[str]:
     launcher = [] if processes is None else [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    options = ["--resume", "--epochs", "4"] if resume else [
+        "--epochs", "3", "--batch-size", "64", "--eval-samples", "20"]
     return [sys.executable, *launcher, "-m", "pyro_vae", "train", "--out", str(run_dir),
-            "--epochs", "3", "--batch-size", "64", "--eval-samples", "20"]
+            *options]
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
 
 
 def _relative(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-@pytest.mark.slow
-def test_two_gloo_processes_under_torchrun_end_where_one_process_ends(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    for run_dir, processes in ((one, None), (two, 2)):
-        done = subprocess.run(_train_command(run_dir, processes), env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("training into") == 1  # rank 0 alone reports
-    assert done.stdout.count("dataset: digits") == 1
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-
+def _assert_same_runs(one, two, epochs: int) -> None:
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
             for run in (one, two)]
-    assert len(rows[0]) == len(rows[1]) == 3
+    assert len(rows[0]) == len(rows[1]) == epochs
     for single, double in zip(*rows):
         assert single["step"] == double["step"]
         assert _relative(double["train_elbo"], single["train_elbo"]) < 1e-4
@@ -184,3 +182,18 @@ def test_two_gloo_processes_under_torchrun_end_where_one_process_ends(tmp_path):
     weights = [load_checkpoint(run / "checkpoint.pt")["model"] for run in (one, two)]
     for name, value in weights[0].items():
         torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_under_torchrun_end_where_one_process_ends(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_train_command(one, None))
+    done = _run(_train_command(two, 2))
+    assert done.stderr.count("training into") == 1  # rank 0 alone reports
+    assert done.stdout.count("dataset: digits") == 1
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    _assert_same_runs(one, two, epochs=3)
+    # A run continues in either mode: the checkpoint is the same whoever wrote it.
+    _run(_train_command(one, 2, resume=True))
+    _run(_train_command(two, None, resume=True))
+    _assert_same_runs(one, two, epochs=4)
