@@ -229,6 +229,8 @@ def command_train(args: argparse.Namespace) -> int:
         with TqdmProgress(quiet=not main_process) as progress:
             summary = train(config, run_dir, resume=args.resume, progress=progress)
     except KeyboardInterrupt:
+        if not main_process:  # rank 0 explains
+            return 130
         if (run_dir / "checkpoint.pt").exists():
             print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; "
                   f"continue with: pyro-vae train --out {run_dir} --resume", file=sys.stderr)
