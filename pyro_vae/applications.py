@@ -36,9 +36,9 @@ def auroc(normal_scores: torch.Tensor, anomaly_scores: torch.Tensor) -> float:
 
 def save_score_histogram(path: Path, normal: torch.Tensor, other: torch.Tensor,
                          normal_name: str, other_name: str, title: str) -> None:
-    from pyro_vae.plots import _save, plt
+    from pyro_vae.plots import _save, subplots
 
-    figure, axis = plt.subplots(figsize=(6, 3.6))
+    figure, axis = subplots(figsize=(6, 3.6))
     low = float(torch.quantile(torch.cat([normal, other]), 0.005))
     bins = np.linspace(low, float(max(normal.max(), other.max())), 60)
     axis.hist(normal.numpy(), bins=bins, alpha=0.6, density=True, label=normal_name)

@@ -170,10 +170,10 @@ def command_probe(args: argparse.Namespace) -> int:
     make_run_dir(out)
     write_json(out / "probe.json", rows)
     if len(rows) > 1:
-        from pyro_vae.plots import _save, plt
+        from pyro_vae.plots import _save, subplots
 
         rows_sorted = sorted(rows, key=lambda r: r["latent_dim"])
-        figure, axis = plt.subplots(figsize=(5, 3.4))
+        figure, axis = subplots(figsize=(5, 3.4))
         axis.plot([r["latent_dim"] for r in rows_sorted],
                   [r["test_accuracy"] for r in rows_sorted], marker="o")
         axis.set_xscale("log", base=2)

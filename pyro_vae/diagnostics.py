@@ -376,7 +376,7 @@ def save_posterior_comparison(path: str | Path, amortized: az.InferenceData,
     ``max_dims`` dimensions where they differ most (in units of the posterior's spread), and a
     scatter of the pair of dimensions with the strongest posterior correlation (which a
     diagonal Gaussian q cannot represent)."""
-    from pyro_vae.plots import _save, plt
+    from pyro_vae.plots import _save, subplots
 
     point = {DATAPOINT: exact.posterior[DATAPOINT].values[0] if datapoint is None else datapoint}
     p = exact.posterior[var_name].sel(point).stack(s=("chain", "draw")).values.T  # [S, D]
@@ -385,7 +385,7 @@ def save_posterior_comparison(path: str | Path, amortized: az.InferenceData,
     discrepancy = np.abs(q.mean(0) - p.mean(0)) / spread + np.abs(np.log(q.std(0) / spread))
     dims = np.argsort(-discrepancy)[: min(max_dims, p.shape[1])]
     columns = len(dims) + (1 if p.shape[1] > 1 else 0)
-    figure, axes = plt.subplots(1, columns, figsize=(2.2 * columns, 2.4), squeeze=False)
+    figure, axes = subplots(1, columns, figsize=(2.2 * columns, 2.4), squeeze=False)
     for axis, d in zip(axes[0], dims):
         bins = np.linspace(min(p[:, d].min(), q[:, d].min()), max(p[:, d].max(), q[:, d].max()),
                            40)

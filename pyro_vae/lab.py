@@ -145,13 +145,13 @@ def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
 
 def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
     """``bound_vs_k.png`` and ``snr_vs_k.png`` (encoder and decoder panels, log-log)."""
-    from pyro_vae.plots import _save, plt
+    from pyro_vae.plots import _save, subplots
 
     names = list(dict.fromkeys(r.objective for r in reports))
     # Estimators that share a value or a gradient overlap exactly: vary marker and line style.
     styles = {name: dict(marker="os^vDx*"[i % 7], linestyle=["-", "--", ":", "-."][i % 4],
                          markersize=7 - i % 3, alpha=0.85) for i, name in enumerate(names)}
-    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    figure, axis = subplots(figsize=(5.5, 3.8))
     for name in names:
         rows = [r for r in reports if r.objective == name]
         axis.errorbar([r.particles for r in rows], [r.bound for r in rows],
@@ -164,7 +164,7 @@ def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
     axis.legend(fontsize=8)
     _save(figure, out_dir / "bound_vs_k.png")
 
-    figure, axes = plt.subplots(1, 2, figsize=(9.5, 3.8), sharex=True)
+    figure, axes = subplots(1, 2, figsize=(9.5, 3.8), sharex=True)
     for axis, part in zip(axes, ("encoder", "decoder")):
         for name in names:
             rows = [r for r in reports if r.objective == name]

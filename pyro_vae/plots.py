@@ -1,6 +1,8 @@
 """Pictures of a trained VAE: samples, reconstructions, interpolations, latent map, curves.
 
-Each function writes one PNG atomically and returns nothing; matplotlib runs headless (Agg).
+Each function writes one PNG atomically and returns nothing. Figures are made with
+``matplotlib.figure.Figure`` rather than pyplot, so the library needs no display and never
+changes the backend of the program that imports it (a notebook keeps showing its own plots).
 """
 
 from __future__ import annotations
@@ -8,14 +10,19 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+from typing import Any
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-from pyro_vae.runs import atomic_write_bytes  # noqa: E402
+from pyro_vae.runs import atomic_write_bytes
+
+
+def subplots(*grid: int, figsize: tuple[float, float], **options: Any) -> tuple[Figure, Any]:
+    """``(figure, axes)`` like ``pyplot.subplots``, without pyplot's global state."""
+    figure = Figure(figsize=figsize, layout="constrained")  # labels never overlap
+    return figure, figure.subplots(*grid, **options)
 
 
 def image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], columns: int,
@@ -32,10 +39,9 @@ def image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], columns:
     return grid[0] if channels == 1 else grid.transpose(1, 2, 0)
 
 
-def _save(figure: plt.Figure, path: Path) -> None:
+def _save(figure: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -44,7 +50,7 @@ def save_image_grid(path: Path, images: torch.Tensor, image_shape: tuple[int, in
     grid = image_grid(images, image_shape, columns)
     scale = 0.45 if image_shape[1] <= 8 else 0.6
     rows = -(-len(images) // columns)
-    figure, axis = plt.subplots(figsize=(max(3.0, columns * scale), max(1.5, rows * scale) + 0.4))
+    figure, axis = subplots(figsize=(max(3.0, columns * scale), max(1.5, rows * scale) + 0.4))
     axis.imshow(grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1,
                 interpolation="nearest")
     axis.set_title(title, fontsize=9)
@@ -105,7 +111,7 @@ def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
         return  # too few points for a map
     loc = vae.posterior(x[:max_points]).mean
     xy, label = project_2d(loc)
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    figure, axis = subplots(figsize=(5.5, 4.5))
     if y is not None:
         labels = y[:max_points].cpu().numpy()
         scatter = axis.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8,
@@ -119,7 +125,7 @@ def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
 
 def save_elbo_curves(path: Path, history: list[dict]) -> None:
     epochs = [row["epoch"] for row in history]
-    figure, axis = plt.subplots(figsize=(5.5, 3.5))
+    figure, axis = subplots(figsize=(5.5, 3.5))
     axis.plot(epochs, [row["train_elbo"] for row in history], label="train (objective)")
     valid = [(row["epoch"], row["validation_elbo"]) for row in history
              if row.get("validation_elbo") is not None]
@@ -142,7 +148,7 @@ def save_kl_curves(path: Path, history: list[dict]) -> None:
     if not rows:
         return
     epochs = [row["epoch"] for row in rows]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    figure, (left, right) = subplots(1, 2, figsize=(10, 3.5))
     per_dim = [row.get("kl_per_dim") for row in rows]
     if all(kl is not None for kl in per_dim):
         kl = np.asarray(per_dim).T  # [dims, epochs]
