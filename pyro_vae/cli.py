@@ -462,8 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-        who = "pyro-vae" if rank == "0" else f"pyro-vae (process {rank})"
-        print(f"{who}: error: {error}", file=sys.stderr)
+        # Under torchrun every process meets the same error; the first one of each node says it.
+        if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
+            who = "pyro-vae" if rank == "0" else f"pyro-vae (process {rank})"
+            print(f"{who}: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; nothing was left half-written.", file=sys.stderr)

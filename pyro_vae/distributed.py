@@ -34,6 +34,7 @@ import datetime
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as torch_dist
@@ -43,6 +44,8 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from pyro_vae.errors import ConfigError, PyroVAEError
+
+T = TypeVar("T")
 
 #: Environment variables torchrun sets for every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -81,6 +84,39 @@ class ProcessGroup:
         torch_dist.barrier()
 
 
+def on_main(group: ProcessGroup | None, action: Callable[[], None]) -> None:
+    """Run ``action`` (writing files) on rank 0 alone; if it fails with a
+    :class:`PyroVAEError`, every process raises it, so none is left waiting for a peer."""
+    if group is None:
+        action()
+        return
+    failure: PyroVAEError | None = None
+    if group.is_main:
+        try:
+            action()
+        except PyroVAEError as error:
+            failure = error
+    message = [None if failure is None else str(failure)]
+    torch_dist.broadcast_object_list(message, src=0)
+    if failure is not None:
+        raise failure
+    if message[0] is not None:
+        raise PyroVAEError(message[0])
+
+
+def node_first(group: ProcessGroup | None, action: Callable[[], T]) -> T:
+    """``action()`` in the first process of each node, then in the others (a download must
+    happen once per node, not race with itself)."""
+    if group is None:
+        return action()
+    if group.local_rank == 0:
+        result = action()
+        group.barrier()
+        return result
+    group.barrier()
+    return action()
+
+
 def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
@@ -97,6 +133,10 @@ def start(device_name: str) -> tuple[ProcessGroup | None, torch.device | None]:
     local_rank = int(os.environ["LOCAL_RANK"])
     device = None
     if device_name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("[train] device = \"cuda\" was asked for, but torch sees no "
+                              "CUDA GPU here; use --device cpu (gloo), or install a CUDA build "
+                              "of torch.")
         if torch.cuda.device_count() <= local_rank:
             raise ConfigError(f"torchrun started process {local_rank} on this node, but torch "
                               f"sees {torch.cuda.device_count()} CUDA GPU(s); start at most "
@@ -133,11 +173,15 @@ def check_batches(num_items: int, batch_size: int, group: ProcessGroup | None) -
     """Every global minibatch must give every process at least one row."""
     if group is None:
         return
+    if batch_size < group.world_size:
+        raise ConfigError(f"batch_size {batch_size} is smaller than the {group.world_size} "
+                          "processes; every process needs at least one image of each "
+                          f"minibatch. Use a batch size of at least {group.world_size}.")
     last = num_items % batch_size or batch_size
-    if min(batch_size, last) < group.world_size:
+    if last < group.world_size:
         raise ConfigError(
-            f"with {num_items} training images and batch_size {batch_size}, a minibatch has "
-            f"only {min(batch_size, last)} images for {group.world_size} processes; every "
+            f"with {num_items} training images and batch_size {batch_size}, the last minibatch "
+            f"has only {last} images for {group.world_size} processes; every "
             "process needs at least one. Choose a batch size whose last batch "
             f"(N mod B) is 0 or at least {group.world_size}, or start fewer processes.")
 

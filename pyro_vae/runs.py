@@ -100,20 +100,27 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
 
 # --- random number generator state -------------------------------------------------------------
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every generator that shapes training: the CPU's, the training GPU's, Python's, NumPy's.
+
+    Only the training device's CUDA generator is kept (one process may train on ``cuda:3`` of
+    an 8-GPU node); it is restored into whichever GPU continues the run.
+    """
     numpy_state = np.random.get_state()
+    on_cuda = device is not None and device.type == "cuda"
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if on_cuda else [],
         "python": random.getstate(),
         "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] and device is not None and device.type == "cuda":
+        # The training device's state (older checkpoints list every GPU: cuda:0 trained).
+        torch.cuda.set_rng_state(state["cuda"][0], device)
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]

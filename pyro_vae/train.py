@@ -228,7 +228,7 @@ def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
         "model": vae.state_dict(),
         "optimizer": optimizer.state_dict(),
         "param_store": {name: store[name].detach().cpu() for name in store.keys()},
-        "rng": rng_state(),
+        "rng": rng_state(data.train_x.device),
         "epoch": epoch,
         "step": step,
         "history": history,
@@ -277,6 +277,11 @@ def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
     if config.model.kind == "m2":
         raise ConfigError("the semi-supervised M2 model enumerates its labels and cannot be "
                           "shared out between processes; train it without torchrun.")
+    if config.train.free_bits > 0:
+        raise ConfigError("free bits floor the KL of each dimension averaged over the whole "
+                          "minibatch, which no process sees alone under torchrun (each would "
+                          "floor its own share and the objective would change); train with "
+                          "free bits without torchrun, or use --kl-warmup-epochs instead.")
     if config.train.objective == "score":
         raise ConfigError("objective \"score\" keeps a running baseline of its own batches, "
                           "which would differ between processes; train it without torchrun.")
@@ -301,7 +306,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
 
     pyro.clear_param_store()
     pyro.set_rng_seed(config.train.seed)
-    data = prepare_data(config, device)
+    data = distributed.node_first(
+        group if config.data.download else None, lambda: prepare_data(config, device))
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     if hasattr(vae.prior, "initialize_from"):  # VampPrior: pseudo-inputs start at real images
         _initialize_pseudo_inputs(vae, data)
@@ -320,7 +326,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     if checkpoint is not None:
         load_state(vae, checkpoint["model"], checkpoint_path)
         optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"], device)
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]
         saved = saved_config(checkpoint, checkpoint_path)["train"]
@@ -334,9 +340,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                               f"{config.train.epochs} would go back. Give --epochs "
                               f"{start_epoch} or more.")
     distributed.check_batches(len(data.train_x), config.train.batch_size, group)
+    distributed.on_main(group, lambda: make_run_dir(run_dir))
     forward = distributed.wrap(module, group, device)
-    if is_main:
-        make_run_dir(run_dir)
     # The state to step back to if the first epoch goes non-finite.
     last_good = copy.deepcopy((vae.state_dict(), optimizer.state_dict())) \
         if checkpoint is None else None
@@ -391,13 +396,15 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
             history.append(row)
-            if is_main:
+
+            def write_epoch() -> None:
                 save_checkpoint(checkpoint_path, _checkpoint_payload(
                     config, data, vae, optimizer, module.objective, epoch + 1, step, history,
                     train_seconds))
                 if epoch == start_epoch:  # the run directory describes a run once it has one
                     atomic_write_text(run_dir / CONFIG, config.to_toml())
                 write_metrics(run_dir, history)
+            distributed.on_main(group, write_epoch)
             progress.end_epoch(row)
             epoch += 1
         vae.eval()

@@ -14,17 +14,15 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.config import ModelConfig
-from pyro_vae.distributed import (
-    ProcessGroup,
-    ShardedNoise,
-    check_batches,
-    sharded_noise,
-)
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.distributed import (ProcessGroup, ShardedNoise, check_batches, on_main,
+                                  sharded_noise)
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
+from pyro_vae.train import _check_distributable
+from pyro_vae.train import _check_distributable
 
 NUM_DATA, BATCH = 1000, 13
 MODELS = {
@@ -137,21 +135,46 @@ def test_every_process_needs_rows_of_every_batch():
     with pytest.raises(ConfigError, match="only 1 images for 2 processes"):
         check_batches(101, 50, two)
     check_batches(101, 50, None)
+    with pytest.raises(ConfigError, match="batch_size 1 is smaller than the 2 processes"):
+        check_batches(100, 1, two)
 
 
-def test_torchrun_without_out_is_refused(monkeypatch, capsys):
-    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+@pytest.mark.parametrize("override,reason", [
+    ({"train": {"free_bits": 0.5, "objective": "meanfield"}}, "free bits"),
+    ({"train": {"objective": "score"}}, "running baseline"),
+    ({"model": {"kind": "m2"}, "data": {"num_labels": 100}}, "enumerates its labels")])
+def test_what_cannot_be_shared_out_is_refused(override, reason):
+    config = Config().with_overrides(override)
+    _check_distributable(config, None)
+    with pytest.raises(ConfigError, match=reason):
+        _check_distributable(config, ProcessGroup(0, 2, 0))
+
+
+def test_one_process_writes_for_all():
+    written = []
+    on_main(None, lambda: written.append(1))
+    assert written == [1]
+
+
+@pytest.mark.parametrize("rank,local_rank,says", [
+    ("0", "0", "pyro-vae: error: under torchrun, give --out"),
+    ("1", "1", ""),  # the same node's rank 0 says it
+    ("2", "0", "pyro-vae (process 2): error: under torchrun, give --out")])  # another node
+def test_torchrun_without_out_is_refused_once_per_node(monkeypatch, capsys, rank, local_rank,
+                                                       says):
+    for name, value in {"RANK": rank, "WORLD_SIZE": "4", "LOCAL_RANK": local_rank,
                         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
         monkeypatch.setenv(name, value)
     assert main(["train", "--epochs", "1"]) == 2
-    assert "under torchrun, give --out" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith(says) if says else error == ""
 
 
 def _train_command(run_dir, processes: int | None, resume: bool = False) -> list[str]:
     launcher = [] if processes is None else [
         "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     options = ["--resume", "--epochs", "4"] if resume else [
-        "--epochs", "3", "--batch-size", "64", "--eval-samples", "20"]
+        "--epochs", "3", "--batch-size", "63", "--eval-samples", "20"]
     return [sys.executable, *launcher, "-m", "pyro_vae", "train", "--out", str(run_dir),
             *options]
 
