@@ -44,8 +44,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyro
 import torch
@@ -195,7 +195,8 @@ def bench_steps(batch_size: int, names: list[str], rounds: int, steps: int,
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, step in contenders.items():  # interleaved: noise hits every contender
-            times[name] += [1000 * timed(lambda: step(x), device) for x in batches]
+            times[name] += [1000 * timed(lambda x=x, step=step: step(x), device)
+                            for x in batches]
     return _ratios({n: statistics.median(t) for n, t in times.items()}, REFERENCES, "torch")
 
 

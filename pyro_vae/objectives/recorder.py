@@ -16,7 +16,7 @@ the same ``fn``, ``value``, ``scale`` and ``mask`` its trace node would have.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
@@ -44,8 +44,16 @@ class SiteRecorder(Messenger):
             msg["done"] = True
 
     def _pyro_post_sample(self, msg: dict) -> None:
+        # Outermost handlers post-process first: copy now, as poutine.trace does, so that what
+        # an inner handler does to the message afterwards is not recorded.
         if not site_is_subsample(msg):
-            self.sites[msg["name"]] = msg
+            self.sites[msg["name"]] = msg.copy()
+
+
+class RecordedTrace(NamedTuple):
+    """Recorded sample sites under the name Pyro's ``Trace`` gives them: ``nodes``."""
+
+    nodes: Sites
 
 
 def record(model: Callable, guide: Callable, args: tuple, kwargs: dict
