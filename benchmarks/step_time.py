@@ -40,6 +40,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -194,9 +195,9 @@ def bench_steps(batch_size: int, names: list[str], rounds: int, steps: int,
             step(x)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
-        for name, step in contenders.items():  # interleaved: noise hits every contender
-            times[name] += [1000 * timed(lambda x=x, step=step: step(x), device)
-                            for x in batches]
+        for x in batches:
+            for name, step in contenders.items():  # interleaved step by step: noise hits
+                times[name].append(1000 * timed(lambda: step(x), device))  # noqa: B023
     return _ratios({n: statistics.median(t) for n, t in times.items()}, REFERENCES, "torch")
 
 
@@ -269,6 +270,13 @@ def bench_evaluation(num_images: int, num_samples: int, max_chunk: int, rounds: 
     return {"images": len(x), "num_samples": num_samples, "max_chunk": max_chunk, **rows}
 
 
+def _load_average() -> list[float] | None:
+    try:
+        return [round(load, 2) for load in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
@@ -295,7 +303,8 @@ def main() -> int:
     results: dict = {
         "command": " ".join(sys.argv), "device": str(device), "torch": torch.__version__,
         "pyro": pyro.__version__, "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "step_ms": {}, "epoch_seconds": {}}
+        "threads": torch.get_num_threads(), "load_average": _load_average(),
+        "step_ms": {}, "epoch_seconds": {}}
     if device.type == "cuda":
         results["gpu"] = torch.cuda.get_device_name(device)
     for batch_size in args.batch_sizes:
@@ -318,6 +327,7 @@ def main() -> int:
         for name in ("torch_eval", "lib_eval"):
             print(f"  {name:18s} {rows[name]['seconds']:9.3f} s   "
                   f"{rows[name]['samples_per_second']:,} samples/s")
+    results["load_average_after"] = _load_average()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

@@ -11,7 +11,14 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 
-from pyro_vae.config import ModelConfig
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluate import (
+    DEFAULT_MAX_CHUNK,
+    auto_max_chunk,
+    estimate_log_likelihood,
+    resolve_max_chunk,
+)
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import (
     FastTrace_ELBO,
@@ -338,3 +345,33 @@ def test_evaluation_matches_pyro_traces(monkeypatch):
         estimates.append(evaluate.estimate_log_likelihood(vae, x, num_samples=30, max_chunk=40))
     assert torch.equal(estimates[0].log_likelihood, estimates[1].log_likelihood)
     assert torch.equal(estimates[0].elbo, estimates[1].elbo)
+
+
+# -- evaluation chunk size -----------------------------------------------------------------------
+
+def test_auto_max_chunk_fills_the_given_share_of_free_memory():
+    gib = 2 ** 30
+    # 100 GiB free, 4 KiB per decoded image: half of it holds 12.5 M images.
+    assert auto_max_chunk(100 * gib, 4096) == 100 * gib // 2 // 4096
+    # Little free memory never goes below the fixed default; a failed probe neither.
+    assert auto_max_chunk(gib // 100, 4096) == DEFAULT_MAX_CHUNK
+    assert auto_max_chunk(100 * gib, 0) == DEFAULT_MAX_CHUNK
+
+
+def test_auto_max_chunk_on_a_cpu_is_the_default():
+    vae = small_vae()
+    x = batch(size=5)
+    assert resolve_max_chunk("auto", vae, x) == DEFAULT_MAX_CHUNK
+    assert resolve_max_chunk(123, vae, x) == 123
+    pyro.set_rng_seed(1)
+    auto = estimate_log_likelihood(vae, x, num_samples=50, max_chunk="auto")
+    pyro.set_rng_seed(1)
+    fixed = estimate_log_likelihood(vae, x, num_samples=50, max_chunk=DEFAULT_MAX_CHUNK)
+    assert torch.equal(auto.log_likelihood, fixed.log_likelihood)
+
+
+def test_max_chunk_auto_in_a_recipe():
+    assert Config.from_dict({"evaluate": {"max_chunk": "auto"}}).evaluate.max_chunk == "auto"
+    assert Config.from_dict({"evaluate": {"max_chunk": 500}}).evaluate.max_chunk == 500
+    with pytest.raises(ConfigError, match="max_chunk"):
+        Config.from_dict({"evaluate": {"max_chunk": "big"}})
