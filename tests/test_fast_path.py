@@ -375,3 +375,62 @@ def test_max_chunk_auto_in_a_recipe():
     assert Config.from_dict({"evaluate": {"max_chunk": 500}}).evaluate.max_chunk == 500
     with pytest.raises(ConfigError, match="max_chunk"):
         Config.from_dict({"evaluate": {"max_chunk": "big"}})
+
+
+# -- the rearranged log-densities are the originals bit for bit --------------------------------
+
+def _value_and_grad(make_log_prob, leaf):
+    leaf.grad = None
+    out = make_log_prob()
+    (out * torch.linspace(0.5, 1.5, out.numel()).reshape(out.shape)).sum().backward()
+    return out.detach(), leaf.grad.clone()
+
+
+@pytest.mark.parametrize("value_shape,batch_shape", [((6, 3), (6,)), ((4, 6, 3), (4, 6)),
+                                                     ((3,), (6,))])
+def test_standard_normal_is_normal_0_1(value_shape, batch_shape):
+    from pyro_vae.distributions import StandardNormal
+
+    z = (torch.randn(value_shape) * 3).requires_grad_()
+    new = _value_and_grad(
+        lambda: StandardNormal((*batch_shape, 3)).to_event(1).log_prob(z), z)
+    old = _value_and_grad(lambda: dist.Normal(torch.zeros(*batch_shape, 3), 1.0)
+                          .to_event(1).log_prob(z), z)
+    assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+
+
+def test_standard_normal_kl_samples_and_expand():
+    from pyro_vae.distributions import StandardNormal
+
+    loc = torch.randn(6, 3, requires_grad=True)
+    q = dist.Normal(loc, torch.rand(6, 3) + 0.1).to_event(1)
+    new = _value_and_grad(lambda: torch.distributions.kl_divergence(
+        q, StandardNormal((6, 3)).to_event(1)), loc)
+    old = _value_and_grad(lambda: torch.distributions.kl_divergence(
+        q, dist.Normal(torch.zeros(6, 3), 1.0).to_event(1)), loc)
+    assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+    expanded = StandardNormal((6, 3)).to_event(1).expand((5, 6))
+    assert isinstance(expanded.base_dist, StandardNormal)
+    assert expanded.batch_shape == (5, 6) and expanded.sample().shape == (5, 6, 3)
+    pyro.set_rng_seed(0)
+    draw = StandardNormal((6, 3)).sample()
+    pyro.set_rng_seed(0)
+    assert torch.equal(draw, dist.Normal(torch.zeros(6, 3), 1.0).sample())
+
+
+@pytest.mark.parametrize("logit_shape,value_shape", [((6, 20), (6, 20)),
+                                                     ((4, 6, 20), (6, 20))])
+def test_bernoulli_pixels_is_independent_bernoulli(logit_shape, value_shape):
+    from pyro_vae.distributions import BernoulliPixels
+
+    logits = (torch.randn(logit_shape) * 4).requires_grad_()
+    x = torch.bernoulli(torch.full(value_shape, 0.4))
+    new = _value_and_grad(lambda: BernoulliPixels(logits).log_prob(x), logits)
+    old = _value_and_grad(lambda: dist.Bernoulli(logits=logits).to_event(1).log_prob(x),
+                          logits)
+    assert torch.equal(new[0], old[0]) and torch.equal(new[1], old[1])
+    pixels = BernoulliPixels(logits.detach())
+    assert pixels.batch_shape == logit_shape[:-1] and pixels.event_shape == (20,)
+    expanded = pixels.expand((3,) + logit_shape[:-1])
+    assert isinstance(expanded, BernoulliPixels) and expanded.sample().shape == (3, *logit_shape)
+    assert torch.equal(pixels.mean, torch.sigmoid(logits.detach()))
