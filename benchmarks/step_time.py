@@ -157,7 +157,8 @@ CONTENDERS: dict[str, Callable[[torch.device], Step]] = {
     "lib_dreg_k50": lambda d: library_step_fn("dreg", 50, d),
 }
 REFERENCES = {"lib_iwae_k5": "torch_iwae_k5", "lib_iwae_k50": "torch_iwae_k50",
-              "lib_dreg_k50": "torch_iwae_k50"}
+              "lib_dreg_k50": "torch_iwae_k50", "torch_iwae_k5": "torch_iwae_k5",
+              "torch_iwae_k50": "torch_iwae_k50"}
 
 
 def _sync(device: torch.device) -> None:
@@ -193,11 +194,19 @@ def bench_steps(batch_size: int, names: list[str], rounds: int, steps: int,
     for step in contenders.values():  # warm-up
         for x in batches[:3]:
             step(x)
+    # Each reference is timed step by step alternating with the contenders compared with it,
+    # in rotating order, so that load changes and cache effects hit all of them alike; groups
+    # of very different sizes (IWAE(50) against the plain VAE) are not mixed.
+    groups: dict[str, list[str]] = {}
+    for name in contenders:
+        groups.setdefault(REFERENCES.get(name, "torch"), []).append(name)
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(rounds):
-        for x in batches:
-            for name, step in contenders.items():  # interleaved step by step: noise hits
-                times[name].append(1000 * timed(lambda: step(x), device))  # noqa: B023
+        for group in groups.values():
+            for i, x in enumerate(batches):
+                for name in group[i % len(group):] + group[:i % len(group)]:
+                    step = contenders[name]
+                    times[name].append(1000 * timed(lambda: step(x), device))  # noqa: B023
     return _ratios({n: statistics.median(t) for n, t in times.items()}, REFERENCES, "torch")
 
 

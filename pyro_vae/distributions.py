@@ -43,7 +43,8 @@ class StandardNormal(dist.Normal):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        value = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
+        if value.shape != self.batch_shape:  # the result has the broadcast shape, as torch's
+            value = value.expand(torch.broadcast_shapes(value.shape, self.batch_shape))
         return -(value ** 2) / 2 - _LOG_SQRT_2PI
 
 
