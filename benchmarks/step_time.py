@@ -288,7 +288,8 @@ def _load_average() -> list[float] | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--batch-sizes", type=int, nargs="*", default=[128, 1024],
+                        help="training batch sizes (none: only the evaluation benchmark)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per round")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
