@@ -11,9 +11,9 @@ and ``vectorized_importance_weights`` weight a whole batch jointly, which for a 
 images makes one weight out of B log-densities and an effective sample size near 1; here the
 log-mean-exp is taken over particles separately for every datapoint.
 
-The weights come from Pyro traces of the guide and of the model replayed on it, under a
-``particles`` plate, so any model/guide pair whose sites all lie in the ``data`` plate is
-scored without model-specific code. Work is chunked so that at most ``max_chunk`` decoded
+The weights come from the sites of the guide and of the model replayed on it (recorded as
+Pyro's traces would have them), under a ``particles`` plate, so any model/guide pair whose
+sites all lie in the ``data`` plate is scored without model-specific code. Work is chunked so that at most ``max_chunk`` decoded
 images exist at once; ``max_chunk = "auto"`` sizes the chunks to half the free memory of a
 CUDA device, measured on a probe chunk (on a CPU it is the default, 20,000).
 

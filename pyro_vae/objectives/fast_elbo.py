@@ -1,14 +1,15 @@
 """Pyro's ``Trace_ELBO`` and ``TraceMeanField_ELBO``, traced once and then recorded lightly.
 
-Both estimate the negative ELBO of a model/guide pair from one draw z ~ q(z|x) per particle:
+Both estimate the negative ELBO of a model/guide pair from one draw z ~ q(z|x) per particle,
+every site weighted by its scale s (N/B minibatch scaling times any ``poutine.scale``, e.g. β
+or KL annealing on the latent site):
 
-    Trace_ELBO:          −Σ_sites s·(log p − log q)        = −[log p(x|z) + s·(log p(z) − log q(z|x))]
-    TraceMeanField_ELBO: −[log p(x|z) − s·KL(q(z|x) ‖ p(z))]   (closed-form KL where registered,
-                                                               else s·(log q(z) − log p(z)))
+    Trace_ELBO:           −[s_x log p(x|z) + s_z (log p(z) − log q(z|x))]
+    TraceMeanField_ELBO:  −[s_x log p(x|z) − s_z KL(q(z|x) ‖ p(z))]
 
-with s the site's scale (N/B minibatch scaling times any ``poutine.scale``, e.g. β or KL
-annealing). With a fully reparameterized guide the surrogate loss *is* this estimate, and its
-gradient is the reparameterization gradient.
+(the KL in closed form where torch registers one, else the Monte Carlo log q(z) − log p(z)).
+With a fully reparameterized guide the surrogate loss *is* this estimate, and its gradient is
+the reparameterization gradient.
 
 The classes here are the same estimators, drop-in subclasses of Pyro's. On the first
 ``differentiable_loss`` call for a model/guide pair they run Pyro's own code on Pyro traces and

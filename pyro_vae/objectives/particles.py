@@ -1,5 +1,5 @@
-"""Per-datapoint importance weights from Pyro traces, and the base class of the objectives
-that are reduced per datapoint (IWAE, DReG, STL, Rényi-α, score function).
+"""Per-datapoint importance weights from the sites of a Pyro run, and the base class of the
+objectives that are reduced per datapoint (IWAE, DReG, STL, Rényi-α, score function).
 
 For K particles and a minibatch of B datapoints the guide runs once under a ``particles`` plate
 (to the left of the ``data`` plate) and the model is replayed on its samples, giving
