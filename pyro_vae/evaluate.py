@@ -13,9 +13,10 @@ log-mean-exp is taken over particles separately for every datapoint.
 
 The weights come from the sites of the guide and of the model replayed on it (recorded as
 Pyro's traces would have them), under a ``particles`` plate, so any model/guide pair whose
-sites all lie in the ``data`` plate is scored without model-specific code. Work is chunked so that at most ``max_chunk`` decoded
-images exist at once; ``max_chunk = "auto"`` sizes the chunks to half the free memory of a
-CUDA device, measured on a probe chunk (on a CPU it is the default, 20,000).
+sites all lie in the ``data`` plate is scored without model-specific code. Work is chunked so
+that at most ``max_chunk`` decoded images exist at once; ``max_chunk = "auto"`` sizes the
+chunks to half the free memory of a CUDA device, measured on a probe chunk (on a CPU it is the
+default, 20,000).
 
 Active units follow Burda et al. (2016, §5.2): dimension u is active if
 Cov_x(E_{q(z|x)}[z_u]) > 0.01.
