@@ -39,6 +39,7 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.models import VAE
+from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 
 BAYESIAN_LAYERS = ("none", "last", "all")
@@ -137,7 +138,7 @@ class BayesianVAE(VAE):
     def model(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
               num_samples: int = 1) -> torch.Tensor:
         """p(W) Π_n p(z_n) p(x_n | z_n, W); with ``x=None``, ``num_samples`` new images."""
-        pyro.module("vae", self)
+        register_module("vae", self)
         weights = self._sample_weights(guide=False)
         if x is None:
             with pyro.plate("data", num_samples, dim=-1):
@@ -153,7 +154,7 @@ class BayesianVAE(VAE):
     def guide(self, x: torch.Tensor | None = None, y: torch.Tensor | None = None,
               num_samples: int = 1) -> torch.Tensor | None:
         """q(W) Π_n q(z_n | x_n); with ``x=None`` only q(W) (for posterior predictives)."""
-        pyro.module("vae", self)
+        register_module("vae", self)
         self._sample_weights(guide=True)
         if x is None:
             return None

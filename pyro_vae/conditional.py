@@ -37,6 +37,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE
 from pyro_vae.networks import MLPDecoder, MLPEncoder
+from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ class ConditionalVAE(VAE):
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(z) p(x|z, y) with ``x`` observed and ``y`` given."""
         y = self._require_labels(y)
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
@@ -140,7 +141,7 @@ class ConditionalVAE(VAE):
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """q(z|x, y) = N(μ(x, y), diag σ(x, y)²), reparameterized."""
         y = self._require_labels(y)
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 return pyro.sample("z", self.posterior(x, y))

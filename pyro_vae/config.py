@@ -239,12 +239,16 @@ class EvaluateConfig:
 
     #: Importance samples K per datapoint for log p(x).
     num_samples: int = 5000
-    #: Largest number of decoded samples held in memory at once (K × datapoints per chunk).
-    max_chunk: int = 20_000
+    #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
+    #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
+    max_chunk: int | str = 20_000
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
-        _positive("evaluate", "max_chunk", self.max_chunk)
+        if isinstance(self.max_chunk, str):
+            _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
+        else:
+            _positive("evaluate", "max_chunk", self.max_chunk)
 
 
 SECTIONS: dict[str, type] = {

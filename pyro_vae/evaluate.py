@@ -11,10 +11,12 @@ and ``vectorized_importance_weights`` weight a whole batch jointly, which for a 
 images makes one weight out of B log-densities and an effective sample size near 1; here the
 log-mean-exp is taken over particles separately for every datapoint.
 
-The weights come from Pyro traces of the guide and of the model replayed on it, under a
-``particles`` plate, so any model/guide pair whose sites all lie in the ``data`` plate is
-scored without model-specific code. Work is chunked so that at most ``max_chunk`` decoded
-images exist at once.
+The weights come from the sites of the guide and of the model replayed on it (recorded as
+Pyro's traces would have them), under a ``particles`` plate, so any model/guide pair whose
+sites all lie in the ``data`` plate is scored without model-specific code. Work is chunked so
+that at most ``max_chunk`` decoded images exist at once; ``max_chunk = "auto"`` sizes the
+chunks to half the free memory of a CUDA device, measured on a probe chunk (on a CPU it is the
+default, 20,000).
 
 Active units follow Burda et al. (2016, §5.2): dimension u is active if
 Cov_x(E_{q(z|x)}[z_u]) > 0.01.
@@ -33,6 +35,12 @@ from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log
                                            run_particles)
 
 ACTIVE_UNIT_THRESHOLD = 0.01
+#: ``max_chunk`` where none is given, and for ``"auto"`` on a CPU.
+DEFAULT_MAX_CHUNK = 20_000
+#: Share of the free device memory that ``max_chunk = "auto"`` lets one chunk fill.
+AUTO_CHUNK_MEMORY_FRACTION = 0.5
+#: Decoded images in the probe chunk that measures the memory per decoded image.
+PROBE_PARTICLES = 256
 #: Importance samples per posterior draw of a Bayesian decoder's weights (at least 10 draws).
 SAMPLES_PER_WEIGHT_DRAW = 50
 
@@ -89,9 +97,47 @@ class LogLikelihoodEstimate:
         return self._stderr(self.elbo)
 
 
+def auto_max_chunk(free_bytes: int, bytes_per_image: float,
+                   fraction: float = AUTO_CHUNK_MEMORY_FRACTION,
+                   minimum: int = DEFAULT_MAX_CHUNK) -> int:
+    """Decoded images per chunk that fill ``fraction`` of ``free_bytes`` (at least
+    ``minimum``: the fixed default already fits any device this library runs on)."""
+    if bytes_per_image <= 0:
+        return minimum
+    return max(minimum, int(fraction * free_bytes / bytes_per_image))
+
+
+def _probe_bytes_per_image(vae: torch.nn.Module, guide: Callable, x: torch.Tensor,
+                           labels: tuple) -> float:
+    """Peak CUDA memory per decoded image of one chunk of ``PROBE_PARTICLES`` samples."""
+    device = x.device
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with vae.scoring(), _any_weights(vae):
+        log_w = log_importance_weights(vae.model, guide, x[:1], PROBE_PARTICLES,
+                                       *(label[:1] for label in labels))
+        torch.logsumexp(log_w, dim=0)
+    peak = torch.cuda.max_memory_allocated(device)
+    return (peak - before) / PROBE_PARTICLES
+
+
+def resolve_max_chunk(max_chunk: int | str, vae: torch.nn.Module, x: torch.Tensor,
+                      guide: Callable | None = None, y: torch.Tensor | None = None) -> int:
+    """``max_chunk`` as a number: ``"auto"`` measures the device (see the module docstring)."""
+    if max_chunk != "auto":
+        return int(max_chunk)
+    if x.device.type != "cuda" or not len(x):
+        return DEFAULT_MAX_CHUNK
+    labels = () if y is None else (y,)
+    per_image = _probe_bytes_per_image(vae, vae.guide if guide is None else guide, x, labels)
+    free_bytes, _ = torch.cuda.mem_get_info(x.device)
+    return auto_max_chunk(free_bytes, per_image)
+
+
 @torch.no_grad()
 def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 5000,
-                            max_chunk: int = 20_000,
+                            max_chunk: int | str = DEFAULT_MAX_CHUNK,
                             progress: Callable[[int], None] | None = None,
                             guide: Callable | None = None,
                             y: torch.Tensor | None = None) -> LogLikelihoodEstimate:
@@ -109,7 +155,10 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     ∫ p(x|W) q(W) dW with the proposal q(W) q(z|x); the ELBO is averaged over the draws. All
     datapoints share the S draws, so the standard error across datapoints leaves out the
     (shared) spread of the weight draws.
+
+    ``max_chunk`` (decoded images held at once) may be ``"auto"``: see :func:`resolve_max_chunk`.
     """
+    max_chunk = resolve_max_chunk(max_chunk, vae, x, guide, y)
     if _is_bayesian(vae):
         if guide is not None:
             raise ValueError("a custom proposal is for models with point-estimated weights")

@@ -27,6 +27,7 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.models import VAE
 from pyro_vae.networks import MLPEncoder
+from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 
 
@@ -59,7 +60,7 @@ class HierarchicalVAE(VAE):
                    likelihood, num_data)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 z2 = pyro.sample("z2", self.prior(x.shape[:1], x.device, x.dtype))
@@ -68,7 +69,7 @@ class HierarchicalVAE(VAE):
             return pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 z1 = pyro.sample("z1", self.posterior(x))

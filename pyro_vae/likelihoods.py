@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyro_vae.distributions import BernoulliPixels
 from pyro_vae.errors import ConfigError, DataError
 
 
@@ -55,7 +56,7 @@ class BernoulliLikelihood(Likelihood):
     support = "binary pixels (0 or 1)"
 
     def forward(self, logits: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+        return BernoulliPixels(logits, validate_args=False)
 
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)

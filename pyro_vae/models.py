@@ -29,6 +29,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood
+from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 
 
@@ -74,7 +75,7 @@ class VAE(nn.Module):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(z) p(x|z) with ``x`` observed; ``y`` is accepted and ignored (unconditional)."""
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
@@ -82,7 +83,7 @@ class VAE(nn.Module):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """q(z|x) = N(μ(x), diag σ(x)²), reparameterized."""
-        pyro.module("vae", self)
+        register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
                 return pyro.sample("z", self.posterior(x))

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from pyro_vae.config import PRIORS
+from pyro_vae.distributions import StandardNormal
 from pyro_vae.errors import ConfigError
 
 
@@ -54,8 +55,8 @@ class StandardNormalPrior(Prior):
 
     def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype
                 ) -> dist.TorchDistribution:
-        zeros = torch.zeros(*batch_shape, self.latent_dim, device=device, dtype=dtype)
-        return dist.Normal(zeros, 1.0, validate_args=False).to_event(1)
+        shape = (*batch_shape, self.latent_dim)
+        return StandardNormal(shape, device, dtype, validate_args=False).to_event(1)
 
     def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return gaussian_kl_to_standard_normal(loc, scale)

@@ -40,6 +40,7 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import BernoulliLikelihood
 from pyro_vae.models import VAE
 from pyro_vae.networks import MLPDecoder, MLPEncoder, mlp
+from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 
 #: Value of the missing pixels in a network's input.
@@ -100,12 +101,12 @@ class QuadrantBaseline(_QuadrantModel):
     """The deterministic baseline: y ~ Bernoulli(ŷ(x)) on the missing pixels, no latent."""
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        pyro.module("quadrants", self)
+        register_module("quadrants", self)
         with self._data_plate(x):
             return pyro.sample("y", self.missing_pixels(self.decoder(self.inputs(x))), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        pyro.module("quadrants", self)
+        register_module("quadrants", self)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
@@ -123,7 +124,7 @@ class QuadrantCVAE(_QuadrantModel):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(z|x) p(y|x, z) with the missing pixels y of ``x`` observed."""
-        pyro.module("quadrants", self)
+        register_module("quadrants", self)
         inputs = self.inputs(x)
         with self._data_plate(x):
             with self._kl_scale():
@@ -133,7 +134,7 @@ class QuadrantCVAE(_QuadrantModel):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """q(z|x, y), the recognition network on the whole image."""
-        pyro.module("quadrants", self)
+        register_module("quadrants", self)
         with self._data_plate(x):
             with self._kl_scale():
                 return pyro.sample("z", self.posterior(x))

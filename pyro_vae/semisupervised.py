@@ -41,6 +41,7 @@ from pyro_vae.data import minibatches
 from pyro_vae.errors import DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
+from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 
 
@@ -85,7 +86,7 @@ class M2(ConditionalVAE):
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(y) p(z) p(x|y, z); with ``y`` given, also α·log q(y|x) as the observed ``y_aux``."""
-        pyro.module("m2", self)
+        register_module("m2", self)
         with self._split_plate(x, labelled=y is not None):
             label = pyro.sample("y", self.label_prior(x.shape[0], x), obs=y)
             with self._kl_scale():
@@ -98,7 +99,7 @@ class M2(ConditionalVAE):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """q(y|x) (enumerated, only when y is missing) and q(z|x, y)."""
-        pyro.module("m2", self)
+        register_module("m2", self)
         with self._split_plate(x, labelled=y is not None):
             if y is None:
                 y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)),

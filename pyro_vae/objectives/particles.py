@@ -1,5 +1,5 @@
-"""Per-datapoint importance weights from Pyro traces, and the base class of the objectives
-that are reduced per datapoint (IWAE, DReG, STL, Rényi-α, score function).
+"""Per-datapoint importance weights from the sites of a Pyro run, and the base class of the
+objectives that are reduced per datapoint (IWAE, DReG, STL, Rényi-α, score function).
 
 For K particles and a minibatch of B datapoints the guide runs once under a ``particles`` plate
 (to the left of the ``data`` plate) and the model is replayed on its samples, giving
@@ -22,7 +22,6 @@ from typing import Any, Callable, NamedTuple
 
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.util import detach
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
@@ -30,20 +29,24 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.recorder import RecordedTrace, SiteRecorder
 
 #: Plates the library's models nest: ``data`` at dim -1. Particles go at dim -2.
 MAX_PLATE_NESTING = 1
 
 
 class ParticleTraces(NamedTuple):
-    model: Trace
-    guide: Trace
+    """The sample sites of the guide and of the model replayed on it (``.nodes`` by name, in
+    order, as a Pyro ``Trace`` holds them)."""
+
+    model: RecordedTrace
+    guide: RecordedTrace
     num_particles: int
     batch_size: int
     data_scale: float
 
 
-def _sample_sites(trace: Trace) -> list[dict]:
+def _sample_sites(trace: Trace | RecordedTrace) -> list[dict]:
     return [site for site in trace.nodes.values()
             if site["type"] == "sample" and not site_is_subsample(site)]
 
@@ -71,7 +74,10 @@ class _DetachSamples(Messenger):
 def run_particles(model: Callable, guide: Callable, num_particles: int, args: tuple,
                   kwargs: dict, max_plate_nesting: int = MAX_PLATE_NESTING,
                   detach_samples: bool = False, who: str = "this objective") -> ParticleTraces:
-    """Trace the guide under a ``particles`` plate and replay the model on its samples.
+    """Run the guide under a ``particles`` plate and replay the model on its samples.
+
+    The sites are recorded by :class:`~pyro_vae.objectives.recorder.SiteRecorder` (what
+    ``poutine.trace`` and ``poutine.replay`` would give, without building Pyro traces).
 
     ``detach_samples`` cuts the pathwise dependence of the samples on the guide's parameters
     before the model sees them (for score-function estimators).
@@ -85,14 +91,17 @@ def run_particles(model: Callable, guide: Callable, num_particles: int, args: tu
 
     if detach_samples:
         guide = _DetachSamples()(guide)
-    guide_trace = poutine.trace(in_particle_plate(guide)).get_trace(*args, **kwargs)
-    if detach_samples:  # the trace recorded each value before the inner handler detached it
+    with SiteRecorder() as guide_recorder:
+        in_particle_plate(guide)(*args, **kwargs)
+    guide_trace = RecordedTrace(guide_recorder.sites)
+    if detach_samples:  # the recorder copied each value before the inner handler detached it
         for site in _sample_sites(guide_trace):
             site["value"] = site["value"].detach()
     for site in _sample_sites(guide_trace):  # refuse global sites before the model runs
         _data_frame(site, who)
-    model_trace = poutine.trace(
-        poutine.replay(in_particle_plate(model), trace=guide_trace)).get_trace(*args, **kwargs)
+    with SiteRecorder(replay=guide_recorder.sites) as model_recorder:
+        in_particle_plate(model)(*args, **kwargs)
+    model_trace = RecordedTrace(model_recorder.sites)
     frames = [_data_frame(site, who) for trace in (model_trace, guide_trace)
               for site in _sample_sites(trace)]
     frame = frames[0]
