@@ -308,15 +308,16 @@ def traced_particles(model, guide, num_particles, args, kwargs, max_plate_nestin
                                     (frame.full_size or frame.size) / frame.size)
 
 
-@pytest.mark.parametrize("name", ["iwae", "dreg", "stl", "renyi", "score"])
-@pytest.mark.parametrize("layers", [1, 2])
+# DReG and STL refuse guides with several latent sites (the two-layer model), so they are
+# compared on the one-layer model only.
+@pytest.mark.parametrize("name,layers", [
+    (name, layers) for name in ("iwae", "dreg", "stl", "renyi", "score") for layers in (1, 2)
+    if not (name in ("dreg", "stl") and layers == 2)])
 def test_per_datapoint_objectives_match_pyro_traces(name, layers, monkeypatch):
     from pyro_vae.objectives import particles
 
     model = {"stochastic_layers": 2, "top_latent_dim": 2, "top_hidden_dims": [5]} \
         if layers == 2 else {}
-    if name in ("dreg", "stl") and layers == 2:
-        pytest.skip(f"{name} refuses guides with several latent sites")
     vae = small_vae(num_data=300, **model)
     vae.kl_weight = 0.7
     x = batch()
