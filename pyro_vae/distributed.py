@@ -65,10 +65,10 @@ class ProcessGroup:
 
     def shard(self, indices: torch.Tensor) -> tuple[torch.Tensor, int]:
         """This process's rows of a global minibatch, and the offset of the first of them."""
-        sizes = [len(part) for part in torch.tensor_split(torch.arange(len(indices)),
-                                                          self.world_size)]
-        offset = sum(sizes[: self.rank])
-        return indices[offset: offset + sizes[self.rank]], offset
+        # tensor_split's sizes: the first (B mod P) shares hold one row more.
+        size, extra = divmod(len(indices), self.world_size)
+        offset = self.rank * size + min(self.rank, extra)
+        return indices[offset: offset + size + (self.rank < extra)], offset
 
     def loss_weight(self, local_size: int, global_size: int) -> float:
         """P·B_r/B: makes DDP's gradient average the single-process minibatch gradient."""
@@ -146,7 +146,10 @@ def start(device_name: str) -> tuple[ProcessGroup | None, torch.device | None]:
     backend = "nccl" if device_name == "cuda" else "gloo"
     if not torch_dist.is_initialized():
         try:
-            torch_dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+            # Long enough for the other processes to wait out rank 0's final test scoring
+            # (a K = 5000 evaluation can take hours on a CPU); torchrun stops every process as
+            # soon as one fails, so a long timeout hides no failure.
+            torch_dist.init_process_group(backend, timeout=datetime.timedelta(hours=12))
         except (RuntimeError, ValueError) as error:
             raise PyroVAEError(
                 f"could not join torchrun's process group ({backend} backend): {error}. Start "
@@ -154,6 +157,13 @@ def start(device_name: str) -> tuple[ProcessGroup | None, torch.device | None]:
                 "--nproc_per_node=2 -m pyro_vae train ...) and check MASTER_ADDR/MASTER_PORT."
             ) from None
     return ProcessGroup(rank, world_size, local_rank), device
+
+
+def finish(group: ProcessGroup | None) -> None:
+    """Wait until every process is done (rank 0 scores the test split last): a process that
+    tore down its connections while rank 0 still held them could abort the job."""
+    if group is not None:
+        group.barrier()
 
 
 def stop(group: ProcessGroup | None) -> None:

@@ -13,6 +13,7 @@ state, the epoch and step counters and the metric history. At the end it scores 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 import warnings
@@ -238,6 +239,15 @@ def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
     }
 
 
+def _write_epoch(run_dir: Path, payload: dict[str, Any], config: Config, history: list[dict],
+                 first: bool) -> None:
+    """The checkpoint and metrics of an epoch (and, after the run's first one, its config)."""
+    save_checkpoint(run_dir / CHECKPOINT, payload)
+    if first:  # the run directory describes a run once it has one
+        atomic_write_text(run_dir / CONFIG, config.to_toml())
+    write_metrics(run_dir, history)
+
+
 def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> None:
     saved = saved_config(checkpoint, path)
     current = config.to_dict()
@@ -265,8 +275,10 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     """
     group, group_device = distributed.start(config.train.device)
     try:
-        return _train(config, Path(run_dir), resume, progress or Progress(), group,
-                      group_device)
+        summary = _train(config, Path(run_dir), resume, progress or Progress(), group,
+                         group_device)
+        distributed.finish(group)
+        return summary
     finally:
         distributed.stop(group)
 
@@ -396,15 +408,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
             history.append(row)
-
-            def write_epoch() -> None:
-                save_checkpoint(checkpoint_path, _checkpoint_payload(
-                    config, data, vae, optimizer, module.objective, epoch + 1, step, history,
-                    train_seconds))
-                if epoch == start_epoch:  # the run directory describes a run once it has one
-                    atomic_write_text(run_dir / CONFIG, config.to_toml())
-                write_metrics(run_dir, history)
-            distributed.on_main(group, write_epoch)
+            payload = _checkpoint_payload(config, data, vae, optimizer, module.objective,
+                                          epoch + 1, step, history, train_seconds) \
+                if is_main else None
+            distributed.on_main(group, functools.partial(
+                _write_epoch, run_dir, payload, config, history, epoch == start_epoch))
             progress.end_epoch(row)
             epoch += 1
         vae.eval()
