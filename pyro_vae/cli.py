@@ -264,6 +264,15 @@ def _format_summary(summary: dict[str, Any]) -> str:
     if "test_accuracy" in summary:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
+    if summary.get("label_fidelity") is not None:
+        per_label = " ".join(f"{c}:{100 * f:.0f}" for c, f in
+                             enumerate(summary["label_fidelity_per_label"]))
+        lines += [f"label fidelity of {summary['label_fidelity_samples']} samples E[x|z, y] "
+                  f"(draws x ~ p(x|y)): {100 * summary['label_fidelity']:.1f} ± "
+                  f"{100 * summary['label_fidelity_stderr']:.1f} % "
+                  f"({100 * summary['label_fidelity_draws']:.1f} %) recognised as y by a "
+                  f"classifier of {100 * summary['fidelity_classifier_test_accuracy']:.1f} % "
+                  "test accuracy", f"  per label (%): {per_label}"]
     return "\n".join(lines)
 
 
@@ -353,7 +362,29 @@ def command_sample(args: argparse.Namespace) -> int:
                  mean=means.reshape(args.n, *shape).numpy(), z=z.numpy())
         atomic_write_bytes(out, buffer.getvalue())
     print(f"wrote {len(means)} samples to {out}")
+    if labels is not None:
+        print(_label_fidelity_report(args.run_dir, config, labels, means, draws))
     return 0
+
+
+def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
+    """How many of the ``--label`` samples the run's classifier recognises as that label."""
+    from pyro_vae import fidelity
+    from pyro_vae.train import prepare_data
+
+    path = Path(run_dir) / fidelity.CLASSIFIER_FILE
+    if path.exists():
+        classifier = fidelity.load_label_classifier(path)
+    else:  # a run trained before the classifier was kept: fit it again
+        try:
+            data = prepare_data(config, check=False)
+        except PyroVAEError as error:
+            return f"label fidelity not measured (no {path.name} in the run, and {error})"
+        classifier = fidelity.fit_label_classifier(
+            data.train_x, data.train_y, config.model.num_classes, data.test_x, data.test_y,
+            seed=config.train.seed)
+    return "\n".join(fidelity.describe(fidelity.fidelity_of(images, labels, classifier, what))
+                     for images, what in ((means, "means"), (draws, "draws")))
 
 
 def _sample_labels(args: argparse.Namespace, config, vae):

@@ -242,9 +242,14 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: Labelled models (cvae, m2): conditional samples per label whose label fidelity is
+    #: measured at the end of training (pyro_vae.fidelity); 0 skips the measurement.
+    label_fidelity_samples: int = 100
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _positive("evaluate", "label_fidelity_samples", self.label_fidelity_samples,
+                  allow_zero=True)
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:

@@ -24,7 +24,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae import distributed, plots
+from pyro_vae import distributed, fidelity, plots
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
 from pyro_vae.distributed import ProcessGroup
@@ -453,6 +453,10 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
         **(vae.test_summary(data.test_x, data.test_y) if hasattr(vae, "test_summary") else {}),
+        **(fidelity.evaluate_label_fidelity(vae, data, run_dir,
+                                            config.evaluate.label_fidelity_samples,
+                                            config.train.seed)
+           if labelled and config.evaluate.label_fidelity_samples else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
