@@ -242,7 +242,7 @@ def command_train(args: argparse.Namespace) -> int:
         return 0
     print(_format_summary(summary))
     pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
-                "samples.png (label x z grid), reconstructions.png, elbo.png"
+                "samples.png (label x z grid), reconstructions.png, elbo.png, label_confusion.png"
                 if config.model.kind != "vae" else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
