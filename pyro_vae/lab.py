@@ -137,8 +137,8 @@ def reports_to_csv(reports: Sequence[EstimatorReport]) -> str:
 
 
 def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
-    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | encoder SNR | decoder SNR | encoder grad var | "
-             "decoder grad var | ms/step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | "
+             "encoder SNR | decoder SNR | encoder grad var | decoder grad var | ms/step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
         mark = "" if r.lower_bound else " (not a lower bound)"
         lines.append(f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f}"
