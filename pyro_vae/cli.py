@@ -47,9 +47,10 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
+    "threads": ("train", "threads"),
 }
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan"}
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +168,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "runs/compare-TIME)")
     add_application_parsers(commands)
     add_diagnostics_parsers(commands)
+    for command in commands.choices.values():
+        command.add_argument("--threads", type=int, metavar="N",
+                             help="torch threads (default: $OMP_NUM_THREADS, else 1: fastest "
+                             "for these models on a shared machine; see the README)")
     return parser
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
+    import torch
+
+    if requested is not None and requested < 0:
+        raise ConfigError(f"--threads {requested}: give a positive number of threads, or 0 "
+                          "for the default ($OMP_NUM_THREADS, else 1).")
+    threads = requested or 0
+    if not threads:
+        value = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(value) if value.isdigit() and int(value) > 0 else 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -218,6 +238,7 @@ def command_train(args: argparse.Namespace) -> int:
     from pyro_vae.train import train
 
     config = _train_config(args)
+    apply_threads(config.train.threads)
     main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     if launched_by_torchrun() and not args.out:
         raise ConfigError("under torchrun, give --out: every process must write to (and read "
@@ -459,6 +480,7 @@ COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": comm
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        apply_threads(args.threads)  # train applies its recipe's value once it has read it
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"

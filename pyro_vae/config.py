@@ -210,10 +210,14 @@ class TrainConfig:
     on_nan: str = "stop"
     #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
     aux_loss_weight: float = 50.0
+    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
+    #: set, else 1, the fastest for these models on a machine shared with other jobs.
+    threads: int = 0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
+        _positive("train", "threads", self.threads, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
