@@ -61,9 +61,13 @@ class KLSchedule:
 
 
 class Progress:
-    """Hooks the CLI fills in to show progress; the library itself never prints."""
+    """Hooks the CLI fills in to show progress and log experiments; the library itself never
+    prints. ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
+    validation points) once, before the first epoch; ``end_epoch`` gets each epoch's row of
+    ``metrics.jsonl``."""
 
     def start_epochs(self, first: int, last: int) -> None: ...
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> None: ...
     def start_epoch(self, epoch: int, num_batches: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def end_epoch(self, metrics: dict[str, Any]) -> None: ...
@@ -366,6 +370,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     monitor_x = monitor_x[:MONITOR_POINTS]
     monitor_y = None if monitor_y is None else monitor_y[:MONITOR_POINTS]
     progress.start_epochs(start_epoch, config.train.epochs)
+    progress.watch(vae, monitor_x, monitor_y)
     epoch = start_epoch
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # Non-finite losses are detected and explained below; Pyro's own warning is noise.

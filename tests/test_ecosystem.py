@@ -1,0 +1,84 @@
+"""Fitting the ecosystem: threads, output modes, packaged recipes, experiment loggers."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae.cli import apply_threads, main
+from pyro_vae.config import Config
+from pyro_vae.progress import TqdmProgress, output_mode
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--epochs", "2", "--latent-dim", "2", "--eval-samples", "4"]
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threads_flag_env_and_default(monkeypatch, restore_threads):
+    assert apply_threads(3) == 3 and torch.get_num_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert apply_threads(None) == 2 and torch.get_num_threads() == 2
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert apply_threads(0) == 1 and torch.get_num_threads() == 1
+
+
+def test_threads_recipe_key_is_applied_before_training(tmp_path, monkeypatch, restore_threads):
+    seen = {}
+
+    def fake_train(config, run_dir, **options):
+        seen["threads"], seen["config"] = torch.get_num_threads(), config
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(sys.modules["pyro_vae.train"], "train", fake_train)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("[train]\nthreads = 3\n")
+    with pytest.raises(RuntimeError, match="stop here"):
+        main(["train", str(recipe), "--out", str(tmp_path / "run")])
+    assert seen["threads"] == 3 and seen["config"].train.threads == 3
+    with pytest.raises(RuntimeError, match="stop here"):  # the flag overrides the recipe
+        main(["train", str(recipe), "--threads", "2", "--out", str(tmp_path / "run")])
+    assert seen["threads"] == 2 and seen["config"].train.threads == 2
+    with pytest.raises(RuntimeError, match="stop here"):  # default: 1 when OMP is not set
+        main(["train", "--out", str(tmp_path / "run")])
+    assert seen["threads"] == 1
+
+
+def test_negative_threads_is_a_clear_error(tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "--threads", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--threads -1" in err and "Traceback" not in err
+
+
+def test_output_mode_follows_the_stream():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert output_mode(io.StringIO()) == "lines"
+    assert output_mode(Terminal()) == "bars"
+    assert TqdmProgress(stream=Terminal()).mode == "bars"
+
+
+def test_piped_output_is_one_line_per_epoch(tmp_path):
+    """A log file or CI gets plain lines: no carriage returns, one line per epoch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "pyro_vae", "train", *TINY, "--threads", "1",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr + result.stdout
+    epoch_lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert [re.match(r"epoch (\d+)/2: train_elbo -?\d", line).group(1)
+            for line in epoch_lines] == ["1", "2"]
