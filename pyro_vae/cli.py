@@ -22,6 +22,8 @@ from pyro_vae.errors import ConfigError, PyroVAEError
 EPILOG = """examples:
   pyro-vae train                                   # embedded 8x8 digits, no download
   pyro-vae train models/mnist_vae_burda.toml --data-dir ../shared/data --epochs 10
+  pyro-vae recipes                                 # the packaged recipes; train one by name:
+  pyro-vae train mnist_vae_burda --data-dir ../shared/data --epochs 10
   pyro-vae evaluate runs/digits-... --num-samples 5000
   pyro-vae sample runs/digits-... --n 64 --out samples.png
   pyro-vae compare runs/digits-... --particles 1,5,50
@@ -65,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a VAE (model/guide pair, SVI) and write a run directory: "
         "config.toml, checkpoint.pt, metrics.jsonl, summary.json and pictures. Flags override "
         "the recipe; with no arguments it trains on the embedded 8x8 digits.")
-    train.add_argument("recipe", nargs="?", help="TOML recipe (see models/)")
+    train.add_argument("recipe", nargs="?", help="a packaged recipe's name (`pyro-vae "
+                       "recipes` lists them) or the path of a TOML recipe")
     train.add_argument("--dataset", help="digits | mnist | fashion-mnist | binarized-mnist | "
                        "file:PATH.npz")
     train.add_argument("--data-dir", help="folder with the MNIST-family files "
@@ -166,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="data folder")
     compare.add_argument("--out", help="output folder (default RUN_DIR/compare or "
                          "runs/compare-TIME)")
+    commands.add_parser("recipes", help="list the recipes packaged with pyro-vae",
+                        description="The recipes shipped with the library (the repository's "
+                        "models/): `pyro-vae train NAME` trains one, and `--path` shows "
+                        "where they are to copy and edit.").add_argument(
+        "--path", action="store_true", help="print the folder that holds them")
     add_application_parsers(commands)
     add_diagnostics_parsers(commands)
     for command in commands.choices.values():
@@ -210,7 +218,7 @@ def _fresh_run_dir(dataset: str) -> Path:
 
 
 def _train_config(args: argparse.Namespace):
-    from pyro_vae.config import Config
+    from pyro_vae.config import Config, find_recipe
     from pyro_vae.runs import read_run_config
 
     overrides = _train_overrides(args)
@@ -228,7 +236,7 @@ def _train_config(args: argparse.Namespace):
                               "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
         return read_run_config(Path(args.out)).with_overrides(overrides)
-    config = Config.from_toml(args.recipe) if args.recipe else Config()
+    config = Config.from_toml(find_recipe(args.recipe)) if args.recipe else Config()
     return config.with_overrides(overrides)
 
 
@@ -472,7 +480,20 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": command_sample,
+def command_recipes(args: argparse.Namespace) -> int:
+    from pyro_vae.config import RECIPES, recipe_names
+
+    if args.path:
+        print(RECIPES.resolve())
+        return 0
+    for name in recipe_names():
+        comment = (RECIPES / f"{name}.toml").read_text(encoding="utf-8").split("\n", 1)[0]
+        about = comment.lstrip("# ").strip() if comment.startswith("#") else ""
+        print(f"{name:<28} {about}".rstrip())
+    return 0
+
+
+COMMANDS = {"train": command_train, "recipes": command_recipes, "evaluate": command_evaluate, "sample": command_sample,
             "compare": command_compare, **APPLICATION_COMMANDS,
             **DIAGNOSTICS_COMMANDS}
 

@@ -32,6 +32,27 @@ PRIORS = ("normal", "mixture", "vamp", "flow")
 #: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
 #: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
 MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
+#: The recipes shipped with the library (the repository's ``models/``, linked into the package).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``pyro-vae train NAME`` trains one)."""
+    return sorted(path.stem for path in RECIPES.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself if it is a file, else the packaged recipe of that
+    name (with or without ``.toml``); a :class:`ConfigError` saying what exists otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(f"recipe {name_or_path} is neither a TOML file nor a packaged recipe; "
+                      "give the path of a recipe, or one of the names `pyro-vae recipes` lists."
+                      + _suggestion(path.stem, recipe_names()))
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,3 +83,51 @@ def test_piped_output_is_one_line_per_epoch(tmp_path):
     epoch_lines = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
     assert [re.match(r"epoch (\d+)/2: train_elbo -?\d", line).group(1)
             for line in epoch_lines] == ["1", "2"]
+
+
+def test_recipes_are_listed_and_found_by_name(tmp_path, capsys):
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out.split("\n")
+    names = sorted(line.split()[0] for line in listed if line.strip())
+    assert names == sorted(p.stem for p in (ROOT / "models").glob("*.toml"))
+    assert "mnist_vae_burda" in names
+    assert main(["train", "mnist_vae_burd", "--out", str(tmp_path / "r")]) == 2
+    assert "Did you mean 'mnist_vae_burda'?" in capsys.readouterr().err
+
+
+def test_a_wheel_installed_outside_the_repository_trains_a_packaged_recipe(tmp_path):
+    """Build a wheel from a copy of the project, install it into a fresh virtualenv (which
+    borrows this environment's packages through a .pth file: torch is not installed again)
+    and train a recipe by name in a folder with no models/ beside it."""
+    source = tmp_path / "source"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", "dist")
+    for name in ("pyro_vae", "models"):
+        shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PIP_NO_INDEX": "1",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "wheels"), str(source)],
+                   check=True, env=env, cwd=tmp_path)
+    wheel, = (tmp_path / "wheels").glob("pyro_vae-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    new_site = subprocess.run([str(python), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    borrowed = [p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir()]
+    Path(new_site, "borrowed.pth").write_text("\n".join(borrowed) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", str(wheel)], check=True, env=env, cwd=tmp_path)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = subprocess.run([str(python), "-c", "import pyro_vae; print(pyro_vae.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=work).stdout
+    assert Path(where.strip()).is_relative_to(venv)
+    result = subprocess.run([str(venv / "bin" / "pyro-vae"), "train", "digits_vae", "--epochs",
+                             "1", "--eval-samples", "2", "--out", "run"],
+                            capture_output=True, text=True, env=env, cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert (work / "run" / "summary.json").is_file()
