@@ -6,13 +6,14 @@ Errors a user can cause end in one paragraph on stderr and exit status 2, never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
                                        check_same_shape, positive_flag as _positive_flag)
@@ -124,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-loss-weight", type=float,
                        help="m2: weight of -log q(y|x) per labelled datapoint (default 50)")
     train.add_argument("--out", help="run directory (default: runs/DATASET-TIME)")
+    train.add_argument("--logger", action="append", choices=["tensorboard", "mlflow"],
+                       help="also log to TensorBoard (RUN_DIR/tensorboard) or MLflow "
+                       "($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both; needs the "
+                       "extra: pip install \"pyro-vae[tensorboard]\" or \"pyro-vae[mlflow]\"")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last complete epoch")
 
@@ -242,7 +247,8 @@ def _train_config(args: argparse.Namespace):
 
 def command_train(args: argparse.Namespace) -> int:
     from pyro_vae.distributed import launched_by_torchrun
-    from pyro_vae.progress import TqdmProgress
+    from pyro_vae.loggers import make_loggers
+    from pyro_vae.progress import Callbacks, TqdmProgress
     from pyro_vae.train import train
 
     config = _train_config(args)
@@ -252,11 +258,16 @@ def command_train(args: argparse.Namespace) -> int:
         raise ConfigError("under torchrun, give --out: every process must write to (and read "
                           "from) the same run directory.")
     run_dir = Path(args.out) if args.out else _fresh_run_dir(config.data.dataset)
+    loggers = make_loggers(args.logger or [], config, run_dir, args.resume) \
+        if main_process else []
     if main_process:
         print(f"training into {run_dir}", file=sys.stderr)
     try:
-        with TqdmProgress(quiet=not main_process) as progress:
-            summary = train(config, run_dir, resume=args.resume, progress=progress)
+        with TqdmProgress(quiet=not main_process) as progress, _closing(loggers):
+            summary = train(config, run_dir, resume=args.resume,
+                            progress=Callbacks([progress, *loggers]) if loggers else progress)
+            for logger in loggers:
+                logger.finish(summary)
     except KeyboardInterrupt:
         if not main_process:  # rank 0 explains
             return 130
@@ -277,6 +288,17 @@ def command_train(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
           f"{pictures})")
     return 0
+
+
+@contextlib.contextmanager
+def _closing(loggers: list) -> Iterator[None]:
+    """Loggers of a run that stops early are closed, their runs marked killed or failed."""
+    try:
+        yield
+    except BaseException as error:
+        for logger in loggers:
+            logger.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
 
 
 def _format_summary(summary: dict[str, Any]) -> str:

@@ -180,9 +180,10 @@ class Callbacks(Progress):
         for receiver in self.receivers:
             receiver.start_epochs(first, last)
 
-    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+              image_shape: tuple[int, int, int]) -> None:
         for receiver in self.receivers:
-            receiver.watch(vae, x, y)
+            receiver.watch(vae, x, y, image_shape)
 
     def start_epoch(self, epoch: int, num_batches: int) -> None:
         for receiver in self.receivers:

@@ -1,6 +1,8 @@
 """Fitting the ecosystem: threads, output modes, packaged recipes, experiment loggers."""
 
+import importlib.util
 import io
+import json
 import os
 import re
 import shutil
@@ -131,3 +133,66 @@ def test_a_wheel_installed_outside_the_repository_trains_a_packaged_recipe(tmp_p
                             capture_output=True, text=True, env=env, cwd=work)
     assert result.returncode == 0, result.stderr
     assert (work / "run" / "summary.json").is_file()
+
+
+def _tiny_recipe(tmp_path: Path) -> Path:
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text("[model]\nhidden_dims = [8]\nlatent_dim = 2\n"
+                      "[train]\nepochs = 2\n[evaluate]\nnum_samples = 2\n")
+    return recipe
+
+
+def test_loggers_write_what_tensorboard_and_mlflow_read_back(tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    recipe = _tiny_recipe(tmp_path)
+    assert main(["train", str(recipe), "--out", "plain"]) == 0
+    assert main(["train", str(recipe), "--out", "logged", "--logger", "tensorboard",
+                 "--logger", "mlflow"]) == 0
+    rows = [json.loads(line) for line in Path("logged/metrics.jsonl").read_text().splitlines()]
+    plain = [json.loads(line) for line in Path("plain/metrics.jsonl").read_text().splitlines()]
+    # Logging (pictures drawn each epoch) leaves the training run exactly as it was.
+    assert [r["train_elbo"] for r in rows] == [r["train_elbo"] for r in plain]
+
+    events = EventAccumulator("logged/tensorboard", size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    for tag in ("elbo/train", "elbo/validation", "kl/total", "kl/dim_00", "kl/dim_01",
+                "active_units", "learning_rate", "time/step_seconds"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    assert [e.value for e in events.Scalars("elbo/train")] == pytest.approx(
+        [r["train_elbo"] for r in rows], rel=1e-6)
+    assert [e.value for e in events.Scalars("kl/dim_01")] == pytest.approx(
+        [r["kl_per_dim"][1] for r in rows], rel=1e-6)
+    assert [e.step for e in events.Images("samples")] == [1, 2]
+    assert [e.step for e in events.Images("reconstructions")] == [1, 2]
+    hparams = EventAccumulator("logged/tensorboard/hparams")
+    hparams.Reload()
+    assert "_hparams_/session_start_info" in hparams.PluginTagToContent("hparams")
+    summary = json.loads(Path("logged/summary.json").read_text())
+    assert hparams.Scalars("test/elbo")[0].value == pytest.approx(summary["test_elbo"], rel=1e-6)
+
+    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    run, = client.search_runs([client.get_experiment_by_name("pyro-vae").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2" and run.data.params["model.latent_dim"] == "2"
+    history = client.get_metric_history(run.info.run_id, "elbo_train")
+    assert [(m.step, m.value) for m in history] == [(r["epoch"], pytest.approx(r["train_elbo"]))
+                                                    for r in rows]
+    assert run.data.metrics["test_log_likelihood"] == pytest.approx(
+        summary["test_log_likelihood"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"summary.json", "config.toml", "samples.png", "elbo.png"} <= artifacts
+
+
+def test_a_logger_whose_package_is_missing_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mlflow" else real(name, *a))
+    assert main(["train", "--logger", "mlflow", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "pyro-vae[mlflow]"' in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
