@@ -50,10 +50,11 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
-    "threads": ("train", "threads"),
+    "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
 }
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads"}
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
+                   "latent_map"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on a NaN/inf loss: stop (default), or roll back to the last good "
                        "state with half the learning rate")
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
+    train.add_argument("--latent-map", choices=["tsne", "pca"],
+                       help="latent.png for codes of more than 2 dimensions: t-SNE of 1,000 "
+                       "test encodings (default) or the first two principal components (fast)")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
     train.add_argument("--model", choices=["vae", "cvae", "m2", "quadrant_baseline",

@@ -267,9 +267,13 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
+    #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
+    latent_map: str = "tsne"
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:

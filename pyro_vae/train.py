@@ -470,18 +470,20 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
     else:
-        write_pictures(vae, data, run_dir, history)
+        write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)
     return summary
 
 
-def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]) -> None:
+def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict],
+                   latent_map: str = "tsne") -> None:
     """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``,
     ``elbo.png`` and ``kl.png``."""
     shape = data.image_shape
     plots.save_samples(run_dir / "samples.png", vae, shape)
     plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
     plots.save_interpolation(run_dir / "interpolation.png", vae, data.test_x, shape)
-    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y)
+    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y,
+                          method=latent_map)
     if history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
         plots.save_kl_curves(run_dir / "kl.png", history)

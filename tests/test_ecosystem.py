@@ -15,6 +15,7 @@ import torch
 
 from pyro_vae.cli import apply_threads, main
 from pyro_vae.config import Config
+from pyro_vae.errors import ConfigError
 from pyro_vae.progress import TqdmProgress, output_mode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -196,3 +197,29 @@ def test_a_logger_whose_package_is_missing_is_a_clear_error(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert 'pip install "pyro-vae[mlflow]"' in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_tsne_map_separates_clusters_that_pca_overlaps():
+    """Ten clusters at the corners of a 10-d simplex: no 2-d linear projection keeps them
+    apart, t-SNE does. Measured by 5-nearest-neighbour label agreement in the 2-d map."""
+    from sklearn.model_selection import cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from pyro_vae.plots import project_2d, tsne_2d
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(10).repeat_interleave(40)
+    points = 4 * torch.eye(10)[labels] + 0.5 * torch.randn(400, 10, generator=generator)
+
+    def agreement(xy):
+        return cross_val_score(KNeighborsClassifier(5), xy, labels.numpy(), cv=5).mean()
+
+    assert agreement(tsne_2d(points)[0]) > 0.95
+    assert agreement(project_2d(points)[0]) < 0.8
+
+
+def test_latent_map_setting_is_checked():
+    assert Config().with_overrides({"evaluate": {"latent_map": "pca"}}).evaluate.latent_map \
+        == "pca"
+    with pytest.raises(ConfigError, match="latent_map"):
+        Config().with_overrides({"evaluate": {"latent_map": "umap"}})
