@@ -26,12 +26,13 @@ out-of-distribution detection score for variational auto-encoder")
 ``complexity`` — input complexity (Serrà et al. 2020, "Input complexity and out-of-distribution
 detection with likelihood-based generative models")
     s(x) = −log p̂_K(x) − L(x),
-    L(x) = 8 ln 2 × (bytes of the PNG file of x quantized to 8 bits), in nats: the code length
-    of a general-purpose lossless compressor, a "universal" model p_0 with log p_0(x) = −L(x).
-    s is the log-likelihood ratio log p_0(x) − log p(x): an image the VAE codes no better than
-    PNG does is anomalous, however simple. PNG (deflate after per-row prediction filters, from
-    Pillow) is kept over raw zlib because its filters exploit the 2-D neighbourhood, which
-    brings L(x) closer to the image's real complexity.
+    L(x) = 8 ln 2 × (bytes of x quantized to 8 bits, losslessly compressed), in nats: the
+    code length of a general-purpose compressor, a "universal" model p_0 with
+    log p_0(x) = −L(x). s is the log-likelihood ratio log p_0(x) − log p(x): an image the VAE
+    codes no better than the compressor does is anomalous, however simple. The compressor is
+    PNG by default (Pillow; deflate after a per-row prediction filter), as in Serrà et al.;
+    ``zlib`` deflates the raw 8-bit pixels. Which compressor stands in for p_0 changes the
+    score (Serrà et al. compare PNG, JPEG 2000 and FLIF); the README gives both here.
 ``likelihood-ratio`` — background likelihood ratio (Ren et al. 2019, "Likelihood ratios for
 out-of-distribution detection")
     s(x) = log p̂_bg(x) − log p̂_K(x),
@@ -141,7 +142,7 @@ COMPRESSORS = ("zlib", "png")
 
 
 def compressed_length(x: torch.Tensor, image_shape: tuple[int, int, int],
-                      compressor: str = "zlib") -> torch.Tensor:
+                      compressor: str = "png") -> torch.Tensor:
     """L(x) in nats: 8 ln 2 × the compressed size in bytes of each row of ``x`` quantized to
     8 bits, by ``compressor`` (see :data:`COMPRESSORS`)."""
     channels, height, width = image_shape
@@ -219,7 +220,7 @@ def _refit_elbo(vae: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, steps:
 
 
 def likelihood_regret(vae: torch.nn.Module, x: torch.Tensor, steps: int = 50,
-                      draws: int = 8, learning_rate: float = 0.1, batch_size: int = 250,
+                      draws: int = 32, learning_rate: float = 0.1, batch_size: int = 250,
                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Likelihood regret per row of ``x``, in nats (see the module docstring); ≥ 0.
 
@@ -377,9 +378,9 @@ class ScoreSettings:
 
     num_samples: int = 100
     regret_steps: int = 50
-    regret_draws: int = 8
+    regret_draws: int = 32
     regret_learning_rate: float = 0.1
-    compressor: str = "zlib"
+    compressor: str = "png"
 
 
 def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, int, int],

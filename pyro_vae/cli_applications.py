@@ -36,11 +36,11 @@ def add_application_parsers(commands) -> None:
                          help="images scored from each dataset (default 1000)")
     anomaly.add_argument("--regret-steps", type=int, default=50,
                          help="Adam steps of the per-image re-fit of q (default 50)")
-    anomaly.add_argument("--regret-draws", type=int, default=8,
-                         help="common draws per image for the re-fitted ELBO (default 8)")
-    anomaly.add_argument("--compressor", default="zlib",
-                         help="lossless compressor for the input complexity L(x): zlib (raw "
-                         "8-bit pixels, default) or png")
+    anomaly.add_argument("--regret-draws", type=int, default=32,
+                         help="common draws per image for the re-fitted ELBO (default 32)")
+    anomaly.add_argument("--compressor", default="png",
+                         help="lossless compressor for the input complexity L(x): png "
+                         "(default) or zlib (raw 8-bit pixels)")
     anomaly.add_argument("--typicality-batch", type=int, default=10,
                          help="images per batch of the typicality test (default 10)")
     anomaly.add_argument("--data-dir")

@@ -141,7 +141,8 @@ def test_hard_direction_is_detected_where_log_likelihood_is_inverted(speckle_run
     run, out = speckle_run / "run", speckle_run / "out"
     blank, dense = f"file:{speckle_run / 'blank.npz'}", f"file:{speckle_run / 'dense.npz'}"
     assert main(["anomaly", str(run), "--against", blank, dense, "--limit", "300",
-                 "--num-samples", "20", "--regret-steps", "20", "--background",
+                 "--num-samples", "20", "--regret-steps", "20", "--regret-draws", "8",
+                 "--background",
                  "--background-epochs", "1", "--out", str(out)]) == 0
     captured = capsys.readouterr()
     report = json.loads((out / "anomaly.json").read_text())
