@@ -32,6 +32,27 @@ PRIORS = ("normal", "mixture", "vamp", "flow")
 #: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
 #: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
 MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
+#: The recipes shipped with the library (the repository's ``models/``, linked into the package).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``pyro-vae train NAME`` trains one)."""
+    return sorted(path.stem for path in RECIPES.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself if it is a file, else the packaged recipe of that
+    name (with or without ``.toml``); a :class:`ConfigError` saying what exists otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(f"recipe {name_or_path} is neither a TOML file nor a packaged recipe; "
+                      "give the path of a recipe, or one of the names `pyro-vae recipes` lists."
+                      + _suggestion(path.stem, recipe_names()))
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -215,10 +236,14 @@ class TrainConfig:
     on_nan: str = "stop"
     #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
     aux_loss_weight: float = 50.0
+    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
+    #: set, else 1, the fastest for these models on a machine shared with other jobs.
+    threads: int = 0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
+        _positive("train", "threads", self.threads, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
@@ -247,9 +272,13 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
+    #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
+    latent_map: str = "tsne"
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:

@@ -216,16 +216,34 @@ def project_2d(points: torch.Tensor) -> tuple[np.ndarray, str]:
     return (centred @ v[:2].T).numpy(), "first two principal components of μ(x)"
 
 
+def tsne_2d(points: torch.Tensor, seed: int = 0) -> tuple[np.ndarray, str]:
+    """A 2-D t-SNE embedding (scikit-learn, perplexity 30 or less for few points, PCA start)."""
+    from sklearn.manifold import TSNE
+
+    points = points.detach().float().cpu().numpy()
+    perplexity = min(30.0, (len(points) - 1) / 3)
+    xy = TSNE(2, perplexity=perplexity, init="pca", max_iter=500,
+              random_state=seed).fit_transform(points)
+    return xy, f"t-SNE of μ(x) (perplexity {perplexity:.0f})"
+
+
 @torch.no_grad()
 def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
-                    max_points: int = 5000) -> None:
+                    max_points: int = 5000, method: str = "tsne",
+                    tsne_points: int = 1000) -> None:
+    """Test encodings μ(x) coloured by label: z itself when D ≤ 2; for D > 2 a t-SNE map of the
+    first ``tsne_points`` (``method="tsne"``: clusters that PCA would overlap, a few seconds)
+    or the first two principal components of the first ``max_points`` (``"pca"``: instant)."""
     if len(x) < 3:
         return  # too few points for a map
     loc = vae.posterior(x[:max_points]).mean
-    xy, label = project_2d(loc)
+    if method == "tsne" and loc.shape[1] > 2 and len(loc) > 6:
+        xy, label = tsne_2d(loc[:tsne_points])
+    else:
+        xy, label = project_2d(loc)
     figure, axis = subplots(figsize=(5.5, 4.5))
     if y is not None:
-        labels = y[:max_points].cpu().numpy()
+        labels = y[:len(xy)].cpu().numpy()
         scatter = axis.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8,
                                vmin=-0.5, vmax=9.5)
         figure.colorbar(scatter, ax=axis, ticks=range(10), label="label")

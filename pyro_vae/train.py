@@ -62,9 +62,14 @@ class KLSchedule:
 
 
 class Progress:
-    """Hooks the CLI fills in to show progress; the library itself never prints."""
+    """Hooks the CLI fills in to show progress and log experiments; the library itself never
+    prints. ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
+    validation points) once, before the first epoch; ``end_epoch`` gets each epoch's row of
+    ``metrics.jsonl``."""
 
     def start_epochs(self, first: int, last: int) -> None: ...
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+              image_shape: tuple[int, int, int]) -> None: ...
     def start_epoch(self, epoch: int, num_batches: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def end_epoch(self, metrics: dict[str, Any]) -> None: ...
@@ -370,6 +375,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     monitor_x = monitor_x[:MONITOR_POINTS]
     monitor_y = None if monitor_y is None else monitor_y[:MONITOR_POINTS]
     progress.start_epochs(start_epoch, config.train.epochs)
+    progress.watch(vae, monitor_x, monitor_y, data.image_shape)
     epoch = start_epoch
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # Non-finite losses are detected and explained below; Pyro's own warning is noise.
@@ -471,18 +477,20 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
     else:
-        write_pictures(vae, data, run_dir, history)
+        write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)
     return summary
 
 
-def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]) -> None:
+def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict],
+                   latent_map: str = "tsne") -> None:
     """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``,
     ``elbo.png`` and ``kl.png``."""
     shape = data.image_shape
     plots.save_samples(run_dir / "samples.png", vae, shape, reference=data.test_x)
     plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
     plots.save_interpolation(run_dir / "interpolation.png", vae, data.test_x, shape)
-    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y)
+    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y,
+                          method=latent_map)
     if history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
         plots.save_kl_curves(run_dir / "kl.png", history)
