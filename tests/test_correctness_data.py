@@ -139,8 +139,8 @@ def test_vector_data_stay_vectors(tmp_path, capsys, monkeypatch):
     grids = []
     monkeypatch.setattr(plots, "save_image_grid", lambda *a, **k: grids.append(a))
     code, _, _ = run_cli(capsys, "train", "--dataset", f"file:{path}", "--likelihood",
-                         "gaussian", "--epochs", "1", "--eval-samples", "10", "--out",
-                         tmp_path / "r")
+                         "gaussian", "--latent-dim", "2", "--epochs", "1", "--eval-samples",
+                         "10", "--out", tmp_path / "r")
     assert code == 0 and not grids  # scatter plots, no image grids
     for name in ("samples.png", "reconstructions.png", "interpolation.png", "latent.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0
