@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $PYRO_VAE_DATA_DIR, else ./data)")
     train.add_argument("--download", action="store_true", default=None,
                        help="download MNIST/Fashion-MNIST with torchvision if missing")
-    train.add_argument("--binarize", choices=["dynamic", "static", "none"],
-                       help="dynamic: fresh Bernoulli draw per epoch; static: one fixed draw")
+    train.add_argument("--binarize", choices=["auto", "dynamic", "static", "none"],
+                       help="auto (default): dynamic for the Bernoulli likelihood, none for "
+                       "the others; dynamic: fresh Bernoulli draw per epoch; static: one draw")
     train.add_argument("--epochs", type=int, help="number of passes over the training split")
     train.add_argument("--batch-size", type=int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
@@ -311,7 +312,10 @@ def _format_summary(summary: dict[str, Any]) -> str:
         f"{summary['num_test_datapoints']} datapoints)",
         f"ELBO: {summary['test_elbo']:.3f} ± {summary['test_elbo_stderr']:.3f} nats",
         f"log p(x), K={summary['num_importance_samples']} importance samples: "
-        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats",
+        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats"
+        + (f" (± over test points; Monte Carlo error ± "
+           f"{summary['test_log_likelihood_mc_stderr']:.3f})"
+           if summary.get("test_log_likelihood_mc_stderr") is not None else ""),
         f"active units: {summary['active_units']} of {summary['latent_dim']}",
     ]
     if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
@@ -360,6 +364,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
+        "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         "score_name": getattr(vae, "score_name", "log p(x)"),
         **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
@@ -374,7 +379,8 @@ def command_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from pyro_vae.plots import save_image_grid
+    from pyro_vae.data import data_shape, is_vector_shape
+    from pyro_vae.plots import save_image_grid, save_vector_scatter
     from pyro_vae.runs import atomic_write_bytes, load_trained
 
     _positive_flag("n", args.n)
@@ -399,13 +405,15 @@ def command_sample(args: argparse.Namespace) -> int:
         with torch.no_grad():
             means = vae.label_grid(columns)
         title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
-    if out.suffix == ".png":
+    if out.suffix == ".png" and is_vector_shape(shape):  # vectors: a scatter, not a picture
+        save_vector_scatter(out, draws, None, f"draws x ~ p(x) ({config.data.dataset})")
+    elif out.suffix == ".png":
         save_image_grid(out, means, shape, columns, title)
     else:
         import io
-        buffer = io.BytesIO()
-        np.savez(buffer, x=draws.reshape(args.n, *shape).numpy(),
-                 mean=means.reshape(args.n, *shape).numpy(), z=z.numpy())
+        buffer = io.BytesIO()  # the data's own layout: (N, D) for vectors, (N, C, H, W) else
+        np.savez(buffer, x=draws.reshape(args.n, *data_shape(shape)).numpy(),
+                 mean=means.reshape(args.n, *data_shape(shape)).numpy(), z=z.numpy())
         atomic_write_bytes(out, buffer.getvalue())
     print(f"wrote {len(means)} samples to {out}")
     return 0

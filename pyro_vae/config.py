@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from pyro_vae.errors import ConfigError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
-BINARIZATIONS = ("dynamic", "static", "none")
+BINARIZATIONS = ("auto", "dynamic", "static", "none")
 NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
@@ -84,8 +84,10 @@ class DataConfig:
     dataset: str = "digits"
     #: Folder holding the MNIST-family files; default: $PYRO_VAE_DATA_DIR, else ``./data``.
     data_dir: str | None = None
-    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw) or ``none``.
-    binarize: str = "dynamic"
+    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw), ``none``,
+    #: or ``auto``: ``dynamic`` for a Bernoulli likelihood, ``none`` for the others (which
+    #: model intensities or real values and are never binarized).
+    binarize: str = "auto"
     #: Fraction of the training split held out for validation (0 disables validation).
     validation_fraction: float = 0.1
     #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
@@ -119,6 +121,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
     gaussian_scale: float | str = "learned"
+    #: Gaussian likelihood: decode in standardized units (the training split's per-pixel mean
+    #: and overall standard deviation, saved with the weights); log p(x) stays in data units.
+    standardize: bool = True
     #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
     #: is then the size of z1 and the two keys below describe z2 and the nets between them.
     stochastic_layers: int = 1
@@ -297,9 +302,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    @property
+    def binarization(self) -> str:
+        """``[data] binarize`` with ``auto`` resolved by the likelihood."""
+        if self.data.binarize != "auto":
+            return self.data.binarize
+        return "dynamic" if self.model.likelihood == "bernoulli" else "none"
+
     def validate(self) -> "Config":
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.data.binarize in ("dynamic", "static") and self.model.likelihood != "bernoulli":
+            raise ConfigError(
+                f"[data] binarize = \"{self.data.binarize}\" turns the data into coin flips, "
+                f"but likelihood = \"{self.model.likelihood}\" models intensities or real "
+                "values and would fit those coin flips instead of the data. Leave binarize at "
+                "\"auto\" (or \"none\") with this likelihood, or use likelihood = "
+                "\"bernoulli\" for binary data.")
         if self.model.stochastic_layers == 2 and self.train.objective in ("meanfield", "dreg",
                                                                            "stl"):
             raise ConfigError(
