@@ -387,7 +387,7 @@ def _sample_labels(args: argparse.Namespace, config, vae):
                           "completions are in RUN_DIR/completions.png.")
     if args.label is None:
         return None
-    if config.model.kind == "vae":
+    if config.model.kind in ("vae", "discrete"):
         raise ConfigError(f"--label {args.label}: {args.run_dir} holds an unconditional VAE, "
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")

@@ -50,10 +50,11 @@ OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vim
 #: Objectives for models with discrete latent sites (``[model] kind = "discrete"``).
 DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
 
-__all__ = ["ConcreteELBO", "DISCRETE_OBJECTIVES", "DReG", "EnumeratedELBO",
-           "StraightThroughELBO", "TemperatureSchedule", "VIMCO", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
+__all__ = ["DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
            "OBJECTIVES", "ObjectiveModule", "PerDatapointObjective", "RenyiBound", "STL",
            "ScoreFunctionELBO", "free_bits_penalty", "make_objective"]
+__all__ += ["ConcreteELBO", "DISCRETE_OBJECTIVES", "EnumeratedELBO", "StraightThroughELBO",
+            "TemperatureSchedule", "VIMCO"]
 
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
@@ -62,8 +63,9 @@ def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
     """The objective called ``name`` (see the table above) with ``particles`` samples each.
 
     ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
-    ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one after another (for
-    models whose global sites cannot take a particle dimension, like a Bayesian decoder).
+    ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
+    after another (for models whose global sites cannot take a particle dimension, like a
+    Bayesian decoder).
     """
     if name in ("elbo", "meanfield"):
         cls = FastTrace_ELBO if name == "elbo" else FastTraceMeanField_ELBO
