@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import torch
 
 from pyro_vae.config import MAX_ENUMERATED_CODES
-from pyro_vae.objectives import PerDatapointObjective, make_objective
+from pyro_vae.objectives import PerDatapointObjective, is_lower_bound, make_objective
 
 #: Objectives with a temperature, measured at each of the lab's temperatures.
 RELAXED = ("concrete", "straight_through")
@@ -61,6 +61,9 @@ class EstimatorReport:
     decoder_grad_variance: float
     decoder_snr: float
     ms_per_step: float
+    #: Whether the objective is a lower bound on log p(x) in expectation (Rényi with α < 0
+    #: is not: it can lie above log p(x)).
+    lower_bound: bool = True
     #: Relative bias of the mean gradient against the exact one (discrete, enumerable models).
     encoder_bias: float | None = None
     decoder_bias: float | None = None
@@ -145,6 +148,7 @@ def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
         encoder_grad_variance=encoder_variance, encoder_snr=encoder_snr,
         decoder_grad_variance=decoder_variance, decoder_snr=decoder_snr,
         ms_per_step=1000 * float(torch.tensor(seconds).median()),
+        lower_bound=is_lower_bound(objective_name, alpha),
         encoder_bias=biases[0], decoder_bias=biases[1])
 
 
@@ -184,12 +188,14 @@ def reports_to_csv(reports: Sequence[EstimatorReport]) -> str:
 
 def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
     with_bias = any(r.encoder_bias is not None for r in reports)
-    lines = ["| objective | K | bound (nats) | encoder SNR | decoder SNR | encoder grad var | "
-             "decoder grad var | ms/step |" + (" encoder bias | decoder bias |" if with_bias
-                                              else ""),
+    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | "
+             "encoder SNR | decoder SNR | encoder grad var | decoder grad var | ms/step |"
+             + (" encoder bias | decoder bias |" if with_bias else ""),
              "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_bias else "")]
     for r in reports:
-        line = (f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f} "
+        mark = "" if r.lower_bound else " (not a lower bound)"
+        line = (f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f}"
+                f"{mark} "
                 f"| {r.encoder_snr:.3f} | {r.decoder_snr:.3f} | "
                 f"{r.encoder_grad_variance:.3g} | {r.decoder_grad_variance:.3g} | "
                 f"{r.ms_per_step:.1f} |")
