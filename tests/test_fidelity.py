@@ -26,7 +26,7 @@ def digits():
 @pytest.fixture(scope="module")
 def classifier(digits):
     return fidelity.fit_label_classifier(digits.train_x, digits.train_y, NUM_CLASSES,
-                                         digits.test_x, digits.test_y, steps=500)
+                                         digits.test_x, digits.test_y)
 
 
 class _Sampler:
