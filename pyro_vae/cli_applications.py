@@ -139,6 +139,14 @@ def command_anomaly(args: argparse.Namespace) -> int:
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
     others = {name: _load(args.run_dir, args.data_dir, name)[2] for name in args.against}
+    if "regret" in scores:
+        try:
+            anomaly.check_regret_supported(vae, data.test_x[:1])
+        except ConfigError as error:
+            if args.score:  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "regret")
+            print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     make_run_dir(out)
 
