@@ -121,7 +121,6 @@ def command_anomaly(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.runs import make_run_dir, write_json
 
@@ -238,7 +237,6 @@ def _background_model(config, data, run_dir: Path, settings):
     import json
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.runs import load_trained, write_json
 
     stamp_path = run_dir / "perturbation.json"
