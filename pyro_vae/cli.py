@@ -568,7 +568,8 @@ COMMANDS = {"train": command_train, "recipes": command_recipes, "evaluate": comm
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        apply_threads(args.threads)  # train applies its recipe's value once it has read it
+        if args.command != "recipes":  # train applies its recipe's value once it has read it
+            apply_threads(args.threads)
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
