@@ -323,6 +323,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     if hasattr(vae.prior, "initialize_from"):  # VampPrior: pseudo-inputs start at real images
         _initialize_pseudo_inputs(vae, data)
+    # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
+    vae.start_output_bias(data.train_x)
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none")
     splits = None

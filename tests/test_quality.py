@@ -1,0 +1,106 @@
+"""Defaults that decide published quality: the decoder's output-bias start at the data."""
+
+import pytest
+import torch
+
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.likelihoods import (MEAN_CLAMP, ContinuousBernoulliLikelihood,
+                                  continuous_bernoulli_mean)
+from pyro_vae.models import build_vae
+from pyro_vae.networks import output_layer
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.train import prepare_data, train
+
+IMAGE = (1, 4, 4)
+
+
+def _binary_data(count: int = 300) -> torch.Tensor:
+    """Binary images whose pixel means span 0 (never on) to 1 (always on)."""
+    generator = torch.Generator().manual_seed(0)
+    probabilities = torch.linspace(0, 1, 16)
+    return torch.bernoulli(probabilities.expand(count, 16), generator=generator)
+
+
+def _mean_logit(x: torch.Tensor) -> torch.Tensor:
+    return torch.logit(x.mean(0).clamp(MEAN_CLAMP, 1 - MEAN_CLAMP))
+
+
+MODELS = {
+    "vae": ModelConfig(hidden_dims=[8], latent_dim=2),
+    "two_layer": ModelConfig(hidden_dims=[8], latent_dim=3, stochastic_layers=2,
+                             top_hidden_dims=[6], top_latent_dim=2),
+    "cvae": ModelConfig(kind="cvae", hidden_dims=[8], latent_dim=2, num_classes=3),
+    "m2": ModelConfig(kind="m2", hidden_dims=[8], latent_dim=2, num_classes=3),
+    "quadrant_cvae": ModelConfig(kind="quadrant_cvae", hidden_dims=[8], latent_dim=2),
+    "quadrant_baseline": ModelConfig(kind="quadrant_baseline", hidden_dims=[8]),
+    "bayesian_all": ModelConfig(hidden_dims=[8], latent_dim=2, bayesian_decoder="all"),
+    "bayesian_last": ModelConfig(hidden_dims=[8], latent_dim=2, bayesian_decoder="last"),
+    "vamp": ModelConfig(hidden_dims=[8], latent_dim=2, prior="vamp", prior_components=4),
+}
+
+
+def _decoded_background(vae, x: torch.Tensor) -> torch.Tensor:
+    """The decoder's output at zero hidden activity: the output layer's bias."""
+    if hasattr(vae, "weight_posterior") and "net.2.bias" in vae.weight_posterior.names:
+        return vae.weight_posterior.mean()["net.2.bias"]
+    return output_layer(vae.decoder).bias.detach()
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_every_decoder_starts_its_output_bias_at_the_mean_logit(kind):
+    config = MODELS[kind]
+    vae = build_vae(config, IMAGE, num_data=300)
+    x = _binary_data()
+    value = vae.start_output_bias(x)
+    expected = _mean_logit(x)
+    assert torch.allclose(value, expected) and torch.allclose(_decoded_background(vae, x),
+                                                              expected)
+    # The clamp keeps never-on and always-on pixels finite, at ∓logit(1 − ε).
+    assert value[0] == pytest.approx(-6.9068, abs=1e-3)
+    assert value[-1] == pytest.approx(6.9068, abs=1e-3)
+
+
+def test_gaussian_and_continuous_bernoulli_starts_have_the_data_mean():
+    x = torch.rand(200, 16, generator=torch.Generator().manual_seed(1)) * torch.linspace(0, 1, 16)
+    gaussian = build_vae(ModelConfig(hidden_dims=[8], latent_dim=2, likelihood="gaussian"),
+                         IMAGE)
+    assert torch.allclose(gaussian.start_output_bias(x), x.mean(0))
+    cb = build_vae(ModelConfig(hidden_dims=[8], latent_dim=2,
+                               likelihood="continuous_bernoulli"), IMAGE)
+    logits = cb.start_output_bias(x)
+    # Where the mean is reachable within the logit bound, the CB mean equals the data mean.
+    reachable = (x.mean(0) > 0.15) & (x.mean(0) < 0.85)
+    assert reachable.sum() >= 8
+    assert torch.allclose(continuous_bernoulli_mean(logits.double()).float()[reachable],
+                          x.mean(0)[reachable], atol=1e-5)
+    assert torch.allclose(ContinuousBernoulliLikelihood().mean(logits)[reachable],
+                          x.mean(0)[reachable], atol=1e-4)
+
+
+def test_conv_decoder_starts_its_channel_bias_at_the_mean_logit():
+    vae = build_vae(ModelConfig(network="conv", hidden_dims=[16], latent_dim=2), (1, 8, 8))
+    x = torch.bernoulli(torch.full((100, 64), 0.2), generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(vae.start_output_bias(x), torch.logit(x.mean()).reshape(1))
+
+
+def test_training_starts_at_the_data_and_resumes_exactly(tmp_path):
+    config = Config().with_overrides({
+        "model": {"hidden_dims": [16], "latent_dim": 2},
+        "train": {"epochs": 1, "batch_size": 256},
+        "evaluate": {"num_samples": 8},
+    })
+    # After an epoch the bias is still within Adam's reach (about lr per step) of the mean
+    # logit of the training images: train() started it there.
+    train(config, tmp_path / "one")
+    saved = load_checkpoint(tmp_path / "one" / "checkpoint.pt")
+    expected = _mean_logit(prepare_data(config).train_x)
+    moved = (saved["model"]["decoder.net.2.bias"] - expected).abs().max()
+    assert moved <= saved["step"] * config.train.learning_rate * 1.5
+    assert expected.abs().max() > 5  # far from the zero start: the check can fail
+    # Resuming loads the trained bias instead of starting it again: exact continuation.
+    train(config.with_overrides({"train": {"epochs": 2}}), tmp_path / "one", resume=True)
+    train(config.with_overrides({"train": {"epochs": 2}}), tmp_path / "two")
+    resumed = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]
+    straight = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]
+    for key, value in straight.items():
+        assert torch.equal(value, resumed[key]), key
