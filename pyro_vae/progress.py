@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -88,3 +89,8 @@ class TqdmProgress(Progress):
     def end_evaluation(self) -> None:
         if self.evaluation is not None:
             self.evaluation.close()
+
+    def warn(self, message: str) -> None:
+        """A warning (e.g. posterior collapse) on stderr, above the bars."""
+        if not self.quiet:
+            tqdm.write(f"warning: {message}", file=sys.stderr)

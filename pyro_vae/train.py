@@ -41,6 +41,8 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
 MONITOR_POINTS = 1000
+#: A total KL(q(z|x) ‖ p(z)) below this many nats per datapoint means the code carries nothing.
+COLLAPSE_KL = 0.01
 
 
 @dataclass
@@ -70,6 +72,7 @@ class Progress:
     def start_evaluation(self, num_datapoints: int, num_samples: int) -> None: ...
     def evaluated(self, num_datapoints: int) -> None: ...
     def end_evaluation(self) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -212,6 +215,25 @@ def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
     labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
     activity = latent_activity(vae, x, y if labelled else None)
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
+
+
+def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
+    """A warning with what to try if the epoch's diagnostics show posterior collapse.
+
+    Collapse: the mean KL(q(z|x) ‖ p(z)) below :data:`COLLAPSE_KL` nats, or no active unit
+    (no latent dimension whose posterior mean varies with x). ``None`` when the code is in use
+    or the model has no latent code.
+    """
+    if not activity or (activity["kl"] >= COLLAPSE_KL and activity["active_units"] > 0):
+        return None
+    return (f"posterior collapse after epoch {epoch}: KL(q(z|x) || p(z)) = {activity['kl']:.4f} "
+            f"nats per datapoint and {activity['active_units']} active latent units, so the "
+            "decoder ignores z. What to try: a decoder that starts at the data (train() starts "
+            "the output bias at the mean training image; call vae.start_output_bias(train_x) "
+            "on a model you train yourself), which alone kept the MNIST VampPrior from "
+            "collapsing where KL warm-up, a lower learning rate and other encoder scales did "
+            "not; then --free-bits 0.1 (a KL floor per dimension), --kl-warmup-epochs 5, "
+            "--beta below 1, or a smaller decoder.")
 
 
 def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
@@ -401,11 +423,12 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             train_seconds += time.perf_counter() - started
             vae.eval()
             activity = _collapse_diagnostics(config, vae, monitor_x, monitor_y)
+            warning = collapse_warning(epoch + 1, activity)
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk,
                                                        _model_labels(vae, data.valid_y)),
-                   **activity,
+                   **activity, "collapse_warning": warning,
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
@@ -416,6 +439,10 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             distributed.on_main(group, functools.partial(
                 _write_epoch, run_dir, payload, config, history, epoch == start_epoch))
             progress.end_epoch(row)
+            # Shown when collapse starts (recorded in every row while it lasts).
+            if warning is not None and not (len(history) > 1
+                                            and history[-2].get("collapse_warning")):
+                progress.warn(warning)
             epoch += 1
         vae.eval()
         if not is_main:  # rank 0 scores the test split and writes the summary and pictures

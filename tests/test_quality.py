@@ -1,7 +1,13 @@
 """Defaults that decide published quality: the decoder's output-bias start at the data."""
 
+import importlib
+import json
+
+import numpy as np
 import pytest
 import torch
+
+from pyro_vae.cli import main
 
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.likelihoods import (MEAN_CLAMP, ContinuousBernoulliLikelihood,
@@ -9,9 +15,17 @@ from pyro_vae.likelihoods import (MEAN_CLAMP, ContinuousBernoulliLikelihood,
 from pyro_vae.models import build_vae
 from pyro_vae.networks import output_layer
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.train import prepare_data, train
+from pyro_vae.train import COLLAPSE_KL, collapse_warning, prepare_data, train
 
 IMAGE = (1, 4, 4)
+#: The module (``pyro_vae.train`` the attribute is the function of the same name).
+train_module = importlib.import_module("pyro_vae.train")
+
+
+@pytest.fixture
+def no_pictures(monkeypatch):
+    """Training runs here are about numbers; drawing their PNGs would triple their time."""
+    monkeypatch.setattr(train_module, "write_pictures", lambda *args: None)
 
 
 def _binary_data(count: int = 300) -> torch.Tensor:
@@ -83,11 +97,13 @@ def test_conv_decoder_starts_its_channel_bias_at_the_mean_logit():
     assert torch.allclose(vae.start_output_bias(x), torch.logit(x.mean()).reshape(1))
 
 
-def test_training_starts_at_the_data_and_resumes_exactly(tmp_path):
+def test_training_starts_at_the_data_and_resumes_exactly(tmp_path, no_pictures):
+    np.savez(tmp_path / "data.npz", x=_binary_data().numpy())
     config = Config().with_overrides({
-        "model": {"hidden_dims": [16], "latent_dim": 2},
-        "train": {"epochs": 1, "batch_size": 256},
-        "evaluate": {"num_samples": 8},
+        "data": {"dataset": f"file:{tmp_path / 'data.npz'}", "validation_fraction": 0.1},
+        "model": {"hidden_dims": [8], "latent_dim": 2},
+        "train": {"epochs": 1, "batch_size": 50},
+        "evaluate": {"num_samples": 4},
     })
     # After an epoch the bias is still within Adam's reach (about lr per step) of the mean
     # logit of the training images: train() started it there.
@@ -98,9 +114,39 @@ def test_training_starts_at_the_data_and_resumes_exactly(tmp_path):
     assert moved <= saved["step"] * config.train.learning_rate * 1.5
     assert expected.abs().max() > 5  # far from the zero start: the check can fail
     # Resuming loads the trained bias instead of starting it again: exact continuation.
-    train(config.with_overrides({"train": {"epochs": 2}}), tmp_path / "one", resume=True)
-    train(config.with_overrides({"train": {"epochs": 2}}), tmp_path / "two")
+    two = config.with_overrides({"train": {"epochs": 2}})
+    train(two, tmp_path / "one", resume=True)
+    train(two, tmp_path / "two")
     resumed = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["model"]
     straight = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["model"]
     for key, value in straight.items():
         assert torch.equal(value, resumed[key]), key
+
+
+# --- the posterior-collapse warning -------------------------------------------------------
+
+def test_collapse_warning_flags_a_tiny_kl_or_no_active_unit():
+    assert collapse_warning(1, {"kl": 3.2, "active_units": 2}) is None
+    assert collapse_warning(1, {}) is None  # a model without a latent code
+    tiny = collapse_warning(1, {"kl": 0.004, "active_units": 3})
+    assert "epoch 1" in tiny and "0.0040 nats" in tiny and "--free-bits" in tiny
+    assert "3 active latent units" in tiny
+    inactive = collapse_warning(4, {"kl": 0.5, "active_units": 0})
+    assert "epoch 4" in inactive and "0 active latent units" in inactive
+    assert collapse_warning(1, {"kl": COLLAPSE_KL, "active_units": 1}) is None
+
+
+def test_collapsed_run_warns_on_the_cli_and_records_it_in_the_metrics(tmp_path, capsys,
+                                                                      no_pictures):
+    # Identical images: E_q[z|x] cannot vary with x, so no unit is active after epoch 1.
+    image = (np.arange(16) % 3 == 0).astype(np.float32)
+    np.savez(tmp_path / "same.npz", x=np.tile(image, (200, 1)))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"file:{tmp_path / 'same.npz'}", "--epochs", "2",
+                 "--latent-dim", "2", "--batch-size", "100", "--eval-samples", "4",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    # Shown once when it starts, recorded in every epoch's row while it lasts.
+    assert err.count("warning: posterior collapse") == 1 and "after epoch 1" in err
+    for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        assert row["active_units"] == 0 and "posterior collapse" in row["collapse_warning"]
