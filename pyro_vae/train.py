@@ -236,6 +236,11 @@ def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
             "--beta below 1, or a smaller decoder.")
 
 
+def _classifier_input(config: Config, data: ImageData, split: str) -> dict[str, torch.Tensor]:
+    """M2's classifier reads a split's grey images (the likelihood their binarized draw)."""
+    return {"classifier_x": data.grey(split)} if config.model.kind == "m2" else {}
+
+
 def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
     """The labels a conditional model is called with (``None`` for the others)."""
     return y if getattr(vae, "conditional", False) else None
@@ -402,9 +407,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             try:
                 if splits is not None:  # semi-supervised M2
                     from pyro_vae.semisupervised import train_epoch
+                    grey = data.grey("train")  # the classifier reads the grey images
                     train_elbo, new_step = train_epoch(
                         module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
-                        x_train[splits[1]], config.train.batch_size, schedule, step, progress)
+                        x_train[splits[1]], config.train.batch_size, schedule, step, progress,
+                        grey[splits[0]], grey[splits[1]])
                 else:
                     train_elbo, new_step = _train_epoch(
                         module, optimizer, x_train, config.train.batch_size, schedule, step,
@@ -481,7 +488,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
-        **(vae.test_summary(data.test_x, data.test_y) if hasattr(vae, "test_summary") else {}),
+        **(vae.test_summary(data.test_x, data.test_y, **_classifier_input(config, data, "test"))
+           if hasattr(vae, "test_summary") else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }

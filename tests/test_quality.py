@@ -1,20 +1,28 @@
-"""Defaults that decide published quality: the decoder's output-bias start at the data."""
+"""Defaults that decide published quality: the decoder's output-bias start at the data, the
+posterior-collapse warning, M2's per-step classification weight and grey classifier input."""
 
 import importlib
 import json
 
 import numpy as np
+import pyro
 import pytest
 import torch
+import torch.nn.functional as F
+from pyro import poutine
+from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.cli import main
 
 from pyro_vae.config import Config, ModelConfig
+from pyro_vae.data import ImageData, binarize_fixed
 from pyro_vae.likelihoods import (MEAN_CLAMP, ContinuousBernoulliLikelihood,
                                   continuous_bernoulli_mean)
 from pyro_vae.models import build_vae
 from pyro_vae.networks import output_layer
+from pyro_vae.objectives import ObjectiveModule
 from pyro_vae.runs import load_checkpoint
+from pyro_vae.semisupervised import build_m2
 from pyro_vae.train import COLLAPSE_KL, collapse_warning, prepare_data, train
 
 IMAGE = (1, 4, 4)
@@ -150,3 +158,57 @@ def test_collapsed_run_warns_on_the_cli_and_records_it_in_the_metrics(tmp_path, 
     assert err.count("warning: posterior collapse") == 1 and "after epoch 1" in err
     for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
         assert row["active_units"] == 0 and "posterior collapse" in row["collapse_warning"]
+
+
+# --- M2: the auxiliary classification weight per step, grey classifier input -------------
+
+def _classifier_grads(vae, loss: torch.Tensor) -> list[torch.Tensor]:
+    return torch.autograd.grad(loss, list(vae.classifier.parameters()), allow_unused=True)
+
+
+@pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+def test_m2_aux_weight_is_alpha_unlabelled_points_per_labelled_point_in_a_step():
+    alpha, num_labelled, num_unlabelled, batch = 5.0, 10, 990, 30
+    vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+                   (1, 2, 2), aux_loss_weight=alpha)
+    vae.set_split_sizes(num_labelled, num_unlabelled, batch)
+    module = ObjectiveModule(vae, TraceEnum_ELBO(max_plate_nesting=1))
+    generator = torch.Generator().manual_seed(4)
+    x_l, y_l = torch.rand(5, 4, generator=generator).round(), torch.tensor([0, 1, 2, 0, 1])
+    x_u = torch.rand(batch, 4, generator=generator).round()
+    unlabelled_weight = num_unlabelled / batch  # an unlabelled point's weight in the step
+    # Labelled batch: the classifier's only term is y_aux, α·N_u/B_u per point.
+    labelled = _classifier_grads(vae, module(x_l, y_l))
+    by_hand = _classifier_grads(vae, F.cross_entropy(vae.classifier(x_l), y_l, reduction="sum"))
+    for got, one in zip(labelled, by_hand):
+        assert torch.allclose(got, alpha * unlabelled_weight * one, rtol=1e-4, atol=1e-6)
+    # Unlabelled batch: each point's −U(x) weighs N_u/B_u (the same z draws with one seed).
+    pyro.set_rng_seed(5)
+    scaled = _classifier_grads(vae, module(x_u))
+    with vae.scoring():
+        pyro.set_rng_seed(5)
+        unscaled = _classifier_grads(vae, module(x_u))
+    for got, one in zip(scaled, unscaled):
+        assert torch.allclose(got, unlabelled_weight * one, rtol=1e-4, atol=1e-6)
+    # Labelled per-point ELBO keeps its whole-data weight N_l/B_l (the aux term is extra).
+    trace = poutine.trace(vae.model).get_trace(x_l, y_l)
+    assert trace.nodes["x"]["scale"] == pytest.approx(num_labelled / 5)
+    assert trace.nodes["y_aux"]["scale"] == pytest.approx(alpha * unlabelled_weight)
+
+
+def test_m2_classifier_reads_the_grey_images_and_data_keep_them():
+    vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+                   (1, 2, 2))
+    vae.set_split_sizes(10, 90, 5)
+    grey = torch.rand(5, 4, generator=torch.Generator().manual_seed(6))
+    x, y = torch.bernoulli(grey), torch.tensor([0, 1, 2, 0, 1])
+    logits = poutine.trace(vae.model).get_trace(x, y, classifier_x=grey).nodes["y_aux"]["fn"]
+    assert torch.allclose(logits.logits, torch.log_softmax(vae.classifier(grey), -1))
+    with poutine.enum(first_available_dim=-2):
+        q_y = poutine.trace(vae.guide).get_trace(x, classifier_x=grey).nodes["y"]["fn"]
+    assert torch.allclose(q_y.logits, torch.log_softmax(vae.classifier(grey), -1))
+    data = ImageData("toy", (1, 2, 2), grey, None, grey[:2], None, grey[2:], None)
+    fixed = binarize_fixed(data, ("validation", "test"))
+    assert set(torch.unique(fixed.test_x).tolist()) <= {0.0, 1.0}
+    assert torch.equal(fixed.grey("test"), grey[2:]) and torch.equal(fixed.grey("train"), grey)
+    assert torch.equal(fixed.to("cpu").grey("validation"), grey[:2])
