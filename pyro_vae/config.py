@@ -21,17 +21,45 @@ from typing import Any, Mapping
 from pyro_vae.errors import ConfigError
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
-BINARIZATIONS = ("dynamic", "static", "none")
+BINARIZATIONS = ("auto", "dynamic", "static", "none")
 NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vimco",
+              "concrete", "straight_through", "enumerate")
+#: The objectives of ``kind = "discrete"`` (no reparameterizable sample), and those only it has.
+DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
+DISCRETE_ONLY_OBJECTIVES = ("concrete", "straight_through", "enumerate")
+#: Largest number of codes C^K that objective ``enumerate`` sums over.
+MAX_ENUMERATED_CODES = 1024
 DEVICES = ("cpu", "cuda")
 PRIORS = ("normal", "mixture", "vamp", "flow")
 #: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
 #: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
-MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
+#: ``discrete``: K categorical latents of C classes (pyro_vae.discrete).
+MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae", "discrete")
+#: The recipes shipped with the library (the repository's ``models/``, linked into the package).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``pyro-vae train NAME`` trains one)."""
+    return sorted(path.stem for path in RECIPES.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself if it is a file, else the packaged recipe of that
+    name (with or without ``.toml``); a :class:`ConfigError` saying what exists otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(f"recipe {name_or_path} is neither a TOML file nor a packaged recipe; "
+                      "give the path of a recipe, or one of the names `pyro-vae recipes` lists."
+                      + _suggestion(path.stem, recipe_names()))
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -63,8 +91,10 @@ class DataConfig:
     dataset: str = "digits"
     #: Folder holding the MNIST-family files; default: $PYRO_VAE_DATA_DIR, else ``./data``.
     data_dir: str | None = None
-    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw) or ``none``.
-    binarize: str = "dynamic"
+    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw), ``none``,
+    #: or ``auto``: ``dynamic`` for a Bernoulli likelihood, ``none`` for the others (which
+    #: model intensities or real values and are never binarized).
+    binarize: str = "auto"
     #: Fraction of the training split held out for validation (0 disables validation).
     validation_fraction: float = 0.1
     #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
@@ -98,6 +128,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
     gaussian_scale: float | str = "learned"
+    #: Gaussian likelihood: decode in standardized units (the training split's per-pixel mean
+    #: and overall standard deviation, saved with the weights); log p(x) stays in data units.
+    standardize: bool = True
     #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
     #: is then the size of z1 and the two keys below describe z2 and the nets between them.
     stochastic_layers: int = 1
@@ -119,9 +152,19 @@ class ModelConfig:
     num_classes: int = 10
     #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
     quadrants: int = 1
+    #: ``discrete`` models: K categorical latent variables of C ``categories`` each (C = 2:
+    #: Bernoulli latents), with a ``uniform`` or ``learned`` prior.
+    categorical_latents: int = 20
+    categories: int = 10
+    discrete_prior: str = "uniform"
 
     def validate(self) -> None:
         _choice("model", "kind", self.kind, MODEL_KINDS)
+        _positive("model", "categorical_latents", self.categorical_latents)
+        if self.categories < 2:
+            raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
+                              "variable needs at least 2 classes (2 is a Bernoulli latent).")
+        _choice("model", "discrete_prior", self.discrete_prior, ("uniform", "learned"))
         if self.quadrants not in (1, 2, 3):
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
                               "quadrants; the model predicts the other 4 − quadrants.")
@@ -210,10 +253,19 @@ class TrainConfig:
     on_nan: str = "stop"
     #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
     aux_loss_weight: float = 50.0
+    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
+    #: set, else 1, the fastest for these models on a machine shared with other jobs.
+    threads: int = 0
+    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
+    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
+    temperature: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
+        _positive("train", "threads", self.threads, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
@@ -231,6 +283,9 @@ class TrainConfig:
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
         _choice("train", "device", self.device, DEVICES)
+        _positive("train", "temperature", self.temperature)
+        _positive("train", "temperature_min", self.temperature_min)
+        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)
 
 
 @dataclass
@@ -242,9 +297,13 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
+    #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
+    latent_map: str = "tsne"
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:
@@ -268,9 +327,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    @property
+    def binarization(self) -> str:
+        """``[data] binarize`` with ``auto`` resolved by the likelihood."""
+        if self.data.binarize != "auto":
+            return self.data.binarize
+        return "dynamic" if self.model.likelihood == "bernoulli" else "none"
+
     def validate(self) -> "Config":
         for name in SECTIONS:
             getattr(self, name).validate()
+        if self.data.binarize in ("dynamic", "static") and self.model.likelihood != "bernoulli":
+            raise ConfigError(
+                f"[data] binarize = \"{self.data.binarize}\" turns the data into coin flips, "
+                f"but likelihood = \"{self.model.likelihood}\" models intensities or real "
+                "values and would fit those coin flips instead of the data. Leave binarize at "
+                "\"auto\" (or \"none\") with this likelihood, or use likelihood = "
+                "\"bernoulli\" for binary data.")
         if self.model.stochastic_layers == 2 and self.train.objective in ("meanfield", "dreg",
                                                                            "stl"):
             raise ConfigError(
@@ -298,10 +371,36 @@ class Config:
             raise ConfigError(
                 f"[train] objective = \"{self.train.objective}\": the M2 model sums its "
                 "discrete label out with TraceEnum_ELBO; use objective = \"elbo\".")
+        self._check_discrete()
         if self.data.num_labels and self.model.kind != "m2":
             raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                               "it needs [model] kind = \"m2\".")
         return self
+
+    def _check_discrete(self) -> None:
+        objective, kind = self.train.objective, self.model.kind
+        if objective in DISCRETE_ONLY_OBJECTIVES and kind != "discrete":
+            raise ConfigError(
+                f"[train] objective = \"{objective}\" is for discrete latent variables, and "
+                f"kind = \"{kind}\" has Gaussian ones. Use it with [model] kind = "
+                "\"discrete\" (--model discrete), or choose elbo, iwae, dreg, stl, renyi or "
+                "score.")
+        if kind == "discrete" and objective not in DISCRETE_OBJECTIVES:
+            raise ConfigError(
+                f"[train] objective = \"{objective}\" differentiates through reparameterized "
+                "samples, which a discrete latent code does not have. With kind = "
+                f"\"discrete\" use one of {', '.join(DISCRETE_OBJECTIVES)}.")
+        if objective == "vimco" and self.train.particles < 2:
+            raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
+                              "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
+        codes = self.model.categories ** self.model.categorical_latents
+        if objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
+            raise ConfigError(
+                f"[train] objective = \"enumerate\" sums over all C^K = "
+                f"{self.model.categories}^{self.model.categorical_latents} codes, more than "
+                f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
+                "datapoint). Use fewer categorical_latents or categories, or a sampling "
+                "objective (score, vimco, concrete, straight_through).")
 
     def _check_free_bits(self) -> None:
         if self.train.objective not in ("elbo", "meanfield"):

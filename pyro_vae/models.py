@@ -28,6 +28,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.discrete import build_discrete_vae
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.networks import start_output_bias
 from pyro_vae.params import register_module
@@ -168,6 +169,8 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
         from pyro_vae.quadrants import build_quadrant_model
 
         return build_quadrant_model(config, image_shape, num_data)
+    if config.kind == "discrete":
+        return build_discrete_vae(config, image_shape, num_data)
     if config.kind == "m2":
         from pyro_vae.semisupervised import build_m2
 
