@@ -390,7 +390,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "score_name": getattr(vae, "score_name", "log p(x)"),
         **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
            latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
-        **(vae.test_summary(x, y) if hasattr(vae, "test_summary") else {}),
+        **(vae.test_summary(x, y, **({"classifier_x": data.grey(args.split)}
+                                     if config.model.kind == "m2" else {}))
+           if hasattr(vae, "test_summary") else {}),
     }
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0
