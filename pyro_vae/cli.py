@@ -33,6 +33,9 @@ EPILOG = """examples:
   pyro-vae gaps RUN_DIR --n 100         # approximation/amortization gaps, NUTS vs q(z|x)
 """
 
+#: What `pyro-vae train` runs with no recipe on the digits (models/digits_vae.toml).
+DEFAULT_RECIPE = "digits_vae"
+
 # command-line flag -> (recipe table, key)
 TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
@@ -261,7 +264,14 @@ def _train_config(args: argparse.Namespace):
                               "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
         return read_run_config(Path(args.out)).with_overrides(overrides)
-    config = Config.from_toml(find_recipe(args.recipe)) if args.recipe else Config()
+    if args.recipe:
+        config = Config.from_toml(find_recipe(args.recipe))
+    elif args.dataset in (None, "digits"):
+        # No recipe on the digits: the packaged default recipe (the library's defaults plus
+        # the KL warm-up the 8x8 digits need against collapse).
+        config = Config.from_toml(find_recipe(DEFAULT_RECIPE))
+    else:
+        config = Config()
     return config.with_overrides(overrides)
 
 
