@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Draw x ~ p(x): a grid picture (.png) or the raw "
                                  "samples in data space as array x (.npz, with their means).")
     sample.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
-    sample.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    sample.add_argument("--n", type=int, default=64,
+                        help="how many images (default 64); a cvae/m2 picture without --label "
+                        "shows every label in turn, --n rounded down to a multiple of the "
+                        "number of labels")
     sample.add_argument("--out", help="FILE.png or FILE.npz (default RUN_DIR/samples-N.png)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--label", type=int, help="cvae/m2: draw x ~ p(x|y) for this label "
