@@ -9,7 +9,6 @@ it cannot fit; anything the estimate misses ends in :func:`out_of_memory_error` 
 from __future__ import annotations
 
 import math
-import os
 import re
 import resource
 from typing import TYPE_CHECKING
