@@ -435,9 +435,10 @@ def read_run_config(run_dir: Path) -> Config:
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
         return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT))
     if not path.exists() and not run_files(run_dir):
-        raise CheckpointError(f"{run_dir} holds no saved run (a run stopped before its first "
-                              "epoch was saved leaves nothing to resume or read). Train into "
-                              "it without --resume.")
+        raise CheckpointError(f"{run_dir} holds no saved run (no {CONFIG} or {CHECKPOINT}: "
+                              "is it a run directory written by `pyro-vae train`? A run stopped "
+                              "before its first epoch was saved leaves nothing to resume or "
+                              "read; train into it without --resume.")
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no {CONFIG}; is it a run directory written by "
                               "`pyro-vae train`?")
