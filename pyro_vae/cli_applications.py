@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyro_vae.errors import ConfigError
+
 
 def add_application_parsers(commands) -> None:
     anomaly = commands.add_parser(
@@ -85,6 +87,10 @@ def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     from pyro_vae.train import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
+    if config.model.kind == "discrete":
+        raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
+                          "in a continuous latent space (encodings, gradients in z). Use it on a "
+                          "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
     overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
@@ -132,7 +138,6 @@ def command_anomaly(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.runs import make_run_dir, write_json
 
@@ -156,6 +161,14 @@ def command_anomaly(args: argparse.Namespace) -> int:
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
     others = {name: _load(args.run_dir, args.data_dir, name)[2] for name in args.against}
+    if "regret" in scores:
+        try:
+            anomaly.check_regret_supported(vae, data.test_x[:1])
+        except ConfigError as error:
+            if args.score:  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "regret")
+            print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     make_run_dir(out)
 
@@ -241,7 +254,6 @@ def _background_model(config, data, run_dir: Path, settings):
     import json
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.runs import load_trained, write_json
 
     stamp_path = run_dir / "perturbation.json"

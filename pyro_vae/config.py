@@ -26,12 +26,19 @@ NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vimco",
+              "concrete", "straight_through", "enumerate")
+#: The objectives of ``kind = "discrete"`` (no reparameterizable sample), and those only it has.
+DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
+DISCRETE_ONLY_OBJECTIVES = ("concrete", "straight_through", "enumerate")
+#: Largest number of codes C^K that objective ``enumerate`` sums over.
+MAX_ENUMERATED_CODES = 1024
 DEVICES = ("cpu", "cuda")
 PRIORS = ("normal", "mixture", "vamp", "flow")
 #: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
 #: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
-MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae")
+#: ``discrete``: K categorical latents of C classes (pyro_vae.discrete).
+MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae", "discrete")
 #: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
 MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
@@ -147,9 +154,19 @@ class ModelConfig:
     num_classes: int = 10
     #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
     quadrants: int = 1
+    #: ``discrete`` models: K categorical latent variables of C ``categories`` each (C = 2:
+    #: Bernoulli latents), with a ``uniform`` or ``learned`` prior.
+    categorical_latents: int = 20
+    categories: int = 10
+    discrete_prior: str = "uniform"
 
     def validate(self) -> None:
         _choice("model", "kind", self.kind, MODEL_KINDS)
+        _positive("model", "categorical_latents", self.categorical_latents)
+        if self.categories < 2:
+            raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
+                              "variable needs at least 2 classes (2 is a Bernoulli latent).")
+        _choice("model", "discrete_prior", self.discrete_prior, ("uniform", "learned"))
         if self.quadrants not in (1, 2, 3):
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
                               "quadrants; the model predicts the other 4 − quadrants.")
@@ -241,6 +258,11 @@ class TrainConfig:
     #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
     #: set, else 1, the fastest for these models on a machine shared with other jobs.
     threads: int = 0
+    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
+    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
+    temperature: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
@@ -267,6 +289,9 @@ class TrainConfig:
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
         _choice("train", "device", self.device, DEVICES)
+        _positive("train", "temperature", self.temperature)
+        _positive("train", "temperature_min", self.temperature_min)
+        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)
 
 
 @dataclass
@@ -352,10 +377,36 @@ class Config:
             raise ConfigError(
                 f"[train] objective = \"{self.train.objective}\": the M2 model sums its "
                 "discrete label out with TraceEnum_ELBO; use objective = \"elbo\".")
+        self._check_discrete()
         if self.data.num_labels and self.model.kind != "m2":
             raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                               "it needs [model] kind = \"m2\".")
         return self
+
+    def _check_discrete(self) -> None:
+        objective, kind = self.train.objective, self.model.kind
+        if objective in DISCRETE_ONLY_OBJECTIVES and kind != "discrete":
+            raise ConfigError(
+                f"[train] objective = \"{objective}\" is for discrete latent variables, and "
+                f"kind = \"{kind}\" has Gaussian ones. Use it with [model] kind = "
+                "\"discrete\" (--model discrete), or choose elbo, iwae, dreg, stl, renyi or "
+                "score.")
+        if kind == "discrete" and objective not in DISCRETE_OBJECTIVES:
+            raise ConfigError(
+                f"[train] objective = \"{objective}\" differentiates through reparameterized "
+                "samples, which a discrete latent code does not have. With kind = "
+                f"\"discrete\" use one of {', '.join(DISCRETE_OBJECTIVES)}.")
+        if objective == "vimco" and self.train.particles < 2:
+            raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
+                              "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
+        codes = self.model.categories ** self.model.categorical_latents
+        if objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
+            raise ConfigError(
+                f"[train] objective = \"enumerate\" sums over all C^K = "
+                f"{self.model.categories}^{self.model.categorical_latents} codes, more than "
+                f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
+                "datapoint). Use fewer categorical_latents or categories, or a sampling "
+                "objective (score, vimco, concrete, straight_through).")
 
     def _check_free_bits(self) -> None:
         if self.train.objective not in ("elbo", "meanfield"):

@@ -28,7 +28,9 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.discrete import build_discrete_vae
 from pyro_vae.likelihoods import Likelihood
+from pyro_vae.networks import start_output_bias
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 
@@ -122,6 +124,25 @@ class VAE(nn.Module):
         """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form."""
         return self.prior.kl_per_dim(loc, scale)
 
+    @torch.no_grad()
+    def start_output_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """Start the decoder's output bias at the training data ``x`` (``[N, P]``).
+
+        The bias becomes the likelihood's output for the mean training image (the logit of
+        each pixel's mean for a Bernoulli, the mean for a Gaussian), so p(x|z) fits the data's
+        marginals from the first step. From a zero bias (p = 0.5 everywhere) Adam needs
+        thousands of steps to reach a background logit near −7 while the KL squeezes z: the
+        MNIST VAE lost 12 nats after 3 epochs and the VampPrior collapsed for good. Training
+        calls this when a run starts; the value is the parameter's start, so the checkpoint
+        holds it like any other weight. Returns the value set.
+        """
+        return start_output_bias(self.decoder, self._pixel_mean(x),
+                                 self.likelihood.output_start)
+
+    def _pixel_mean(self, x: torch.Tensor) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return x.to(device=device, dtype=torch.float32).mean(0)
+
     @contextlib.contextmanager
     def scoring(self) -> Iterator["VAE"]:
         """Evaluate the true model: KL weight 1 and no minibatch scaling, restored afterwards."""
@@ -148,6 +169,8 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
         from pyro_vae.quadrants import build_quadrant_model
 
         return build_quadrant_model(config, image_shape, num_data)
+    if config.kind == "discrete":
+        return build_discrete_vae(config, image_shape, num_data)
     if config.kind == "m2":
         from pyro_vae.semisupervised import build_m2
 

@@ -10,6 +10,10 @@ dreg        IWAE bound, doubly reparameterized gradient         ``dreg.py``
 stl         ELBO, sticking-the-landing gradient                 ``stl.py``
 renyi       Rényi / VR-α bound (Li & Turner 2016)               ``renyi.py``
 score       ELBO, score-function gradient with a baseline       ``score.py``
+vimco       IWAE bound, VIMCO score-function gradient (K ≥ 2)  ``vimco.py``
+concrete    Concrete/Gumbel-Softmax relaxation (discrete z)     ``concrete.py``
+straight_through  straight-through Gumbel-Softmax (discrete z)  ``concrete.py``
+enumerate   ELBO, discrete z summed out (``TraceEnum_ELBO``)    ``enumerate.py``
 =========== =================================================== ==========================
 
 Which are lower bounds on log p(x): with the KL weight β = 1, every one except Rényi with
@@ -36,7 +40,9 @@ from pyro.infer import ELBO
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.objectives.concrete import ConcreteELBO, StraightThroughELBO, TemperatureSchedule
 from pyro_vae.objectives.dreg import DReG
+from pyro_vae.objectives.enumerate import EnumeratedELBO
 from pyro_vae.objectives.fast_elbo import FastTrace_ELBO, FastTraceMeanField_ELBO
 from pyro_vae.objectives.free_bits import free_bits_penalty
 from pyro_vae.objectives.iwae import IWAE
@@ -44,13 +50,19 @@ from pyro_vae.objectives.particles import MAX_PLATE_NESTING, PerDatapointObjecti
 from pyro_vae.objectives.renyi import RenyiBound
 from pyro_vae.objectives.score import ScoreFunctionELBO
 from pyro_vae.objectives.stl import STL
+from pyro_vae.objectives.vimco import VIMCO
 from pyro_vae.params import parameters_owned
 
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score")
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vimco",
+              "concrete", "straight_through", "enumerate")
+#: Objectives for models with discrete latent sites (``[model] kind = "discrete"``).
+DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
 
 __all__ = ["DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
            "OBJECTIVES", "ObjectiveModule", "PerDatapointObjective", "RenyiBound", "STL",
            "ScoreFunctionELBO", "free_bits_penalty", "is_lower_bound", "make_objective"]
+__all__ += ["ConcreteELBO", "DISCRETE_OBJECTIVES", "EnumeratedELBO", "StraightThroughELBO",
+            "TemperatureSchedule", "VIMCO"]
 
 
 def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
@@ -62,11 +74,14 @@ def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
 
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
-                   vectorize: bool = True) -> ELBO:
+                   vectorize: bool = True,
+                   temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     """The objective called ``name`` (see the table above) with ``particles`` samples each.
 
-    ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one after another (for
-    models whose global sites cannot take a particle dimension, like a Bayesian decoder).
+    ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
+    ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
+    after another (for models whose global sites cannot take a particle dimension, like a
+    Bayesian decoder).
     """
     if name in ("elbo", "meanfield"):
         cls = FastTrace_ELBO if name == "elbo" else FastTraceMeanField_ELBO
@@ -74,7 +89,11 @@ def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
                    max_plate_nesting=MAX_PLATE_NESTING)
     if name == "renyi":
         return RenyiBound(alpha=alpha, num_particles=particles)
-    classes = {"iwae": IWAE, "dreg": DReG, "stl": STL, "score": ScoreFunctionELBO}
+    if name in ("concrete", "straight_through"):
+        cls = ConcreteELBO if name == "concrete" else StraightThroughELBO
+        return cls(num_particles=particles, temperature=temperature)
+    classes = {"iwae": IWAE, "dreg": DReG, "stl": STL, "score": ScoreFunctionELBO,
+               "vimco": VIMCO, "enumerate": EnumeratedELBO}
     if name not in classes:
         raise ConfigError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)}.")
     return classes[name](num_particles=particles)
@@ -94,10 +113,13 @@ class ObjectiveModule(nn.Module):
         self.objective = objective
         self.free_bits = free_bits
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                **kwargs: torch.Tensor) -> torch.Tensor:
+        """``kwargs`` go to model and guide as they are (e.g. M2's ``classifier_x``)."""
         # This module's optimizer owns the parameters: no re-registration on every step.
         with parameters_owned():
-            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y,
+                                                      **kwargs)
         if self.free_bits > 0:
             loss = loss + free_bits_penalty(self.vae, x, self.free_bits)
         return loss
