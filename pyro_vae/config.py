@@ -39,6 +39,8 @@ PRIORS = ("normal", "mixture", "vamp", "flow")
 #: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
 #: ``discrete``: K categorical latents of C classes (pyro_vae.discrete).
 MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae", "discrete")
+#: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
+MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -277,6 +279,10 @@ class TrainConfig:
         if not math.isfinite(self.alpha):
             raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
         _positive("train", "beta", self.beta)
+        if self.beta < MIN_BETA:
+            raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
+                              "that small vanishes in float32 arithmetic (the loss is then the "
+                              f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "free_bits", self.free_bits, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
@@ -440,7 +446,7 @@ class Config:
     def from_toml(cls, path: str | Path) -> "Config":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
         except FileNotFoundError:
             raise ConfigError(f"recipe {path} does not exist; give the path of a TOML recipe "
                               "(the project's recipes are in models/).") from None
