@@ -160,6 +160,10 @@ def command_anomaly(args: argparse.Namespace) -> int:
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "anomaly", LABELLED + QUADRANTS,
+                "anomaly scores an image by log p(x), but this model scores images only "
+                "given a label or given the rest of the image. Train a plain VAE on the same "
+                "data (pyro-vae train --model vae ...) and score with that run.")
     others = {name: _load(args.run_dir, args.data_dir, name)[2] for name in args.against}
     if "regret" in scores:
         try:

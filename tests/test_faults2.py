@@ -381,3 +381,11 @@ def test_a_closed_pipe_ends_quietly(trained):
     process.wait(timeout=300)
     assert "Traceback" not in err and "BrokenPipe" not in err
     assert process.returncode == 128 + signal.SIGPIPE
+
+
+@pytest.mark.parametrize("kind", ["cvae", "quadrant_cvae"])
+def test_anomaly_refuses_conditional_runs_in_the_users_terms(trained, tmp_path, capsys, kind):
+    code, _, err = run_cli(capsys, "anomaly", trained[kind], "--against", "fashion-mnist",
+                           "--out", tmp_path / "a")
+    assert code == 2 and "plain VAE" in err
+    assert "model(x" not in err and not (tmp_path / "a").exists()
