@@ -63,8 +63,13 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
-    assert a["history"] == [{**row, "seconds": a["history"][i]["seconds"]}
-                            for i, row in enumerate(b["history"])]
+    # Every metric is the same, bit for bit, except the resumed epoch's training objective:
+    # the first step in a new process runs Pyro's own ELBO code (the fast path records sites
+    # from the second call on), which adds the same terms in Python floats, so that one loss
+    # value may differ in float rounding; its gradient, and so every weight, does not.
+    for row_a, row_b in zip(a["history"], b["history"], strict=True):
+        assert row_b["train_elbo"] == pytest.approx(row_a["train_elbo"], rel=1e-7, abs=0)
+        assert {**row_b, "seconds": row_a["seconds"], "train_elbo": row_a["train_elbo"]} == row_a
     for key in ("test_elbo", "test_log_likelihood", "active_units"):
         assert straight[key] == resumed[key], key
 
