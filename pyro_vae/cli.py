@@ -18,6 +18,9 @@ from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_par
                                        check_same_shape, positive_flag as _positive_flag)
 from pyro_vae.cli_diagnostics import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.protocol import has
+from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS,
+                               load_plugins)
 
 EPILOG = """examples:
   pyro-vae train                                   # embedded 8x8 digits, no download
@@ -47,9 +50,11 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
+    "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
+    "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
 }
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan"}
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "plugin"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,20 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
     train.add_argument("--latent-dim", type=int, help="size of z")
-    train.add_argument("--network", choices=["mlp", "conv"], help="encoder/decoder family")
-    train.add_argument("--likelihood", choices=["bernoulli", "continuous_bernoulli", "gaussian"],
-                       help="p(x|z)")
-    train.add_argument("--prior", choices=["normal", "mixture", "vamp", "flow"],
-                       help="p(z): standard normal, learned mixture of Gaussians, VampPrior "
-                       "(pseudo-inputs through the encoder) or an affine-coupling flow")
+    train.add_argument("--network", help=f"encoder/decoder family: {NETWORKS.help_text()}")
+    train.add_argument("--likelihood", help=f"p(x|z): {LIKELIHOODS.help_text()}")
+    train.add_argument("--prior", help=f"p(z): {PRIORS.help_text()} (normal: N(0, I); mixture "
+                       "of Gaussians; vamp: VampPrior, pseudo-inputs through the encoder; flow: "
+                       "affine couplings)")
+    train.add_argument("--guide", help=f"q(z|x): {GUIDES.help_text()} (diagonal Gaussian; "
+                       "low-rank Gaussian; inverse autoregressive flow)")
+    train.add_argument("--guide-rank", type=int, help="rank of the lowrank guide (default 2)")
+    train.add_argument("--flow-layers", type=int,
+                       help="layers of the flow prior / the iaf guide (default 4)")
     train.add_argument("--prior-components", type=int,
                        help="mixture components / VampPrior pseudo-inputs (10 / 500)")
     train.add_argument("--bayesian-decoder", choices=["none", "last", "all"],
                        help="priors on the decoder's weights (last layer or all) with a "
                        "mean-field guide; objectives elbo and meanfield")
     train.add_argument("--objective",
-                       choices=["elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score"],
-                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
+                       help=f"{OBJECTIVES.help_text()}. elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
                        "iwae: importance-weighted bound; dreg: IWAE with doubly "
                        "reparameterized gradients; stl: sticking the landing; renyi: VR-alpha; "
                        "score: score-function ELBO with a baseline")
@@ -109,9 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
-    train.add_argument("--model", choices=["vae", "cvae", "m2", "quadrant_baseline",
-                                           "quadrant_cvae"],
-                       help="vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
+    train.add_argument("--model",
+                       help=f"{MODEL_KINDS.help_text()}. vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
                        "quadrant_baseline / quadrant_cvae: complete images from --quadrants")
     train.add_argument("--quadrants", type=int,
                        help="quadrant models: quadrants given (1, 2 or 3)")
@@ -167,14 +174,33 @@ def build_parser() -> argparse.ArgumentParser:
                          "runs/compare-TIME)")
     add_application_parsers(commands)
     add_diagnostics_parsers(commands)
+    for command in commands.choices.values():
+        command.add_argument("--plugin", action="append", metavar="MODULE",
+                             help="import MODULE first, so the priors, guides, likelihoods, "
+                             "objectives, models and datasets it registers can be named "
+                             "(repeatable; also the recipe key plugins = [...] and the "
+                             "pyro_vae.plugins entry-point group)")
     return parser
+
+
+def _early_plugins(argv: Sequence[str]) -> list[str]:
+    """The --plugin modules of ``argv``, read before the parser is built (its help and the
+    names it accepts include what they register)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    known, _ = early.parse_known_args(list(argv))
+    return known.plugin
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     for flag, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
-        if value is not None:
+        if value is None:
+            continue
+        if section == "plugins":  # recorded in the run's config.toml
+            overrides["plugins"] = value
+        else:
             overrides.setdefault(section, {})[key] = value
     return overrides
 
@@ -241,9 +267,9 @@ def command_train(args: argparse.Namespace) -> int:
     if not main_process:  # rank 0 reports
         return 0
     print(_format_summary(summary))
-    pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
+    pictures = ("completions.png, elbo.png" if has(config, "completions") else
                 "samples.png (label x z grid), reconstructions.png, elbo.png"
-                if config.model.kind != "vae" else
+                if has(config, "labels") else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
           f"{pictures})")
@@ -284,7 +310,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
-    if config.model.kind in ("cvae", "m2"):
+    if has(config, "labels"):
         from pyro_vae.conditional import check_labels
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
@@ -307,8 +333,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "num_importance_samples": estimate.num_samples,
         "score_name": getattr(vae, "score_name", "log p(x)"),
-        **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
-           latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
+        **({"active_units": 0} if not has(config, "latent_means") else
+           latent_activity(vae, x, y if has(config, "labels") else None)),
         **(vae.test_summary(x, y) if hasattr(vae, "test_summary") else {}),
     }
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
@@ -339,7 +365,7 @@ def command_sample(args: argparse.Namespace) -> int:
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
         title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
-    elif config.model.kind in ("cvae", "m2") and out.suffix == ".png":  # every label × several z
+    elif has(config, "labels") and out.suffix == ".png":  # every label × several z
         columns = max(1, args.n // config.model.num_classes)
         with torch.no_grad():
             means = vae.label_grid(columns)
@@ -360,13 +386,13 @@ def _sample_labels(args: argparse.Namespace, config, vae):
     """The labels ``--label`` asks for (``None`` without it); checked against the model."""
     import torch
 
-    if config.model.kind.startswith("quadrant_"):
+    if has(config, "completions"):
         raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
                           "given quadrants rather than drawing images from nothing; its "
                           "completions are in RUN_DIR/completions.png.")
     if args.label is None:
         return None
-    if config.model.kind == "vae":
+    if not has(config, "labels"):
         raise ConfigError(f"--label {args.label}: {args.run_dir} holds an unconditional VAE, "
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")
@@ -398,11 +424,10 @@ def command_compare(args: argparse.Namespace) -> int:
     from pyro_vae.lab import (compare_estimators, reports_to_csv, reports_to_markdown,
                               save_lab_plots)
     from pyro_vae.models import build_vae
-    from pyro_vae.objectives import OBJECTIVES
     from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
     from pyro_vae.train import prepare_data
 
-    objectives = _csv_list("objectives", args.objectives, str, OBJECTIVES)
+    objectives = _csv_list("objectives", args.objectives, str, OBJECTIVES.choices())
     particles = _csv_list("particles", args.particles, int)
     if args.repeats < 2:
         raise ConfigError(f"--repeats {args.repeats}: variances and standard errors need at "
@@ -412,7 +437,7 @@ def command_compare(args: argparse.Namespace) -> int:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     if args.run_dir:
         config, vae, checkpoint = load_trained(args.run_dir)
-        if config.model.bayesian_decoder != "none" or config.model.kind != "vae":
+        if config.model.bayesian_decoder != "none" or not has(config, "estimator_lab"):
             raise ConfigError(
                 f"{args.run_dir} is not a plain VAE (bayesian_decoder = "
                 f"\"{config.model.bayesian_decoder}\", kind = \"{config.model.kind}\"); the "
@@ -457,8 +482,10 @@ COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": comm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        load_plugins(_early_plugins(argv), "given with --plugin")
+        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"

@@ -207,11 +207,15 @@ def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_sa
 def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
                  y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
-    computed ``batch_size`` rows at a time."""
+    computed ``batch_size`` rows at a time. For a guide that is not a diagonal Gaussian, μ is
+    the guide's ``latent_mean`` and σ the scale of its base Gaussian."""
     locs, scales = [], []
+    family = getattr(vae, "family", None)  # the guide component of a VAE (guides.py)
     for start in range(0, len(x), batch_size):
         labels = () if y is None else (y[start: start + batch_size],)
         loc, scale = vae.encoder(x[start: start + batch_size], *labels)
+        if family is not None and not family.diagonal:  # e.g. the flow applied to μ
+            loc = family.latent_mean(loc, scale)
         locs.append(loc)
         scales.append(scale)
     return torch.cat(locs), torch.cat(scales)

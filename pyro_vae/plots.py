@@ -83,7 +83,7 @@ def save_interpolation(path: Path, vae, x: torch.Tensor, image_shape, pairs: int
     pairs = min(pairs, len(x) // 2)
     if pairs == 0:
         return  # a single test image has no partner to interpolate towards
-    loc = vae.posterior(x[: 2 * pairs]).mean
+    loc = vae.latent_mean(x[: 2 * pairs])
     start, end = loc[:pairs], loc[pairs: 2 * pairs]
     t = torch.linspace(0, 1, steps, device=loc.device).reshape(1, steps, 1)
     z = start[:, None] + t * (end - start)[:, None]
@@ -109,7 +109,7 @@ def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
                     max_points: int = 5000) -> None:
     if len(x) < 3:
         return  # too few points for a map
-    loc = vae.posterior(x[:max_points]).mean
+    loc = vae.latent_mean(x[:max_points])
     xy, label = project_2d(loc)
     figure, axis = subplots(figsize=(5.5, 4.5))
     if y is not None:

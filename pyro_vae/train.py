@@ -34,6 +34,8 @@ from pyro_vae.faults import nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood, check_unit_interval
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
+from pyro_vae.protocol import has
+from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
                            load_state, make_run_dir, rng_state, save_checkpoint, saved_config,
                            set_rng_state, write_json, write_metrics)
@@ -207,9 +209,9 @@ def _initialize_pseudo_inputs(vae: VAE, data: ImageData) -> None:
 def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
                           y: torch.Tensor | None) -> dict[str, Any]:
     """Active units, total KL and KL per dimension on ``x`` (nothing for a model without z)."""
-    if config.model.kind == "quadrant_baseline":
+    if not has(config, "latent_means"):
         return {}
-    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
+    labelled = has(config, "labels")  # their encoders are q(z|x, y)
     activity = latent_activity(vae, x, y if labelled else None)
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
 
@@ -263,7 +265,8 @@ def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> 
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False,
-          progress: Progress | None = None) -> dict[str, Any]:
+          progress: Progress | None = None, model: torch.nn.Module | None = None
+          ) -> dict[str, Any]:
     """Train (or continue) the run in ``run_dir`` and return its summary.
 
     A fresh run refuses a directory that already holds a checkpoint; ``resume=True`` continues
@@ -272,11 +275,15 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     Started by ``torchrun``, each process trains its share of every minibatch under
     ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`); rank 0 alone writes the run
     directory and returns the summary, the other processes return ``{}``.
+
+    ``model`` is a model already built (by :func:`pyro_vae.fit`) to train instead of the one
+    ``config.model`` describes; ``config.model.kind`` must still rebuild it (an import path
+    ``"package.module:factory"``) so that the run can be loaded again.
     """
     group, group_device = distributed.start(config.train.device)
     try:
         summary = _train(config, Path(run_dir), resume, progress or Progress(), group,
-                         group_device)
+                         group_device, model)
         distributed.finish(group)
         return summary
     finally:
@@ -286,7 +293,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
 def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
     if group is None:
         return
-    if config.model.kind == "m2":
+    if has(config, "semi_supervised"):
         raise ConfigError("the semi-supervised M2 model enumerates its labels and cannot be "
                           "shared out between processes; train it without torchrun.")
     if config.train.free_bits > 0:
@@ -294,13 +301,14 @@ def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
                           "minibatch, which no process sees alone under torchrun (each would "
                           "floor its own share and the objective would change); train with "
                           "free bits without torchrun, or use --kl-warmup-epochs instead.")
-    if config.train.objective == "score":
+    if "stateful" in OBJECTIVES.capabilities(config.train.objective):
         raise ConfigError("objective \"score\" keeps a running baseline of its own batches, "
                           "which would differ between processes; train it without torchrun.")
 
 
 def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
-           group: ProcessGroup | None, group_device: torch.device | None) -> dict[str, Any]:
+           group: ProcessGroup | None, group_device: torch.device | None,
+           model: torch.nn.Module | None = None) -> dict[str, Any]:
     """:func:`train`, as one of the processes of ``group`` (if any)."""
     is_main = group is None or group.is_main
     checkpoint_path = run_dir / CHECKPOINT
@@ -320,13 +328,17 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     pyro.set_rng_seed(config.train.seed)
     data = distributed.node_first(
         group if config.data.download else None, lambda: prepare_data(config, device))
-    vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
-    if hasattr(vae.prior, "initialize_from"):  # VampPrior: pseudo-inputs start at real images
-        _initialize_pseudo_inputs(vae, data)
+    if model is None:
+        vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
+    else:
+        vae = model.to(device)
+        vae.num_data = len(data.train_x)
+    if has(config, "components") and "pseudo_inputs" in PRIORS.capabilities(config.model.prior):
+        _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none")
     splits = None
-    if config.model.kind in ("cvae", "m2"):
+    if has(config, "labels"):
         from pyro_vae.conditional import prepare_labelled
         objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective, config.train.free_bits)
@@ -432,9 +444,9 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
                                        progress=progress.evaluated,
                                        y=_model_labels(vae, data.test_y))
     progress.end_evaluation()
-    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
-    quadrants = config.model.kind.startswith("quadrant_")
-    activity = {"active_units": 0} if config.model.kind == "quadrant_baseline" else \
+    labelled = has(config, "labels")  # their encoders are q(z|x, y)
+    quadrants = has(config, "completions")
+    activity = {"active_units": 0} if not has(config, "latent_means") else \
         latent_activity(vae, data.test_x, data.test_y if labelled else None)
     summary = {
         "dataset": config.data.dataset,
@@ -463,8 +475,10 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     elif labelled:
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
-    else:
+    elif has(config, "pictures"):
         write_pictures(vae, data, run_dir, history)
+    elif history:
+        plots.save_elbo_curves(run_dir / "elbo.png", history)
     return summary
 
 
