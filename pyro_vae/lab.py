@@ -80,7 +80,11 @@ def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
                       ) -> EstimatorReport:
     """Bound, gradient variance/SNR (encoder, decoder) and time of one estimator."""
     objective = make_objective(objective_name, particles, alpha)
-    groups = [[p for p in vae.encoder.parameters() if p.requires_grad],
+    # The inference network: the encoder and the guide component's own networks (low-rank
+    # factor, IAF layers) where the guide has any.
+    family = getattr(vae, "family", None)
+    inference = [*vae.encoder.parameters(), *(family.parameters() if family is not None else ())]
+    groups = [[p for p in inference if p.requires_grad],
               [p for p in vae.decoder.parameters() if p.requires_grad]
               + [p for p in vae.likelihood.parameters() if p.requires_grad]]
     torch.manual_seed(seed)

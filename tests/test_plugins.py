@@ -98,10 +98,17 @@ def test_a_run_whose_plugin_is_missing_names_the_module_to_install(tmp_path, cap
 def test_registries_suggest_and_refuse_double_registration():
     with pytest.raises(ConfigError, match="Did you mean 'iwae'"):
         OBJECTIVES.get("iwea")
+    def first():
+        return 1
+
+    def second():
+        return 2
+
     registry = Registry("widget", "[x] widget")
-    registry.add("a", lambda: 1)
+    registry.add("a", first)
+    registry.add("a", first)  # a module imported again registers the same factory: harmless
     with pytest.raises(ConfigError, match="registered twice"):
-        registry.add("a", lambda: 2)
+        registry.add("a", second)
     assert "normal" in PRIORS.choices() and "vae" in MODEL_KINDS
 
 
