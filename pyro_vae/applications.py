@@ -1,8 +1,8 @@
 """What a trained VAE is used for: anomaly scores, imputing missing pixels, representations.
 
-* **Anomaly detection** — score each input by its importance-sampled log p(x) (and its ELBO):
-  inputs unlike the training data get low scores. AUROC measures how well the score separates
-  in-distribution test data from another dataset.
+* **Anomaly detection** — :func:`auroc` of a score; the scores themselves (log p(x), ELBO,
+  likelihood regret, input complexity, background likelihood ratio, typicality) and their
+  metrics are in :mod:`pyro_vae.anomaly`.
 * **Imputation** — given the observed pixels x_o of an image, fill the missing ones x_m with
   E[x_m | x_o] ≈ Σ_k w̃_k E[x_m | z_k], with z_k drawn from r(z) = ½ q(z | x̃) + ½ p(z) where
   x̃ fills the gaps with the mean image, and w_k ∝ p(x_o | z_k) p(z_k) / r(z_k) scoring only
@@ -32,22 +32,6 @@ def auroc(normal_scores: torch.Tensor, anomaly_scores: torch.Tensor) -> float:
 
     labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(anomaly_scores))]
     return float(roc_auc_score(labels, np.r_[normal_scores.numpy(), anomaly_scores.numpy()]))
-
-
-def save_score_histogram(path: Path, normal: torch.Tensor, other: torch.Tensor,
-                         normal_name: str, other_name: str, title: str) -> None:
-    from pyro_vae.plots import _save, subplots
-
-    figure, axis = subplots(figsize=(6, 3.6))
-    low = float(torch.quantile(torch.cat([normal, other]), 0.005))
-    bins = np.linspace(low, float(max(normal.max(), other.max())), 60)
-    axis.hist(normal.numpy(), bins=bins, alpha=0.6, density=True, label=normal_name)
-    axis.hist(other.numpy(), bins=bins, alpha=0.6, density=True, label=other_name)
-    axis.set_xlabel("log p(x), nats (importance-sampled)")
-    axis.set_ylabel("density")
-    axis.set_title(title, fontsize=9)
-    axis.legend()
-    _save(figure, path)
 
 
 # --- imputation --------------------------------------------------------------------------------

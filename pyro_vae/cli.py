@@ -6,13 +6,14 @@ Errors a user can cause end in one paragraph on stderr and exit status 2, never 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
                                        check_same_shape, positive_flag as _positive_flag)
@@ -25,6 +26,8 @@ from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJEC
 EPILOG = """examples:
   pyro-vae train                                   # embedded 8x8 digits, no download
   pyro-vae train models/mnist_vae_burda.toml --data-dir ../shared/data --epochs 10
+  pyro-vae recipes                                 # the packaged recipes; train one by name:
+  pyro-vae train mnist_vae_burda --data-dir ../shared/data --epochs 10
   pyro-vae evaluate runs/digits-... --num-samples 5000
   pyro-vae sample runs/digits-... --n 64 --out samples.png
   pyro-vae compare runs/digits-... --particles 1,5,50
@@ -50,11 +53,13 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
+    "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
     "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
     "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
 }
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "plugin"}
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
+                   "latent_map", "plugin"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,15 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a VAE (model/guide pair, SVI) and write a run directory: "
         "config.toml, checkpoint.pt, metrics.jsonl, summary.json and pictures. Flags override "
         "the recipe; with no arguments it trains on the embedded 8x8 digits.")
-    train.add_argument("recipe", nargs="?", help="TOML recipe (see models/)")
+    train.add_argument("recipe", nargs="?", help="a packaged recipe's name (`pyro-vae "
+                       "recipes` lists them) or the path of a TOML recipe")
     train.add_argument("--dataset", help="digits | mnist | fashion-mnist | binarized-mnist | "
                        "file:PATH.npz")
     train.add_argument("--data-dir", help="folder with the MNIST-family files "
                        "(default: $PYRO_VAE_DATA_DIR, else ./data)")
     train.add_argument("--download", action="store_true", default=None,
                        help="download MNIST/Fashion-MNIST with torchvision if missing")
-    train.add_argument("--binarize", choices=["dynamic", "static", "none"],
-                       help="dynamic: fresh Bernoulli draw per epoch; static: one fixed draw")
+    train.add_argument("--binarize", choices=["auto", "dynamic", "static", "none"],
+                       help="auto (default): dynamic for the Bernoulli likelihood, none for "
+                       "the others; dynamic: fresh Bernoulli draw per epoch; static: one draw")
     train.add_argument("--epochs", type=int, help="number of passes over the training split")
     train.add_argument("--batch-size", type=int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
@@ -115,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="on a NaN/inf loss: stop (default), or roll back to the last good "
                        "state with half the learning rate")
     train.add_argument("--device", choices=["cpu", "cuda"], help="where to train")
+    train.add_argument("--latent-map", choices=["tsne", "pca"],
+                       help="latent.png for codes of more than 2 dimensions: t-SNE of 1,000 "
+                       "test encodings (default) or the first two principal components (fast)")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
     train.add_argument("--model",
@@ -127,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--aux-loss-weight", type=float,
                        help="m2: weight of -log q(y|x) per labelled datapoint (default 50)")
     train.add_argument("--out", help="run directory (default: runs/DATASET-TIME)")
+    train.add_argument("--logger", action="append", choices=["tensorboard", "mlflow"],
+                       help="also log to TensorBoard (RUN_DIR/tensorboard) or MLflow "
+                       "($MLFLOW_TRACKING_URI, else ./mlruns); repeat for both; needs the "
+                       "extra: pip install \"pyro-vae[tensorboard]\" or \"pyro-vae[mlflow]\"")
     train.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last complete epoch")
 
@@ -172,9 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--data-dir", help="data folder")
     compare.add_argument("--out", help="output folder (default RUN_DIR/compare or "
                          "runs/compare-TIME)")
+    commands.add_parser("recipes", help="list the recipes packaged with pyro-vae",
+                        description="The recipes shipped with the library (the repository's "
+                        "models/): `pyro-vae train NAME` trains one, and `--path` shows "
+                        "where they are to copy and edit.").add_argument(
+        "--path", action="store_true", help="print the folder that holds them")
     add_application_parsers(commands)
     add_diagnostics_parsers(commands)
     for command in commands.choices.values():
+        command.add_argument("--threads", type=int, metavar="N",
+                             help="torch threads (default: $OMP_NUM_THREADS, else 1: fastest "
+                             "for these models on a shared machine; see the README)")
         command.add_argument("--plugin", action="append", metavar="MODULE",
                              help="import MODULE first, so the priors, guides, likelihoods, "
                              "objectives, models and datasets it registers can be named "
@@ -190,6 +212,21 @@ def _early_plugins(argv: Sequence[str]) -> list[str]:
     early.add_argument("--plugin", action="append", default=[])
     known, _ = early.parse_known_args(list(argv))
     return known.plugin
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
+    import torch
+
+    if requested is not None and requested < 0:
+        raise ConfigError(f"--threads {requested}: give a positive number of threads, or 0 "
+                          "for the default ($OMP_NUM_THREADS, else 1).")
+    threads = requested or 0
+    if not threads:
+        value = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(value) if value.isdigit() and int(value) > 0 else 1
+    torch.set_num_threads(threads)
+    return threads
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -216,7 +253,7 @@ def _fresh_run_dir(dataset: str) -> Path:
 
 
 def _train_config(args: argparse.Namespace):
-    from pyro_vae.config import Config
+    from pyro_vae.config import Config, find_recipe
     from pyro_vae.runs import read_run_config
 
     overrides = _train_overrides(args)
@@ -234,26 +271,33 @@ def _train_config(args: argparse.Namespace):
                               "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
         return read_run_config(Path(args.out)).with_overrides(overrides)
-    config = Config.from_toml(args.recipe) if args.recipe else Config()
+    config = Config.from_toml(find_recipe(args.recipe)) if args.recipe else Config()
     return config.with_overrides(overrides)
 
 
 def command_train(args: argparse.Namespace) -> int:
     from pyro_vae.distributed import launched_by_torchrun
-    from pyro_vae.progress import TqdmProgress
+    from pyro_vae.loggers import make_loggers
+    from pyro_vae.progress import Callbacks, TqdmProgress
     from pyro_vae.train import train
 
     config = _train_config(args)
+    apply_threads(config.train.threads)
     main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"
     if launched_by_torchrun() and not args.out:
         raise ConfigError("under torchrun, give --out: every process must write to (and read "
                           "from) the same run directory.")
     run_dir = Path(args.out) if args.out else _fresh_run_dir(config.data.dataset)
+    loggers = make_loggers(args.logger or [], config, run_dir, args.resume) \
+        if main_process else []
     if main_process:
         print(f"training into {run_dir}", file=sys.stderr)
     try:
-        with TqdmProgress(quiet=not main_process) as progress:
-            summary = train(config, run_dir, resume=args.resume, progress=progress)
+        with TqdmProgress(quiet=not main_process) as progress, _closing(loggers):
+            summary = train(config, run_dir, resume=args.resume,
+                            progress=Callbacks([progress, *loggers]) if loggers else progress)
+            for logger in loggers:
+                logger.finish(summary)
     except KeyboardInterrupt:
         if not main_process:  # rank 0 explains
             return 130
@@ -276,13 +320,27 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _closing(loggers: list) -> Iterator[None]:
+    """Loggers of a run that stops early are closed, their runs marked killed or failed."""
+    try:
+        yield
+    except BaseException as error:
+        for logger in loggers:
+            logger.close("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def _format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"dataset: {summary['dataset']} ({summary.get('split', 'test')} split, "
         f"{summary['num_test_datapoints']} datapoints)",
         f"ELBO: {summary['test_elbo']:.3f} ± {summary['test_elbo_stderr']:.3f} nats",
         f"log p(x), K={summary['num_importance_samples']} importance samples: "
-        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats",
+        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats"
+        + (f" (± over test points; Monte Carlo error ± "
+           f"{summary['test_log_likelihood_mc_stderr']:.3f})"
+           if summary.get("test_log_likelihood_mc_stderr") is not None else ""),
         f"active units: {summary['active_units']} of {summary['latent_dim']}",
     ]
     if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
@@ -331,6 +389,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
+        "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         "score_name": getattr(vae, "score_name", "log p(x)"),
         **({"active_units": 0} if not has(config, "latent_means") else
@@ -345,7 +404,8 @@ def command_sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from pyro_vae.plots import save_image_grid
+    from pyro_vae.data import data_shape, is_vector_shape
+    from pyro_vae.plots import save_image_grid, save_vector_scatter
     from pyro_vae.runs import atomic_write_bytes, load_trained
 
     _positive_flag("n", args.n)
@@ -370,13 +430,15 @@ def command_sample(args: argparse.Namespace) -> int:
         with torch.no_grad():
             means = vae.label_grid(columns)
         title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
-    if out.suffix == ".png":
+    if out.suffix == ".png" and is_vector_shape(shape):  # vectors: a scatter, not a picture
+        save_vector_scatter(out, draws, None, f"draws x ~ p(x) ({config.data.dataset})")
+    elif out.suffix == ".png":
         save_image_grid(out, means, shape, columns, title)
     else:
         import io
-        buffer = io.BytesIO()
-        np.savez(buffer, x=draws.reshape(args.n, *shape).numpy(),
-                 mean=means.reshape(args.n, *shape).numpy(), z=z.numpy())
+        buffer = io.BytesIO()  # the data's own layout: (N, D) for vectors, (N, C, H, W) else
+        np.savez(buffer, x=draws.reshape(args.n, *data_shape(shape)).numpy(),
+                 mean=means.reshape(args.n, *data_shape(shape)).numpy(), z=z.numpy())
         atomic_write_bytes(out, buffer.getvalue())
     print(f"wrote {len(means)} samples to {out}")
     return 0
@@ -476,7 +538,20 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "sample": command_sample,
+def command_recipes(args: argparse.Namespace) -> int:
+    from pyro_vae.config import RECIPES, recipe_names
+
+    if args.path:
+        print(RECIPES.resolve())
+        return 0
+    for name in recipe_names():
+        comment = (RECIPES / f"{name}.toml").read_text(encoding="utf-8").split("\n", 1)[0]
+        about = comment.lstrip("# ").strip() if comment.startswith("#") else ""
+        print(f"{name:<28} {about}".rstrip())
+    return 0
+
+
+COMMANDS = {"train": command_train, "recipes": command_recipes, "evaluate": command_evaluate, "sample": command_sample,
             "compare": command_compare, **APPLICATION_COMMANDS,
             **DIAGNOSTICS_COMMANDS}
 
@@ -486,6 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         load_plugins(_early_plugins(argv), "given with --plugin")
         args = build_parser().parse_args(argv)
+        if args.command != "recipes":  # train applies its recipe's value once it has read it
+            apply_threads(args.threads)
         return COMMANDS[args.command](args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"

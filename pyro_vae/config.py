@@ -23,10 +23,31 @@ from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWO
 
 # Priors, guides, likelihoods, networks, objectives, model kinds and datasets are named by
 # the registries of pyro_vae.registry (which plugins extend); the settings below are not.
-BINARIZATIONS = ("dynamic", "static", "none")
+BINARIZATIONS = ("auto", "dynamic", "static", "none")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 DEVICES = ("cpu", "cuda")
+#: The recipes shipped with the library (the repository's ``models/``, linked into the package).
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``pyro-vae train NAME`` trains one)."""
+    return sorted(path.stem for path in RECIPES.glob("*.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` itself if it is a file, else the packaged recipe of that
+    name (with or without ``.toml``); a :class:`ConfigError` saying what exists otherwise."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES / (path.name if path.suffix == ".toml" else f"{path.name}.toml")
+    if path.parent == Path(".") and packaged.is_file():
+        return packaged
+    raise ConfigError(f"recipe {name_or_path} is neither a TOML file nor a packaged recipe; "
+                      "give the path of a recipe, or one of the names `pyro-vae recipes` lists."
+                      + _suggestion(path.stem, recipe_names()))
 
 
 def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -62,8 +83,10 @@ class DataConfig:
     dataset: str = "digits"
     #: Folder holding the MNIST-family files; default: $PYRO_VAE_DATA_DIR, else ``./data``.
     data_dir: str | None = None
-    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw) or ``none``.
-    binarize: str = "dynamic"
+    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw), ``none``,
+    #: or ``auto``: ``dynamic`` for a Bernoulli likelihood, ``none`` for the others (which
+    #: model intensities or real values and are never binarized).
+    binarize: str = "auto"
     #: Fraction of the training split held out for validation (0 disables validation).
     validation_fraction: float = 0.1
     #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
@@ -97,6 +120,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
     gaussian_scale: float | str = "learned"
+    #: Gaussian likelihood: decode in standardized units (the training split's per-pixel mean
+    #: and overall standard deviation, saved with the weights); log p(x) stays in data units.
+    standardize: bool = True
     #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
     #: is then the size of z1 and the two keys below describe z2 and the nets between them.
     stochastic_layers: int = 1
@@ -232,10 +258,14 @@ class TrainConfig:
     on_nan: str = "stop"
     #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
     aux_loss_weight: float = 50.0
+    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
+    #: set, else 1, the fastest for these models on a machine shared with other jobs.
+    threads: int = 0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
+        _positive("train", "threads", self.threads, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
@@ -264,9 +294,13 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
+    #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
+    latent_map: str = "tsne"
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:
@@ -293,10 +327,26 @@ class Config:
     #: Plugin modules imported before the tables are checked (their names become valid).
     plugins: list[str] = field(default_factory=list)
 
+    @property
+    def binarization(self) -> str:
+        """``[data] binarize`` with ``auto`` resolved by the likelihood."""
+        if self.data.binarize != "auto":
+            return self.data.binarize
+        binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
+        return "dynamic" if binary else "none"
+
     def validate(self) -> "Config":
         load_plugins(self.plugins, "listed under plugins in the run's configuration")
         for name in SECTIONS:
             getattr(self, name).validate()
+        binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
+        if self.data.binarize in ("dynamic", "static") and not binary:
+            raise ConfigError(
+                f"[data] binarize = \"{self.data.binarize}\" turns the data into coin flips, "
+                f"but likelihood = \"{self.model.likelihood}\" models intensities or real "
+                "values and would fit those coin flips instead of the data. Leave binarize at "
+                "\"auto\" (or \"none\") with this likelihood, or use likelihood = "
+                "\"bernoulli\" for binary data.")
         check_compatible(self)
         return self
 

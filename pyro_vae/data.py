@@ -13,7 +13,9 @@ Sources:
   MD5-checked against torchvision's list; torchvision downloads them on request.
 * ``binarized-mnist`` — Larochelle & Murray's fixed binarization (``.amat``, 50k/10k/10k).
 * ``file:PATH.npz`` — array ``x`` (N×D, N×H×W or N×C×H×W; uint8 is divided by 255), optional
-  ``y``, optional ``x_test``/``y_test``.
+  ``y``, optional ``x_test``/``y_test``. N×D rows are vectors (image shape ``(1, 1, D)``)
+  unless D is a square of side 4 or more (then H = W = √D, as a flattened MNIST). Complex
+  values and arrays with no values per datapoint are refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ _IDX_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+#: An N×D ``.npz`` array whose D is a square of a side at least this is read as images.
+MIN_IMAGE_SIDE = 4
+
+
+def is_vector_shape(image_shape: tuple[int, ...]) -> bool:
+    """Whether data of this shape are D-dimensional vectors (stored as ``(1, 1, D)``)."""
+    return len(image_shape) == 3 and image_shape[0] == 1 and image_shape[1] == 1
+
+
+def data_shape(image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of one datapoint as the user gave it: ``(D,)`` for vectors, else ``(C, H, W)``."""
+    return (image_shape[2],) if is_vector_shape(image_shape) else tuple(image_shape)
 
 
 @dataclass
@@ -297,12 +313,21 @@ def _npz_images(array: np.ndarray, path: Path, key: str):
                         "as N×D, N×H×W or N×C×H×W.")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{path}: {key} has dtype {array.dtype}; it must be numeric.")
+    if np.iscomplexobj(array):
+        raise DataError(f"{path}: {key} holds complex numbers ({array.dtype}); a VAE here models "
+                        "real values, and dropping the imaginary part would change the data. "
+                        "Store the real and imaginary parts as two channels (N×2×H×W) or as "
+                        "separate columns of an N×D array.")
+    if any(size == 0 for size in array.shape[1:]):
+        raise DataError(f"{path}: {key} has shape {array.shape}: no values per datapoint. Store "
+                        "at least one value per datapoint (N×D with D ≥ 1, N×H×W or N×C×H×W).")
     images = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
     if not np.all(np.isfinite(images)):
         raise DataError(f"{path}: {key} contains NaN or infinite values; clean them first.")
-    if array.ndim == 2:
+    if array.ndim == 2:  # square rows of 16 values or more are images, the rest vectors
         side = int(round(array.shape[1] ** 0.5))
-        shape = (1, side, side) if side * side == array.shape[1] else (1, 1, array.shape[1])
+        shape = (1, side, side) if side * side == array.shape[1] and side >= MIN_IMAGE_SIDE \
+            else (1, 1, array.shape[1])
     else:
         shape = (1, *array.shape[1:3]) if array.ndim == 3 else tuple(array.shape[1:4])
     return torch.from_numpy(images.reshape(len(array), -1)), tuple(int(s) for s in shape)
@@ -322,6 +347,26 @@ def _npz_labels(archive, key: str, count: int, path: Path) -> torch.Tensor | Non
 
 def is_binary(x: torch.Tensor) -> bool:
     return bool(((x == 0) | (x == 1)).all())
+
+
+def check_splits_for_binarization(data: ImageData, source: str, mode: str) -> None:
+    """Raise :class:`DataError` unless every split is finite and in [0, 1], as binarization
+    needs (checked before binarizing, so bad data never reaches ``torch.bernoulli``)."""
+    for split, values in (("train", data.train_x), ("validation", data.valid_x),
+                          ("test", data.test_x)):
+        if not len(values):
+            continue
+        if not torch.isfinite(values).all():
+            raise DataError(f"{source} ({split} split) contains NaN or infinite values; clean "
+                            "the data first.")
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            raise DataError(
+                f"{source} ({split} split) has values in [{low:g}, {high:g}], but {mode} "
+                "binarization draws every value as a coin flip with the value as its "
+                "probability, which needs values in [0, 1]. Rescale the data (e.g. divide 8-bit "
+                "images by 255), or, for real-valued data, use --likelihood gaussian, which is "
+                "never binarized.")
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -18,6 +18,17 @@ that at most ``max_chunk`` decoded images exist at once; ``max_chunk = "auto"`` 
 chunks to half the free memory of a CUDA device, measured on a probe chunk (on a CPU it is the
 default, 20,000).
 
+Two error bars, for two questions. ``log_likelihood_stderr`` is the spread over the test
+points: std_n(log p̂_K(x_n)) / √N, how much the mean would move on another test set of the same
+size. ``log_likelihood_mc_stderr`` is the Monte Carlo error of the estimate itself on *these*
+points, how much it would move with other draws z_k: for each datapoint the delta method gives
+Var[log p̂_K] ≈ (K Σw² / (Σw)² − 1) / (K − 1) (= (K/ESS − 1)/(K − 1)), and the mean's error is
+√(Σ_n Var_n) / N. (Like every importance-sampling error bar it is itself an estimate, too
+small when q misses mass that no draw found.) For a Bayesian decoder all datapoints share the
+weight draws W_s, so the Monte Carlo error is the jackknife over those draws, which carries
+both the spread of the shared weights and that of the z draws. E[log p̂_K] ≤ log p(x): the
+estimate is also biased low by an amount that shrinks as K grows.
+
 Active units follow Burda et al. (2016, §5.2): dimension u is active if
 Cov_x(E_{q(z|x)}[z_u]) > 0.01.
 """
@@ -74,6 +85,9 @@ class LogLikelihoodEstimate:
     log_likelihood: torch.Tensor
     elbo: torch.Tensor
     num_samples: int
+    #: Monte Carlo error of the mean of ``log_likelihood`` over these points (see the module
+    #: docstring); NaN where it cannot be estimated (one sample).
+    mc_stderr: float = float("nan")
 
     @staticmethod
     def _stderr(values: torch.Tensor) -> float:
@@ -88,6 +102,10 @@ class LogLikelihoodEstimate:
     @property
     def log_likelihood_stderr(self) -> float:
         return self._stderr(self.log_likelihood)
+
+    @property
+    def log_likelihood_mc_stderr(self) -> float:
+        return self.mc_stderr
 
     @property
     def mean_elbo(self) -> float:
@@ -179,6 +197,15 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     return _score_given(vae, vae.model, guide, x, num_samples, max_chunk, progress, y)
 
 
+def _delta_method_variance(log_sum_w: torch.Tensor, log_sum_w2: torch.Tensor,
+                           num_samples: int) -> torch.Tensor:
+    """Var[log p̂_K] per datapoint ≈ (K Σw² / (Σw)² − 1) / (K − 1) (NaN for K = 1)."""
+    if num_samples < 2:
+        return torch.full_like(log_sum_w, float("nan"))
+    ratio = torch.exp(log_sum_w2 - 2 * log_sum_w) * num_samples  # K / ESS, in [1, K]
+    return ((ratio - 1) / (num_samples - 1)).clamp_min(0.0)
+
+
 def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_samples: int,
                                    max_chunk: int, progress: Callable[[int], None] | None
                                    ) -> LogLikelihoodEstimate:
@@ -191,9 +218,23 @@ def _estimate_posterior_predictive(vae: torch.nn.Module, x: torch.Tensor, num_sa
                                                progress if draw == draws - 1 else None)
         log_likelihoods.append(estimate.log_likelihood)
         elbos.append(estimate.elbo)
-    log_likelihood = torch.logsumexp(torch.stack(log_likelihoods), 0) - math.log(draws)
+    per_draw_estimates = torch.stack(log_likelihoods)  # [S, N]
+    log_likelihood = torch.logsumexp(per_draw_estimates, 0) - math.log(draws)
     return LogLikelihoodEstimate(log_likelihood, torch.stack(elbos).mean(0),
-                                 draws * per_draw)
+                                 draws * per_draw, _jackknife_stderr(per_draw_estimates))
+
+
+def _jackknife_stderr(per_draw: torch.Tensor) -> float:
+    """Jackknife standard error over the S shared weight draws of the mean over datapoints of
+    log (1/S) Σ_s p̂_s(x_n), from the per-draw estimates log p̂_s(x_n) (``[S, N]``)."""
+    draws = per_draw.shape[0]
+    if draws < 2 or per_draw.shape[1] == 0:
+        return float("nan")
+    total = torch.logsumexp(per_draw, 0)
+    # Leave draw s out: log Σ_{t≠s} exp(a_t) = total + log(1 − exp(a_s − total)).
+    left_out = total + torch.log1p(-torch.exp(per_draw - total).clamp(max=1 - 1e-7))
+    means = (left_out - math.log(draws - 1)).mean(1)  # [S]
+    return float(math.sqrt((draws - 1) / draws * float((means - means.mean()).pow(2).sum())))
 
 
 def global_sites(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
@@ -237,24 +278,29 @@ def _score_given(vae: torch.nn.Module, model: Callable, guide: Callable, x: torc
     """Per-datapoint log p̂_K and ELBO of ``model`` with proposal ``guide`` (both local)."""
     data_chunk = max(1, min(len(x), max_chunk // num_samples))
     particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
-    log_likelihoods, elbos = [], []
+    log_likelihoods, elbos, variances = [], [], []
     with vae.scoring():
         for start in range(0, len(x), data_chunk):
             batch = x[start: start + data_chunk]
             labels = () if y is None else (y[start: start + data_chunk],)
             log_sum_w = torch.full((len(batch),), -math.inf, device=x.device, dtype=x.dtype)
+            log_sum_w2 = log_sum_w.clone()
             sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
             for done in range(0, num_samples, particle_chunk):
                 k = min(particle_chunk, num_samples - done)
                 log_w = log_importance_weights(model, guide, batch, k, *labels)
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
+                log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, dim=0))
                 sum_log_w += log_w.sum(0)
             log_likelihoods.append(log_sum_w - math.log(num_samples))
             elbos.append(sum_log_w / num_samples)
+            variances.append(_delta_method_variance(log_sum_w, log_sum_w2, num_samples))
             if progress is not None:
                 progress(len(batch))
+    variance = torch.cat(variances).cpu()
     return LogLikelihoodEstimate(torch.cat(log_likelihoods).cpu(), torch.cat(elbos).cpu(),
-                                 num_samples)
+                                 num_samples, float(variance.sum().sqrt() / len(variance))
+                                 if len(variance) else float("nan"))
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from pyro_vae.objectives import PerDatapointObjective, make_objective
+from pyro_vae.objectives import PerDatapointObjective, is_lower_bound, make_objective
 
 
 @dataclass
@@ -43,6 +43,9 @@ class EstimatorReport:
     decoder_grad_variance: float
     decoder_snr: float
     ms_per_step: float
+    #: Whether the objective is a lower bound on log p(x) in expectation (Rényi with α < 0
+    #: is not: it can lie above log p(x)).
+    lower_bound: bool = True
 
 
 def _batch_bound(objective, vae, x: torch.Tensor) -> float:
@@ -104,7 +107,8 @@ def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
         bound_stderr=float(bounds.std() / math.sqrt(repeats)),
         encoder_grad_variance=encoder_variance, encoder_snr=encoder_snr,
         decoder_grad_variance=decoder_variance, decoder_snr=decoder_snr,
-        ms_per_step=1000 * float(torch.tensor(seconds).median()))
+        ms_per_step=1000 * float(torch.tensor(seconds).median()),
+        lower_bound=is_lower_bound(objective_name, alpha))
 
 
 def compare_estimators(vae, x: torch.Tensor, objectives: Sequence[str],
@@ -137,10 +141,12 @@ def reports_to_csv(reports: Sequence[EstimatorReport]) -> str:
 
 
 def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
-    lines = ["| objective | K | bound (nats) | encoder SNR | decoder SNR | encoder grad var | "
+    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | encoder SNR | decoder SNR | encoder grad var | "
              "decoder grad var | ms/step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in reports:
-        lines.append(f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f} "
+        mark = "" if r.lower_bound else " (not a lower bound)"
+        lines.append(f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f}"
+                     f"{mark} "
                      f"| {r.encoder_snr:.3f} | {r.decoder_snr:.3f} | "
                      f"{r.encoder_grad_variance:.3g} | {r.decoder_grad_variance:.3g} | "
                      f"{r.ms_per_step:.1f} |")

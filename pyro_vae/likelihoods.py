@@ -95,10 +95,18 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
 
 class GaussianLikelihood(Likelihood):
-    """p(x|z) = Π_i N(x_i; μ_i(z), σ²) with σ fixed or learned (one σ shared by all pixels).
+    """p(x|z) = Π_i N(x_i; m_i + s μ_i(z), (s σ)²) with σ fixed or learned (one σ shared by all
+    pixels) and any real-valued data.
 
     A learned σ is ``min_scale + softplus(s)``: the floor keeps the density bounded on images
     with constant pixels (MNIST's borders), where σ → 0 would make log p(x|z) unbounded.
+
+    Standardization: the decoder works in standardized units, ``x = m + s · x_std``, where
+    :meth:`initialize_from` sets m (per pixel) and s (one number) from the training split, and
+    both are buffers saved with the weights. The density is over the data itself, so log p(x)
+    is in the data's own units: the Jacobian −P log s of the standardization is part of every
+    log-density, and a fixed σ is in standardized units. Without :meth:`initialize_from`
+    (m = 0, s = 1) nothing changes.
     """
 
     def __init__(self, scale: float | None = None, min_scale: float = 1e-2):
@@ -107,6 +115,28 @@ class GaussianLikelihood(Likelihood):
         self.min_scale = min_scale
         if scale is None:
             self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(0.1 - min_scale))))
+        self.register_buffer("shift", torch.zeros(()))
+        self.register_buffer("spread", torch.ones(()))
+
+    def initialize_from(self, x: torch.Tensor) -> None:
+        """Standardize by the per-pixel mean and the overall standard deviation of ``x``
+        (one spread for every pixel keeps one shared σ a shared σ in the data's units)."""
+        shift = x.mean(0)
+        spread = (x - shift).pow(2).mean().sqrt().clamp_min(1e-6)
+        self.shift = shift.detach().clone()
+        self.spread = spread.detach().clone()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in ("shift", "spread"):  # their shape is the data's; older runs have none
+            key = prefix + name
+            if key in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.spread.device))
+            else:
+                state_dict[key] = torch.zeros(()) if name == "shift" else torch.ones(())
+                setattr(self, name, torch.empty_like(state_dict[key], device=self.spread.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     @property
     def scale(self) -> torch.Tensor | float:
@@ -118,13 +148,16 @@ class GaussianLikelihood(Likelihood):
         scale = self.scale
         if not isinstance(scale, torch.Tensor):
             scale = torch.tensor(scale, dtype=loc.dtype, device=loc.device)
-        return dist.Normal(loc, scale.expand(loc.shape), validate_args=False).to_event(1)
+        return dist.Normal(self.shift + self.spread * loc,
+                           (self.spread * scale).expand(loc.shape),
+                           validate_args=False).to_event(1)
 
     def mean(self, loc: torch.Tensor) -> torch.Tensor:
-        return loc
+        return self.shift + self.spread * loc
 
 
-@LIKELIHOODS.register("bernoulli", help="binary pixels, decoder logits")
+@LIKELIHOODS.register("bernoulli", help="binary pixels, decoder logits",
+                     capabilities={"binary_data"})
 def _bernoulli(config: ModelConfig) -> Likelihood:
     return BernoulliLikelihood()
 

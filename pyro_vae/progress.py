@@ -1,18 +1,63 @@
-"""tqdm progress bars for the CLI (the library reports through :class:`~pyro_vae.train.Progress`)."""
+"""Progress output for the CLI (the library reports through :class:`~pyro_vae.train.Progress`).
+
+The output fits where it goes (:func:`output_mode`):
+
+* ``bars``     — a terminal: tqdm bars that redraw in place;
+* ``lines``    — a log file, a pipe or CI: one plain line per epoch and per evaluation, never
+                 a carriage return;
+* ``notebook`` — a Jupyter kernel with ipywidgets installed (the ``notebook`` extra):
+                 ``tqdm.auto`` widgets.
+
+:class:`Callbacks` sends every hook to several receivers (the progress display and the
+experiment loggers of :mod:`pyro_vae.loggers`).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import signal
+import sys
+import time
 from types import FrameType
-from typing import Any
+from typing import Any, Sequence, TextIO
 
-from tqdm.auto import tqdm
+import torch
 
 from pyro_vae.train import Progress
 
+MODES = ("bars", "lines", "notebook")
+
+
+def _in_notebook() -> bool:
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def output_mode(stream: TextIO | None = None) -> str:
+    """``notebook`` in a Jupyter kernel that can draw widgets, ``bars`` when ``stream`` (default
+    stderr) is a terminal, else ``lines``."""
+    if _in_notebook() and importlib.util.find_spec("ipywidgets") is not None:
+        return "notebook"
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "bars" if isatty is not None and isatty() else "lines"
+
+
+def _tqdm_class(mode: str) -> Any:
+    if mode == "notebook":
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    return tqdm
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
 
 class TqdmProgress(Progress):
-    """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar.
+    """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar, or, in
+    ``lines`` mode, one line per epoch and per evaluation (see :func:`output_mode`).
 
     Used as a context manager it also owns Ctrl-C: the first one is noted and raised as
     ``KeyboardInterrupt`` at the next step or evaluation chunk, from ordinary code, so it can
@@ -20,14 +65,30 @@ class TqdmProgress(Progress):
     second Ctrl-C interrupts at once.
     """
 
-    def __init__(self, quiet: bool = False) -> None:
-        #: No bars (the other processes of a torchrun job); Ctrl-C is still handled.
+    def __init__(self, quiet: bool = False, mode: str | None = None,
+                 stream: TextIO | None = None) -> None:
+        #: No output (the other processes of a torchrun job); Ctrl-C is still handled.
         self.quiet = quiet
-        self.epochs: tqdm | None = None
-        self.steps: tqdm | None = None
-        self.evaluation: tqdm | None = None
+        self.stream = stream
+        self.mode = mode or output_mode(stream)
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {MODES}")
+        self._tqdm = _tqdm_class(self.mode)
+        self.epochs: Any = None
+        self.steps: Any = None
+        self.evaluation: Any = None
         self.stop_requested = False
         self._previous_handler: Any = None
+        self._last_epoch = 0
+        self._started = 0.0
+
+    @property
+    def _lines(self) -> bool:
+        return self.mode == "lines"
+
+    def _print(self, text: str) -> None:
+        stream = sys.stderr if self.stream is None else self.stream
+        print(text, file=stream, flush=True)
 
     def __enter__(self) -> "TqdmProgress":
         self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
@@ -47,16 +108,19 @@ class TqdmProgress(Progress):
             raise KeyboardInterrupt
 
     def start_epochs(self, first: int, last: int) -> None:
-        if self.quiet:
+        self._last_epoch = last
+        if self.quiet or self._lines:
             return
-        self.epochs = tqdm(total=last, initial=first, desc="epochs", unit="epoch",
-                           dynamic_ncols=True)
+        self.epochs = self._tqdm(total=last, initial=first, desc="epochs", unit="epoch",
+                                 dynamic_ncols=True, file=self.stream)
 
     def start_epoch(self, epoch: int, num_batches: int) -> None:
-        if self.quiet:
+        self._started = time.perf_counter()
+        if self.quiet or self._lines:
             return
-        self.steps = tqdm(total=num_batches, desc=f"epoch {epoch + 1}", unit="step",
-                          leave=False, dynamic_ncols=True, mininterval=0.5, delay=1.0)
+        self.steps = self._tqdm(total=num_batches, desc=f"epoch {epoch + 1}", unit="step",
+                                leave=False, dynamic_ncols=True, mininterval=0.5, delay=1.0,
+                                file=self.stream)
 
     def step(self, elbo: float) -> None:
         if self.steps is not None:
@@ -66,6 +130,13 @@ class TqdmProgress(Progress):
     def end_epoch(self, metrics: dict[str, Any]) -> None:
         if self.steps is not None:
             self.steps.close()
+        if self._lines and not self.quiet:
+            active = metrics.get("active_units")
+            self._print(f"epoch {metrics['epoch']}/{self._last_epoch}: train_elbo "
+                        f"{_number(metrics['train_elbo'])}, validation_elbo "
+                        f"{_number(metrics.get('validation_elbo'))}"
+                        + (f", active_units {active}" if active is not None else "")
+                        + f", {time.perf_counter() - self._started:.1f} s")
         if self.epochs is not None:
             postfix = {"train_elbo": f"{metrics['train_elbo']:.2f}"}
             if metrics.get("validation_elbo") is not None:
@@ -77,8 +148,15 @@ class TqdmProgress(Progress):
     def start_evaluation(self, num_datapoints: int, num_samples: int) -> None:
         if self.epochs is not None:
             self.epochs.close()
-        self.evaluation = tqdm(total=num_datapoints, unit="datapoint", dynamic_ncols=True,
-                               desc=f"log p(x), K={num_samples}")
+        self._started = time.perf_counter()
+        if self.quiet:
+            return
+        if self._lines:
+            self._print(f"scoring {num_datapoints} datapoints: log p(x) with K={num_samples} "
+                        "importance samples")
+            return
+        self.evaluation = self._tqdm(total=num_datapoints, unit="datapoint", dynamic_ncols=True,
+                                     desc=f"log p(x), K={num_samples}", file=self.stream)
 
     def evaluated(self, num_datapoints: int) -> None:
         if self.evaluation is not None:
@@ -88,3 +166,45 @@ class TqdmProgress(Progress):
     def end_evaluation(self) -> None:
         if self.evaluation is not None:
             self.evaluation.close()
+        elif self._lines and not self.quiet:
+            self._print(f"scored in {time.perf_counter() - self._started:.1f} s")
+
+
+class Callbacks(Progress):
+    """Sends every hook to each of ``receivers`` in order (a progress display, loggers)."""
+
+    def __init__(self, receivers: Sequence[Progress]) -> None:
+        self.receivers = list(receivers)
+
+    def start_epochs(self, first: int, last: int) -> None:
+        for receiver in self.receivers:
+            receiver.start_epochs(first, last)
+
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+              image_shape: tuple[int, int, int]) -> None:
+        for receiver in self.receivers:
+            receiver.watch(vae, x, y, image_shape)
+
+    def start_epoch(self, epoch: int, num_batches: int) -> None:
+        for receiver in self.receivers:
+            receiver.start_epoch(epoch, num_batches)
+
+    def step(self, loss: float) -> None:
+        for receiver in self.receivers:
+            receiver.step(loss)
+
+    def end_epoch(self, metrics: dict[str, Any]) -> None:
+        for receiver in self.receivers:
+            receiver.end_epoch(metrics)
+
+    def start_evaluation(self, num_datapoints: int, num_samples: int) -> None:
+        for receiver in self.receivers:
+            receiver.start_evaluation(num_datapoints, num_samples)
+
+    def evaluated(self, num_datapoints: int) -> None:
+        for receiver in self.receivers:
+            receiver.evaluated(num_datapoints)
+
+    def end_evaluation(self) -> None:
+        for receiver in self.receivers:
+            receiver.end_evaluation()

@@ -26,12 +26,13 @@ import torch
 
 from pyro_vae import distributed, plots
 from pyro_vae.config import Config
-from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
+from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
+                           load_dataset, minibatches)
 from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.faults import nonfinite_loss_error
-from pyro_vae.likelihoods import build_likelihood, check_unit_interval
+from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.protocol import has
@@ -63,9 +64,14 @@ class KLSchedule:
 
 
 class Progress:
-    """Hooks the CLI fills in to show progress; the library itself never prints."""
+    """Hooks the CLI fills in to show progress and log experiments; the library itself never
+    prints. ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
+    validation points) once, before the first epoch; ``end_epoch`` gets each epoch's row of
+    ``metrics.jsonl``."""
 
     def start_epochs(self, first: int, last: int) -> None: ...
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+              image_shape: tuple[int, int, int]) -> None: ...
     def start_epoch(self, epoch: int, num_batches: int) -> None: ...
     def step(self, loss: float) -> None: ...
     def end_epoch(self, metrics: dict[str, Any]) -> None: ...
@@ -86,16 +92,17 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
     """Load the dataset, binarize it as configured, check it fits the likelihood, move it."""
     data = load_dataset(config.data.dataset, config.data.data_dir,
                         config.data.validation_fraction, config.data.download)
-    if config.data.binarize == "dynamic":
+    binarization = config.binarization
+    source = f"dataset {config.data.dataset!r}"
+    if binarization != "none":  # ranges are checked before any transform
+        check_splits_for_binarization(data, source, binarization)
+    if binarization == "dynamic":
         data = binarize_fixed(data, ("validation", "test"))
-    elif config.data.binarize == "static":
+    elif binarization == "static":
         data = binarize_fixed(data, ("train", "validation", "test"))
     if check:
         likelihood = build_likelihood(config.model.likelihood, config.model.gaussian_scale)
-        source = f"dataset {config.data.dataset!r}"
-        if config.data.binarize == "dynamic":  # drawn per epoch from intensities in [0, 1]
-            check_unit_interval(data.train_x, f"{source} (train split)", "dynamic binarization")
-        else:
+        if binarization != "dynamic":  # dynamic: drawn per epoch from intensities in [0, 1]
             likelihood.check_data(data.train_x, f"{source} (train split)")
         likelihood.check_data(data.test_x, f"{source} (test split)")
     return data.to(device)
@@ -335,6 +342,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         vae.num_data = len(data.train_x)
     if has(config, "components") and "pseudo_inputs" in PRIORS.capabilities(config.model.prior):
         _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
+    if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
+        vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none")
     splits = None
@@ -378,6 +387,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     monitor_x = monitor_x[:MONITOR_POINTS]
     monitor_y = None if monitor_y is None else monitor_y[:MONITOR_POINTS]
     progress.start_epochs(start_epoch, config.train.epochs)
+    progress.watch(vae, monitor_x, monitor_y, data.image_shape)
     epoch = start_epoch
     with pyro.validation_enabled(False), warnings.catch_warnings():
         # Non-finite losses are detected and explained below; Pyro's own warning is noise.
@@ -385,7 +395,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         while epoch < config.train.epochs:
             started = time.perf_counter()
             vae.train()
-            x_train = binarize(data.train_x) if config.data.binarize == "dynamic" else data.train_x
+            x_train = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
             progress.start_epoch(epoch, batches_per_epoch)
             try:
                 if splits is not None:  # semi-supervised M2
@@ -458,6 +468,9 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "test_elbo_stderr": estimate.elbo_stderr,
         "test_log_likelihood": estimate.mean_log_likelihood,
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
+        # Monte Carlo error of test_log_likelihood on these points (the stderr above is the
+        # spread over test points); see pyro_vae.evaluate.
+        "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         # What test_log_likelihood estimates: log p(x), log p(x|y), ...
         "score_name": getattr(vae, "score_name", "log p(x)"),
@@ -476,20 +489,22 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
     elif has(config, "pictures"):
-        write_pictures(vae, data, run_dir, history)
+        write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)
     elif history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
     return summary
 
 
-def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict]) -> None:
+def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict],
+                   latent_map: str = "tsne") -> None:
     """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``,
     ``elbo.png`` and ``kl.png``."""
     shape = data.image_shape
-    plots.save_samples(run_dir / "samples.png", vae, shape)
+    plots.save_samples(run_dir / "samples.png", vae, shape, reference=data.test_x)
     plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
     plots.save_interpolation(run_dir / "interpolation.png", vae, data.test_x, shape)
-    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y)
+    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y,
+                          method=latent_map)
     if history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
         plots.save_kl_curves(run_dir / "kl.png", history)

@@ -12,6 +12,14 @@ renyi       Rényi / VR-α bound (Li & Turner 2016)               ``renyi.py``
 score       ELBO, score-function gradient with a baseline       ``score.py``
 =========== =================================================== ==========================
 
+Which are lower bounds on log p(x): with the KL weight β = 1, every one except Rényi with
+α < 0, which lies *above* IWAE and can exceed log p(x) (Li & Turner 2016): it is an
+objective, not a bound. With β ≠ 1 (β-VAE, or a step of KL warm-up) every objective bounds
+E log (1/K) Σ_k p(x|z_k) (p(z_k)/q(z_k|x))^β instead: below log p(x) for β > 1, but it can
+exceed it for β < 1. :func:`is_lower_bound` says which; ``compare`` and the README mark the
+others. What *does* hold, in expectation, for β = 1: ELBO ≤ IWAE_K ≤ IWAE_{K+1} ≤ log p(x), and
+Rényi_α with 0 ≤ α < 1 between the ELBO and IWAE_K at the same K.
+
 All are Pyro ``ELBO`` objects with ``loss``, ``loss_and_grads`` and ``differentiable_loss``,
 vectorized over ``particles``; the ones of this library reduce per datapoint inside the
 ``data`` plate (``particles.py``). ``elbo`` and ``meanfield`` are Pyro's classes that, after
@@ -104,7 +112,15 @@ OBJECTIVES = REGISTRY.registered_names()
 
 __all__ = ["CAPABILITIES", "DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
            "OBJECTIVES", "ObjectiveModule", "PerDatapointObjective", "RenyiBound", "STL",
-           "ScoreFunctionELBO", "free_bits_penalty", "make_objective"]
+           "ScoreFunctionELBO", "free_bits_penalty", "is_lower_bound", "make_objective"]
+
+
+def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
+    """Whether objective ``name`` (with Rényi's ``alpha`` and KL weight ``beta``) is, in
+    expectation, a lower bound on log p(x) (see the module docstring)."""
+    if beta != 1.0:
+        return False
+    return not (name == "renyi" and alpha < 0)
 
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,

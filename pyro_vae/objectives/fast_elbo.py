@@ -20,7 +20,9 @@ inside the ``data`` plate. Later calls run the pair under one light messenger
 loss and gradients are those of Pyro's class at the same random state (the loss value to float
 rounding: Pyro adds it up in Python floats). A pair with another structure (a Bayesian decoder's
 global weight sites, M2's enumerated label), a call with Pyro's validation enabled, or a later
-call whose sites differ from the first goes through Pyro's own code unchanged. ``loss`` and
+call whose sites differ from the first (in names, number, order, observed status or
+enumeration) goes through Pyro's own code unchanged; a site name used twice in one run raises
+Pyro's own error, as Pyro's traces do. ``loss`` and
 ``loss_and_grads`` (what ``SVI`` calls) are Pyro's own.
 """
 
@@ -41,15 +43,25 @@ from pyro_vae.objectives.recorder import Sites, record, scaled_log_prob
 _UNSEEN = object()
 
 
-class Structure(NamedTuple):
-    """The sample sites of a model/guide pair that the recorded path has been checked for."""
+#: What Pyro's ELBOs check of one sample site: its name, whether it is observed, and how (if
+#: at all) it is enumerated.
+SiteKey = tuple[str, bool, Any]
 
-    model_sites: tuple[str, ...]
-    guide_sites: tuple[str, ...]
+
+def _site_key(site: dict) -> SiteKey:
+    return site["name"], bool(site["is_observed"]), site["infer"].get("enumerate")
+
+
+class Structure(NamedTuple):
+    """The sample sites of a model/guide pair that the recorded path has been checked for:
+    every site's name, observed status and enumeration, in order (so counts too)."""
+
+    model_sites: tuple[SiteKey, ...]
+    guide_sites: tuple[SiteKey, ...]
 
     def matches(self, model_sites: Sites, guide_sites: Sites) -> bool:
-        return (tuple(model_sites) == self.model_sites
-                and tuple(guide_sites) == self.guide_sites
+        return (tuple(map(_site_key, model_sites.values())) == self.model_sites
+                and tuple(map(_site_key, guide_sites.values())) == self.guide_sites
                 and all(site["fn"].has_rsample for site in guide_sites.values()))
 
 
@@ -72,7 +84,7 @@ def structure(model_trace: Trace, guide_trace: Trace) -> Structure | None:
             return None
     if not all(_in_data_plate(site) for site in model_sites + guide_sites):
         return None
-    return Structure(tuple(s["name"] for s in model_sites), tuple(s["name"] for s in guide_sites))
+    return Structure(tuple(map(_site_key, model_sites)), tuple(map(_site_key, guide_sites)))
 
 
 class _TracedOnce:

@@ -3,7 +3,9 @@
     L_K(x) = E_{z_1..K ~ q(z|x)} [ log (1/K) Σ_k p(x, z_k) / q(z_k|x) ]
 
 L_1 is the ELBO, L_K rises monotonically with K and tends to log p(x) (Burda, Grosse &
-Salakhutdinov 2016, "Importance Weighted Autoencoders", ICLR, Theorem 1). The gradient is the
+Salakhutdinov 2016, "Importance Weighted Autoencoders", ICLR, Theorem 1). That holds for the
+true model (KL weight β = 1); with β < 1 on the latent site the weights are
+p(x|z)(p(z)/q(z|x))^β and the "bound" can exceed log p(x). The gradient is the
 reparameterized gradient of the log-mean-exp, taken separately for every datapoint.
 """
 

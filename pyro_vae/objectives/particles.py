@@ -7,7 +7,10 @@ For K particles and a minibatch of B datapoints the guide runs once under a ``pa
     log w[k, n] = Σ_{model sites} log p(·) − Σ_{guide sites} log q(·)      shape [K, B]
 
 with every site's log-density weighted by its own scale relative to the data plate's N/B (so a
-β from ``poutine.scale`` on the latent site enters as β·(log p(z) − log q(z))). Each objective
+β from ``poutine.scale`` on the latent site enters as β·(log p(z) − log q(z))). With β ≠ 1 the
+bounds built on these weights are of E log (1/K) Σ_k p(x|z_k) (p(z_k)/q(z_k|x))^β, not of
+log p(x): below it for β > 1, but for β < 1 they can exceed it (+1.09 nats measured at
+β = 0.3 with K large). Evaluation uses ``scaled=False`` (the true model). Each objective
 reduces over k separately for every datapoint n, then sums over n and multiplies by N/B.
 
 Pyro's ``RenyiELBO`` instead sums every site over the whole batch before its log-mean-exp, and

@@ -10,7 +10,8 @@ keeps the messages of the sample sites, in order, and replays the guide's values
 model's latent sites exactly as ``poutine.replay`` does (same value, ``done`` so the model
 draws nothing, the guide's ``infer``). Model and guide stay ordinary Pyro programs; plates,
 ``poutine.scale`` and every other handler inside them act as usual, so each recorded site has
-the same ``fn``, ``value``, ``scale`` and ``mask`` its trace node would have.
+the same ``fn``, ``value``, ``scale`` and ``mask`` its trace node would have. A name used by
+two sample sites of one run raises Pyro's own error (``Multiple sample sites named ...``).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class SiteRecorder(Messenger):
         # Outermost handlers post-process first: copy now, as poutine.trace does, so that what
         # an inner handler does to the message afterwards is not recorded.
         if not site_is_subsample(msg):
+            if msg["name"] in self.sites:  # as poutine.trace does: a name names one site
+                raise RuntimeError(f"Multiple {msg['type']} sites named '{msg['name']}'")
             self.sites[msg["name"]] = msg.copy()
 
 

@@ -1,0 +1,182 @@
+"""Anomaly scores: metrics, compressed length, likelihood regret, perturbation, typicality, and
+the hard direction (log p(x) inverted by construction) on a small synthetic pair."""
+
+import io
+import json
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from pyro_vae.anomaly import (SCORES, compressed_length, detection_metrics, likelihood_regret,
+                              perturb, typicality_test)
+from pyro_vae.cli import build_parser, main
+from pyro_vae.config import Config
+from pyro_vae.errors import ConfigError
+from pyro_vae.toy import LinearGaussian
+from pyro_vae.train import train
+
+
+def test_metrics_on_hand_cases_and_against_sklearn():
+    perfect = detection_metrics(torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, 4.0]))
+    assert (perfect.auroc, perfect.auprc, perfect.fpr_at_95_tpr) == (1.0, 1.0, 0.0)
+    inverted = detection_metrics(torch.tensor([3.0, 4.0]), torch.tensor([0.0, 1.0, 2.0]))
+    assert inverted.auroc == 0.0 and inverted.fpr_at_95_tpr == 1.0
+    # 20 anomalies: 95 % TPR needs the 19 highest, so the threshold is the 19th-highest anomaly
+    # (value 1); normal scores 0.5, 1.5, 2.5, 3.5 → three of four at or above it.
+    half = detection_metrics(torch.tensor([0.5, 1.5, 2.5, 3.5]), torch.arange(20.0))
+    assert half.fpr_at_95_tpr == 0.75
+
+    generator = torch.Generator().manual_seed(0)
+    normal = torch.randn(500, generator=generator)
+    anomalous = torch.randn(300, generator=generator) + 1.0
+    metrics = detection_metrics(normal, anomalous)
+    labels = np.r_[np.zeros(500), np.ones(300)]
+    scores = np.r_[normal.numpy(), anomalous.numpy()]
+    assert metrics.auroc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert metrics.auprc == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    assert metrics.fpr_at_95_tpr == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
+
+
+def test_compressed_length_is_the_compressed_size_in_nats():
+    shape = (1, 28, 28)
+    constant = torch.full((1, 784), 0.5)
+    noise = torch.rand(1, 784, generator=torch.Generator().manual_seed(0))
+    flat = np.full((28, 28), 128, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(flat).save(buffer, format="PNG", compress_level=9)
+    expected = {"png": len(buffer.getvalue()), "zlib": len(zlib.compress(flat.tobytes(), 9))}
+    for compressor in ("png", "zlib"):
+        lengths = compressed_length(torch.cat([constant, noise]), shape, compressor)
+        assert lengths[0] < 0.2 * lengths[1]  # a flat image compresses far better than noise
+        assert float(lengths[0]) == pytest.approx(expected[compressor] * 8 * math.log(2))
+    with pytest.raises(ConfigError):
+        compressed_length(torch.zeros(1, 2 * 16), (2, 4, 4), "png")
+    with pytest.raises(ConfigError):
+        compressed_length(constant, shape, "gzip")
+
+
+def test_likelihood_regret_is_the_amortization_gap_on_the_linear_gaussian():
+    toy = LinearGaussian()
+    toy.set_encoder(loc_error=torch.tensor([1.0, -0.5]), scale_factor=1.5)
+    with torch.no_grad():
+        gap = toy.log_px - toy.exact_elbo(toy.x)  # the re-fit can reach the exact posterior
+    torch.manual_seed(0)
+    regret = likelihood_regret(toy.vae, toy.x, steps=100, draws=64, learning_rate=0.05)
+    assert (regret >= 0).all()
+    stderr = float(regret.std() / math.sqrt(len(regret)))
+    assert abs(float(regret.mean() - gap.mean())) < 4 * stderr
+    assert torch.equal(likelihood_regret(toy.vae, toy.x, steps=0), torch.zeros(len(toy.x)))
+    toy.set_encoder()  # the encoder is the exact posterior: nothing left to gain
+    regret = likelihood_regret(toy.vae, toy.x, steps=100, draws=64, learning_rate=0.05)
+    assert (regret >= 0).all() and float(regret.mean()) < 0.1 * float(gap.mean())
+
+
+def test_perturbation_rate_and_support():
+    generator = torch.Generator().manual_seed(0)
+    binary = (torch.rand(200, 100, generator=generator) < 0.3).float()
+    assert torch.equal(perturb(binary, 0.0, generator), binary)
+    perturbed = perturb(binary, 0.4, generator)
+    assert ((perturbed == 0) | (perturbed == 1)).all()
+    changed = float((perturbed != binary).float().mean())  # a random bit differs half the time
+    assert abs(changed - 0.2) < 4 * math.sqrt(0.2 * 0.8 / binary.numel())
+    grey = perturb(torch.full((100, 100), 0.5), 0.3, generator)
+    assert abs(float((grey != 0.5).float().mean()) - 0.3) < 4 * math.sqrt(0.3 * 0.7 / 1e4)
+    with pytest.raises(ConfigError):
+        perturb(binary, 1.5)
+
+
+def test_typicality_flags_batches_more_likely_than_typical():
+    generator = torch.Generator().manual_seed(0)
+    draw = lambda n, mean: mean + 10.0 * torch.randn(n, generator=generator)  # noqa: E731
+    train_lp, valid_lp, test_lp = draw(2000, -100.0), draw(2000, -100.0), draw(2000, -100.0)
+    result, normal, other = typicality_test(train_lp, valid_lp, test_lp, draw(500, -85.0),
+                                            batch_size=10, alpha=0.01)
+    assert len(normal) == 200 and len(other) == 50
+    # 200 in-distribution batches, 1 % false alarms by design: binomial standard error.
+    assert result.false_alarm_rate < 0.01 + 4 * math.sqrt(0.01 * 0.99 / 200)
+    assert result.detection_rate > 0.9 and result.batch_auroc > 0.95  # shift of 4.7 SEs
+    assert result.entropy_estimate == pytest.approx(100.0, abs=4 * 10 / math.sqrt(2000))
+
+
+def test_every_score_is_named_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["anomaly", "--help"])
+    help_text = "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
+    assert all(name in help_text for name in SCORES)
+
+
+def _save_images(path, images):
+    np.savez(path, x=(images.numpy() * 255).astype(np.uint8).reshape(-1, 10, 10))
+
+
+@pytest.fixture(scope="module")
+def speckle_run(tmp_path_factory):
+    """A VAE trained on 10×10 speckle (each pixel on with probability 0.1), and two other
+    datasets: near-blank images (one or two pixels on), which the model must find *more* likely
+    than its own data, and dense noise (probability 0.5), which it finds less likely."""
+    folder = tmp_path_factory.mktemp("speckle")
+    generator = torch.Generator().manual_seed(0)
+    _save_images(folder / "speckle.npz", (torch.rand(3000, 100, generator=generator) < 0.1)
+                 .float())
+    blank = torch.zeros(600, 100)
+    blank[torch.arange(600), torch.randint(100, (600,), generator=generator)] = 1.0
+    blank[torch.arange(0, 600, 2), torch.randint(100, (300,), generator=generator)] = 1.0
+    _save_images(folder / "blank.npz", blank)
+    _save_images(folder / "dense.npz", (torch.rand(600, 100, generator=generator) < 0.5).float())
+    config = Config().with_overrides({
+        "data": {"dataset": f"file:{folder / 'speckle.npz'}", "binarize": "none"},
+        "model": {"hidden_dims": [32], "latent_dim": 2},
+        "train": {"epochs": 3, "batch_size": 100}, "evaluate": {"num_samples": 2}})
+    train(config, folder / "run")
+    return folder
+
+
+def test_hard_direction_is_detected_where_log_likelihood_is_inverted(speckle_run, capsys):
+    run, out = speckle_run / "run", speckle_run / "out"
+    blank, dense = f"file:{speckle_run / 'blank.npz'}", f"file:{speckle_run / 'dense.npz'}"
+    assert main(["anomaly", str(run), "--against", blank, dense, "--limit", "300",
+                 "--num-samples", "20", "--regret-steps", "20", "--regret-draws", "8",
+                 "--background",
+                 "--background-epochs", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    report = json.loads((out / "anomaly.json").read_text())
+    assert report["scores"] == [*[s for s in SCORES if s != "likelihood-ratio"],
+                                "likelihood-ratio"]
+    hard, easy = report["metrics"][blank], report["metrics"][dense]
+    assert hard["log-likelihood"]["auroc"] < 0.5  # the construction: blank images look likely
+    assert "warning" in captured.err and blank in report["warnings"][0]
+    assert hard["complexity"]["auroc"] > 0.9  # the compressed length corrects it
+    assert report["typicality"][blank]["detection_rate"] > 0.9
+    assert easy["log-likelihood"]["auroc"] > 0.9  # dense noise: the easy direction
+    for score in ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio"):
+        assert set(hard[score]) == {"auroc", "auprc", "fpr_at_95_tpr"}
+        assert score in captured.out
+    assert (out / "anomaly.png").stat().st_size > 0
+    assert json.loads((out / "background" / "perturbation.json").read_text())["rate"] == 0.2
+
+    # One score, the background model reused rather than trained again.
+    assert main(["anomaly", str(run), "--against", blank, "--score", "likelihood-ratio",
+                 "--limit", "100", "--num-samples", "5", "--out", str(out)]) == 0
+    assert "reusing the background model" in capsys.readouterr().out
+    report = json.loads((out / "anomaly.json").read_text())
+    assert report["scores"] == ["likelihood-ratio"] and report["typicality"] == {}
+    assert list(report["metrics"][blank]) == ["likelihood-ratio"]
+
+
+def test_bad_score_settings_are_refused(speckle_run, capsys):
+    run = str(speckle_run / "run")
+    blank = f"file:{speckle_run / 'blank.npz'}"
+    for flags in (["--score", "lof"], ["--background-rate", "1.5"], ["--compressor", "gzip"],
+                  ["--regret-steps", "0"]):
+        assert main(["anomaly", run, "--against", blank, *flags,
+                     "--out", str(speckle_run / "refused")]) == 2
+    assert main(["anomaly", run, "--against", blank, blank]) == 2
+    err = capsys.readouterr().err
+    assert "is not a score" in err and "Traceback" not in err
+    assert not (speckle_run / "refused").exists()  # nothing written
