@@ -56,6 +56,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
     "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
     "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
+    "categorical_latents": ("model", "categorical_latents"),
+    "categories": ("model", "categories"), "temperature": ("train", "temperature"),
 }
 #: What may change when a run is continued with --resume.
 RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
@@ -108,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"{OBJECTIVES.help_text()}. elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
                        "iwae: importance-weighted bound; dreg: IWAE with doubly "
                        "reparameterized gradients; stl: sticking the landing; renyi: VR-alpha; "
-                       "score: score-function ELBO with a baseline")
+                       "score: score-function ELBO with a baseline; vimco: IWAE with VIMCO "
+                       "baselines; discrete models: concrete (Gumbel-Softmax relaxation), "
+                       "straight_through, enumerate (exact sum over codes)")
     train.add_argument("--particles", type=int, help="vectorized samples K per datapoint")
     train.add_argument("--alpha", type=float, help="alpha of the Renyi bound (not 1)")
     train.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
@@ -128,8 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
     train.add_argument("--model",
-                       help=f"{MODEL_KINDS.help_text()}. vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
-                       "quadrant_baseline / quadrant_cvae: complete images from --quadrants")
+                       help=f"{MODEL_KINDS.help_text()}. vae; cvae: label-conditional p(x|z, y); "
+                       "m2: semi-supervised M2; quadrant_baseline / quadrant_cvae: complete "
+                       "images from --quadrants; discrete: K categorical latents of C classes")
+    train.add_argument("--categorical-latents", type=int,
+                       help="discrete: number K of categorical latent variables")
+    train.add_argument("--categories", type=int,
+                       help="discrete: classes C of each (2: Bernoulli latents)")
+    train.add_argument("--temperature", type=float,
+                       help="concrete/straight_through: initial relaxation temperature")
     train.add_argument("--quadrants", type=int,
                        help="quadrant models: quadrants given (1, 2 or 3)")
     train.add_argument("--num-labels", type=int,
@@ -174,8 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
         "compare.csv, compare.json, bound_vs_k.png and snr_vs_k.png.")
     compare.add_argument("run_dir", nargs="?", help="a trained run (default: a fresh, untrained "
                          "model of the default recipe)")
-    compare.add_argument("--objectives", default="elbo,iwae,dreg,stl,score",
-                         help="comma-separated (default elbo,iwae,dreg,stl,score)")
+    compare.add_argument("--objectives",
+                         help="comma-separated (default elbo,iwae,dreg,stl,score; for a "
+                         "discrete run score,vimco,concrete,straight_through,enumerate)")
+    compare.add_argument("--temperatures", default="1.0",
+                         help="concrete/straight_through: comma-separated temperatures")
     compare.add_argument("--particles", default="1,5,50", help="comma-separated K values")
     compare.add_argument("--repeats", type=int, default=100,
                          help="independent draws per estimate (default 100)")
@@ -312,6 +326,8 @@ def command_train(args: argparse.Namespace) -> int:
         return 0
     print(_format_summary(summary))
     pictures = ("completions.png, elbo.png" if has(config, "completions") else
+                "samples.png, reconstructions.png, categories.png, elbo.png"
+                if has(config, "categorical_latents") else
                 "samples.png (label x z grid), reconstructions.png, elbo.png"
                 if has(config, "labels") else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
@@ -345,6 +361,10 @@ def _format_summary(summary: dict[str, Any]) -> str:
     ]
     if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
         lines[2] = lines[2].replace("log p(x)", summary["score_name"], 1)
+    if "test_exact_log_likelihood" in summary:  # a discrete code small enough to sum over
+        lines.insert(3, f"log p(x), exact (sum over all codes): "
+                     f"{summary['test_exact_log_likelihood']:.3f} ± "
+                     f"{summary['test_exact_log_likelihood_stderr']:.3f} nats")
     if "test_accuracy" in summary:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
@@ -486,17 +506,19 @@ def command_compare(args: argparse.Namespace) -> int:
     from pyro_vae.lab import (compare_estimators, reports_to_csv, reports_to_markdown,
                               save_lab_plots)
     from pyro_vae.models import build_vae
+    from pyro_vae.objectives import DISCRETE_OBJECTIVES
     from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
     from pyro_vae.train import prepare_data
 
-    objectives = _csv_list("objectives", args.objectives, str, OBJECTIVES.choices())
     particles = _csv_list("particles", args.particles, int)
+    temperatures = _csv_list("temperatures", args.temperatures, float)
+    if any(not t > 0 for t in temperatures):
+        raise ConfigError(f"--temperatures {args.temperatures!r}: temperatures must be "
+                          "positive.")
     if args.repeats < 2:
         raise ConfigError(f"--repeats {args.repeats}: variances and standard errors need at "
                           "least 2 draws.")
     _positive_flag("batch-size", args.batch_size)
-    if "renyi" in objectives and args.alpha == 1.0:
-        raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     if args.run_dir:
         config, vae, checkpoint = load_trained(args.run_dir)
         if config.model.bayesian_decoder != "none" or not has(config, "estimator_lab"):
@@ -510,6 +532,17 @@ def command_compare(args: argparse.Namespace) -> int:
     else:
         config = Config()
         out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    discrete = has(config, "categorical_latents")
+    objectives = _csv_list("objectives", args.objectives or (
+        ",".join(DISCRETE_OBJECTIVES) if discrete else "elbo,iwae,dreg,stl,score"), str,
+        DISCRETE_OBJECTIVES if discrete else OBJECTIVES.choices())
+    relaxed = [name for name in objectives
+               if "discrete_only" in OBJECTIVES.capabilities(name)]
+    if relaxed and not discrete:
+        raise ConfigError(f"--objectives {relaxed[0]} is for discrete latent variables; give "
+                          "the run directory of a --model discrete run.")
+    if "renyi" in objectives and args.alpha == 1.0:
+        raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     overrides = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
@@ -520,17 +553,16 @@ def command_compare(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         vae = build_vae(config.model, data.image_shape)
     x = data.test_x[: args.batch_size]
-    total = len(objectives) * len(particles)
-    done = iter(range(1, total + 1))
+    done = iter(range(1, 10 ** 6))
     reports = compare_estimators(
         vae, x, objectives, particles, args.repeats, args.seed, args.alpha,
-        progress=lambda name, k: print(f"[{next(done)}/{total}] {name}, K={k}",
-                                       file=sys.stderr))
+        progress=lambda name, k: print(f"[{next(done)}] {name}, K={k}", file=sys.stderr),
+        temperatures=temperatures)
     make_run_dir(out)
     atomic_write_text(out / "compare.csv", reports_to_csv(reports))
     write_json(out / "compare.json", {
         "run_dir": args.run_dir, "dataset": config.data.dataset, "batch_size": len(x),
-        "repeats": args.repeats, "seed": args.seed,
+        "repeats": args.repeats, "seed": args.seed, "temperatures": temperatures,
         "reports": [vars(r) for r in reports]})
     save_lab_plots(reports, out)
     print(reports_to_markdown(reports))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyro_vae.errors import ConfigError
+
 
 def add_application_parsers(commands) -> None:
     anomaly = commands.add_parser(
@@ -85,6 +87,10 @@ def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     from pyro_vae.train import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
+    if config.model.kind == "discrete":
+        raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
+                          "in a continuous latent space (encodings, gradients in z). Use it on a "
+                          "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
     overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})

@@ -26,6 +26,8 @@ from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWO
 BINARIZATIONS = ("auto", "dynamic", "static", "none")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
+#: Largest number of codes C^K that objective ``enumerate`` sums over.
+MAX_ENUMERATED_CODES = 1024
 DEVICES = ("cpu", "cuda")
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -149,9 +151,19 @@ class ModelConfig:
     num_classes: int = 10
     #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
     quadrants: int = 1
+    #: ``discrete`` models: K categorical latent variables of C ``categories`` each (C = 2:
+    #: Bernoulli latents), with a ``uniform`` or ``learned`` prior.
+    categorical_latents: int = 20
+    categories: int = 10
+    discrete_prior: str = "uniform"
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
+        _positive("model", "categorical_latents", self.categorical_latents)
+        if self.categories < 2:
+            raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
+                              "variable needs at least 2 classes (2 is a Bernoulli latent).")
+        _choice("model", "discrete_prior", self.discrete_prior, ("uniform", "learned"))
         if self.quadrants not in (1, 2, 3):
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
                               "quadrants; the model predicts the other 4 − quadrants.")
@@ -261,6 +273,11 @@ class TrainConfig:
     #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
     #: set, else 1, the fastest for these models on a machine shared with other jobs.
     threads: int = 0
+    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
+    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
+    temperature: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
@@ -283,6 +300,9 @@ class TrainConfig:
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
         _choice("train", "device", self.device, DEVICES)
+        _positive("train", "temperature", self.temperature)
+        _positive("train", "temperature_min", self.temperature_min)
+        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)
 
 
 @dataclass
@@ -459,6 +479,27 @@ def check_compatible(config: Config) -> None:
         raise ConfigError(
             f"{name}: the {model.kind} model sums its discrete label out with TraceEnum_ELBO; "
             f"use objective = {_objectives_with('enumerates_discrete')}.")
+    if "discrete_only" in objective and "categorical_latents" not in kind:
+        raise ConfigError(
+            f"{name} is for discrete latent variables, and kind = \"{model.kind}\" has "
+            f"Gaussian ones. Use it with [model] kind = {_kinds_with('categorical_latents')} "
+            f"(--model discrete), or choose {_objectives_without('discrete_only')}.")
+    if "categorical_latents" in kind and "discrete_codes" not in objective:
+        raise ConfigError(
+            f"{name} differentiates through reparameterized samples, which a discrete latent "
+            f"code does not have. With kind = \"{model.kind}\" use one of "
+            f"{_objectives_with('discrete_codes')}.")
+    if train.objective == "vimco" and train.particles < 2:
+        raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
+                          "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
+    codes = model.categories ** model.categorical_latents
+    if train.objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
+        raise ConfigError(
+            f"[train] objective = \"enumerate\" sums over all C^K = "
+            f"{model.categories}^{model.categorical_latents} codes, more than "
+            f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
+            "datapoint). Use fewer categorical_latents or categories, or a sampling "
+            "objective (score, vimco, concrete, straight_through).")
     if config.data.num_labels and "semi_supervised" not in kind:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                           f"it needs [model] kind = {_kinds_with('semi_supervised')}.")

@@ -344,6 +344,8 @@ def latent_activity(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | Non
     where the prior splits over dimensions, and the mean total KL(q(z|x) ‖ p(z)) (closed form
     where there is one, else Monte Carlo with 16 draws per point); of q(z|x, y) for an
     encoder that takes labels ``y``."""
+    if hasattr(vae, "latent_activity"):  # a model with its own latent code (discrete)
+        return vae.latent_activity(x, y)
     loc, scale = encode_means(vae, x, y=y)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
     kl = vae.kl_per_dim(loc, scale)

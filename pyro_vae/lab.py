@@ -13,6 +13,20 @@ with the same seed:
 
 Rainforth et al. show that IWAE's encoder SNR falls as O(1/√K) while the decoder's rises as
 O(√K); Tucker et al. (2019) show that DReG's encoder SNR does not fall.
+
+On a model with discrete latents small enough to enumerate (``kind = "discrete"`` with at most
+``MAX_ENUMERATED_CODES`` codes) the exact gradient g* of the ELBO is known: it is what objective
+``enumerate`` (``TraceEnum_ELBO``) computes, with no sampling. Each row then also carries the
+relative bias of the estimator's mean gradient, per part,
+
+    bias = √max(0, ‖ḡ − g*‖² − tr Cov(g)/R) / ‖g*‖
+
+(the squared distance of the mean of R draws, less its expected noise), which is 0 for the
+unbiased score-function estimators up to noise and measures what a relaxation costs. For
+``vimco`` and ``iwae`` at K > 1, g* is still the ELBO's gradient, not their bound's. The
+relaxed objectives (``concrete``, ``straight_through``) are measured at each of
+``temperatures`` and labelled ``concrete@τ``; ``vimco`` needs K ≥ 2 and ``enumerate``, exact,
+is measured once.
 """
 
 from __future__ import annotations
@@ -27,7 +41,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from pyro_vae.config import MAX_ENUMERATED_CODES
 from pyro_vae.objectives import PerDatapointObjective, is_lower_bound, make_objective
+
+#: Objectives with a temperature, measured at each of the lab's temperatures.
+RELAXED = ("concrete", "straight_through")
 
 
 @dataclass
@@ -46,6 +64,9 @@ class EstimatorReport:
     #: Whether the objective is a lower bound on log p(x) in expectation (Rényi with α < 0
     #: is not: it can lie above log p(x)).
     lower_bound: bool = True
+    #: Relative bias of the mean gradient against the exact one (discrete, enumerable models).
+    encoder_bias: float | None = None
+    decoder_bias: float | None = None
 
 
 def _batch_bound(objective, vae, x: torch.Tensor) -> float:
@@ -78,18 +99,37 @@ def _variance_and_snr(draws: torch.Tensor) -> tuple[float, float]:
     return float(draws.var(0).mean()), float(snr)
 
 
-def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
-                      repeats: int = 100, seed: int = 0, alpha: float = 0.5
-                      ) -> EstimatorReport:
-    """Bound, gradient variance/SNR (encoder, decoder) and time of one estimator."""
-    objective = make_objective(objective_name, particles, alpha)
+def _parameter_groups(vae) -> list[list[torch.nn.Parameter]]:
     # The inference network: the encoder and the guide component's own networks (low-rank
     # factor, IAF layers) where the guide has any.
     family = getattr(vae, "family", None)
     inference = [*vae.encoder.parameters(), *(family.parameters() if family is not None else ())]
-    groups = [[p for p in inference if p.requires_grad],
-              [p for p in vae.decoder.parameters() if p.requires_grad]
-              + [p for p in vae.likelihood.parameters() if p.requires_grad]]
+    return [[p for p in inference if p.requires_grad],
+            [p for p in vae.decoder.parameters() if p.requires_grad]
+            + [p for p in vae.likelihood.parameters() if p.requires_grad]]
+
+
+def exact_gradient(vae, x: torch.Tensor) -> list[torch.Tensor] | None:
+    """The exact ELBO gradient (encoder, decoder) by enumeration, where the model's discrete
+    code is small enough; ``None`` for other models."""
+    if getattr(vae, "num_configurations", math.inf) > MAX_ENUMERATED_CODES:
+        return None
+    return _gradient_draw(make_objective("enumerate"), vae, x, _parameter_groups(vae))
+
+
+def _relative_bias(draws: torch.Tensor, reference: torch.Tensor) -> float:
+    squared = float(((draws.mean(0) - reference) ** 2).sum() - draws.var(0).sum() / len(draws))
+    return math.sqrt(max(0.0, squared)) / max(float(reference.norm()), 1e-30)
+
+
+def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
+                      repeats: int = 100, seed: int = 0, alpha: float = 0.5,
+                      temperature: float = 1.0,
+                      reference: list[torch.Tensor] | None = None) -> EstimatorReport:
+    """Bound, gradient variance/SNR (encoder, decoder) and time of one estimator; with the
+    exact gradient ``reference`` (encoder, decoder), also the relative bias."""
+    objective = make_objective(objective_name, particles, alpha, temperature=temperature)
+    groups = _parameter_groups(vae)
     torch.manual_seed(seed)
     bounds = torch.tensor([_batch_bound(objective, vae, x) for _ in range(repeats)])
     torch.manual_seed(seed)
@@ -102,30 +142,40 @@ def measure_estimator(vae, x: torch.Tensor, objective_name: str, particles: int,
         decoder_draws.append(decoder_grad)
     encoder_variance, encoder_snr = _variance_and_snr(torch.stack(encoder_draws))
     decoder_variance, decoder_snr = _variance_and_snr(torch.stack(decoder_draws))
+    biases = [None, None] if reference is None else [
+        _relative_bias(torch.stack(d), r) for d, r in zip((encoder_draws, decoder_draws),
+                                                          reference)]
+    label = f"{objective_name}@{temperature:g}" if objective_name in RELAXED else objective_name
     return EstimatorReport(
-        objective=objective_name, particles=particles, bound=float(bounds.mean()),
+        objective=label, particles=particles, bound=float(bounds.mean()),
         bound_stderr=float(bounds.std() / math.sqrt(repeats)),
         encoder_grad_variance=encoder_variance, encoder_snr=encoder_snr,
         decoder_grad_variance=decoder_variance, decoder_snr=decoder_snr,
         ms_per_step=1000 * float(torch.tensor(seconds).median()),
-        lower_bound=is_lower_bound(objective_name, alpha))
+        lower_bound=is_lower_bound(objective_name, alpha),
+        encoder_bias=biases[0], decoder_bias=biases[1])
 
 
 def compare_estimators(vae, x: torch.Tensor, objectives: Sequence[str],
                        particles: Sequence[int], repeats: int = 100, seed: int = 0,
                        alpha: float = 0.5,
-                       progress: Callable[[str, int], None] | None = None
-                       ) -> list[EstimatorReport]:
+                       progress: Callable[[str, int], None] | None = None,
+                       temperatures: Sequence[float] = (1.0,)) -> list[EstimatorReport]:
     """Every objective at every K on the batch ``x`` (see the module docstring)."""
     reports = []
     saved = vae.kl_weight, vae.num_data
     vae.kl_weight, vae.num_data = 1.0, None
     try:
-        for name in objectives:
-            for k in particles:
-                if progress is not None:
-                    progress(name, k)
-                reports.append(measure_estimator(vae, x, name, k, repeats, seed, alpha))
+        reference = exact_gradient(vae, x)
+        runs = [(name, k, t) for name in objectives
+                for k in (particles[:1] if name == "enumerate" else particles)
+                if not (name == "vimco" and k < 2)
+                for t in (temperatures if name in RELAXED else (1.0,))]
+        for name, k, t in runs:
+            if progress is not None:
+                progress(name, k)
+            reports.append(measure_estimator(vae, x, name, k, repeats, seed, alpha, t,
+                                             reference))
     finally:
         vae.kl_weight, vae.num_data = saved
     return reports
@@ -141,15 +191,22 @@ def reports_to_csv(reports: Sequence[EstimatorReport]) -> str:
 
 
 def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
-    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | encoder SNR | decoder SNR | encoder grad var | "
-             "decoder grad var | ms/step |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    with_bias = any(r.encoder_bias is not None for r in reports)
+    lines = ["| objective | K | bound (nats; a lower bound on log p(x) unless marked) | "
+             "encoder SNR | decoder SNR | encoder grad var | decoder grad var | ms/step |"
+             + (" encoder bias | decoder bias |" if with_bias else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if with_bias else "")]
     for r in reports:
         mark = "" if r.lower_bound else " (not a lower bound)"
-        lines.append(f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f}"
-                     f"{mark} "
-                     f"| {r.encoder_snr:.3f} | {r.decoder_snr:.3f} | "
-                     f"{r.encoder_grad_variance:.3g} | {r.decoder_grad_variance:.3g} | "
-                     f"{r.ms_per_step:.1f} |")
+        line = (f"| {r.objective} | {r.particles} | {r.bound:.2f} ± {r.bound_stderr:.2f}"
+                f"{mark} "
+                f"| {r.encoder_snr:.3f} | {r.decoder_snr:.3f} | "
+                f"{r.encoder_grad_variance:.3g} | {r.decoder_grad_variance:.3g} | "
+                f"{r.ms_per_step:.1f} |")
+        if with_bias:
+            line += "".join(" – |" if b is None else f" {b:.3f} |"
+                            for b in (r.encoder_bias, r.decoder_bias))
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from pyro_vae.config import Config
+from pyro_vae.data import is_vector_shape
 from pyro_vae.errors import ConfigError
 from pyro_vae.plots import image_grid
 from pyro_vae.runs import write_json
@@ -122,9 +123,10 @@ class Logger(Progress):
     @torch.no_grad()
     def pictures(self) -> dict[str, Any]:
         """``{"samples": grid, "reconstructions": grid}`` as ``[H, W]`` or ``[H, W, C]`` arrays
-        in [0, 1] (empty for a model that cannot draw images from nothing). Drawn with a fixed
+        in [0, 1] (empty for vector data and for a model that cannot draw images from nothing). Drawn with a fixed
         seed in a forked random state: logging never changes the training run."""
-        if self.vae is None or self._watched is None or not self._draws_images:
+        if self.vae is None or self._watched is None or not self._draws_images \
+                or is_vector_shape(self._image_shape):  # vectors are no pictures
             return {}
         x, y = self._watched
         was_training = self.vae.training

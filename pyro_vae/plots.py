@@ -92,7 +92,7 @@ def scatter_coordinates(reference: torch.Tensor
 
 def save_vector_scatter(path: Path, samples: torch.Tensor, reference: torch.Tensor | None,
                         title: str) -> None:
-    """Pairwise scatter plots of ``samples`` (orange) over ``reference`` data (grey)."""
+    """Pairwise scatter plots of ``samples`` (orange) under ``reference`` data (black)."""
     project, names = scatter_coordinates(reference if reference is not None else samples)
     pairs = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names))]
     drawn = project(samples).numpy()
@@ -100,7 +100,7 @@ def save_vector_scatter(path: Path, samples: torch.Tensor, reference: torch.Tens
     if not pairs:  # one coordinate: histograms
         figure, axis = subplots(figsize=(4.5, 3.5))
         if data is not None:
-            axis.hist(data[:, 0], bins=40, density=True, alpha=0.5, color="grey", label="data")
+            axis.hist(data[:, 0], bins=40, density=True, alpha=0.5, color="black", label="data")
         axis.hist(drawn[:, 0], bins=40, density=True, alpha=0.5, color="C1", label="samples")
         axis.set_xlabel(names[0])
         axis.legend(fontsize=8)
@@ -110,10 +110,10 @@ def save_vector_scatter(path: Path, samples: torch.Tensor, reference: torch.Tens
         figure, axes = subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows),
                                 squeeze=False)
         for axis, (i, j) in zip(axes.flat, pairs):
-            if data is not None:
-                axis.scatter(data[:, i], data[:, j], s=4, alpha=0.4, color="grey",
+            axis.scatter(drawn[:, i], drawn[:, j], s=4, alpha=0.3, color="C1", label="samples")
+            if data is not None:  # on top: fewer points than the draws
+                axis.scatter(data[:, i], data[:, j], s=5, alpha=0.7, color="black",
                              label="data")
-            axis.scatter(drawn[:, i], drawn[:, j], s=4, alpha=0.4, color="C1", label="samples")
             axis.set_xlabel(names[i])
             axis.set_ylabel(names[j])
         for axis in list(axes.flat)[len(pairs):]:
@@ -131,8 +131,8 @@ def save_samples(path: Path, vae, image_shape, count: int = 64,
     device = next(vae.parameters()).device
     if is_vector_shape(image_shape):
         draws = vae.sample(max(count, 1000), device=device, mean=False)
-        save_vector_scatter(path, draws, reference, "draws x ~ p(x) (orange) over test data "
-                            "(grey)" if reference is not None else "draws x ~ p(x)")
+        save_vector_scatter(path, draws, reference, "draws x ~ p(x) (orange) and test data "
+                            "(black)" if reference is not None else "draws x ~ p(x)")
         return
     images = vae.sample(count, device=device)
     save_image_grid(path, images, image_shape, 8, "E[x|z] for z ~ p(z)")

@@ -28,13 +28,14 @@ from pyro_vae import distributed, plots
 from pyro_vae.config import Config
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
+from pyro_vae.discrete import write_discrete_pictures
 from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.faults import nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
-from pyro_vae.objectives import ObjectiveModule, make_objective
+from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.protocol import has
 from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
@@ -163,6 +164,8 @@ def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: t
     total, count = 0.0, 0
     for indices in minibatches(len(x), batch_size, x.device):
         vae.kl_weight = schedule.weight(step)
+        if hasattr(module.objective, "at_step"):  # e.g. a relaxation's temperature schedule
+            module.objective.at_step(step)
         local, offset = (indices, 0) if group is None else group.shard(indices)
         batch = x[local]
         with distributed.sharded_noise(group, len(indices), offset):
@@ -344,8 +347,13 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
+    if hasattr(vae, "initialize_from_data") and config.model.likelihood == "bernoulli":
+        vae.initialize_from_data(data.train_x)
+    temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
+                                      config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
-                               config.train.alpha, config.model.bayesian_decoder == "none")
+                               config.train.alpha, config.model.bayesian_decoder == "none",
+                               temperature)
     splits = None
     if has(config, "labels"):
         from pyro_vae.conditional import prepare_labelled
@@ -485,6 +493,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     if quadrants:
         from pyro_vae.quadrants import write_quadrant_pictures
         write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
+    elif has(config, "categorical_latents"):
+        write_discrete_pictures(vae, data, run_dir, history)
     elif labelled:
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)

@@ -112,7 +112,7 @@ def test_dreg_during_kl_warmup_on_a_vae():
     def draws(objective, seed):
         torch.manual_seed(seed)
         out = []
-        for _ in range(80):
+        for _ in range(50):
             loss = objective.differentiable_loss(lg.vae.model, lg.vae.guide, lg.x)
             out.append(torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]))
         return torch.stack(out)

@@ -10,6 +10,10 @@ dreg        IWAE bound, doubly reparameterized gradient         ``dreg.py``
 stl         ELBO, sticking-the-landing gradient                 ``stl.py``
 renyi       Rényi / VR-α bound (Li & Turner 2016)               ``renyi.py``
 score       ELBO, score-function gradient with a baseline       ``score.py``
+vimco       IWAE bound, VIMCO score-function gradient (K ≥ 2)  ``vimco.py``
+concrete    Concrete/Gumbel-Softmax relaxation (discrete z)     ``concrete.py``
+straight_through  straight-through Gumbel-Softmax (discrete z)  ``concrete.py``
+enumerate   ELBO, discrete z summed out (``TraceEnum_ELBO``)    ``enumerate.py``
 =========== =================================================== ==========================
 
 Which are lower bounds on log p(x): with the KL weight β = 1, every one except Rényi with
@@ -35,7 +39,9 @@ import torch
 from pyro.infer import ELBO
 from torch import nn
 
+from pyro_vae.objectives.concrete import ConcreteELBO, StraightThroughELBO, TemperatureSchedule
 from pyro_vae.objectives.dreg import DReG
+from pyro_vae.objectives.enumerate import EnumeratedELBO
 from pyro_vae.objectives.fast_elbo import FastTrace_ELBO, FastTraceMeanField_ELBO
 from pyro_vae.objectives.free_bits import free_bits_penalty
 from pyro_vae.objectives.iwae import IWAE
@@ -43,6 +49,7 @@ from pyro_vae.objectives.particles import MAX_PLATE_NESTING, PerDatapointObjecti
 from pyro_vae.objectives.renyi import RenyiBound
 from pyro_vae.objectives.score import ScoreFunctionELBO
 from pyro_vae.objectives.stl import STL
+from pyro_vae.objectives.vimco import VIMCO
 from pyro_vae.params import parameters_owned
 from pyro_vae.registry import OBJECTIVES as REGISTRY
 
@@ -58,13 +65,17 @@ from pyro_vae.registry import OBJECTIVES as REGISTRY
 #: ``closed_form_kl``           uses the closed-form KL where the prior/guide pair has one
 #: ``stateful``                 keeps state across steps (cannot be split between processes)
 #: ``enumerates_discrete``      can sum a discrete latent out (the M2 model's label)
+#: ``discrete_codes``           trains categorical latent codes (no reparameterized sample)
+#: ``discrete_only``            only for categorical latent codes (relaxations, enumeration)
 CAPABILITIES = ("per_datapoint", "global_latents", "separate_kl", "needs_independent_latents",
-                "closed_form_kl", "stateful", "enumerates_discrete")
+                "closed_form_kl", "stateful", "enumerates_discrete", "discrete_codes",
+                "discrete_only")
 
 
 @REGISTRY.register("elbo", help="Trace_ELBO, reparameterized",
                    capabilities={"global_latents", "separate_kl", "enumerates_discrete"})
-def _elbo(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _elbo(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return FastTrace_ELBO(num_particles=particles,
                           vectorize_particles=vectorize and particles > 1,
                           max_plate_nesting=MAX_PLATE_NESTING)
@@ -73,46 +84,85 @@ def _elbo(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELB
 @REGISTRY.register("meanfield", help="TraceMeanField_ELBO: analytic KL where there is one",
                    capabilities={"global_latents", "separate_kl", "needs_independent_latents",
                                  "closed_form_kl"})
-def _meanfield(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _meanfield(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return FastTraceMeanField_ELBO(num_particles=particles,
                                    vectorize_particles=vectorize and particles > 1,
                                    max_plate_nesting=MAX_PLATE_NESTING)
 
 
 @REGISTRY.register("iwae", help="importance-weighted bound", capabilities={"per_datapoint"})
-def _iwae(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _iwae(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return IWAE(num_particles=particles)
 
 
 @REGISTRY.register("dreg", help="IWAE with doubly reparameterized gradients",
                    capabilities={"per_datapoint", "needs_independent_latents"})
-def _dreg(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _dreg(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return DReG(num_particles=particles)
 
 
 @REGISTRY.register("stl", help="ELBO, sticking-the-landing gradient",
                    capabilities={"per_datapoint", "needs_independent_latents"})
-def _stl(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _stl(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return STL(num_particles=particles)
 
 
 @REGISTRY.register("renyi", help="Renyi / VR-alpha bound (alpha)", capabilities={"per_datapoint"})
-def _renyi(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+def _renyi(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return RenyiBound(alpha=alpha, num_particles=particles)
 
 
 @REGISTRY.register("score", help="score-function ELBO with a running baseline",
-                   capabilities={"per_datapoint", "stateful"})
-def _score(particles: int = 1, alpha: float = 0.5, vectorize: bool = True) -> ELBO:
+                   capabilities={"per_datapoint", "stateful", "discrete_codes"})
+def _score(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return ScoreFunctionELBO(num_particles=particles)
 
 
+@REGISTRY.register("vimco", help="VIMCO: IWAE with leave-one-out baselines",
+                   capabilities={"per_datapoint", "discrete_codes"})
+def _vimco(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+           temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return VIMCO(num_particles=particles)
+
+
+@REGISTRY.register("concrete", help="Concrete / Gumbel-softmax relaxation (temperature)",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _concrete(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+              temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return ConcreteELBO(num_particles=particles, temperature=temperature)
+
+
+@REGISTRY.register("straight_through", help="straight-through Gumbel-softmax",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _straight_through(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+                      temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return StraightThroughELBO(num_particles=particles, temperature=temperature)
+
+
+@REGISTRY.register("enumerate", help="exact sum over every discrete code",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _enumerate(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+               temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return EnumeratedELBO(num_particles=particles)
+
+
+#: Objectives for models with discrete latent sites (``[model] kind = "discrete"``).
+DISCRETE_OBJECTIVES = tuple(n for n, e in REGISTRY._entries.items()
+                            if "discrete_codes" in e.capabilities)
 #: The built-in objectives' names (plugins add theirs to the registry: see ``REGISTRY``).
 OBJECTIVES = REGISTRY.registered_names()
 
 __all__ = ["CAPABILITIES", "DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
            "OBJECTIVES", "ObjectiveModule", "PerDatapointObjective", "RenyiBound", "STL",
            "ScoreFunctionELBO", "free_bits_penalty", "is_lower_bound", "make_objective"]
+__all__ += ["ConcreteELBO", "DISCRETE_OBJECTIVES", "EnumeratedELBO", "StraightThroughELBO",
+            "TemperatureSchedule", "VIMCO"]
 
 
 def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
@@ -124,14 +174,17 @@ def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
 
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
-                   vectorize: bool = True) -> ELBO:
+                   vectorize: bool = True,
+                   temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     """The objective registered as ``name`` (see the table above) with ``particles`` samples.
 
-    ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one after another (for
-    models whose global sites cannot take a particle dimension, like a Bayesian decoder). An
-    objective factory takes these same keyword arguments.
+    ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
+    ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
+    after another (for models whose global sites cannot take a particle dimension, like a
+    Bayesian decoder). An objective factory takes these same keyword arguments.
     """
-    return REGISTRY.get(name)(particles=particles, alpha=alpha, vectorize=vectorize)
+    return REGISTRY.get(name)(particles=particles, alpha=alpha, vectorize=vectorize,
+                              temperature=temperature)
 
 
 class ObjectiveModule(nn.Module):

@@ -23,8 +23,9 @@ N/B, so a schedule that changes it every step is followed exactly.
 Implementation: the surrogate Σ_k w̃_k log w_k^stop, where log w^stop evaluates log q with
 its distribution parameters detached, has the right θ-gradient and gives the guide a gradient
 only through the samples; a hook multiplies the gradient reaching each sample z_k by
-(1 − β) + β w̃_k, turning w̃_k into (1 − β) w̃_k + β w̃_k² for the guide. This is exact for guides whose latent sites do not feed
-one another (every VAE here); a guide with several latent sites is refused.
+(1 − β) + β w̃_k, turning w̃_k into (1 − β) w̃_k + β w̃_k² for the guide. This is exact for
+guides whose latent sites do not feed one another (every VAE here); a guide with several
+latent sites is refused.
 """
 
 from __future__ import annotations
