@@ -71,6 +71,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from pyro import poutine
 
 from pyro_vae.config import Config
@@ -78,6 +79,8 @@ from pyro_vae.data import ImageData, is_binary
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood
 from pyro_vae.objectives.particles import _sample_sites
+from pyro_vae.plots import _save, subplots
+from pyro_vae.train import train
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio")
@@ -161,8 +164,6 @@ def _compress(image: np.ndarray, compressor: str) -> bytes:
     """One ``[C, H, W]`` 8-bit image, compressed at the highest level."""
     if compressor == "zlib":
         return zlib.compress(np.ascontiguousarray(np.transpose(image, (1, 2, 0))).tobytes(), 9)
-    from PIL import Image
-
     array = image[0] if len(image) == 1 else np.transpose(image, (1, 2, 0))
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=9)
@@ -171,7 +172,8 @@ def _compress(image: np.ndarray, compressor: str) -> bytes:
 
 # --- likelihood regret -------------------------------------------------------------------------
 
-def _check_one_latent_site(vae: torch.nn.Module, x: torch.Tensor) -> None:
+def check_regret_supported(vae: torch.nn.Module, x: torch.Tensor) -> None:
+    """Raise :class:`ConfigError` unless q(z|x) is one Gaussian site ``z`` (re-fittable)."""
     if not hasattr(vae, "posterior"):
         raise ConfigError("likelihood regret re-fits q(z|x) = N(μ, σ²) per image and needs a "
                           "model with a Gaussian posterior; leave out --score regret.")
@@ -230,7 +232,7 @@ def likelihood_regret(vae: torch.nn.Module, x: torch.Tensor, steps: int = 50,
     draws ε per image, ``batch_size`` images optimized together (independently: the ELBO is a
     sum over images, so each image's gradient is its own). The global torch seed sets ε.
     """
-    _check_one_latent_site(vae, x)
+    check_regret_supported(vae, x)
     regrets = []
     with vae.scoring(), _any_weights(vae):
         for start in range(0, len(x), batch_size):
@@ -291,8 +293,6 @@ def train_background(config: Config, data: ImageData, run_dir: Path,
     the run's binarization applies to them as to the original data); it is deleted afterwards.
     Returns the background run's summary.
     """
-    from pyro_vae.train import train
-
     settings.validate()
     generator = torch.Generator().manual_seed(seed)
     shape = (-1, *data.image_shape)
@@ -432,8 +432,6 @@ def save_histograms(path: Path, panels: list[tuple[str, torch.Tensor, dict[str, 
 
     ``panels``: (title, normal scores, {other name: scores}, x-axis label) per score.
     """
-    from pyro_vae.plots import _save, subplots
-
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
     figure, axes = subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)

@@ -39,6 +39,7 @@ from torch import nn
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.models import VAE
+from pyro_vae.networks import output_bias_start, output_layer
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 
@@ -104,6 +105,22 @@ class BayesianVAE(VAE):
         self.weight_prior_scale = weight_prior_scale
         self.weight_posterior = WeightPosterior(initial)
         self.fixed_weights: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def start_output_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """As :meth:`VAE.start_output_bias`; a Bayesian output bias starts its posterior mean
+        there (its prior stays N(0, s² I))."""
+        layer = output_layer(self.decoder)
+        name = next(name for name, module in self.decoder.named_modules() if module is layer)
+        names = self.weight_posterior.names
+        if f"{name}.bias" not in names:  # the output layer is not Bayesian
+            return super().start_output_bias(x)
+        loc = self.weight_posterior.loc[names.index(f"{name}.bias")]
+        pixel_mean = self._pixel_mean(x)
+        start = self.likelihood.output_start
+        value = output_bias_start(start(pixel_mean), loc.shape, pixel_mean, start)
+        loc.copy_(value)
+        return value
 
     # -- the prior p(W), attached to the decoder as PyroSample statements ---------------------
     def _weight_prior(self, name: str):

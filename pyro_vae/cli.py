@@ -36,6 +36,9 @@ EPILOG = """examples:
   pyro-vae gaps RUN_DIR --n 100         # approximation/amortization gaps, NUTS vs q(z|x)
 """
 
+#: What `pyro-vae train` runs with no recipe on the digits (models/digits_vae.toml).
+DEFAULT_RECIPE = "digits_vae"
+
 # command-line flag -> (recipe table, key)
 TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "dataset": ("data", "dataset"), "data_dir": ("data", "data_dir"),
@@ -285,7 +288,14 @@ def _train_config(args: argparse.Namespace):
                               "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
         return read_run_config(Path(args.out)).with_overrides(overrides)
-    config = Config.from_toml(find_recipe(args.recipe)) if args.recipe else Config()
+    if args.recipe:
+        config = Config.from_toml(find_recipe(args.recipe))
+    elif args.dataset in (None, "digits"):
+        # No recipe on the digits: the packaged default recipe (the library's defaults plus
+        # the KL warm-up the 8x8 digits need against collapse).
+        config = Config.from_toml(find_recipe(DEFAULT_RECIPE))
+    else:
+        config = Config()
     return config.with_overrides(overrides)
 
 
@@ -414,7 +424,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "score_name": getattr(vae, "score_name", "log p(x)"),
         **({"active_units": 0} if not has(config, "latent_means") else
            latent_activity(vae, x, y if has(config, "labels") else None)),
-        **(vae.test_summary(x, y) if hasattr(vae, "test_summary") else {}),
+        **(vae.test_summary(x, y, **({"classifier_x": data.grey(args.split)}
+                                     if has(config, "semi_supervised") else {}))
+           if hasattr(vae, "test_summary") else {}),
     }
     print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
     return 0

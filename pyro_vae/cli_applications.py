@@ -121,7 +121,6 @@ def command_anomaly(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.runs import make_run_dir, write_json
 
@@ -145,6 +144,14 @@ def command_anomaly(args: argparse.Namespace) -> int:
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
     others = {name: _load(args.run_dir, args.data_dir, name)[2] for name in args.against}
+    if "regret" in scores:
+        try:
+            anomaly.check_regret_supported(vae, data.test_x[:1])
+        except ConfigError as error:
+            if args.score:  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "regret")
+            print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     make_run_dir(out)
 
@@ -230,7 +237,6 @@ def _background_model(config, data, run_dir: Path, settings):
     import json
 
     from pyro_vae import anomaly
-    from pyro_vae.errors import ConfigError
     from pyro_vae.runs import load_trained, write_json
 
     stamp_path = run_dir / "perturbation.json"

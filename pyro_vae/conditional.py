@@ -233,7 +233,7 @@ def prepare_labelled(config: "Config", data: "ImageData", vae: ConditionalVAE
     unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
     unlabelled[labelled] = False
     unlabelled = unlabelled.nonzero().squeeze(-1)
-    vae.set_split_sizes(len(labelled), len(unlabelled))
+    vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
     vae.aux_loss_weight = config.train.aux_loss_weight
     objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
                                max_plate_nesting=MAX_PLATE_NESTING)

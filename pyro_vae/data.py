@@ -24,7 +24,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -74,6 +74,9 @@ class ImageData:
     valid_y: torch.Tensor | None
     test_x: torch.Tensor
     test_y: torch.Tensor | None
+    #: The grey images of the splits that were binarized once (``binarize_fixed``), by split
+    #: name ("train", "validation", "test"): what a classifier of the images reads.
+    intensities: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_pixels(self) -> int:
@@ -89,10 +92,15 @@ class ImageData:
             return self.test_x, self.test_y
         raise DataError(f"unknown split {name!r}; use train, validation or test.")
 
+    def grey(self, name: str) -> torch.Tensor:
+        """A split's images as loaded, before any binarization (M2's classifier reads these)."""
+        return self.intensities[name] if name in self.intensities else self.split(name)[0]
+
     def to(self, device: torch.device | str) -> "ImageData":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return replace(self, **{k: move(getattr(self, k)) for k in
-                                ("train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y")})
+                                ("train_x", "train_y", "valid_x", "valid_y", "test_x", "test_y")},
+                       intensities={k: move(v) for k, v in self.intensities.items()})
 
 
 def resolve_data_dir(data_dir: str | None) -> Path:
@@ -380,8 +388,9 @@ def binarize_fixed(data: ImageData, splits: tuple[str, ...]) -> ImageData:
     """Binarize the named splits once with a fixed seed (so every run sees the same draw)."""
     generator = torch.Generator().manual_seed(SPLIT_SEED)
     attrs = {"train": "train_x", "validation": "valid_x", "test": "test_x"}
+    grey = {s: data.grey(s) for s in splits}
     return replace(data, **{attrs[s]: binarize(getattr(data, attrs[s]), generator)
-                            for s in splits})
+                            for s in splits}, intensities={**data.intensities, **grey})
 
 
 def minibatches(num_items: int, batch_size: int, device: torch.device | str

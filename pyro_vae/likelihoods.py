@@ -20,6 +20,10 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.errors import DataError
 from pyro_vae.registry import LIKELIHOODS
 
+#: The mean pixel is clamped to [ε, 1 − ε] before a logit is taken (|logit| ≤ 6.9), so a
+#: pixel that is never on in the training data starts far from p = 0.5 but finite.
+MEAN_CLAMP = 1e-3
+
 
 class Likelihood(nn.Module):
     """Base class: ``forward(decoder_output)`` gives p(x|z); ``mean`` gives E[x|z]."""
@@ -31,6 +35,15 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def mean(self, decoder_output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def output_start(self, pixel_mean: torch.Tensor) -> torch.Tensor:
+        """The decoder output whose E[x|z] is ``pixel_mean`` (the decoder's output-bias start).
+
+        Starting the last layer's bias here puts p(x|z) at the data's mean image from the
+        first step, instead of at p = 0.5 everywhere (see :meth:`pyro_vae.models.VAE.
+        start_output_bias`).
+        """
         raise NotImplementedError
 
     def check_data(self, x: torch.Tensor, what: str) -> None:
@@ -63,6 +76,10 @@ class BernoulliLikelihood(Likelihood):
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits)
 
+    def output_start(self, pixel_mean: torch.Tensor) -> torch.Tensor:
+        """logit(clamp(mean, ε, 1 − ε)): the maximum-likelihood logit of each pixel."""
+        return torch.logit(pixel_mean.clamp(MEAN_CLAMP, 1 - MEAN_CLAMP))
+
     def check_data(self, x: torch.Tensor, what: str) -> None:
         super().check_data(x, what)
         check_unit_interval(x, what, "Bernoulli likelihood")
@@ -89,9 +106,34 @@ class ContinuousBernoulliLikelihood(Likelihood):
     def mean(self, logits: torch.Tensor) -> torch.Tensor:
         return dist.ContinuousBernoulli(logits=logits, validate_args=False).mean
 
+    def output_start(self, pixel_mean: torch.Tensor) -> torch.Tensor:
+        """The logit η whose continuous-Bernoulli mean 1/(1 − e^(−η)) − 1/η is the pixel mean.
+
+        The mean is increasing in η, so bisection solves it; η is kept within the Bernoulli
+        start's range ±logit(1 − ε) (a mean of 0 or 1 needs η = ∓∞).
+        """
+        bound = math.log((1 - MEAN_CLAMP) / MEAN_CLAMP)
+        target = pixel_mean.double()
+        low = torch.full_like(target, -bound)
+        high = torch.full_like(target, bound)
+        for _ in range(60):
+            middle = (low + high) / 2
+            below = continuous_bernoulli_mean(middle) < target
+            low = torch.where(below, middle, low)
+            high = torch.where(below, high, middle)
+        return ((low + high) / 2).to(pixel_mean.dtype)
+
     def check_data(self, x: torch.Tensor, what: str) -> None:
         super().check_data(x, what)
         check_unit_interval(x, what, "continuous Bernoulli likelihood")
+
+
+def continuous_bernoulli_mean(logits: torch.Tensor) -> torch.Tensor:
+    """E[x] = 1/(1 − e^(−η)) − 1/η of the continuous Bernoulli with logit η (½ at η = 0)."""
+    small = logits.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(logits), logits)
+    mean = -torch.expm1(-safe).reciprocal() - safe.reciprocal()
+    return torch.where(small, 0.5 + logits / 12, mean)
 
 
 class GaussianLikelihood(Likelihood):
@@ -154,6 +196,11 @@ class GaussianLikelihood(Likelihood):
 
     def mean(self, loc: torch.Tensor) -> torch.Tensor:
         return self.shift + self.spread * loc
+
+    def output_start(self, pixel_mean: torch.Tensor) -> torch.Tensor:
+        """The decoder's output whose mean is ``pixel_mean``: (mean − m) / s in standardized
+        units (0 once :meth:`initialize_from` has run), the mean itself without them."""
+        return (pixel_mean - self.shift) / self.spread
 
 
 @LIKELIHOODS.register("bernoulli", help="binary pixels, decoder logits",

@@ -33,7 +33,7 @@ from torch import nn
 from pyro_vae.config import ModelConfig
 from pyro_vae.guides import DiagonalGaussianGuide, Guide, build_guide
 from pyro_vae.likelihoods import build_likelihood, Likelihood
-from pyro_vae.networks import build_networks
+from pyro_vae.networks import build_networks, start_output_bias
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior, build_prior
 from pyro_vae.registry import MODEL_KINDS, BuildContext
@@ -138,6 +138,25 @@ class VAE(nn.Module):
         if not self.family.diagonal:
             return None
         return self.prior.kl_per_dim(loc, scale)
+
+    @torch.no_grad()
+    def start_output_bias(self, x: torch.Tensor) -> torch.Tensor:
+        """Start the decoder's output bias at the training data ``x`` (``[N, P]``).
+
+        The bias becomes the likelihood's output for the mean training image (the logit of
+        each pixel's mean for a Bernoulli, the mean for a Gaussian), so p(x|z) fits the data's
+        marginals from the first step. From a zero bias (p = 0.5 everywhere) Adam needs
+        thousands of steps to reach a background logit near −7 while the KL squeezes z: the
+        MNIST VAE lost 12 nats after 3 epochs and the VampPrior collapsed for good. Training
+        calls this when a run starts; the value is the parameter's start, so the checkpoint
+        holds it like any other weight. Returns the value set.
+        """
+        return start_output_bias(self.decoder, self._pixel_mean(x),
+                                 self.likelihood.output_start)
+
+    def _pixel_mean(self, x: torch.Tensor) -> torch.Tensor:
+        device = next(self.parameters()).device
+        return x.to(device=device, dtype=torch.float32).mean(0)
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator["VAE"]:

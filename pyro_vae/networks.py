@@ -130,6 +130,46 @@ class ConvDecoder(nn.Module):
         return self.deconv(grid).reshape(*batch_shape, -1)
 
 
+def output_layer(decoder: nn.Module) -> nn.Module:
+    """The decoder's last linear or (transposed) convolutional layer: the one whose bias is
+    the output bias."""
+    layers = [module for module in decoder.modules()
+              if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))]
+    if not layers:
+        raise ConfigError("the decoder has no linear or convolutional layer whose bias could "
+                          "start at the data; give it one.")
+    return layers[-1]
+
+
+def output_bias_start(pixel_start: torch.Tensor, bias_shape: torch.Size,
+                      pixel_mean: torch.Tensor, to_output) -> torch.Tensor:
+    """The output-bias start of shape ``bias_shape`` for images with mean ``pixel_mean``.
+
+    A bias with one entry per pixel (an MLP) takes ``pixel_start`` (``to_output`` applied to
+    each pixel's mean); one with an entry per channel (a transposed convolution) takes
+    ``to_output`` of each channel's mean over its pixels.
+    """
+    if bias_shape.numel() == pixel_start.numel():
+        return pixel_start.reshape(bias_shape)
+    channels = bias_shape.numel()
+    if pixel_mean.numel() % channels:
+        raise ConfigError(f"the decoder's output bias has {channels} entries, neither one per "
+                          f"pixel ({pixel_mean.numel()}) nor one per channel.")
+    return to_output(pixel_mean.reshape(channels, -1).mean(-1)).reshape(bias_shape)
+
+
+@torch.no_grad()
+def start_output_bias(decoder: nn.Module, pixel_mean: torch.Tensor, to_output) -> torch.Tensor:
+    """Set the bias of the decoder's output layer so that it outputs ``to_output(pixel_mean)``
+    at zero hidden activity; returns the value set."""
+    layer = output_layer(decoder)
+    if layer.bias is None:
+        raise ConfigError("the decoder's output layer has no bias to start at the data.")
+    value = output_bias_start(to_output(pixel_mean), layer.bias.shape, pixel_mean, to_output)
+    layer.bias.copy_(value)
+    return value
+
+
 @NETWORKS.register("mlp", help="multilayer perceptrons (hidden_dims)")
 def _mlp_pair(image_shape: tuple[int, int, int], latent_dim: int, hidden_dims: list[int],
               activation: str, encoder_scale: str) -> tuple[nn.Module, nn.Module]:

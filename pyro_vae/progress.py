@@ -169,6 +169,15 @@ class TqdmProgress(Progress):
         elif self._lines and not self.quiet:
             self._print(f"scored in {time.perf_counter() - self._started:.1f} s")
 
+    def warn(self, message: str) -> None:
+        """A warning (e.g. posterior collapse) on stderr, above any bars."""
+        if self.quiet:
+            return
+        if self._lines:
+            self._print(f"warning: {message}")
+        else:
+            self._tqdm.write(f"warning: {message}", file=sys.stderr)
+
 
 class Callbacks(Progress):
     """Sends every hook to each of ``receivers`` in order (a progress display, loggers)."""
@@ -208,3 +217,7 @@ class Callbacks(Progress):
     def end_evaluation(self) -> None:
         for receiver in self.receivers:
             receiver.end_evaluation()
+
+    def warn(self, message: str) -> None:
+        for receiver in self.receivers:
+            receiver.warn(message)

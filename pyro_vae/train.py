@@ -45,6 +45,8 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
 MONITOR_POINTS = 1000
+#: A total KL(q(z|x) ‖ p(z)) below this many nats per datapoint means the code carries nothing.
+COLLAPSE_KL = 0.01
 
 
 @dataclass
@@ -79,6 +81,7 @@ class Progress:
     def start_evaluation(self, num_datapoints: int, num_samples: int) -> None: ...
     def evaluated(self, num_datapoints: int) -> None: ...
     def end_evaluation(self) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -226,6 +229,30 @@ def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
 
 
+def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
+    """A warning with what to try if the epoch's diagnostics show posterior collapse.
+
+    Collapse: the mean KL(q(z|x) ‖ p(z)) below :data:`COLLAPSE_KL` nats, or no active unit
+    (no latent dimension whose posterior mean varies with x). ``None`` when the code is in use
+    or the model has no latent code.
+    """
+    if not activity or (activity["kl"] >= COLLAPSE_KL and activity["active_units"] > 0):
+        return None
+    return (f"posterior collapse after epoch {epoch}: KL(q(z|x) || p(z)) = {activity['kl']:.4f} "
+            f"nats per datapoint and {activity['active_units']} active latent units, so the "
+            "decoder ignores z. What to try: a decoder that starts at the data (train() starts "
+            "the output bias at the mean training image; call vae.start_output_bias(train_x) "
+            "on a model you train yourself), which alone kept the MNIST VampPrior from "
+            "collapsing where KL warm-up, a lower learning rate and other encoder scales did "
+            "not; then --free-bits 0.1 (a KL floor per dimension), --kl-warmup-epochs 5, "
+            "--beta below 1, or a smaller decoder.")
+
+
+def _classifier_input(config: Config, data: ImageData, split: str) -> dict[str, torch.Tensor]:
+    """M2's classifier reads a split's grey images (the likelihood their binarized draw)."""
+    return {"classifier_x": data.grey(split)} if config.model.kind == "m2" else {}
+
+
 def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
     """The labels a conditional model is called with (``None`` for the others)."""
     return y if getattr(vae, "conditional", False) else None
@@ -347,7 +374,10 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
-    if hasattr(vae, "initialize_from_data") and config.model.likelihood == "bernoulli":
+    # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
+    if hasattr(vae, "start_output_bias"):
+        vae.start_output_bias(data.train_x)
+    elif hasattr(vae, "initialize_from_data") and config.model.likelihood == "bernoulli":
         vae.initialize_from_data(data.train_x)
     temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
                                       config.train.temperature_decay)
@@ -408,9 +438,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             try:
                 if splits is not None:  # semi-supervised M2
                     from pyro_vae.semisupervised import train_epoch
+                    grey = data.grey("train")  # the classifier reads the grey images
                     train_elbo, new_step = train_epoch(
                         module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
-                        x_train[splits[1]], config.train.batch_size, schedule, step, progress)
+                        x_train[splits[1]], config.train.batch_size, schedule, step, progress,
+                        grey[splits[0]], grey[splits[1]])
                 else:
                     train_elbo, new_step = _train_epoch(
                         module, optimizer, x_train, config.train.batch_size, schedule, step,
@@ -429,11 +461,12 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             train_seconds += time.perf_counter() - started
             vae.eval()
             activity = _collapse_diagnostics(config, vae, monitor_x, monitor_y)
+            warning = collapse_warning(epoch + 1, activity)
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk,
                                                        _model_labels(vae, data.valid_y)),
-                   **activity,
+                   **activity, "collapse_warning": warning,
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
                    "seconds": round(train_seconds, 3)}
@@ -444,6 +477,10 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             distributed.on_main(group, functools.partial(
                 _write_epoch, run_dir, payload, config, history, epoch == start_epoch))
             progress.end_epoch(row)
+            # Shown when collapse starts (recorded in every row while it lasts).
+            if warning is not None and not (len(history) > 1
+                                            and history[-2].get("collapse_warning")):
+                progress.warn(warning)
             epoch += 1
         vae.eval()
         if not is_main:  # rank 0 scores the test split and writes the summary and pictures
@@ -485,7 +522,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         "num_test_datapoints": len(data.test_x),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **activity,
-        **(vae.test_summary(data.test_x, data.test_y) if hasattr(vae, "test_summary") else {}),
+        **(vae.test_summary(data.test_x, data.test_y, **_classifier_input(config, data, "test"))
+           if hasattr(vae, "test_summary") else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }

@@ -15,8 +15,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from pyro_vae.anomaly import (SCORES, compressed_length, detection_metrics, likelihood_regret,
                               perturb, typicality_test)
 from pyro_vae.cli import build_parser, main
-from pyro_vae.config import Config
+from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.models import build_vae
 from pyro_vae.toy import LinearGaussian
 from pyro_vae.train import train
 
@@ -75,6 +76,10 @@ def test_likelihood_regret_is_the_amortization_gap_on_the_linear_gaussian():
     toy.set_encoder()  # the encoder is the exact posterior: nothing left to gain
     regret = likelihood_regret(toy.vae, toy.x, steps=100, draws=64, learning_rate=0.05)
     assert (regret >= 0).all() and float(regret.mean()) < 0.1 * float(gap.mean())
+    two_layers = build_vae(ModelConfig(stochastic_layers=2, hidden_dims=[8], latent_dim=2,
+                                       top_latent_dim=2, top_hidden_dims=[4]), (1, 4, 4))
+    with pytest.raises(ConfigError, match="one latent site"):
+        likelihood_regret(two_layers, torch.zeros(3, 16))
 
 
 def test_perturbation_rate_and_support():

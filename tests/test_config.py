@@ -10,8 +10,10 @@ from pyro_vae.errors import ConfigError
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def test_defaults_are_the_digits_recipe():
-    assert Config() == Config.from_toml(MODELS / "digits_vae.toml")
+def test_defaults_are_the_digits_recipe_but_its_warmup():
+    recipe = Config.from_toml(MODELS / "digits_vae.toml")
+    assert recipe.train.kl_warmup_epochs == 20
+    assert Config().with_overrides({"train": {"kl_warmup_epochs": 20}}) == recipe
 
 
 @pytest.mark.parametrize("recipe", sorted(MODELS.glob("*.toml")), ids=lambda p: p.name)

@@ -201,10 +201,13 @@ class ObjectiveModule(nn.Module):
         self.objective = objective
         self.free_bits = free_bits
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None,
+                **kwargs: torch.Tensor) -> torch.Tensor:
+        """``kwargs`` go to model and guide as they are (e.g. M2's ``classifier_x``)."""
         # This module's optimizer owns the parameters: no re-registration on every step.
         with parameters_owned():
-            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y,
+                                                      **kwargs)
         if self.free_bits > 0:
             loss = loss + free_bits_penalty(self.vae, x, self.free_bits)
         return loss
