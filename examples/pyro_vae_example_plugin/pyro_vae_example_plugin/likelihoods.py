@@ -22,6 +22,9 @@ class LaplaceLikelihood(Likelihood):
     def mean(self, loc):
         return loc
 
+    def output_start(self, pixel_mean):
+        return pixel_mean  # the decoder outputs the mean itself
+
 
 @LIKELIHOODS.register("laplace", help="Laplace pixel noise with a learned scale")
 def build(config):
