@@ -146,12 +146,16 @@ def linear_probe_accuracy(vae, train_x: torch.Tensor, train_y: torch.Tensor,
 
 @torch.no_grad()
 def save_traversals(path: Path, vae, x: torch.Tensor, image_shape, max_dims: int = 10,
-                    steps: int = 9, span: float = 3.0) -> list[int]:
+                    steps: int = 9, span: float = 3.0, y: torch.Tensor | None = None
+                    ) -> list[int]:
     """Decode μ(x) with one coordinate swept over [−span, span]; one row per latent dimension,
-    the most active dimensions first. Returns the dimensions shown."""
+    the most active dimensions first. Returns the dimensions shown.
+
+    A label-conditional model (cvae, M2) takes the labels ``y`` of ``x``: the rows are
+    μ(x, y) decoded by p(x | z, y) with the first image's label y[0]."""
     from pyro_vae.plots import save_image_grid
 
-    loc = encode_means(vae, x)[0]
+    loc = encode_means(vae, x, y=y)[0]
     activity = loc.var(0) if len(loc) > 1 else torch.ones(loc.shape[-1])
     dims = torch.argsort(activity, descending=True)[:max_dims].tolist()
     base = loc[0]
@@ -159,7 +163,8 @@ def save_traversals(path: Path, vae, x: torch.Tensor, image_shape, max_dims: int
     codes = base.repeat(len(dims), steps, 1)
     for row, dim in enumerate(dims):
         codes[row, :, dim] = values
-    images = vae.decode(codes.reshape(-1, loc.shape[-1]))
+    codes = codes.reshape(-1, loc.shape[-1])
+    images = vae.decode(codes) if y is None else vae.decode(codes, y[:1].expand(len(codes)))
     save_image_grid(path, images, image_shape, steps,
                     f"latent traversals: rows = dims {dims} (most active first), "
                     f"values {-span:g} … {span:g}")

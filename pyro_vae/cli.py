@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -175,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Draw x ~ p(x): a grid picture (.png) or the raw "
                                  "samples in data space as array x (.npz, with their means).")
     sample.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
-    sample.add_argument("--n", type=int, default=64, help="how many samples (default 64)")
+    sample.add_argument("--n", type=int, default=64,
+                        help="how many images (default 64); a cvae/m2 picture without --label "
+                        "shows every label in turn, --n rounded down to a multiple of the "
+                        "number of labels")
     sample.add_argument("--out", help="FILE.png or FILE.npz (default RUN_DIR/samples-N.png)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--label", type=int, help="cvae/m2: draw x ~ p(x|y) for this label "
@@ -280,14 +285,18 @@ def _train_config(args: argparse.Namespace):
         if args.recipe:
             raise ConfigError("--resume takes its recipe from RUN_DIR/config.toml; leave out "
                               f"{args.recipe}.")
+        saved = read_run_config(Path(args.out))
+        settings = saved.to_dict()
+        # A flag that repeats the saved value changes nothing, so it is accepted.
         changed = sorted(f for f in TRAIN_FLAGS if getattr(args, f) is not None
-                         and f not in RESUMABLE_FLAGS)
+                         and f not in RESUMABLE_FLAGS
+                         and getattr(args, f) != settings[TRAIN_FLAGS[f][0]][TRAIN_FLAGS[f][1]])
         if changed:
             raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
                               "resumed run keeps its configuration (only --epochs, --device, "
                               "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
                               "with another --out instead.")
-        return read_run_config(Path(args.out)).with_overrides(overrides)
+        return saved.with_overrides(overrides)
     if args.recipe:
         config = Config.from_toml(find_recipe(args.recipe))
     elif args.dataset in (None, "digits"):
@@ -322,28 +331,39 @@ def command_train(args: argparse.Namespace) -> int:
                             progress=Callbacks([progress, *loggers]) if loggers else progress)
             for logger in loggers:
                 logger.finish(summary)
-    except KeyboardInterrupt:
-        if not main_process:  # rank 0 explains
-            return 130
-        if (run_dir / "checkpoint.pt").exists():
-            print(f"\npyro-vae: interrupted. Every completed epoch is saved in {run_dir}; "
-                  f"continue with: pyro-vae train --out {run_dir} --resume", file=sys.stderr)
-        else:
-            print(f"\npyro-vae: interrupted before the first epoch finished; nothing was "
-                  f"saved. Train again with the same --out {run_dir}.", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM or SIGHUP (see progress.py)
+        signum = getattr(interrupt, "signum", signal.SIGINT)
+        if main_process:  # rank 0 explains
+            how = "interrupted" if signum == signal.SIGINT else \
+                f"stopped by {signal.Signals(signum).name}"
+            if (run_dir / "checkpoint.pt").exists():
+                message = (f"pyro-vae: {how}. Every completed epoch is saved in {run_dir}; "
+                           f"continue with: pyro-vae train --out {run_dir} --resume")
+            else:
+                message = (f"pyro-vae: {how} before the first epoch finished; nothing was "
+                           f"saved. Train again with the same --out {run_dir}.")
+            _say(message)
+        return 128 + signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
     if not main_process:  # rank 0 reports
         return 0
     print(_format_summary(summary))
     pictures = ("completions.png, elbo.png" if has(config, "completions") else
                 "samples.png, reconstructions.png, categories.png, elbo.png"
                 if has(config, "categorical_latents") else
-                "samples.png (label x z grid), reconstructions.png, elbo.png"
+                "samples.png (label x z grid), reconstructions.png, elbo.png, label_confusion.png"
                 if has(config, "labels") else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
           f"{pictures})")
     return 0
+
+
+def _say(message: str) -> None:
+    """Print to stderr, unless it is gone (a closed terminal after SIGHUP)."""
+    try:
+        print(message, file=sys.stderr)
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
@@ -378,6 +398,15 @@ def _format_summary(summary: dict[str, Any]) -> str:
     if "test_accuracy" in summary:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
+    if summary.get("label_fidelity") is not None:
+        per_label = " ".join(f"{c}:{100 * f:.0f}" for c, f in
+                             enumerate(summary["label_fidelity_per_label"]))
+        lines += [f"label fidelity of {summary['label_fidelity_samples']} samples E[x|z, y] "
+                  f"(draws x ~ p(x|y)): {100 * summary['label_fidelity']:.1f} ± "
+                  f"{100 * summary['label_fidelity_stderr']:.1f} % "
+                  f"({100 * summary['label_fidelity_draws']:.1f} %) recognised as y by a "
+                  f"classifier of {100 * summary['fidelity_classifier_test_accuracy']:.1f} % "
+                  "test accuracy", f"  per label (%): {per_label}"]
     return "\n".join(lines)
 
 
@@ -386,7 +415,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
     from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
     from pyro_vae.progress import TqdmProgress
-    from pyro_vae.runs import load_trained
+    from pyro_vae.runs import finite_or_none, load_trained
     from pyro_vae.train import prepare_data, resolve_device
 
     _positive_flag("num-samples", args.num_samples)
@@ -428,7 +457,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
                                      if has(config, "semi_supervised") else {}))
            if hasattr(vae, "test_summary") else {}),
     }
-    print(json.dumps(summary, indent=2) if args.json else _format_summary(summary))
+    # Strict JSON: a standard error of one datapoint is null, not NaN.
+    print(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) if args.json
+          else _format_summary(summary))
     return 0
 
 
@@ -437,6 +468,7 @@ def command_sample(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae.data import data_shape, is_vector_shape
+    from pyro_vae.faults import check_memory, decoded_bytes
     from pyro_vae.plots import save_image_grid, save_vector_scatter
     from pyro_vae.runs import atomic_write_bytes, load_trained
 
@@ -446,6 +478,10 @@ def command_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out} must end in .png (a picture) or .npz (raw samples).")
     config, vae, checkpoint = load_trained(args.run_dir)
     shape = tuple(checkpoint["image_shape"])
+    # z, the decoder's output, its mean and a draw: four arrays of n images.
+    check_memory(f"sample --n {args.n}", 4 * decoded_bytes(args.n, shape,
+                                                            config.model.latent_dim),
+                 "cpu", "draw fewer samples at a time (a smaller --n, several files).")
     torch.manual_seed(args.seed)
     title = f"E[x|z], z ~ p(z) ({config.data.dataset})"
     labels = _sample_labels(args, config, vae)
@@ -457,11 +493,18 @@ def command_sample(args: argparse.Namespace) -> int:
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
         title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
-    elif has(config, "labels") and out.suffix == ".png":  # every label × several z
-        columns = max(1, args.n // config.model.num_classes)
-        with torch.no_grad():
-            means = vae.label_grid(columns)
-        title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
+    elif has(config, "labels") and out.suffix == ".png":
+        # Every label in turn: with --n of at least the number of labels C, a grid of one row
+        # per label and n // C draws of z shared by the rows (n rounded down to a multiple of
+        # C); with fewer, one image each of labels 0, 1, …, n − 1.
+        if args.n >= config.model.num_classes:
+            columns = args.n // config.model.num_classes
+            with torch.no_grad():
+                means = vae.label_grid(columns)
+            title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
+        else:
+            columns = args.n
+            title = f"E[x|z, y] for labels 0 … {args.n - 1}, z ~ p(z)"
     if out.suffix == ".png" and is_vector_shape(shape):  # vectors: a scatter, not a picture
         save_vector_scatter(out, draws, None, f"draws x ~ p(x) ({config.data.dataset})")
     elif out.suffix == ".png":
@@ -472,8 +515,33 @@ def command_sample(args: argparse.Namespace) -> int:
         np.savez(buffer, x=draws.reshape(args.n, *data_shape(shape)).numpy(),
                  mean=means.reshape(args.n, *data_shape(shape)).numpy(), z=z.numpy())
         atomic_write_bytes(out, buffer.getvalue())
-    print(f"wrote {len(means)} samples to {out}")
+    rounded = len(means) != args.n
+    print(f"wrote {len(means)} samples to {out}" + (
+        f" ({columns} per label: --n {args.n} rounded down to a multiple of the "
+        f"{config.model.num_classes} labels)" if rounded else ""))
+    if labels is not None:
+        print(_label_fidelity_report(args.run_dir, config, labels, means, draws))
     return 0
+
+
+def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
+    """How many of the ``--label`` samples the run's classifier recognises as that label."""
+    from pyro_vae import fidelity
+    from pyro_vae.train import prepare_data
+
+    path = Path(run_dir) / fidelity.CLASSIFIER_FILE
+    if path.exists():
+        classifier = fidelity.load_label_classifier(path)
+    else:  # a run trained before the classifier was kept: fit it again
+        try:
+            data = prepare_data(config, check=False)
+        except PyroVAEError as error:
+            return f"label fidelity not measured (no {path.name} in the run, and {error})"
+        classifier = fidelity.fit_label_classifier(
+            data.train_x, data.train_y, config.model.num_classes, data.test_x, data.test_y,
+            seed=config.train.seed)
+    return "\n".join(fidelity.describe(fidelity.fidelity_of(images, labels, classifier, what))
+                     for images, what in ((means, "means"), (draws, "draws")))
 
 
 def _sample_labels(args: argparse.Namespace, config, vae):
@@ -515,6 +583,7 @@ def command_compare(args: argparse.Namespace) -> int:
     import torch
 
     from pyro_vae.config import Config
+    from pyro_vae.faults import check_memory, decoded_bytes
     from pyro_vae.lab import (compare_estimators, reports_to_csv, reports_to_markdown,
                               save_lab_plots)
     from pyro_vae.models import build_vae
@@ -555,6 +624,9 @@ def command_compare(args: argparse.Namespace) -> int:
                           "the run directory of a --model discrete run.")
     if "renyi" in objectives and args.alpha == 1.0:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
+    if not math.isfinite(args.alpha):
+        raise ConfigError(f"--alpha {args.alpha} must be a finite number (the Renyi bound's "
+                          "alpha, not 1; 0 is IWAE).")
     overrides = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
@@ -565,6 +637,12 @@ def command_compare(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         vae = build_vae(config.model, data.image_shape)
     x = data.test_x[: args.batch_size]
+    # One gradient draw holds the decoded images of the whole batch at the largest K, with
+    # the activations kept for the backward pass (at least twice the forward's).
+    check_memory(f"compare --particles {max(particles)}",
+                 2 * decoded_bytes(len(x) * max(particles), data.image_shape,
+                                   config.model.latent_dim), "cpu",
+                 "lower the largest --particles (or --batch-size).")
     done = iter(range(1, 10 ** 6))
     reports = compare_estimators(
         vae, x, objectives, particles, args.repeats, args.seed, args.alpha,
@@ -618,6 +696,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; nothing was left half-written.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`pyro-vae evaluate --json | head -1`): stop quietly, and keep
+        # Python's final flush of stdout from failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (RuntimeError, MemoryError) as error:
+        from pyro_vae.faults import is_out_of_memory, out_of_memory_error
+
+        if not is_out_of_memory(error):
+            raise
+        print(f"pyro-vae: error: {out_of_memory_error(error, args.command)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

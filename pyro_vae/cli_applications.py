@@ -108,6 +108,23 @@ def check_same_shape(config, data, checkpoint) -> None:
                           f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
 
 
+def refuse_kind(config, run_dir: str, command: str, kinds: tuple[str, ...], why: str) -> None:
+    """Refuse, in the user's terms, a run whose model kind ``command`` does not work on."""
+    from pyro_vae.errors import ConfigError
+    if config.model.kind in kinds:
+        raise ConfigError(f"{run_dir} holds a {KIND_NAMES[config.model.kind]} "
+                          f"(--model {config.model.kind}); {why}")
+
+
+#: What each [model] kind is, in words.
+KIND_NAMES = {"vae": "VAE", "cvae": "label-conditional VAE",
+              "m2": "semi-supervised M2 model",
+              "quadrant_baseline": "quadrant-completion baseline",
+              "quadrant_cvae": "quadrant-completion CVAE"}
+LABELLED = ("cvae", "m2")
+QUADRANTS = ("quadrant_baseline", "quadrant_cvae")
+
+
 def positive_flag(name: str, value: int | None) -> None:
     """Refuse a non-positive count given as ``--name``."""
     from pyro_vae.errors import ConfigError
@@ -143,6 +160,10 @@ def command_anomaly(args: argparse.Namespace) -> int:
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "anomaly", LABELLED + QUADRANTS,
+                "anomaly scores an image by log p(x), but this model scores images only "
+                "given a label or given the rest of the image. Train a plain VAE on the same "
+                "data (pyro-vae train --model vae ...) and score with that run.")
     others = {name: _load(args.run_dir, args.data_dir, name)[2] for name in args.against}
     if "regret" in scores:
         try:
@@ -288,13 +309,30 @@ def command_impute(args: argparse.Namespace) -> int:
 
     from pyro_vae.applications import (impute, imputation_error, make_mask,
                                        save_imputation_picture)
+    from pyro_vae.errors import ConfigError
     from pyro_vae.runs import make_run_dir, write_json
 
     positive_flag("num-samples", args.num_samples)
     positive_flag("limit", args.limit)
     config, vae, data = _load(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "impute", LABELLED,
+                "imputation fills pixels from p(x) of an unconditional VAE, but this model's "
+                "decoder needs each image's label. Impute with a --model vae run.")
+    refuse_kind(config, args.run_dir, "impute", QUADRANTS,
+                "it already completes images from their given quadrants (its completions are "
+                "in RUN_DIR/completions.png); impute with box, random or bottom masks needs a "
+                "--model vae run.")
     x = data.test_x[: args.limit]
     observed = make_mask(len(x), data.image_shape, args.mask, args.fraction)
+    if observed.all():
+        smallest = next((i / observed.shape[1] for i in range(1, observed.shape[1])
+                         if not make_mask(len(x), data.image_shape, args.mask,
+                                          i / observed.shape[1]).all()), None)
+        raise ConfigError(
+            f"--fraction {args.fraction} hides no pixel of the {len(x)} test images of shape "
+            f"{tuple(data.image_shape)} with the {args.mask} mask, so there is nothing to "
+            "impute" + (f"; the smallest fraction that hides a pixel is about {smallest:.3g}."
+                        if smallest else "; give a larger --fraction."))
     mean_image = data.train_x.mean(0)
     torch.manual_seed(0)
     imputed = impute(vae, x, observed, mean_image, args.num_samples)
@@ -320,6 +358,13 @@ def command_probe(args: argparse.Namespace) -> int:
     rows = []
     for run_dir in args.run_dirs:
         config, vae, data = _load(run_dir, args.data_dir)
+        refuse_kind(config, run_dir, "probe", LABELLED,
+                    "its encoder q(z|x, y) is given the label, so a probe predicting the label "
+                    "from its code would measure nothing. Probe a --model vae run"
+                    + (" (M2's own classifier accuracy is test_accuracy in RUN_DIR/summary.json)."
+                       if config.model.kind == "m2" else "."))
+        refuse_kind(config, run_dir, "probe", ("quadrant_baseline",),
+                    "it has no latent code to probe; probe a --model vae or quadrant_cvae run.")
         if data.train_y is None or data.test_y is None:
             raise ConfigError(f"{run_dir} was trained on {config.data.dataset!r}, which has no "
                               "labels; a linear probe needs labelled data.")
@@ -352,13 +397,32 @@ def command_traverse(args: argparse.Namespace) -> int:
     from pyro_vae.applications import save_traversals
     from pyro_vae.errors import ConfigError
 
+    out = Path(args.out) if args.out else Path(args.run_dir) / "traversals.png"
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: traversals are a PNG picture; give a file name "
+                          "ending in .png.")
     config, vae, data = _load(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "traverse", QUADRANTS,
+                "it completes the missing quadrants of an image from the given ones and has no "
+                "code of a whole image to sweep; its completions are in RUN_DIR/completions.png. "
+                "Traverse a --model vae, cvae or m2 run.")
     if not 0 <= args.index < len(data.test_x):
         raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
-    out = Path(args.out) if args.out else Path(args.run_dir) / "traversals.png"
     x = data.test_x[args.index: args.index + 1]
-    dims = save_traversals(out, vae, torch_cat_first(x, data.test_x), data.image_shape)
-    print(f"wrote {out} (dimensions {dims})")
+    labels = None
+    if config.model.kind in LABELLED:  # q(z|x, y) and p(x|z, y) take the image's label
+        if data.test_y is not None:
+            labels = torch_cat_first(data.test_y[args.index: args.index + 1], data.test_y)
+        elif config.model.kind == "m2":  # its classifier's guess q(y|x)
+            labels = vae.classify(torch_cat_first(x, data.test_x))
+        else:
+            raise ConfigError(f"{args.run_dir} holds a label-conditional VAE, whose codes need "
+                              f"each image's label, but {config.data.dataset!r} has no test "
+                              "labels; use the dataset it was trained on.")
+    dims = save_traversals(out, vae, torch_cat_first(x, data.test_x), data.image_shape,
+                           y=labels)
+    print(f"wrote {out} (dimensions {dims}"
+          + (f", label {int(labels[0])})" if labels is not None else ")"))
     return 0
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-from pyro_vae.cli_applications import positive_flag
+from pyro_vae.cli_applications import positive_flag, refuse_kind
 
 
 def add_diagnostics_parsers(commands) -> None:
@@ -63,9 +64,13 @@ def command_gaps(args: argparse.Namespace) -> int:
     if args.chains < 2:
         raise ConfigError(f"--chains {args.chains}: R-hat compares chains, so NUTS needs at "
                           "least 2.")
-    if not args.lr > 0:
-        raise ConfigError(f"--lr {args.lr} must be a positive number.")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise ConfigError(f"--lr {args.lr} must be a finite positive number.")
     config, vae, data = _load(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "gaps", ("cvae", "m2", "quadrant_baseline",
+                                               "quadrant_cvae"),
+                "the gaps compare q(z|x) with the exact posterior p(z|x) of an unconditional "
+                "VAE, which this model does not have. Measure them on a --model vae run.")
     if getattr(vae, "weight_posterior", None) is not None:
         return _gaps_of_bayesian_decoder(args, config, vae, data)
     return _gaps(args, config, vae, data)

@@ -29,6 +29,8 @@ ENCODER_SCALES = ("softplus", "logvar")
 #: Largest number of codes C^K that objective ``enumerate`` sums over.
 MAX_ENUMERATED_CODES = 1024
 DEVICES = ("cpu", "cuda")
+#: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
+MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
@@ -294,6 +296,10 @@ class TrainConfig:
         if not math.isfinite(self.alpha):
             raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
         _positive("train", "beta", self.beta)
+        if self.beta < MIN_BETA:
+            raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
+                              "that small vanishes in float32 arithmetic (the loss is then the "
+                              f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "free_bits", self.free_bits, allow_zero=True)
         _positive("train", "seed", self.seed, allow_zero=True)
@@ -314,12 +320,17 @@ class EvaluateConfig:
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
+    #: Labelled models (cvae, m2): conditional samples per label whose label fidelity is
+    #: measured at the end of training (pyro_vae.fidelity); 0 skips the measurement.
+    label_fidelity_samples: int = 100
     #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
     #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
     latent_map: str = "tsne"
 
     def validate(self) -> None:
         _positive("evaluate", "num_samples", self.num_samples)
+        _positive("evaluate", "label_fidelity_samples", self.label_fidelity_samples,
+                  allow_zero=True)
         _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
@@ -395,7 +406,7 @@ class Config:
     def from_toml(cls, path: str | Path) -> "Config":
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
         except FileNotFoundError:
             raise ConfigError(f"recipe {path} does not exist; give the path of a TOML recipe "
                               "(the project's recipes are in models/).") from None

@@ -292,6 +292,8 @@ def _score_given(vae: torch.nn.Module, model: Callable, guide: Callable, x: torc
                 log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
                 log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, dim=0))
                 sum_log_w += log_w.sum(0)
+                if progress is not None and k < num_samples:  # a chance to stop mid-datapoint
+                    progress(0)
             log_likelihoods.append(log_sum_w - math.log(num_samples))
             elbos.append(sum_log_w / num_samples)
             variances.append(_delta_method_variance(log_sum_w, log_sum_w2, num_samples))

@@ -55,14 +55,29 @@ def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+#: Signals handled like Ctrl-C: a scheduler's or ``docker stop``'s SIGTERM, a closed terminal's
+#: SIGHUP.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by ``signum`` (SIGINT, SIGTERM or SIGHUP), raised from ordinary code."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class TqdmProgress(Progress):
     """An epoch bar with the latest ELBOs, a step bar per epoch and an evaluation bar, or, in
     ``lines`` mode, one line per epoch and per evaluation (see :func:`output_mode`).
 
-    Used as a context manager it also owns Ctrl-C: the first one is noted and raised as
-    ``KeyboardInterrupt`` at the next step or evaluation chunk, from ordinary code, so it can
-    never land where Python swallows exceptions (a ``__del__``, a callback) and be lost; a
-    second Ctrl-C interrupts at once.
+    Used as a context manager it also owns Ctrl-C, SIGTERM and SIGHUP: the first one is noted
+    and raised as :class:`Interrupted` (a ``KeyboardInterrupt``) at the next step or evaluation
+    chunk, from ordinary code, so it can never land where Python swallows exceptions (a
+    ``__del__``, a callback) and be lost; a second one interrupts at once. Leaving the context
+    closes the bars, so a message printed after it starts on a fresh line.
     """
 
     def __init__(self, quiet: bool = False, mode: str | None = None,
@@ -78,7 +93,8 @@ class TqdmProgress(Progress):
         self.steps: Any = None
         self.evaluation: Any = None
         self.stop_requested = False
-        self._previous_handler: Any = None
+        self.signum: int = signal.SIGINT
+        self._previous_handlers: dict[int, Any] = {}
         self._last_epoch = 0
         self._started = 0.0
 
@@ -91,21 +107,31 @@ class TqdmProgress(Progress):
         print(text, file=stream, flush=True)
 
     def __enter__(self) -> "TqdmProgress":
-        self._previous_handler = signal.signal(signal.SIGINT, self._on_interrupt)
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._on_interrupt)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        signal.signal(signal.SIGINT, self._previous_handler)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
+        for bar in (self.steps, self.epochs, self.evaluation):
+            if bar is not None:
+                try:
+                    bar.close()
+                except OSError:  # the terminal went away (SIGHUP)
+                    pass
 
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.stop_requested = True
+        self.signum = signum
 
     def _stop_if_requested(self) -> None:
         if self.stop_requested:
             self.stop_requested = False
-            raise KeyboardInterrupt
+            raise Interrupted(self.signum)
 
     def start_epochs(self, first: int, last: int) -> None:
         self._last_epoch = last

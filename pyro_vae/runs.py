@@ -14,7 +14,11 @@ import json
 import math
 import os
 import random
+import re
+import signal
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,12 +29,34 @@ from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.registry import PluginError
 
+try:  # POSIX; elsewhere the lock falls back to the owner's process id
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
+#: Held by the process writing a run directory, for the whole run (see :class:`RunLock`).
+LOCK = ".pyro-vae.lock"
+#: First line of the config.toml that ``pyro-vae train`` writes (tells it from a user's file).
+CONFIG_HEADER = "# written by `pyro-vae train`: the resolved configuration of this run\n"
+#: A temporary file :func:`atomic_path` left behind when its process was killed mid-write.
+_STRAY_TEMP = re.compile(r"^\.(checkpoint\.pt|metrics\.jsonl|config\.toml|summary\.json|"
+                         r"[\w.-]+\.(png|json|csv|npz|nc))\w{8}\.tmp$")
+#: Test hook: ``before:N`` / ``after:N`` makes this process SIGKILL itself just before or just
+#: after its N-th atomic rename (fault-injection tests of every state a kill can leave).
+KILL_AT_RENAME = "PYRO_VAE_TEST_KILL_AT_RENAME"
+_renames = 0
+
+
+def _kill_hook(moment: str) -> None:
+    wanted = os.environ.get(KILL_AT_RENAME)
+    if wanted and wanted == f"{moment}:{_renames + (moment == 'before')}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -48,7 +74,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             with open(temp, "rb+") as file:
                 os.fsync(file.fileno())
             os.chmod(temp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+            _kill_hook("before")
             os.replace(temp, path)
+            _count_rename()
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
@@ -56,6 +84,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise PyroVAEError(f"cannot write {path} ({error.strerror or error}). Check that the "
                            "folder is writable and the disk has space; nothing earlier in the "
                            "run directory was changed.") from None
+
+
+def _count_rename() -> None:
+    global _renames
+    _renames += 1
+    _kill_hook("after")
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
@@ -75,23 +109,177 @@ def make_run_dir(path: Path) -> None:
         raise PyroVAEError(f"the output folder {path} is not writable; choose another --out.")
 
 
+# --- who writes a run directory ----------------------------------------------------------------
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _read_owner(path: Path) -> dict[str, Any]:
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+class RunLock:
+    """The right to write one run directory, held for a whole run by one process.
+
+    The lock file ``RUN_DIR/.pyro-vae.lock`` names its owner (process id, host, start time) and
+    is held with ``flock``, which the kernel releases when the owner exits in any way, ``kill
+    -9`` included; a lock file left by a dead process is therefore stale and taken over. Where
+    ``flock`` is not supported (some network file systems) the owner's process id decides: a
+    lock of this host whose process is gone is stale. A second process asking for a held lock
+    gets a :class:`ConfigError` at once. :meth:`release` removes the file (and the folder, if
+    :meth:`acquire` created it and nothing else was written).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self._fd: int | None = None
+        self._created = False
+
+    def acquire(self) -> None:
+        self._created = not self.run_dir.exists()
+        make_run_dir(self.run_dir)
+        for _ in range(10):  # retried only if the holder removed the file as we opened it
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:
+                self._remove_created_folder()
+                raise PyroVAEError(f"cannot create the lock file {self.path} ("
+                                   f"{error.strerror or error}); choose a writable --out."
+                                   ) from None
+            if not self._lock(fd):
+                owner = _read_owner(self.path)
+                os.close(fd)
+                self._remove_created_folder()
+                raise ConfigError(self._busy_message(owner))
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                owner = {"pid": os.getpid(), "host": socket.gethostname(),
+                         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                os.ftruncate(fd, 0)
+                os.write(fd, (json.dumps(owner) + "\n").encode())
+                self._fd = fd
+                return
+            os.close(fd)
+        raise ConfigError(f"{self.run_dir} is being locked and unlocked by other processes; "
+                          "choose another --out.")
+
+    def _lock(self, fd: int) -> bool:
+        """Lock ``fd``; False when another live process holds the run."""
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                return False
+            except OSError:  # no flock here: fall back to the owner's process id
+                pass
+        owner = _read_owner(self.path)
+        pid = owner.get("pid")
+        if not isinstance(pid, int) or pid == os.getpid():
+            return True
+        if owner.get("host") != socket.gethostname():
+            return False  # cannot tell whether a process on another machine is alive
+        return not _process_alive(pid)
+
+    def _busy_message(self, owner: dict[str, Any]) -> str:
+        who = (f"process {owner.get('pid', '?')} on {owner.get('host', '?')}"
+               + (f" (started {owner['started']})" if owner.get("started") else ""))
+        return (f"{self.run_dir} is in use: {who} is writing a run there. Two runs writing one "
+                "folder would overwrite each other's results, so this one did not start. Wait "
+                "for that run to finish (then continue it with --resume if you want more "
+                "epochs), or choose another --out. If that process no longer runs (it was on "
+                f"another machine that stopped), delete {self.path} and try again.")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+        self._remove_created_folder()
+
+    def _remove_created_folder(self) -> None:
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()  # only if empty: a run that wrote nothing leaves nothing
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def stray_temporary_files(run_dir: Path) -> list[Path]:
+    """Temporary files of :func:`atomic_path` whose writer was killed before its rename."""
+    if not run_dir.is_dir():
+        return []
+    return sorted(p for p in run_dir.iterdir() if _STRAY_TEMP.match(p.name) and p.is_file())
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """What a run directory holds, leaving out the lock and stray temporary files."""
+    if not run_dir.is_dir():
+        return []
+    stray = set(stray_temporary_files(run_dir))
+    return sorted(p for p in run_dir.iterdir() if p.name != LOCK and p not in stray)
+
+
+def remove_stray_temporary_files(run_dir: Path) -> None:
+    """Delete what killed writers left (call only while holding the :class:`RunLock`)."""
+    for path in stray_temporary_files(run_dir):
+        path.unlink(missing_ok=True)
+
+
+def unsaved_start(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds only the config.toml ``pyro-vae train`` wrote just before a
+    first checkpoint that never came (the run was killed in between): nothing to resume, and
+    safe to start again."""
+    files = run_files(run_dir)
+    if [p.name for p in files] != [CONFIG]:
+        return False
+    try:
+        with open(run_dir / CONFIG, encoding="utf-8") as handle:
+            return handle.readline() == CONFIG_HEADER
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _finite_or_none(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
+    """``value`` with NaN and infinite floats (in nested lists and dicts too) as ``None``."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
 def write_json(path: str | Path, value: Any) -> None:
     """Strict JSON (NaN and infinities, e.g. a standard error of one datapoint, become null)."""
-    atomic_write_text(path, json.dumps(_finite_or_none(value), indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(finite_or_none(value), indent=2, allow_nan=False) + "\n")
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -156,7 +344,64 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} was written by checkpoint format version "
                               f"{payload.get('version')}, this pyro-vae reads version "
                               f"{CHECKPOINT_VERSION}; use the pyro-vae release that wrote it.")
+    problems = checkpoint_problems(payload)
+    if problems:
+        raise CheckpointError(
+            f"{path} is not a complete pyro-vae checkpoint ({'; '.join(problems[:3])}"
+            f"{'; …' if len(problems) > 3 else ''}): it was altered or written by another "
+            "program. Retrain, or restore it from a copy.")
     return payload
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _valid_rng(state: Any) -> bool:
+    if not isinstance(state, dict):
+        return False
+    python, numpy_state = state.get("python"), state.get("numpy")
+    return (isinstance(state.get("torch"), torch.Tensor) and state["torch"].dtype == torch.uint8
+            and isinstance(state.get("cuda"), (list, tuple))
+            and all(isinstance(t, torch.Tensor) for t in state["cuda"])
+            and isinstance(python, (list, tuple)) and len(python) == 3
+            and isinstance(python[1], (list, tuple))
+            and all(_is_count(i) for i in python[1])
+            and isinstance(numpy_state, (list, tuple)) and len(numpy_state) == 5
+            and isinstance(numpy_state[0], str) and isinstance(numpy_state[1], (list, tuple))
+            and all(_is_count(i) for i in numpy_state[1]))
+
+
+#: What every checkpoint holds: key -> (check, what it must be).
+_SCHEMA: dict[str, tuple[Any, str]] = {
+    "config": (lambda v: isinstance(v, dict), "a table of settings"),
+    "image_shape": (lambda v: isinstance(v, (list, tuple)) and len(v) == 3
+                    and all(_is_count(i, 1) for i in v),
+                    "three positive integers (channels, height, width)"),
+    "model": (lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+              "a mapping of weight names to tensors"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list), "an optimizer state"),
+    "rng": (_valid_rng, "the random number generators' states"),
+    "epoch": (_is_count, "a count of epochs"),
+    "step": (_is_count, "a count of steps"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v),
+                "a list of metric rows"),
+    "train_seconds": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                      "a number of seconds"),
+}
+
+
+def checkpoint_problems(payload: dict[str, Any]) -> list[str]:
+    """What is missing from or wrong in a checkpoint's structure (empty when it is sound)."""
+    problems = []
+    for key, (check, what) in _SCHEMA.items():
+        if key not in payload:
+            problems.append(f"it has no {key!r}")
+        elif not check(payload[key]):
+            problems.append(f"its {key!r} is not {what}")
+    return problems
 
 
 def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -187,6 +432,16 @@ def read_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist.")
+    if not path.exists() and (run_dir / CHECKPOINT).exists():
+        # Killed between the first checkpoint and config.toml (runs of older releases, which
+        # wrote them in that order): the checkpoint carries the configuration.
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT))
+    if not path.exists() and not run_files(run_dir):
+        raise CheckpointError(f"{run_dir} holds no saved run (no {CONFIG} or {CHECKPOINT}: "
+                              "is it a run directory written by `pyro-vae train`? A run stopped "
+                              "before its first epoch was saved leaves nothing to resume or "
+                              "read; train into it without --resume.")
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no {CONFIG}; is it a run directory written by "
                               "`pyro-vae train`?")

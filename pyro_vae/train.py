@@ -24,7 +24,7 @@ from typing import Any
 import pyro
 import torch
 
-from pyro_vae import distributed, plots
+from pyro_vae import distributed, fidelity, plots
 from pyro_vae.config import Config
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
@@ -32,19 +32,22 @@ from pyro_vae.discrete import write_discrete_pictures
 from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
-from pyro_vae.faults import nonfinite_loss_error
+from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.protocol import has
 from pyro_vae.registry import OBJECTIVES, PRIORS
-from pyro_vae.runs import (CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint,
-                           load_state, make_run_dir, rng_state, save_checkpoint, saved_config,
-                           set_rng_state, write_json, write_metrics)
+from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
+                           atomic_write_text, load_checkpoint, load_state, make_run_dir,
+                           remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
+                           saved_config, set_rng_state, unsaved_start, write_json, write_metrics)
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
 MONITOR_POINTS = 1000
+#: The smallest KL weight a warm-up starts from (a positive float; Pyro needs scale > 0).
+MIN_KL_WEIGHT = 1e-300
 #: A total KL(q(z|x) ‖ p(z)) below this many nats per datapoint means the code carries nothing.
 COLLAPSE_KL = 0.01
 
@@ -63,7 +66,8 @@ class KLSchedule:
     def weight(self, step: int) -> float:
         if self.warmup_steps <= 0:
             return self.beta
-        return self.beta * min(1.0, (step + 1) / self.warmup_steps)
+        # Never 0 (poutine.scale refuses it), even where β/warm-up steps underflows.
+        return max(self.beta * min(1.0, (step + 1) / self.warmup_steps), MIN_KL_WEIGHT)
 
 
 class Progress:
@@ -280,10 +284,13 @@ def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
 
 def _write_epoch(run_dir: Path, payload: dict[str, Any], config: Config, history: list[dict],
                  first: bool) -> None:
-    """The checkpoint and metrics of an epoch (and, after the run's first one, its config)."""
+    """The checkpoint and metrics of an epoch (and, with the run's first one, its config).
+
+    config.toml comes first: a kill between the two renames leaves a config.toml with no
+    checkpoint, which a new run may replace (:func:`~pyro_vae.runs.unsaved_start`)."""
+    if first:
+        atomic_write_text(run_dir / CONFIG, CONFIG_HEADER + config.to_toml())
     save_checkpoint(run_dir / CHECKPOINT, payload)
-    if first:  # the run directory describes a run once it has one
-        atomic_write_text(run_dir / CONFIG, config.to_toml())
     write_metrics(run_dir, history)
 
 
@@ -318,13 +325,37 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     ``"package.module:factory"``) so that the run can be loaded again.
     """
     group, group_device = distributed.start(config.train.device)
+    lock = RunLock(run_dir)  # held by rank 0 for the whole run: one writer per folder
     try:
+        distributed.on_main(group, lock.acquire)
         summary = _train(config, Path(run_dir), resume, progress or Progress(), group,
                          group_device, model)
         distributed.finish(group)
         return summary
     finally:
+        lock.release()
         distributed.stop(group)
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs an empty folder (or one whose run never saved an epoch); a resumed run
+    needs a checkpoint. Lock and stray temporary files do not count."""
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume and not checkpoint_path.exists():
+        if unsaved_start(run_dir):
+            raise CheckpointError(
+                f"{run_dir} holds the config.toml of a run that was stopped before its first "
+                "epoch was saved, so there is nothing to resume. Train again without --resume "
+                f"(same --out {run_dir}); the new run replaces that config.toml.")
+        return  # load_checkpoint says what is missing
+    if resume:
+        return
+    if checkpoint_path.exists():
+        raise ConfigError(f"{run_dir} already holds a trained run; continue it with --resume, "
+                          "or choose another --out so nothing is overwritten.")
+    if run_files(run_dir) and not unsaved_start(run_dir):
+        raise ConfigError(f"{run_dir} already holds files; a new run needs an empty or new "
+                          "folder so nothing is overwritten. Choose another --out.")
 
 
 def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
@@ -349,12 +380,9 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     """:func:`train`, as one of the processes of ``group`` (if any)."""
     is_main = group is None or group.is_main
     checkpoint_path = run_dir / CHECKPOINT
-    if not resume and checkpoint_path.exists():
-        raise ConfigError(f"{run_dir} already holds a trained run; continue it with --resume, "
-                          "or choose another --out so nothing is overwritten.")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise ConfigError(f"{run_dir} already holds files; a new run needs an empty or new "
-                          "folder so nothing is overwritten. Choose another --out.")
+    _check_run_dir(run_dir, resume)
+    if is_main:  # under the lock: what killed writers left behind
+        remove_stray_temporary_files(run_dir)
     device = group_device or resolve_device(config.train.device)
     _check_distributable(config, group)
     checkpoint = load_checkpoint(checkpoint_path) if resume else None
@@ -365,6 +393,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     pyro.set_rng_seed(config.train.seed)
     data = distributed.node_first(
         group if config.data.download else None, lambda: prepare_data(config, device))
+    check_training_memory(config, data.image_shape, len(data.test_x), device)
     if model is None:
         vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     else:
@@ -524,6 +553,10 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         **activity,
         **(vae.test_summary(data.test_x, data.test_y, **_classifier_input(config, data, "test"))
            if hasattr(vae, "test_summary") else {}),
+        **(fidelity.evaluate_label_fidelity(vae, data, run_dir,
+                                            config.evaluate.label_fidelity_samples,
+                                            config.train.seed)
+           if labelled and config.evaluate.label_fidelity_samples else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
