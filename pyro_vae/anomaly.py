@@ -198,9 +198,11 @@ def _refit_elbo(vae: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, steps:
     both on the fixed draws ``eps`` of shape ``[S, B, D]``."""
     draws, batch, dim = eps.shape
     with torch.no_grad():
-        posterior = vae.posterior(x).base_dist
-        loc = posterior.loc.detach().clone().requires_grad_(True)
-        log_scale = posterior.scale.log().detach().clone().requires_grad_(True)
+        # The encoder's (μ, σ): the diagonal Gaussian that the refit starts from (the base
+        # of the guide for the low-rank and IAF families of guides.py).
+        start_loc, start_scale = vae.encoder(x)
+        loc = start_loc.detach().clone().requires_grad_(True)
+        log_scale = start_scale.log().detach().clone().requires_grad_(True)
     x_repeated = x.expand(draws, *x.shape).reshape(draws * batch, -1)
     constant = 0.5 * dim * math.log(2 * math.pi)
     optimizer = torch.optim.Adam([loc, log_scale], lr=learning_rate)

@@ -84,8 +84,8 @@ class BayesianVAE(VAE):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior,
                  likelihood: Likelihood, num_data: int | None = None, layers: str = "all",
-                 weight_prior_scale: float = 1.0):
-        super().__init__(encoder, decoder, prior, likelihood, num_data)
+                 weight_prior_scale: float = 1.0, family: nn.Module | None = None):
+        super().__init__(encoder, decoder, prior, likelihood, num_data, family)
         chosen = _linear_layers(decoder)
         if layers == "last":
             chosen = chosen[-1:]

@@ -21,6 +21,9 @@ from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_par
                                        check_same_shape, positive_flag as _positive_flag)
 from pyro_vae.cli_diagnostics import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.protocol import has
+from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS,
+                               load_plugins)
 
 EPILOG = """examples:
   pyro-vae train                                   # embedded 8x8 digits, no download
@@ -56,12 +59,14 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
+    "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
+    "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
     "categorical_latents": ("model", "categorical_latents"),
     "categories": ("model", "categories"), "temperature": ("train", "temperature"),
 }
 #: What may change when a run is continued with --resume.
 RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
-                   "latent_map"}
+                   "latent_map", "plugin"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,21 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, help="minibatch size")
     train.add_argument("--lr", type=float, help="Adam learning rate")
     train.add_argument("--latent-dim", type=int, help="size of z")
-    train.add_argument("--network", choices=["mlp", "conv"], help="encoder/decoder family")
-    train.add_argument("--likelihood", choices=["bernoulli", "continuous_bernoulli", "gaussian"],
-                       help="p(x|z)")
-    train.add_argument("--prior", choices=["normal", "mixture", "vamp", "flow"],
-                       help="p(z): standard normal, learned mixture of Gaussians, VampPrior "
-                       "(pseudo-inputs through the encoder) or an affine-coupling flow")
+    train.add_argument("--network", help=f"encoder/decoder family: {NETWORKS.help_text()}")
+    train.add_argument("--likelihood", help=f"p(x|z): {LIKELIHOODS.help_text()}")
+    train.add_argument("--prior", help=f"p(z): {PRIORS.help_text()} (normal: N(0, I); mixture "
+                       "of Gaussians; vamp: VampPrior, pseudo-inputs through the encoder; flow: "
+                       "affine couplings)")
+    train.add_argument("--guide", help=f"q(z|x): {GUIDES.help_text()} (diagonal Gaussian; "
+                       "low-rank Gaussian; inverse autoregressive flow)")
+    train.add_argument("--guide-rank", type=int, help="rank of the lowrank guide (default 2)")
+    train.add_argument("--flow-layers", type=int,
+                       help="layers of the flow prior / the iaf guide (default 4)")
     train.add_argument("--prior-components", type=int,
                        help="mixture components / VampPrior pseudo-inputs (10 / 500)")
     train.add_argument("--bayesian-decoder", choices=["none", "last", "all"],
                        help="priors on the decoder's weights (last layer or all) with a "
                        "mean-field guide; objectives elbo and meanfield")
     train.add_argument("--objective",
-                       choices=["elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score",
-                                "vimco", "concrete", "straight_through", "enumerate"],
-                       help="elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
+                       help=f"{OBJECTIVES.help_text()}. elbo: Trace_ELBO; meanfield: TraceMeanField_ELBO (analytic KL); "
                        "iwae: importance-weighted bound; dreg: IWAE with doubly "
                        "reparameterized gradients; stl: sticking the landing; renyi: VR-alpha; "
                        "score: score-function ELBO with a baseline; vimco: IWAE with VIMCO "
@@ -129,11 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "test encodings (default) or the first two principal components (fast)")
     train.add_argument("--eval-samples", type=int,
                        help="importance samples K for the final test log p(x) (default 5000)")
-    train.add_argument("--model", choices=["vae", "cvae", "m2", "quadrant_baseline",
-                                           "quadrant_cvae", "discrete"],
-                       help="vae; cvae: label-conditional p(x|z, y); m2: semi-supervised M2; "
-                       "quadrant_baseline / quadrant_cvae: complete images from --quadrants; "
-                       "discrete: K categorical latents of C classes")
+    train.add_argument("--model",
+                       help=f"{MODEL_KINDS.help_text()}. vae; cvae: label-conditional p(x|z, y); "
+                       "m2: semi-supervised M2; quadrant_baseline / quadrant_cvae: complete "
+                       "images from --quadrants; discrete: K categorical latents of C classes")
     train.add_argument("--categorical-latents", type=int,
                        help="discrete: number K of categorical latent variables")
     train.add_argument("--categories", type=int,
@@ -213,7 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--threads", type=int, metavar="N",
                              help="torch threads (default: $OMP_NUM_THREADS, else 1: fastest "
                              "for these models on a shared machine; see the README)")
+        command.add_argument("--plugin", action="append", metavar="MODULE",
+                             help="import MODULE first, so the priors, guides, likelihoods, "
+                             "objectives, models and datasets it registers can be named "
+                             "(repeatable; also the recipe key plugins = [...] and the "
+                             "pyro_vae.plugins entry-point group)")
     return parser
+
+
+def _early_plugins(argv: Sequence[str]) -> list[str]:
+    """The --plugin modules of ``argv``, read before the parser is built (its help and the
+    names it accepts include what they register)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--plugin", action="append", default=[])
+    known, _ = early.parse_known_args(list(argv))
+    return known.plugin
 
 
 def apply_threads(requested: int | None) -> int:
@@ -235,7 +255,11 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
     for flag, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
-        if value is not None:
+        if value is None:
+            continue
+        if section == "plugins":  # recorded in the run's config.toml
+            overrides["plugins"] = value
+        else:
             overrides.setdefault(section, {})[key] = value
     return overrides
 
@@ -323,11 +347,11 @@ def command_train(args: argparse.Namespace) -> int:
     if not main_process:  # rank 0 reports
         return 0
     print(_format_summary(summary))
-    pictures = ("completions.png, elbo.png" if config.model.kind.startswith("quadrant_") else
+    pictures = ("completions.png, elbo.png" if has(config, "completions") else
                 "samples.png, reconstructions.png, categories.png, elbo.png"
-                if config.model.kind == "discrete" else
+                if has(config, "categorical_latents") else
                 "samples.png (label x z grid), reconstructions.png, elbo.png, label_confusion.png"
-                if config.model.kind != "vae" else
+                if has(config, "labels") else
                 "samples.png, reconstructions.png, interpolation.png, latent.png, elbo.png, kl.png")
     print(f"run directory: {run_dir} (summary.json, metrics.jsonl, checkpoint.pt and pictures: "
           f"{pictures})")
@@ -403,7 +427,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
-    if config.model.kind in ("cvae", "m2"):
+    if has(config, "labels"):
         from pyro_vae.conditional import check_labels
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
@@ -427,10 +451,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         "score_name": getattr(vae, "score_name", "log p(x)"),
-        **({"active_units": 0} if config.model.kind == "quadrant_baseline" else
-           latent_activity(vae, x, y if config.model.kind in ("cvae", "m2") else None)),
+        **({"active_units": 0} if not has(config, "latent_means") else
+           latent_activity(vae, x, y if has(config, "labels") else None)),
         **(vae.test_summary(x, y, **({"classifier_x": data.grey(args.split)}
-                                     if config.model.kind == "m2" else {}))
+                                     if has(config, "semi_supervised") else {}))
            if hasattr(vae, "test_summary") else {}),
     }
     # Strict JSON: a standard error of one datapoint is null, not NaN.
@@ -469,7 +493,7 @@ def command_sample(args: argparse.Namespace) -> int:
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
         title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
-    elif config.model.kind in ("cvae", "m2") and out.suffix == ".png":
+    elif has(config, "labels") and out.suffix == ".png":
         # Every label in turn: with --n of at least the number of labels C, a grid of one row
         # per label and n // C draws of z shared by the rows (n rounded down to a multiple of
         # C); with fewer, one image each of labels 0, 1, …, n − 1.
@@ -524,13 +548,13 @@ def _sample_labels(args: argparse.Namespace, config, vae):
     """The labels ``--label`` asks for (``None`` without it); checked against the model."""
     import torch
 
-    if config.model.kind.startswith("quadrant_"):
+    if has(config, "completions"):
         raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
                           "given quadrants rather than drawing images from nothing; its "
                           "completions are in RUN_DIR/completions.png.")
     if args.label is None:
         return None
-    if config.model.kind in ("vae", "discrete"):
+    if not has(config, "labels"):
         raise ConfigError(f"--label {args.label}: {args.run_dir} holds an unconditional VAE, "
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")
@@ -563,8 +587,7 @@ def command_compare(args: argparse.Namespace) -> int:
     from pyro_vae.lab import (compare_estimators, reports_to_csv, reports_to_markdown,
                               save_lab_plots)
     from pyro_vae.models import build_vae
-    from pyro_vae.config import DISCRETE_ONLY_OBJECTIVES
-    from pyro_vae.objectives import DISCRETE_OBJECTIVES, OBJECTIVES
+    from pyro_vae.objectives import DISCRETE_OBJECTIVES
     from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
     from pyro_vae.train import prepare_data
 
@@ -579,8 +602,7 @@ def command_compare(args: argparse.Namespace) -> int:
     _positive_flag("batch-size", args.batch_size)
     if args.run_dir:
         config, vae, checkpoint = load_trained(args.run_dir)
-        if config.model.bayesian_decoder != "none" or config.model.kind not in ("vae",
-                                                                                "discrete"):
+        if config.model.bayesian_decoder != "none" or not has(config, "estimator_lab"):
             raise ConfigError(
                 f"{args.run_dir} is not a plain VAE (bayesian_decoder = "
                 f"\"{config.model.bayesian_decoder}\", kind = \"{config.model.kind}\"); the "
@@ -591,11 +613,12 @@ def command_compare(args: argparse.Namespace) -> int:
     else:
         config = Config()
         out = Path(args.out) if args.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
-    discrete = config.model.kind == "discrete"
+    discrete = has(config, "categorical_latents")
     objectives = _csv_list("objectives", args.objectives or (
         ",".join(DISCRETE_OBJECTIVES) if discrete else "elbo,iwae,dreg,stl,score"), str,
-        DISCRETE_OBJECTIVES if discrete else OBJECTIVES)
-    relaxed = [name for name in objectives if name in DISCRETE_ONLY_OBJECTIVES]
+        DISCRETE_OBJECTIVES if discrete else OBJECTIVES.choices())
+    relaxed = [name for name in objectives
+               if "discrete_only" in OBJECTIVES.capabilities(name)]
     if relaxed and not discrete:
         raise ConfigError(f"--objectives {relaxed[0]} is for discrete latent variables; give "
                           "the run directory of a --model discrete run.")
@@ -656,8 +679,10 @@ COMMANDS = {"train": command_train, "recipes": command_recipes, "evaluate": comm
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        load_plugins(_early_plugins(argv), "given with --plugin")
+        args = build_parser().parse_args(argv)
         if args.command != "recipes":  # train applies its recipe's value once it has read it
             apply_threads(args.threads)
         return COMMANDS[args.command](args)

@@ -40,6 +40,7 @@ from pyro_vae.models import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.registry import MODEL_KINDS
 
 if TYPE_CHECKING:
     from pyro_vae.config import Config
@@ -219,6 +220,8 @@ class ConditionalVAE(VAE):
         return self.likelihood.mean(self.decoder(z, labels))
 
 
+@MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
+                      capabilities={"labels", "conditional", "pictures", "latent_means"})
 def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                           num_data: int | None = None) -> ConditionalVAE:
     """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``."""

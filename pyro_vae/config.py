@@ -9,7 +9,6 @@ with a message that names the key and says what would be accepted.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import tomllib
 import types
@@ -19,26 +18,17 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES,
+                               PRIORS, Registry, load_plugins, suggestion)
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "binarized-mnist")
+# Priors, guides, likelihoods, networks, objectives, model kinds and datasets are named by
+# the registries of pyro_vae.registry (which plugins extend); the settings below are not.
 BINARIZATIONS = ("auto", "dynamic", "static", "none")
-NETWORKS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vimco",
-              "concrete", "straight_through", "enumerate")
-#: The objectives of ``kind = "discrete"`` (no reparameterizable sample), and those only it has.
-DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
-DISCRETE_ONLY_OBJECTIVES = ("concrete", "straight_through", "enumerate")
 #: Largest number of codes C^K that objective ``enumerate`` sums over.
 MAX_ENUMERATED_CODES = 1024
 DEVICES = ("cpu", "cuda")
-PRIORS = ("normal", "mixture", "vamp", "flow")
-#: ``vae``: p(z) p(x|z); ``cvae``: p(z) p(x|z, y) with y observed; ``m2``: semi-supervised M2.
-#: ``quadrant_baseline`` / ``quadrant_cvae``: complete images from ``quadrants`` given quadrants.
-#: ``discrete``: K categorical latents of C classes (pyro_vae.discrete).
-MODEL_KINDS = ("vae", "cvae", "m2", "quadrant_baseline", "quadrant_cvae", "discrete")
 #: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
 MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
@@ -80,8 +70,12 @@ def _positive(section: str, key: str, value: float, allow_zero: bool = False) ->
 
 
 def _suggestion(word: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return suggestion(word, options)
+
+
+def _registered(registry: Registry, value: str) -> frozenset[str]:
+    """The capabilities of the registered entry ``value`` (a ConfigError if there is none)."""
+    return registry.capabilities(value)
 
 
 @dataclass
@@ -108,7 +102,7 @@ class DataConfig:
     def validate(self) -> None:
         _positive("data", "num_labels", self.num_labels, allow_zero=True)
         if not self.dataset.startswith("file:"):
-            _choice("data", "dataset", self.dataset, DATASETS)
+            _registered(DATASETS, self.dataset)
         _choice("data", "binarize", self.binarize, BINARIZATIONS)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ConfigError(
@@ -142,8 +136,13 @@ class ModelConfig:
     prior: str = "normal"
     #: Mixture components, or VampPrior pseudo-inputs; absent: 10 (mixture), 500 (vamp).
     prior_components: int | None = None
-    #: Affine coupling layers of the flow prior.
+    #: Affine coupling layers of the flow prior, or autoregressive layers of the IAF guide.
     flow_layers: int = 4
+    #: q(z|x): ``diagonal`` Gaussian, ``lowrank`` Gaussian (rank ``guide_rank``) or ``iaf``
+    #: (inverse autoregressive flow of ``flow_layers`` layers); plugins may add more.
+    guide: str = "diagonal"
+    #: Rank r of the low-rank guide's covariance factor.
+    guide_rank: int = 2
     #: Priors on decoder weights with a mean-field guide: ``none``, ``last`` layer or ``all``.
     bayesian_decoder: str = "none"
     #: Standard deviation s of the N(0, s²) prior on each Bayesian decoder weight.
@@ -161,7 +160,7 @@ class ModelConfig:
     discrete_prior: str = "uniform"
 
     def validate(self) -> None:
-        _choice("model", "kind", self.kind, MODEL_KINDS)
+        kind = _registered(MODEL_KINDS, self.kind)
         _positive("model", "categorical_latents", self.categorical_latents)
         if self.categories < 2:
             raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
@@ -171,16 +170,16 @@ class ModelConfig:
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
                               "quadrants; the model predicts the other 4 − quadrants.")
         _positive("model", "num_classes", self.num_classes)
-        if self.kind != "vae" and (self.network != "mlp" or self.stochastic_layers != 1):
+        if "components" not in kind and (self.network != "mlp" or self.stochastic_layers != 1):
             raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "
                               "layer of MLPs; set network = \"mlp\" and stochastic_layers = 1.")
         _positive("model", "latent_dim", self.latent_dim)
-        _choice("model", "network", self.network, NETWORKS)
+        _registered(NETWORKS, self.network)
         for size in self.hidden_dims:
             _positive("model", "hidden_dims", size)
         _choice("model", "activation", self.activation, ACTIVATIONS)
         _choice("model", "encoder_scale", self.encoder_scale, ENCODER_SCALES)
-        _choice("model", "likelihood", self.likelihood, LIKELIHOODS)
+        _registered(LIKELIHOODS, self.likelihood)
         _choice("model", "stochastic_layers", str(self.stochastic_layers), ("1", "2"))
         _positive("model", "top_latent_dim", self.top_latent_dim)
         for size in self.top_hidden_dims:
@@ -188,7 +187,9 @@ class ModelConfig:
         if self.stochastic_layers == 2 and self.network != "mlp":
             raise ConfigError("[model] stochastic_layers = 2 is built from MLPs; set network = "
                               "\"mlp\".")
-        _choice("model", "prior", self.prior, PRIORS)
+        prior = _registered(PRIORS, self.prior)
+        guide = _registered(GUIDES, self.guide)
+        _positive("model", "guide_rank", self.guide_rank)
         if self.prior_components is not None:
             _positive("model", "prior_components", self.prior_components)
         _positive("model", "flow_layers", self.flow_layers)
@@ -198,9 +199,18 @@ class ModelConfig:
         if self.bayesian_decoder != "none" and self.stochastic_layers != 1:
             raise ConfigError("[model] bayesian_decoder is built for the one-layer model; set "
                               "stochastic_layers = 1 or bayesian_decoder = \"none\".")
-        if self.prior == "flow" and self.latent_dim < 2:
-            raise ConfigError("[model] prior = \"flow\" is built from coupling layers that need "
-                              "latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
+        if "min_latent_dim_2" in prior and self.latent_dim < 2:
+            raise ConfigError(f"[model] prior = \"{self.prior}\" is built from coupling layers "
+                              "that need latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
+        if "min_latent_dim_2" in guide and self.latent_dim < 2:
+            raise ConfigError(f"[model] guide = \"{self.guide}\" is a flow over the latent "
+                              "dimensions and needs latent_dim ≥ 2; use guide = \"diagonal\" for "
+                              "a 1-d code.")
+        if self.stochastic_layers == 2 and self.guide != "diagonal":
+            raise ConfigError(f"[model] guide = \"{self.guide}\" is for the one-layer model; "
+                              "with stochastic_layers = 2 the guide is q(z1|x) q(z2|z1) of "
+                              "diagonal Gaussians. Set guide = \"diagonal\" or stochastic_layers "
+                              "= 1.")
         if self.stochastic_layers == 2 and self.prior != "normal":
             raise ConfigError(
                 f"[model] prior = \"{self.prior}\" is for the one-layer model; with "
@@ -215,10 +225,17 @@ class ModelConfig:
     def _check_unused_options(self) -> None:
         """Options of one prior given with another would be ignored: say so instead."""
         unused = []
-        if self.prior_components is not None and self.prior not in ("mixture", "vamp"):
-            unused.append(("prior_components", "prior = \"mixture\" or \"vamp\""))
-        if self.flow_layers != 4 and self.prior != "flow":
-            unused.append(("flow_layers", "prior = \"flow\""))
+        users = {key: [f"{what} = \"{name}\"" for what, registry in (("prior", PRIORS),
+                                                                     ("guide", GUIDES))
+                       for name in registry.choices() if key in registry.capabilities(name)]
+                 for key in ("components", "flow_layers")}
+        prior, guide = PRIORS.capabilities(self.prior), GUIDES.capabilities(self.guide)
+        if self.prior_components is not None and "components" not in prior:
+            unused.append(("prior_components", " or ".join(users["components"])))
+        if self.flow_layers != 4 and "flow_layers" not in prior | guide:
+            unused.append(("flow_layers", " or ".join(users["flow_layers"])))
+        if self.guide_rank != 2 and self.guide != "lowrank":
+            unused.append(("guide_rank", "guide = \"lowrank\""))
         if self.weight_prior_scale != 1.0 and self.bayesian_decoder == "none":
             unused.append(("weight_prior_scale", "bayesian_decoder = \"last\" or \"all\""))
         if unused:
@@ -271,7 +288,7 @@ class TrainConfig:
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "learning_rate", self.learning_rate)
-        _choice("train", "objective", self.objective, OBJECTIVES)
+        _registered(OBJECTIVES, self.objective)
         _positive("train", "particles", self.particles)
         if self.objective == "renyi" and self.alpha == 1.0:
             raise ConfigError("[train] alpha = 1 makes the Rényi bound the ELBO itself; use "
@@ -331,108 +348,51 @@ SECTIONS: dict[str, type] = {
 
 @dataclass
 class Config:
-    """A whole run: ``[data]``, ``[model]``, ``[train]`` and ``[evaluate]``."""
+    """A whole run: ``[data]``, ``[model]``, ``[train]`` and ``[evaluate]``, and the top-level
+    ``plugins`` list of modules that register components of the user's own."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    #: Plugin modules imported before the tables are checked (their names become valid).
+    plugins: list[str] = field(default_factory=list)
 
     @property
     def binarization(self) -> str:
         """``[data] binarize`` with ``auto`` resolved by the likelihood."""
         if self.data.binarize != "auto":
             return self.data.binarize
-        return "dynamic" if self.model.likelihood == "bernoulli" else "none"
+        binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
+        return "dynamic" if binary else "none"
 
     def validate(self) -> "Config":
+        load_plugins(self.plugins, "listed under plugins in the run's configuration")
         for name in SECTIONS:
             getattr(self, name).validate()
-        if self.data.binarize in ("dynamic", "static") and self.model.likelihood != "bernoulli":
+        binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
+        if self.data.binarize in ("dynamic", "static") and not binary:
             raise ConfigError(
                 f"[data] binarize = \"{self.data.binarize}\" turns the data into coin flips, "
                 f"but likelihood = \"{self.model.likelihood}\" models intensities or real "
                 "values and would fit those coin flips instead of the data. Leave binarize at "
                 "\"auto\" (or \"none\") with this likelihood, or use likelihood = "
                 "\"bernoulli\" for binary data.")
-        if self.model.stochastic_layers == 2 and self.train.objective in ("meanfield", "dreg",
-                                                                           "stl"):
-            raise ConfigError(
-                f"[train] objective = \"{self.train.objective}\" needs a guide whose latent "
-                "sites do not depend on one another, but the two-layer model's q(z2|z1) depends "
-                "on z1. Use elbo, iwae, renyi or score with stochastic_layers = 2.")
-        if self.train.free_bits > 0:
-            self._check_free_bits()
-        if self.model.bayesian_decoder != "none" and self.train.objective not in ("elbo",
-                                                                                  "meanfield"):
-            raise ConfigError(
-                f"[train] objective = \"{self.train.objective}\" is reduced per datapoint, but "
-                "the Bayesian decoder's weights are one global latent variable shared by all "
-                "datapoints, with no per-datapoint share of its KL. Use objective = \"elbo\" or "
-                "\"meanfield\", or bayesian_decoder = \"none\".")
-        if self.model.kind != "vae" and (self.model.prior != "normal"
-                                         or self.model.bayesian_decoder != "none"
-                                         or self.train.free_bits > 0):
-            raise ConfigError(
-                f"[model] kind = \"{self.model.kind}\" has its own fixed prior and decoder; "
-                "prior, bayesian_decoder and free_bits are options of kind = \"vae\". Leave "
-                "them at their defaults (prior = \"normal\", bayesian_decoder = \"none\", "
-                "free_bits = 0) or use kind = \"vae\".")
-        if self.model.kind == "m2" and self.train.objective != "elbo":
-            raise ConfigError(
-                f"[train] objective = \"{self.train.objective}\": the M2 model sums its "
-                "discrete label out with TraceEnum_ELBO; use objective = \"elbo\".")
-        self._check_discrete()
-        if self.data.num_labels and self.model.kind != "m2":
-            raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
-                              "it needs [model] kind = \"m2\".")
+        check_compatible(self)
         return self
-
-    def _check_discrete(self) -> None:
-        objective, kind = self.train.objective, self.model.kind
-        if objective in DISCRETE_ONLY_OBJECTIVES and kind != "discrete":
-            raise ConfigError(
-                f"[train] objective = \"{objective}\" is for discrete latent variables, and "
-                f"kind = \"{kind}\" has Gaussian ones. Use it with [model] kind = "
-                "\"discrete\" (--model discrete), or choose elbo, iwae, dreg, stl, renyi or "
-                "score.")
-        if kind == "discrete" and objective not in DISCRETE_OBJECTIVES:
-            raise ConfigError(
-                f"[train] objective = \"{objective}\" differentiates through reparameterized "
-                "samples, which a discrete latent code does not have. With kind = "
-                f"\"discrete\" use one of {', '.join(DISCRETE_OBJECTIVES)}.")
-        if objective == "vimco" and self.train.particles < 2:
-            raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
-                              "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
-        codes = self.model.categories ** self.model.categorical_latents
-        if objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
-            raise ConfigError(
-                f"[train] objective = \"enumerate\" sums over all C^K = "
-                f"{self.model.categories}^{self.model.categorical_latents} codes, more than "
-                f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
-                "datapoint). Use fewer categorical_latents or categories, or a sampling "
-                "objective (score, vimco, concrete, straight_through).")
-
-    def _check_free_bits(self) -> None:
-        if self.train.objective not in ("elbo", "meanfield"):
-            raise ConfigError(
-                f"[train] free_bits needs the ELBO's separate KL term, which objective "
-                f"\"{self.train.objective}\" does not have; use objective = \"elbo\" or "
-                "\"meanfield\", or free_bits = 0.")
-        if self.model.prior != "normal" or self.model.stochastic_layers != 1:
-            raise ConfigError(
-                "[train] free_bits works per latent dimension, which needs a KL that splits "
-                "over dimensions: the one-layer model with prior = \"normal\". Use beta or "
-                "kl_warmup_epochs against collapse with other priors, or free_bits = 0.")
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe") -> "Config":
+        mapping = dict(mapping)
+        plugins = _coerce(mapping.pop("plugins", []), list[str], "plugins", source)
+        load_plugins(plugins, f"listed under plugins in {source}")
         unknown = [key for key in mapping if key not in SECTIONS]
         if unknown:
             key = unknown[0]
             raise ConfigError(
                 f"{source}: unknown table [{key}]; the tables are "
-                f"{', '.join('[' + s + ']' for s in SECTIONS)}.{_suggestion(key, SECTIONS)}"
+                f"{', '.join('[' + s + ']' for s in SECTIONS)} (and the top-level key "
+                f"plugins).{_suggestion(key, [*SECTIONS, 'plugins'])}"
             )
         sections = {}
         for name, section_cls in SECTIONS.items():
@@ -440,7 +400,7 @@ class Config:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{name}] must be a table of keys, not {values!r}.")
             sections[name] = _section_from_dict(section_cls, name, values, source)
-        return cls(**sections).validate()
+        return cls(**sections, plugins=plugins).validate()
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Config":
@@ -459,18 +419,118 @@ class Config:
                               "names; every value needs a key = value form.") from None
         return cls.from_dict(mapping, source=str(path))
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+    def to_dict(self) -> dict[str, Any]:
+        tables: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name))
+                                  for name in SECTIONS}
+        if self.plugins:
+            tables["plugins"] = list(self.plugins)
+        return tables
 
     def to_toml(self) -> str:
-        return dump_toml(self.to_dict())
+        tables = self.to_dict()
+        plugins = tables.pop("plugins", None)
+        head = f"plugins = {_toml_value(plugins)}\n\n" if plugins else ""
+        return head + dump_toml(tables)
 
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Config":
         """A copy with ``{"train": {"epochs": 3}, ...}`` applied and validated."""
         merged = self.to_dict()
         for section, values in overrides.items():
+            if section == "plugins":  # plugins given on the command line join the recipe's
+                merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
+                continue
             merged.setdefault(section, {}).update(values)
         return Config.from_dict(merged, source="command line")
+
+
+def check_compatible(config: Config) -> None:
+    """The one compatibility check between the model a configuration describes and its
+    objective and options, stated with the capabilities that the registered entries declare
+    (see ``pyro_vae.objectives.CAPABILITIES`` and the model kinds' registrations)."""
+    model, train = config.model, config.train
+    kind = MODEL_KINDS.capabilities(model.kind)
+    objective = OBJECTIVES.capabilities(train.objective)
+    prior = PRIORS.capabilities(model.prior)
+    guide = GUIDES.capabilities(model.guide)
+    name = f"[train] objective = \"{train.objective}\""
+    if "components" not in kind and (model.prior != "normal" or model.guide != "diagonal"
+                                     or model.bayesian_decoder != "none"
+                                     or train.free_bits > 0):
+        raise ConfigError(
+            f"[model] kind = \"{model.kind}\" has its own fixed prior, guide and decoder; "
+            "prior, guide, bayesian_decoder and free_bits are options of kinds built from "
+            "components (kind = \"vae\"). Leave them at their defaults (prior = \"normal\", "
+            "guide = \"diagonal\", bayesian_decoder = \"none\", free_bits = 0) or use kind = "
+            "\"vae\".")
+    if model.stochastic_layers == 2 and "needs_independent_latents" in objective:
+        raise ConfigError(
+            f"{name} needs a guide whose latent sites do not depend on one another, but the "
+            "two-layer model's q(z2|z1) depends on z1. Use an objective without that need "
+            f"({_objectives_without('needs_independent_latents')}) with stochastic_layers = 2.")
+    if train.free_bits > 0:
+        if "separate_kl" not in objective:
+            raise ConfigError(
+                f"[train] free_bits needs the ELBO's separate KL term, which objective "
+                f"\"{train.objective}\" does not have; use objective = "
+                f"{_objectives_with('separate_kl')}, or free_bits = 0.")
+        if "closed_form_kl" not in prior or "diagonal" not in guide \
+                or model.stochastic_layers != 1:
+            raise ConfigError(
+                "[train] free_bits works per latent dimension, which needs a KL that splits "
+                "over dimensions: the one-layer model with prior = \"normal\" and guide = "
+                "\"diagonal\". Use beta or kl_warmup_epochs against collapse with other "
+                "priors and guides, or free_bits = 0.")
+    if model.bayesian_decoder != "none" and "global_latents" not in objective:
+        raise ConfigError(
+            f"{name} is reduced per datapoint, but this model's Bayesian decoder weights are "
+            "one global latent variable shared by all datapoints, with no per-datapoint share "
+            f"of its KL. Use objective = {_objectives_with('global_latents')}, or "
+            "bayesian_decoder = \"none\".")
+    if "discrete_latents" in kind and "enumerates_discrete" not in objective:
+        raise ConfigError(
+            f"{name}: the {model.kind} model sums its discrete label out with TraceEnum_ELBO; "
+            f"use objective = {_objectives_with('enumerates_discrete')}.")
+    if "discrete_only" in objective and "categorical_latents" not in kind:
+        raise ConfigError(
+            f"{name} is for discrete latent variables, and kind = \"{model.kind}\" has "
+            f"Gaussian ones. Use it with [model] kind = {_kinds_with('categorical_latents')} "
+            f"(--model discrete), or choose {_objectives_without('discrete_only')}.")
+    if "categorical_latents" in kind and "discrete_codes" not in objective:
+        raise ConfigError(
+            f"{name} differentiates through reparameterized samples, which a discrete latent "
+            f"code does not have. With kind = \"{model.kind}\" use one of "
+            f"{_objectives_with('discrete_codes')}.")
+    if train.objective == "vimco" and train.particles < 2:
+        raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
+                          "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
+    codes = model.categories ** model.categorical_latents
+    if train.objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
+        raise ConfigError(
+            f"[train] objective = \"enumerate\" sums over all C^K = "
+            f"{model.categories}^{model.categorical_latents} codes, more than "
+            f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
+            "datapoint). Use fewer categorical_latents or categories, or a sampling "
+            "objective (score, vimco, concrete, straight_through).")
+    if config.data.num_labels and "semi_supervised" not in kind:
+        raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
+                          f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
+
+
+def _names_with(registry: Registry, capability: str, present: bool = True) -> str:
+    names = [n for n in registry.choices() if (capability in registry.capabilities(n)) == present]
+    return " or ".join(f"\"{n}\"" for n in names) or "none"
+
+
+def _objectives_with(capability: str) -> str:
+    return _names_with(OBJECTIVES, capability)
+
+
+def _objectives_without(capability: str) -> str:
+    return _names_with(OBJECTIVES, capability, present=False).replace("\"", "")
+
+
+def _kinds_with(capability: str) -> str:
+    return _names_with(MODEL_KINDS, capability)
 
 
 def _section_from_dict(section_cls: type, name: str, values: Mapping[str, Any],

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import DataError
+from pyro_vae.registry import DATASETS
 
 DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"
 #: Seed of the fixed splits and of the one binarization draw of validation and test data, so
@@ -119,9 +120,12 @@ def load_dataset(name: str, data_dir: str | None = None, validation_fraction: fl
         return _load_binarized_mnist(resolve_data_dir(data_dir), validation_fraction)
     elif name.startswith("file:"):
         train_x, train_y, test_x, test_y, shape = _load_npz(Path(name[len("file:"):]))
+    elif name in DATASETS:  # a plugin's dataset: (train_x, train_y, test_x, test_y, shape)
+        train_x, train_y, test_x, test_y, shape = DATASETS.get(name)(
+            resolve_data_dir(data_dir), download)
     else:
-        raise DataError(f"unknown dataset {name!r}; use digits, mnist, fashion-mnist, "
-                        "binarized-mnist or file:PATH.npz.")
+        raise DataError(f"unknown dataset {name!r}; use {', '.join(DATASETS.choices())} or "
+                        "file:PATH.npz.")
     train_x, train_y, valid_x, valid_y = _hold_out(train_x, train_y, validation_fraction)
     for split, values in (("training", train_x), ("test", test_x)):
         if len(values) == 0:
@@ -395,3 +399,15 @@ def minibatches(num_items: int, batch_size: int, device: torch.device | str
     order = torch.randperm(num_items, device=device)
     for start in range(0, num_items, batch_size):
         yield order[start: start + batch_size]
+
+
+def _built_in(root: Path, download: bool):
+    raise AssertionError("built-in datasets are read by load_dataset itself")
+
+
+# The built-in sources (read by load_dataset above); a plugin registers a function
+# (data_dir, download) -> (train_x, train_y, test_x, test_y, image_shape).
+DATASETS.add("digits", _built_in, "embedded 8x8 digits, no download")
+DATASETS.add("mnist", _built_in, "MNIST IDX files from the data directory")
+DATASETS.add("fashion-mnist", _built_in, "Fashion-MNIST IDX files from the data directory")
+DATASETS.add("binarized-mnist", _built_in, "Larochelle's static binarization (.amat)")

@@ -38,13 +38,16 @@ Autoencoders"): for each test point,
 
 where q* = N(m, diag s²) is a Gaussian optimized for that datapoint alone (Adam on m and
 log s from the encoder's output, with sticking-the-landing gradients, Roeder et al. 2017, whose
-variance vanishes when q* reaches the exact posterior). log p(x) is importance-sampled with q*
+variance vanishes when q* reaches the exact posterior). For a model whose guide is
+another family (``guides.py``: low-rank Gaussian, IAF), q* is that family on per-datapoint
+base parameters, with a copy of the family's own networks optimized on the scored points too. log p(x) is importance-sampled with q*
 as the proposal; every ELBO is a K-sample average. Standard errors are across datapoints, of
 the paired per-datapoint differences.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -250,39 +253,61 @@ def _single_latent_site(vae: torch.nn.Module, x: torch.Tensor) -> str:
     return names[0]
 
 
-def local_gaussian_guide(loc: torch.Tensor, log_scale: torch.Tensor) -> Callable:
-    """A guide q(z_i) = N(loc_i, diag exp(log_scale_i)²) with its own parameters per row."""
+def local_gaussian_guide(loc: torch.Tensor, log_scale: torch.Tensor,
+                         family: torch.nn.Module | None = None) -> Callable:
+    """A guide q(z_i) = N(loc_i, diag exp(log_scale_i)²) with its own parameters per row, or,
+    given a guide component ``family`` (``guides.py``), that family built on those per-row
+    base parameters (e.g. the IAF's flow on N(loc_i, diag exp(log_scale_i)²))."""
 
     def guide(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         with pyro.plate("data", len(x), dim=-1):
+            if family is not None:
+                return pyro.sample("z", family(loc, log_scale.exp()))
             return pyro.sample("z", dist.Normal(loc, log_scale.exp(),
                                                 validate_args=False).to_event(1))
     return guide
 
 
+def local_family(vae: torch.nn.Module) -> torch.nn.Module | None:
+    """A copy of the model's guide component to optimize with q* (``None`` for a diagonal
+    Gaussian or a model without one): q* then lies in the guide's own family, so the
+    approximation gap is that of the family (Cremer et al. 2018) and not of a diagonal
+    Gaussian."""
+    family = getattr(vae, "family", None)
+    if family is None or getattr(family, "diagonal", True):
+        return None
+    return copy.deepcopy(family).requires_grad_(True)
+
+
 def optimize_local_posterior(vae: torch.nn.Module, x: torch.Tensor, steps: int = 500,
                              learning_rate: float = 0.01, num_particles: int = 8,
-                             progress: Progress = _noop) -> tuple[torch.Tensor, torch.Tensor]:
+                             progress: Progress = _noop, family: torch.nn.Module | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(loc, scale) ``[n, D]`` of q*, a Gaussian optimized for each row of ``x`` separately.
 
     Starts at the encoder's (μ(x), σ(x)) and takes ``steps`` Adam steps on the ELBO averaged
     over ``num_particles`` draws, with the sticking-the-landing gradient. The decoder and prior
-    are held fixed.
+    are held fixed. Given ``family`` (a copy of the model's guide component, see
+    :func:`local_family`), q* is that family on the per-row base parameters, and the family's
+    own parameters are optimized too (on the rows of ``x``; updated in place).
     """
     _single_latent_site(vae, x)
     with torch.no_grad():
         loc0, scale0 = vae.encoder(x)
     loc = loc0.detach().clone().requires_grad_(True)
     log_scale = scale0.detach().log().clone().requires_grad_(True)
-    guide = local_gaussian_guide(loc, log_scale)
-    optimizer = torch.optim.Adam([loc, log_scale], lr=learning_rate)
+    guide = local_gaussian_guide(loc, log_scale, family)
+    shared = [] if family is None else list(family.parameters())
+    optimizer = torch.optim.Adam([loc, log_scale, *shared], lr=learning_rate)
     with vae.scoring():
         for step in range(steps):
             traces = run_particles(vae.model, guide, num_particles, (x,), {},
                                    who="the local posterior optimization")
             loss = -log_weights(traces, stop_guide_parameters=True, scaled=False).mean(0).sum()
             # Gradients for q*'s own parameters only: the trained model stays untouched.
-            loc.grad, log_scale.grad = torch.autograd.grad(loss, [loc, log_scale])
+            grads = torch.autograd.grad(loss, [loc, log_scale, *shared])
+            for parameter, grad in zip([loc, log_scale, *shared], grads):
+                parameter.grad = grad
             optimizer.step()
             progress("optimize", step + 1, steps)
     return loc.detach(), log_scale.detach().exp()
@@ -339,12 +364,14 @@ def inference_gaps(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 100
 
     ``num_samples`` K draws score log p(x) (with q* as proposal) and each ELBO.
     """
-    loc, scale = optimize_local_posterior(vae, x, steps, learning_rate, num_particles, progress)
+    family = local_family(vae)
+    loc, scale = optimize_local_posterior(vae, x, steps, learning_rate, num_particles, progress,
+                                          family)
     chunk = max(1, max_chunk // num_samples)  # so estimate_log_likelihood sees one data chunk
     log_px, elbo_opt = [], []
     for start in range(0, len(x), chunk):
         rows = slice(start, start + chunk)
-        guide = local_gaussian_guide(loc[rows], scale[rows].log())
+        guide = local_gaussian_guide(loc[rows], scale[rows].log(), family)
         estimate = estimate_log_likelihood(vae, x[rows], num_samples, max_chunk, guide=guide)
         log_px.append(estimate.log_likelihood)
         elbo_opt.append(estimate.elbo)

@@ -46,6 +46,7 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
+from pyro_vae.registry import MODEL_KINDS
 
 if TYPE_CHECKING:
     from pyro_vae.data import ImageData
@@ -293,6 +294,9 @@ class DiscreteVAE(nn.Module):
                                              "variables at a test image's mode")
 
 
+@MODEL_KINDS.register("discrete", help="K categorical latents of C classes",
+                      capabilities={"categorical_latents", "pictures", "latent_means",
+                                    "estimator_lab"})
 def build_discrete_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                        num_data: int | None = None) -> DiscreteVAE:
     """The discrete VAE a ``[model]`` table describes (MLP encoder and decoder)."""

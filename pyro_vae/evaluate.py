@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from pyro import poutine
 
 from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log_weights,
                                            run_particles)
@@ -174,6 +175,12 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     datapoints share the S draws, so the standard error across datapoints leaves out the
     (shared) spread of the weight draws.
 
+    Any other model whose guide has latent sites outside the ``data`` plate (global latent
+    variables G, e.g. a learned hyperprior on the prior's scale) is scored the same way: the
+    K samples are split over S draws G_s ~ q(G), and log p̂ = log (1/S) Σ_s p̂(x | G_s), each
+    p̂(x | G_s) the per-datapoint estimate of the model and guide conditioned on G_s
+    (:func:`global_sites`).
+
     ``max_chunk`` (decoded images held at once) may be ``"auto"``: see :func:`resolve_max_chunk`.
     """
     max_chunk = resolve_max_chunk(max_chunk, vae, x, guide, y)
@@ -181,34 +188,13 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
         if guide is not None:
             raise ValueError("a custom proposal is for models with point-estimated weights")
         return _estimate_posterior_predictive(vae, x, num_samples, max_chunk, progress)
+    if guide is None and len(x):
+        names = global_sites(vae, x, y)
+        if names:
+            return _estimate_with_global_sites(vae, x, names, num_samples, max_chunk,
+                                               progress, y)
     guide = vae.guide if guide is None else guide
-    data_chunk = max(1, min(len(x), max_chunk // num_samples))
-    particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
-    log_likelihoods, elbos, variances = [], [], []
-    with vae.scoring():
-        for start in range(0, len(x), data_chunk):
-            batch = x[start: start + data_chunk]
-            labels = () if y is None else (y[start: start + data_chunk],)
-            log_sum_w = torch.full((len(batch),), -math.inf, device=x.device, dtype=x.dtype)
-            log_sum_w2 = log_sum_w.clone()
-            sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
-            for done in range(0, num_samples, particle_chunk):
-                k = min(particle_chunk, num_samples - done)
-                log_w = log_importance_weights(vae.model, guide, batch, k, *labels)
-                log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
-                log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, dim=0))
-                sum_log_w += log_w.sum(0)
-                if progress is not None and k < num_samples:  # a chance to stop mid-datapoint
-                    progress(0)
-            log_likelihoods.append(log_sum_w - math.log(num_samples))
-            elbos.append(sum_log_w / num_samples)
-            variances.append(_delta_method_variance(log_sum_w, log_sum_w2, num_samples))
-            if progress is not None:
-                progress(len(batch))
-    variance = torch.cat(variances).cpu()
-    return LogLikelihoodEstimate(torch.cat(log_likelihoods).cpu(), torch.cat(elbos).cpu(),
-                                 num_samples, float(variance.sum().sqrt() / len(variance))
-                                 if len(variance) else float("nan"))
+    return _score_given(vae, vae.model, guide, x, num_samples, max_chunk, progress, y)
 
 
 def _delta_method_variance(log_sum_w: torch.Tensor, log_sum_w2: torch.Tensor,
@@ -251,15 +237,87 @@ def _jackknife_stderr(per_draw: torch.Tensor) -> float:
     return float(math.sqrt((draws - 1) / draws * float((means - means.mean()).pow(2).sum())))
 
 
+def global_sites(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+                 ) -> list[str]:
+    """Names of the guide's latent sites outside the ``data`` plate (global latent variables),
+    found by running the guide once on the first datapoint."""
+    args = (x[:1],) if y is None else (x[:1], y[:1])
+    with torch.no_grad(), vae.scoring():
+        trace = poutine.trace(vae.guide).get_trace(*args)
+    return [site["name"] for site in _sample_sites(trace) if not site["is_observed"]
+            and not any(frame.name == "data" for frame in site["cond_indep_stack"])]
+
+
+def _estimate_with_global_sites(vae: torch.nn.Module, x: torch.Tensor, names: list[str],
+                                num_samples: int, max_chunk: int,
+                                progress: Callable[[int], None] | None,
+                                y: torch.Tensor | None) -> LogLikelihoodEstimate:
+    """log (1/S) Σ_s p̂(x | G_s) with G_s ~ q(G): see :func:`estimate_log_likelihood`."""
+    draws = min(num_samples, max(10, num_samples // SAMPLES_PER_WEIGHT_DRAW))
+    per_draw = num_samples // draws
+    args = (x[:1],) if y is None else (x[:1], y[:1])
+    log_likelihoods, elbos = [], []
+    for draw in range(draws):
+        with vae.scoring():
+            trace = poutine.trace(vae.guide).get_trace(*args)
+        values = {name: trace.nodes[name]["value"] for name in names}
+        # Both programs see G_s as given, and the per-datapoint scorer does not see G's sites.
+        model = poutine.block(poutine.condition(vae.model, data=values), hide=names)
+        guide = poutine.block(poutine.condition(vae.guide, data=values), hide=names)
+        estimate = _score_given(vae, model, guide, x, per_draw, max_chunk,
+                                progress if draw == draws - 1 else None, y)
+        log_likelihoods.append(estimate.log_likelihood)
+        elbos.append(estimate.elbo)
+    log_likelihood = torch.logsumexp(torch.stack(log_likelihoods), 0) - math.log(draws)
+    return LogLikelihoodEstimate(log_likelihood, torch.stack(elbos).mean(0), draws * per_draw)
+
+
+def _score_given(vae: torch.nn.Module, model: Callable, guide: Callable, x: torch.Tensor,
+                 num_samples: int, max_chunk: int, progress: Callable[[int], None] | None,
+                 y: torch.Tensor | None) -> LogLikelihoodEstimate:
+    """Per-datapoint log p̂_K and ELBO of ``model`` with proposal ``guide`` (both local)."""
+    data_chunk = max(1, min(len(x), max_chunk // num_samples))
+    particle_chunk = max(1, min(num_samples, max_chunk // data_chunk))
+    log_likelihoods, elbos, variances = [], [], []
+    with vae.scoring():
+        for start in range(0, len(x), data_chunk):
+            batch = x[start: start + data_chunk]
+            labels = () if y is None else (y[start: start + data_chunk],)
+            log_sum_w = torch.full((len(batch),), -math.inf, device=x.device, dtype=x.dtype)
+            log_sum_w2 = log_sum_w.clone()
+            sum_log_w = torch.zeros(len(batch), device=x.device, dtype=x.dtype)
+            for done in range(0, num_samples, particle_chunk):
+                k = min(particle_chunk, num_samples - done)
+                log_w = log_importance_weights(model, guide, batch, k, *labels)
+                log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
+                log_sum_w2 = torch.logaddexp(log_sum_w2, torch.logsumexp(2 * log_w, dim=0))
+                sum_log_w += log_w.sum(0)
+                if progress is not None and k < num_samples:  # a chance to stop mid-datapoint
+                    progress(0)
+            log_likelihoods.append(log_sum_w - math.log(num_samples))
+            elbos.append(sum_log_w / num_samples)
+            variances.append(_delta_method_variance(log_sum_w, log_sum_w2, num_samples))
+            if progress is not None:
+                progress(len(batch))
+    variance = torch.cat(variances).cpu()
+    return LogLikelihoodEstimate(torch.cat(log_likelihoods).cpu(), torch.cat(elbos).cpu(),
+                                 num_samples, float(variance.sum().sqrt() / len(variance))
+                                 if len(variance) else float("nan"))
+
+
 @torch.no_grad()
 def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
                  y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(μ(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
-    computed ``batch_size`` rows at a time."""
+    computed ``batch_size`` rows at a time. For a guide that is not a diagonal Gaussian, μ is
+    the guide's ``latent_mean`` and σ the scale of its base Gaussian."""
     locs, scales = [], []
+    family = getattr(vae, "family", None)  # the guide component of a VAE (guides.py)
     for start in range(0, len(x), batch_size):
         labels = () if y is None else (y[start: start + batch_size],)
         loc, scale = vae.encoder(x[start: start + batch_size], *labels)
+        if family is not None and not family.diagonal:  # e.g. the flow applied to μ
+            loc = family.latent_mean(loc, scale)
         locs.append(loc)
         scales.append(scale)
     return torch.cat(locs), torch.cat(scales)

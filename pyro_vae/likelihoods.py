@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.distributions import BernoulliPixels
-from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.config import ModelConfig
+from pyro_vae.errors import DataError
+from pyro_vae.registry import LIKELIHOODS
 
 #: The mean pixel is clamped to [ε, 1 − ε] before a logit is taken (|logit| ≤ 6.9), so a
 #: pixel that is never on in the training data starts far from p = 0.5 but finite.
@@ -201,13 +203,24 @@ class GaussianLikelihood(Likelihood):
         return (pixel_mean - self.shift) / self.spread
 
 
+@LIKELIHOODS.register("bernoulli", help="binary pixels, decoder logits",
+                     capabilities={"binary_data"})
+def _bernoulli(config: ModelConfig) -> Likelihood:
+    return BernoulliLikelihood()
+
+
+@LIKELIHOODS.register("continuous_bernoulli", help="intensities in [0, 1]")
+def _continuous_bernoulli(config: ModelConfig) -> Likelihood:
+    return ContinuousBernoulliLikelihood()
+
+
+@LIKELIHOODS.register("gaussian", help="N(mean, s^2), s fixed or learned (gaussian_scale)")
+def _gaussian(config: ModelConfig) -> Likelihood:
+    scale = config.gaussian_scale
+    return GaussianLikelihood(None if scale == "learned" else float(scale))
+
+
 def build_likelihood(name: str, gaussian_scale: float | str = "learned") -> Likelihood:
-    """The likelihood named ``bernoulli``, ``continuous_bernoulli`` or ``gaussian``."""
-    if name == "bernoulli":
-        return BernoulliLikelihood()
-    if name == "continuous_bernoulli":
-        return ContinuousBernoulliLikelihood()
-    if name == "gaussian":
-        return GaussianLikelihood(None if gaussian_scale == "learned" else float(gaussian_scale))
-    raise ConfigError(f"unknown likelihood {name!r}; use bernoulli, continuous_bernoulli or "
-                      "gaussian.")
+    """The likelihood registered as ``name`` (built-in: ``bernoulli``, ``continuous_bernoulli``,
+    ``gaussian``; plugins may add more)."""
+    return LIKELIHOODS.get(name)(ModelConfig(likelihood=name, gaussian_scale=gaussian_scale))

@@ -9,6 +9,9 @@ Guide (the amortized variational posterior)::
 
     z_n ~ q(z | x_n) = N(μ(x_n), diag σ(x_n)²)     with  z = μ + σ ⊙ ε,  ε ~ N(0, I)
 
+or another registered variational family built from the encoder's (μ, σ): a low-rank Gaussian
+or an inverse autoregressive flow (``guides.py``).
+
 Any Pyro objective trains the pair: the model never holds a loss. Both functions run their data
 sites inside ``pyro.plate("data", N, subsample=...)``, so a minibatch of B points is scaled by
 N / B and the loss estimates the whole-dataset negative ELBO. The KL weight (β, annealing) is
@@ -28,11 +31,12 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.discrete import build_discrete_vae
-from pyro_vae.likelihoods import Likelihood
-from pyro_vae.networks import start_output_bias
+from pyro_vae.guides import DiagonalGaussianGuide, Guide, build_guide
+from pyro_vae.likelihoods import build_likelihood, Likelihood
+from pyro_vae.networks import build_networks, start_output_bias
 from pyro_vae.params import register_module
-from pyro_vae.priors import Prior
+from pyro_vae.priors import Prior, build_prior
+from pyro_vae.registry import MODEL_KINDS, BuildContext
 
 
 class VAE(nn.Module):
@@ -43,17 +47,21 @@ class VAE(nn.Module):
         decoder: ``z ↦`` the likelihood's raw parameters (one per pixel).
         prior: p(z), a :class:`~pyro_vae.priors.Prior`.
         likelihood: p(x|z), a :class:`~pyro_vae.likelihoods.Likelihood`.
+        family: q(z|x) from the encoder's (μ, σ), a :class:`~pyro_vae.guides.Guide`
+            (default: the diagonal Gaussian).
         num_data: size N of the training set, for minibatch scaling; ``None`` scores the batch
             given as the whole dataset (as evaluation does).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, prior: Prior,
-                 likelihood: Likelihood, num_data: int | None = None):
+                 likelihood: Likelihood, num_data: int | None = None,
+                 family: Guide | None = None):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.prior = prior
         self.likelihood = likelihood
+        self.family = family if family is not None else DiagonalGaussianGuide()
         self.num_data = num_data
         #: Weight of the latent site in model and guide: β times the annealing factor.
         self.kl_weight = 1.0
@@ -84,7 +92,7 @@ class VAE(nn.Module):
             return pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """q(z|x) = N(μ(x), diag σ(x)²), reparameterized."""
+        """q(z|x) (by default N(μ(x), diag σ(x)²)), reparameterized."""
         register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
@@ -92,8 +100,12 @@ class VAE(nn.Module):
 
     def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
         """The amortized variational posterior q(z|x) as a distribution over ``[B, D]``."""
-        loc, scale = self.encoder(x)
-        return dist.Normal(loc, scale, validate_args=False).to_event(1)
+        return self.family(*self.encoder(x))
+
+    def latent_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """A representative point of q(z|x) per row (its mean for the Gaussian guides), for
+        pictures, latent maps and active units."""
+        return self.family.latent_mean(*self.encoder(x))
 
     def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's raw parameters at z, outside a Pyro program (pictures, scoring)."""
@@ -104,8 +116,8 @@ class VAE(nn.Module):
         return self.likelihood.mean(self.decoder_output(z))
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """E[x | z = μ(x)]: the decoded mean of q(z|x)."""
-        return self.decode(self.posterior(x).mean)
+        """E[x | z = μ(x)]: the decoded mean of q(z|x) (see :meth:`latent_mean`)."""
+        return self.decode(self.latent_mean(x))
 
     def generate(self, num_samples: int, device: torch.device | str = "cpu"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +133,10 @@ class VAE(nn.Module):
         return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
 
     def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
-        """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form."""
+        """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form
+        (a diagonal-Gaussian guide and a prior that splits over dimensions)."""
+        if not self.family.diagonal:
+            return None
         return self.prior.kl_per_dim(loc, scale)
 
     @torch.no_grad()
@@ -156,25 +171,18 @@ class VAE(nn.Module):
 
 def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
               num_data: int | None = None) -> VAE:
-    """The VAE that a ``[model]`` configuration describes, for images of ``image_shape``."""
-    from pyro_vae.likelihoods import build_likelihood
-    from pyro_vae.networks import build_networks
-    from pyro_vae.priors import build_prior
+    """The model that a ``[model]`` configuration describes, for images of ``image_shape``:
+    the factory registered as ``config.kind`` (built-in or from a plugin)."""
+    return MODEL_KINDS.get(config.kind)(config, image_shape, num_data)
 
-    if config.kind == "cvae":
-        from pyro_vae.conditional import build_conditional_vae
 
-        return build_conditional_vae(config, image_shape, num_data)
-    if config.kind.startswith("quadrant_"):
-        from pyro_vae.quadrants import build_quadrant_model
-
-        return build_quadrant_model(config, image_shape, num_data)
-    if config.kind == "discrete":
-        return build_discrete_vae(config, image_shape, num_data)
-    if config.kind == "m2":
-        from pyro_vae.semisupervised import build_m2
-
-        return build_m2(config, image_shape)
+@MODEL_KINDS.register("vae", help="p(z) p(x|z) with any registered prior, guide, likelihood",
+                      capabilities={"components", "pictures", "latent_means",
+                                    "estimator_lab"})
+def build_plain_vae(config: ModelConfig, image_shape: tuple[int, int, int],
+                    num_data: int | None = None) -> VAE:
+    """The VAE of kind ``vae``: networks, likelihood, prior and guide from the registries
+    (two stochastic layers or a Bayesian decoder where the configuration asks for them)."""
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
                                       config.hidden_dims, config.activation, config.encoder_scale)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
@@ -182,12 +190,12 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
         from pyro_vae.hierarchical import HierarchicalVAE
 
         return HierarchicalVAE.build(encoder, decoder, likelihood, config, num_data)
-    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    prior = build_prior(config.prior, config.latent_dim, encoder, num_pixels,
-                        config.prior_components, config.flow_layers)
+    context = BuildContext(tuple(image_shape), num_data, encoder)
+    prior = build_prior(config, context)
+    family = build_guide(config, context)
     if config.bayesian_decoder != "none":
         from pyro_vae.bayesian import BayesianVAE
 
         return BayesianVAE(encoder, decoder, prior, likelihood, num_data,
-                           config.bayesian_decoder, config.weight_prior_scale)
-    return VAE(encoder, decoder, prior, likelihood, num_data)
+                           config.bayesian_decoder, config.weight_prior_scale, family=family)
+    return VAE(encoder, decoder, prior, likelihood, num_data, family)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import NETWORKS
 
 ACTIVATIONS = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus,
@@ -169,14 +170,30 @@ def start_output_bias(decoder: nn.Module, pixel_mean: torch.Tensor, to_output) -
     return value
 
 
+@NETWORKS.register("mlp", help="multilayer perceptrons (hidden_dims)")
+def _mlp_pair(image_shape: tuple[int, int, int], latent_dim: int, hidden_dims: list[int],
+              activation: str, encoder_scale: str) -> tuple[nn.Module, nn.Module]:
+    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
+    return (MLPEncoder(num_pixels, latent_dim, hidden_dims, activation, encoder_scale),
+            MLPDecoder(latent_dim, num_pixels, hidden_dims, activation))
+
+
+@NETWORKS.register("conv", help="small convolutional pair (square images, side divisible by 4)",
+                   capabilities={"images"})
+def _conv_pair(image_shape: tuple[int, int, int], latent_dim: int, hidden_dims: list[int],
+               activation: str, encoder_scale: str) -> tuple[nn.Module, nn.Module]:
+    hidden = hidden_dims[0] if hidden_dims else 256
+    return (ConvEncoder(image_shape, latent_dim, hidden, activation, encoder_scale),
+            ConvDecoder(latent_dim, image_shape, hidden, activation))
+
+
 def build_networks(network: str, image_shape: tuple[int, int, int], latent_dim: int,
                    hidden_dims: list[int], activation: str, encoder_scale: str
                    ) -> tuple[nn.Module, nn.Module]:
-    """The (encoder, decoder) pair named by ``network``: ``mlp`` or ``conv``."""
-    num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    if network == "conv":
-        hidden = hidden_dims[0] if hidden_dims else 256
-        return (ConvEncoder(image_shape, latent_dim, hidden, activation, encoder_scale),
-                ConvDecoder(latent_dim, image_shape, hidden, activation))
-    return (MLPEncoder(num_pixels, latent_dim, hidden_dims, activation, encoder_scale),
-            MLPDecoder(latent_dim, num_pixels, hidden_dims, activation))
+    """The (encoder, decoder) pair registered as ``network`` (built-in: ``mlp``, ``conv``).
+
+    A network factory takes these same arguments and returns an encoder ``x ↦ (μ, σ)`` and a
+    decoder ``z ↦`` the likelihood's raw parameters.
+    """
+    return NETWORKS.get(network)(image_shape, latent_dim, hidden_dims, activation,
+                                 encoder_scale)

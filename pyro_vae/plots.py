@@ -181,7 +181,7 @@ def save_interpolation(path: Path, vae, x: torch.Tensor, image_shape, pairs: int
     pairs = min(pairs, len(x) // 2)
     if pairs == 0:
         return  # a single test image has no partner to interpolate towards
-    loc = vae.posterior(x[: 2 * pairs]).mean
+    loc = vae.latent_mean(x[: 2 * pairs])
     start, end = loc[:pairs], loc[pairs: 2 * pairs]
     t = torch.linspace(0, 1, steps, device=loc.device).reshape(1, steps, 1)
     z = start[:, None] + t * (end - start)[:, None]
@@ -236,7 +236,7 @@ def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
     or the first two principal components of the first ``max_points`` (``"pca"``: instant)."""
     if len(x) < 3:
         return  # too few points for a map
-    loc = vae.posterior(x[:max_points]).mean
+    loc = vae.latent_mean(x[:max_points])
     if method == "tsne" and loc.shape[1] > 2 and len(loc) > 6:
         xy, label = tsne_2d(loc[:tsne_points])
     else:

@@ -29,9 +29,10 @@ import pyro.distributions.transforms as T
 import torch
 from torch import nn
 
-from pyro_vae.config import PRIORS
+from pyro_vae.config import ModelConfig
 from pyro_vae.distributions import StandardNormal
 from pyro_vae.errors import ConfigError
+from pyro_vae.registry import PRIORS, BuildContext
 
 
 class Prior(nn.Module):
@@ -218,16 +219,33 @@ class FlowPrior(Prior):
         return dist.TransformedDistribution(base, self.transforms(), validate_args=False)
 
 
-def build_prior(name: str, latent_dim: int, encoder: nn.Module, num_pixels: int,
-                components: int | None = None, num_flows: int = 4) -> Prior:
-    """The prior called ``name`` (see the module table); ``components`` defaults to 10 for the
-    mixture and 500 pseudo-inputs for the VampPrior (Tomczak & Welling's MNIST setting)."""
-    if name == "normal":
-        return StandardNormalPrior(latent_dim)
-    if name == "mixture":
-        return MixturePrior(latent_dim, components or 10)
-    if name == "vamp":
-        return VampPrior(latent_dim, encoder, num_pixels, components or 500)
-    if name == "flow":
-        return FlowPrior(latent_dim, num_flows)
-    raise ConfigError(f"unknown prior {name!r}; use one of {', '.join(PRIORS)}.")
+@PRIORS.register("normal", help="N(0, I)", capabilities={"closed_form_kl"})
+def _normal(config: ModelConfig, context: BuildContext) -> Prior:
+    return StandardNormalPrior(config.latent_dim)
+
+
+@PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10)",
+                 capabilities={"components"})
+def _mixture(config: ModelConfig, context: BuildContext) -> Prior:
+    return MixturePrior(config.latent_dim, config.prior_components or 10)
+
+
+@PRIORS.register("vamp", help="VampPrior: pseudo-inputs through the encoder (prior_components, "
+                 "default 500)", capabilities={"components", "pseudo_inputs"})
+def _vamp(config: ModelConfig, context: BuildContext) -> Prior:
+    if context.encoder is None:
+        raise ConfigError("prior = \"vamp\" passes pseudo-inputs through the model's encoder, "
+                          "and this model has none; choose another prior.")
+    return VampPrior(config.latent_dim, context.encoder, context.num_pixels,
+                     config.prior_components or 500)
+
+
+@PRIORS.register("flow", help="affine-coupling flow (flow_layers, default 4)",
+                 capabilities={"flow_layers", "min_latent_dim_2"})
+def _flow(config: ModelConfig, context: BuildContext) -> Prior:
+    return FlowPrior(config.latent_dim, config.flow_layers)
+
+
+def build_prior(config: ModelConfig, context: BuildContext) -> Prior:
+    """The prior that ``config.prior`` names (any registered one, plugins included)."""
+    return PRIORS.get(config.prior)(config, context)

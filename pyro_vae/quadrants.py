@@ -42,6 +42,7 @@ from pyro_vae.models import VAE
 from pyro_vae.networks import MLPDecoder, MLPEncoder, mlp
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
+from pyro_vae.registry import MODEL_KINDS
 
 #: Value of the missing pixels in a network's input.
 MISSING = -1.0
@@ -147,6 +148,10 @@ class QuadrantCVAE(_QuadrantModel):
         return self.complete(x, torch.sigmoid(self.generation_logits(inputs, z)))
 
 
+@MODEL_KINDS.register("quadrant_baseline", help="complete images from quadrants: a deterministic "
+                      "network", capabilities={"no_latents", "completions"})
+@MODEL_KINDS.register("quadrant_cvae", help="complete images from quadrants: a CVAE",
+                      capabilities={"completions", "latent_means"})
 def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
                          num_data: int | None = None) -> _QuadrantModel:
     """``quadrant_baseline`` or ``quadrant_cvae`` as the ``[model]`` table describes it."""

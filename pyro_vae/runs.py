@@ -27,6 +27,7 @@ import torch
 
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyro_vae.registry import PluginError
 
 try:  # POSIX; elsewhere the lock falls back to the owner's process id
     import fcntl
@@ -420,6 +421,8 @@ def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, dict[str, 
     to the configuration since (so older checkpoints stay comparable)."""
     try:
         return Config.from_dict(checkpoint.get("config", {}), source=str(path)).to_dict()
+    except PluginError:
+        raise
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a configuration this pyro-vae cannot read "
                               f"({error}).") from None
@@ -444,7 +447,14 @@ def read_run_config(run_dir: Path) -> Config:
                               "`pyro-vae train`?")
     try:
         return Config.from_toml(path)
+    except PluginError as error:
+        raise PluginError(f"{run_dir} was trained with a plugin that is not available here: "
+                          f"{error}") from None
     except ConfigError as error:
+        if "registered by a plugin module" in str(error):
+            raise ConfigError(f"{path} names a component that nothing registers here ({error}) "
+                              "If the run was trained with a plugin, list its module under "
+                              "plugins in that file or give --plugin MODULE.") from None
         raise CheckpointError(f"{path} is damaged: {error}") from None
 
 

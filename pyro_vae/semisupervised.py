@@ -55,6 +55,7 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.registry import MODEL_KINDS
 
 
 class M2(ConditionalVAE):
@@ -172,6 +173,14 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
     return M2(classifier, encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
               config.num_classes, aux_loss_weight)
+
+
+@MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
+                      capabilities={"labels", "conditional", "semi_supervised",
+                                    "discrete_latents", "pictures", "latent_means"})
+def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
+                   num_data: int | None = None) -> M2:
+    return build_m2(config, image_shape)
 
 
 def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0

@@ -36,6 +36,8 @@ from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
+from pyro_vae.protocol import has
+from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
@@ -224,9 +226,9 @@ def _initialize_pseudo_inputs(vae: VAE, data: ImageData) -> None:
 def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
                           y: torch.Tensor | None) -> dict[str, Any]:
     """Active units, total KL and KL per dimension on ``x`` (nothing for a model without z)."""
-    if config.model.kind == "quadrant_baseline":
+    if not has(config, "latent_means"):
         return {}
-    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
+    labelled = has(config, "labels")  # their encoders are q(z|x, y)
     activity = latent_activity(vae, x, y if labelled else None)
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
 
@@ -307,7 +309,8 @@ def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> 
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False,
-          progress: Progress | None = None) -> dict[str, Any]:
+          progress: Progress | None = None, model: torch.nn.Module | None = None
+          ) -> dict[str, Any]:
     """Train (or continue) the run in ``run_dir`` and return its summary.
 
     A fresh run refuses a directory that already holds a checkpoint; ``resume=True`` continues
@@ -316,13 +319,17 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     Started by ``torchrun``, each process trains its share of every minibatch under
     ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`); rank 0 alone writes the run
     directory and returns the summary, the other processes return ``{}``.
+
+    ``model`` is a model already built (by :func:`pyro_vae.fit`) to train instead of the one
+    ``config.model`` describes; ``config.model.kind`` must still rebuild it (an import path
+    ``"package.module:factory"``) so that the run can be loaded again.
     """
     group, group_device = distributed.start(config.train.device)
     lock = RunLock(run_dir)  # held by rank 0 for the whole run: one writer per folder
     try:
         distributed.on_main(group, lock.acquire)
         summary = _train(config, Path(run_dir), resume, progress or Progress(), group,
-                         group_device)
+                         group_device, model)
         distributed.finish(group)
         return summary
     finally:
@@ -354,7 +361,7 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
 def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
     if group is None:
         return
-    if config.model.kind == "m2":
+    if has(config, "semi_supervised"):
         raise ConfigError("the semi-supervised M2 model enumerates its labels and cannot be "
                           "shared out between processes; train it without torchrun.")
     if config.train.free_bits > 0:
@@ -362,13 +369,14 @@ def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
                           "minibatch, which no process sees alone under torchrun (each would "
                           "floor its own share and the objective would change); train with "
                           "free bits without torchrun, or use --kl-warmup-epochs instead.")
-    if config.train.objective == "score":
+    if "stateful" in OBJECTIVES.capabilities(config.train.objective):
         raise ConfigError("objective \"score\" keeps a running baseline of its own batches, "
                           "which would differ between processes; train it without torchrun.")
 
 
 def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
-           group: ProcessGroup | None, group_device: torch.device | None) -> dict[str, Any]:
+           group: ProcessGroup | None, group_device: torch.device | None,
+           model: torch.nn.Module | None = None) -> dict[str, Any]:
     """:func:`train`, as one of the processes of ``group`` (if any)."""
     is_main = group is None or group.is_main
     checkpoint_path = run_dir / CHECKPOINT
@@ -386,9 +394,13 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     data = distributed.node_first(
         group if config.data.download else None, lambda: prepare_data(config, device))
     check_training_memory(config, data.image_shape, len(data.test_x), device)
-    vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
-    if hasattr(vae.prior, "initialize_from"):  # VampPrior: pseudo-inputs start at real images
-        _initialize_pseudo_inputs(vae, data)
+    if model is None:
+        vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
+    else:
+        vae = model.to(device)
+        vae.num_data = len(data.train_x)
+    if has(config, "components") and "pseudo_inputs" in PRIORS.capabilities(config.model.prior):
+        _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
     # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
@@ -402,7 +414,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                                config.train.alpha, config.model.bayesian_decoder == "none",
                                temperature)
     splits = None
-    if config.model.kind in ("cvae", "m2"):
+    if has(config, "labels"):
         from pyro_vae.conditional import prepare_labelled
         objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective, config.train.free_bits)
@@ -516,9 +528,9 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
                                        progress=progress.evaluated,
                                        y=_model_labels(vae, data.test_y))
     progress.end_evaluation()
-    labelled = config.model.kind in ("cvae", "m2")  # their encoders are q(z|x, y)
-    quadrants = config.model.kind.startswith("quadrant_")
-    activity = {"active_units": 0} if config.model.kind == "quadrant_baseline" else \
+    labelled = has(config, "labels")  # their encoders are q(z|x, y)
+    quadrants = has(config, "completions")
+    activity = {"active_units": 0} if not has(config, "latent_means") else \
         latent_activity(vae, data.test_x, data.test_y if labelled else None)
     summary = {
         "dataset": config.data.dataset,
@@ -552,13 +564,15 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     if quadrants:
         from pyro_vae.quadrants import write_quadrant_pictures
         write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
-    elif config.model.kind == "discrete":
+    elif has(config, "categorical_latents"):
         write_discrete_pictures(vae, data, run_dir, history)
     elif labelled:
         from pyro_vae.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
-    else:
+    elif has(config, "pictures"):
         write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)
+    elif history:
+        plots.save_elbo_curves(run_dir / "elbo.png", history)
     return summary
 
 

@@ -39,7 +39,6 @@ import torch
 from pyro.infer import ELBO
 from torch import nn
 
-from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.concrete import ConcreteELBO, StraightThroughELBO, TemperatureSchedule
 from pyro_vae.objectives.dreg import DReG
 from pyro_vae.objectives.enumerate import EnumeratedELBO
@@ -52,13 +51,114 @@ from pyro_vae.objectives.score import ScoreFunctionELBO
 from pyro_vae.objectives.stl import STL
 from pyro_vae.objectives.vimco import VIMCO
 from pyro_vae.params import parameters_owned
+from pyro_vae.registry import OBJECTIVES as REGISTRY
 
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg", "stl", "renyi", "score", "vimco",
-              "concrete", "straight_through", "enumerate")
+#: Capability flags an objective declares when it registers (read by the one compatibility
+#: check of ``config.py`` and by the parametrized tests):
+#:
+#: ``per_datapoint``            reduced per datapoint in the ``data`` plate (needs every latent
+#:                              site inside that plate)
+#: ``global_latents``           trains models with latent sites outside the ``data`` plate
+#: ``separate_kl``              has the ELBO's separate KL term (what free bits floor)
+#: ``needs_independent_latents`` needs a guide whose latent sites do not feed one another
+#:                              (mean-field analytic KL; DReG/STL's stop-gradient on one site)
+#: ``closed_form_kl``           uses the closed-form KL where the prior/guide pair has one
+#: ``stateful``                 keeps state across steps (cannot be split between processes)
+#: ``enumerates_discrete``      can sum a discrete latent out (the M2 model's label)
+#: ``discrete_codes``           trains categorical latent codes (no reparameterized sample)
+#: ``discrete_only``            only for categorical latent codes (relaxations, enumeration)
+CAPABILITIES = ("per_datapoint", "global_latents", "separate_kl", "needs_independent_latents",
+                "closed_form_kl", "stateful", "enumerates_discrete", "discrete_codes",
+                "discrete_only")
+
+
+@REGISTRY.register("elbo", help="Trace_ELBO, reparameterized",
+                   capabilities={"global_latents", "separate_kl", "enumerates_discrete"})
+def _elbo(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return FastTrace_ELBO(num_particles=particles,
+                          vectorize_particles=vectorize and particles > 1,
+                          max_plate_nesting=MAX_PLATE_NESTING)
+
+
+@REGISTRY.register("meanfield", help="TraceMeanField_ELBO: analytic KL where there is one",
+                   capabilities={"global_latents", "separate_kl", "needs_independent_latents",
+                                 "closed_form_kl"})
+def _meanfield(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return FastTraceMeanField_ELBO(num_particles=particles,
+                                   vectorize_particles=vectorize and particles > 1,
+                                   max_plate_nesting=MAX_PLATE_NESTING)
+
+
+@REGISTRY.register("iwae", help="importance-weighted bound", capabilities={"per_datapoint"})
+def _iwae(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return IWAE(num_particles=particles)
+
+
+@REGISTRY.register("dreg", help="IWAE with doubly reparameterized gradients",
+                   capabilities={"per_datapoint", "needs_independent_latents"})
+def _dreg(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return DReG(num_particles=particles)
+
+
+@REGISTRY.register("stl", help="ELBO, sticking-the-landing gradient",
+                   capabilities={"per_datapoint", "needs_independent_latents"})
+def _stl(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return STL(num_particles=particles)
+
+
+@REGISTRY.register("renyi", help="Renyi / VR-alpha bound (alpha)", capabilities={"per_datapoint"})
+def _renyi(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return RenyiBound(alpha=alpha, num_particles=particles)
+
+
+@REGISTRY.register("score", help="score-function ELBO with a running baseline",
+                   capabilities={"per_datapoint", "stateful", "discrete_codes"})
+def _score(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+        temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return ScoreFunctionELBO(num_particles=particles)
+
+
+@REGISTRY.register("vimco", help="VIMCO: IWAE with leave-one-out baselines",
+                   capabilities={"per_datapoint", "discrete_codes"})
+def _vimco(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+           temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return VIMCO(num_particles=particles)
+
+
+@REGISTRY.register("concrete", help="Concrete / Gumbel-softmax relaxation (temperature)",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _concrete(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+              temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return ConcreteELBO(num_particles=particles, temperature=temperature)
+
+
+@REGISTRY.register("straight_through", help="straight-through Gumbel-softmax",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _straight_through(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+                      temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return StraightThroughELBO(num_particles=particles, temperature=temperature)
+
+
+@REGISTRY.register("enumerate", help="exact sum over every discrete code",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _enumerate(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
+               temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+    return EnumeratedELBO(num_particles=particles)
+
+
 #: Objectives for models with discrete latent sites (``[model] kind = "discrete"``).
-DISCRETE_OBJECTIVES = ("score", "vimco", "concrete", "straight_through", "enumerate")
+DISCRETE_OBJECTIVES = tuple(n for n, e in REGISTRY._entries.items()
+                            if "discrete_codes" in e.capabilities)
+#: The built-in objectives' names (plugins add theirs to the registry: see ``REGISTRY``).
+OBJECTIVES = REGISTRY.registered_names()
 
-__all__ = ["DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
+__all__ = ["CAPABILITIES", "DReG", "FastTraceMeanField_ELBO", "FastTrace_ELBO", "IWAE", "MAX_PLATE_NESTING",
            "OBJECTIVES", "ObjectiveModule", "PerDatapointObjective", "RenyiBound", "STL",
            "ScoreFunctionELBO", "free_bits_penalty", "is_lower_bound", "make_objective"]
 __all__ += ["ConcreteELBO", "DISCRETE_OBJECTIVES", "EnumeratedELBO", "StraightThroughELBO",
@@ -76,27 +176,15 @@ def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
                    vectorize: bool = True,
                    temperature: TemperatureSchedule | float = 1.0) -> ELBO:
-    """The objective called ``name`` (see the table above) with ``particles`` samples each.
+    """The objective registered as ``name`` (see the table above) with ``particles`` samples.
 
     ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
     ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
     after another (for models whose global sites cannot take a particle dimension, like a
-    Bayesian decoder).
+    Bayesian decoder). An objective factory takes these same keyword arguments.
     """
-    if name in ("elbo", "meanfield"):
-        cls = FastTrace_ELBO if name == "elbo" else FastTraceMeanField_ELBO
-        return cls(num_particles=particles, vectorize_particles=vectorize and particles > 1,
-                   max_plate_nesting=MAX_PLATE_NESTING)
-    if name == "renyi":
-        return RenyiBound(alpha=alpha, num_particles=particles)
-    if name in ("concrete", "straight_through"):
-        cls = ConcreteELBO if name == "concrete" else StraightThroughELBO
-        return cls(num_particles=particles, temperature=temperature)
-    classes = {"iwae": IWAE, "dreg": DReG, "stl": STL, "score": ScoreFunctionELBO,
-               "vimco": VIMCO, "enumerate": EnumeratedELBO}
-    if name not in classes:
-        raise ConfigError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)}.")
-    return classes[name](num_particles=particles)
+    return REGISTRY.get(name)(particles=particles, alpha=alpha, vectorize=vectorize,
+                              temperature=temperature)
 
 
 class ObjectiveModule(nn.Module):

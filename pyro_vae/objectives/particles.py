@@ -58,10 +58,19 @@ def _data_frame(site: dict, who: str):
     for frame in site["cond_indep_stack"]:
         if frame.name == "data":
             return frame
+    plates = [frame.name for frame in site["cond_indep_stack"] if frame.name != "particles"]
+    if plates:
+        raise ConfigError(
+            f"site {site['name']!r} lies outside the 'data' plate, in plate(s) {plates}: "
+            f"{who} is reduced per datapoint and finds the datapoints by the plate named "
+            "'data'. Name the model's and guide's plate over datapoints \"data\".")
     raise ConfigError(
-        f"site {site['name']!r} lies outside the 'data' plate (a global latent variable), "
-        f"but {who} is reduced per datapoint and has no per-datapoint term for it. Use "
-        "objective \"elbo\" or \"meanfield\" for models with global latent variables."
+        f"site {site['name']!r} lies outside the 'data' plate: this model has a global latent "
+        f"variable shared by all datapoints (a hyperprior, Bayesian weights, ...), and {who} "
+        "is reduced per datapoint, so it has no per-datapoint share of that site's prior and "
+        "guide terms. Train the model with an objective that handles global latent "
+        "variables (\"elbo\" or \"meanfield\"); evaluation scores it by the posterior "
+        "predictive p(x | data) over draws of the global site."
     )
 
 

@@ -1,0 +1,15 @@
+"""An example pyro-vae plugin package.
+
+Importing it registers a prior (``student_t``), a likelihood (``laplace``) and a model kind
+(``tied_vae``, a model/guide pair of its own). Use it from a recipe::
+
+    plugins = ["pyro_vae_example_plugin"]
+
+    [model]
+    prior = "student_t"
+
+or with ``--plugin pyro_vae_example_plugin`` on any command, or install the package (its
+``pyproject.toml`` declares the ``pyro_vae.plugins`` entry point).
+"""
+
+from pyro_vae_example_plugin import likelihoods, models, priors  # noqa: F401 (registration)

@@ -1,0 +1,260 @@
+"""Registries: every named component (prior, likelihood, guide, network, objective, model kind,
+dataset) is found here by name, and nothing else in the library lists names.
+
+A registry maps a name to a factory and a few facts about it (a one-line help text and a set
+of capabilities). Configuration validation, the command line's help text and its "did you
+mean" suggestions all read the registries, so an entry registered by a user's module works in
+recipes and in every command exactly like a built-in one::
+
+    from pyro_vae.registry import PRIORS
+
+    @PRIORS.register("student_t", help="p(z) = Student-t, learned degrees of freedom")
+    def build(config, context):           # config: the [model] table; context: what is built
+        return StudentTPrior(config.latent_dim)
+
+**Plugins** are Python modules whose import registers entries. They are loaded from
+
+* the recipe's top-level key ``plugins = ["mypkg.priors"]``,
+* the ``--plugin MODULE`` flag of every command,
+* the ``pyro_vae.plugins`` entry-point group of installed packages (``[project.entry-points.
+  "pyro_vae.plugins"] mypkg = "mypkg.priors"`` in the package's ``pyproject.toml``).
+
+A run records the plugins it was trained with in its ``config.toml``; reading a run whose
+plugin cannot be imported raises :class:`PluginError`, which names the module to install.
+
+The library's own components register themselves the same way, in their own modules
+(``priors.py`` registers the priors, ...); :func:`load_builtins` imports those modules the
+first time a registry is asked for its names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+
+from pyro_vae.errors import ConfigError
+
+#: Entry-point group through which installed packages register plugins.
+ENTRY_POINT_GROUP = "pyro_vae.plugins"
+
+#: The library's modules that register its built-in entries (imported on first lookup).
+BUILTIN_MODULES = (
+    "pyro_vae.priors", "pyro_vae.likelihoods", "pyro_vae.guides", "pyro_vae.networks",
+    "pyro_vae.objectives", "pyro_vae.models", "pyro_vae.conditional", "pyro_vae.quadrants",
+    "pyro_vae.discrete",
+    "pyro_vae.semisupervised", "pyro_vae.data",
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class BuildContext:
+    """What a component's factory may need besides the ``[model]`` table: the image shape,
+    the number of pixels P, the training-set size N (``None`` when scoring) and the encoder
+    already built (the VampPrior passes pseudo-inputs through it)."""
+
+    image_shape: tuple[int, int, int]
+    num_data: int | None = None
+    encoder: Any = None
+
+    @property
+    def num_pixels(self) -> int:
+        channels, height, width = self.image_shape
+        return channels * height * width
+
+
+class PluginError(ConfigError):
+    """A plugin module that cannot be imported (not installed, or failing on import)."""
+
+
+def suggestion(word: str, options: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``options``, or an empty string."""
+    close = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: its factory, help text, capabilities and where it came from."""
+
+    name: str
+    factory: Callable[..., Any]
+    help: str = ""
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+    module: str = ""
+
+
+class Registry(Generic[F]):
+    """Names → factories for one kind of component (``kind`` is e.g. ``"prior"``).
+
+    ``where`` is how configuration errors name the setting, e.g. ``"[model] prior"``.
+    """
+
+    def __init__(self, kind: str, where: str):
+        self.kind = kind
+        self.where = where
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, help: str = "", capabilities: Iterable[str] = ()
+                 ) -> Callable[[F], F]:
+        """Decorator: register the decorated factory (a function or a class) as ``name``.
+
+        Registering a name twice from different code is refused (a plugin cannot silently
+        replace a built-in); re-importing the same module re-registers harmlessly.
+        """
+
+        def decorate(factory: F) -> F:
+            module = getattr(factory, "__module__", "") or ""
+            old = self._entries.get(name)
+            if old is not None and (old.module, old.factory.__qualname__) != (
+                    module, getattr(factory, "__qualname__", "")):
+                raise ConfigError(f"the {self.kind} name {name!r} is registered twice (by "
+                                  f"{old.module} and by {module}); choose another name.")
+            doc = help or (factory.__doc__ or "").strip().split("\n")[0]
+            self._entries[name] = Entry(name, factory, doc, frozenset(capabilities), module)
+            return factory
+
+        return decorate
+
+    def add(self, name: str, factory: Callable[..., Any], help: str = "",
+            capabilities: Iterable[str] = ()) -> None:
+        """Register ``factory`` as ``name`` (the non-decorator form)."""
+        self.register(name, help, capabilities)(factory)
+
+    def registered_names(self) -> tuple[str, ...]:
+        """The names registered so far, without loading the built-in modules first."""
+        return tuple(self._entries)
+
+    def _loaded(self) -> dict[str, Entry]:
+        load_builtins()
+        return self._entries
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._loaded()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.choices())
+
+    def choices(self) -> tuple[str, ...]:
+        """Every registered name, built-ins first, in registration order."""
+        return tuple(self._loaded())
+
+    def entry(self, name: str) -> Entry:
+        """The entry called ``name``, or a :class:`ConfigError` listing the choices.
+
+        A name of the form ``"package.module:factory"`` imports that factory and registers it
+        under that name (its capabilities from a ``capabilities`` attribute, if any): how a
+        model built in Python is recorded in a run so that every command can rebuild it.
+        """
+        entries = self._loaded()
+        if name not in entries and ":" in name:
+            factory = import_object(name, f"{self.where} = {name!r}")
+            self.add(name, factory, capabilities=getattr(factory, "capabilities", ()))
+        if name not in entries:
+            raise ConfigError(
+                f"{self.where} = {name!r} is not one of {', '.join(map(repr, entries))}."
+                + suggestion(name, entries)
+                + f" A {self.kind} of your own is registered by a plugin module (recipe key "
+                "plugins = [\"MODULE\"] or --plugin MODULE); see \"Extending pyro-vae\" in "
+                "the README.")
+        return entries[name]
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """The factory called ``name``."""
+        return self.entry(name).factory
+
+    def capabilities(self, name: str) -> frozenset[str]:
+        return self.entry(name).capabilities
+
+    def help_text(self) -> str:
+        """``name1 | name2 | ...`` for command-line help."""
+        return " | ".join(self.choices())
+
+
+PRIORS: Registry = Registry("prior", "[model] prior")
+LIKELIHOODS: Registry = Registry("likelihood", "[model] likelihood")
+GUIDES: Registry = Registry("guide", "[model] guide")
+NETWORKS: Registry = Registry("network", "[model] network")
+OBJECTIVES: Registry = Registry("objective", "[train] objective")
+MODEL_KINDS: Registry = Registry("model kind", "[model] kind")
+DATASETS: Registry = Registry("dataset", "[data] dataset")
+
+_builtins_loaded = False
+_loaded_plugins: list[str] = []
+
+
+def load_builtins() -> None:
+    """Import the library's own component modules once (they register the built-ins)."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    try:
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
+    except BaseException:
+        _builtins_loaded = False
+        raise
+    load_entry_points()
+
+
+def load_plugin(module: str, who: str = "") -> None:
+    """Import the plugin ``module`` (registering its entries), or raise :class:`PluginError`
+    naming the module to install. ``who`` says where the plugin was asked for."""
+    load_builtins()
+    if module in _loaded_plugins:
+        return
+    source = f" ({who})" if who else ""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        missing = error.name or module
+        raise PluginError(
+            f"the plugin module {module!r}{source} cannot be imported: Python finds no module "
+            f"named {missing!r}. Install the package that provides it (pip install it, or add "
+            "its folder to PYTHONPATH) and run the command again.") from None
+    except ConfigError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"the plugin module {module!r}{source} failed while being imported "
+            f"({type(error).__name__}: {error}); fix the plugin or leave it out.") from None
+    _loaded_plugins.append(module)
+
+
+def import_object(path: str, who: str = "") -> Any:
+    """The object that ``"package.module:attribute"`` names, or a :class:`PluginError` saying
+    which module to install."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{who or path}: an import path is written \"package.module:name\".")
+    load_plugin(module_name, who)
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise PluginError(f"{who or path}: module {module_name!r} has no {attribute!r}; "
+                              "check the name, or install the version of the package that "
+                              "defines it.")
+        target = getattr(target, part)
+    return target
+
+
+def load_plugins(modules: Iterable[str], who: str = "") -> None:
+    for module in modules:
+        load_plugin(module, who)
+
+
+def load_entry_points() -> None:
+    """Load the plugins that installed packages declare in the ``pyro_vae.plugins`` group."""
+    for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        load_plugin(point.value.split(":")[0], f"entry point {point.name!r} of an installed "
+                    "package")
+
+
+def loaded_plugins() -> tuple[str, ...]:
+    """Plugin modules loaded so far in this process (recipe, flag or entry point)."""
+    return tuple(_loaded_plugins)
