@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyro_vae.config import Config
 from pyro_vae.progress import TqdmProgress
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Test NLL (nats) of Burda et al. (2016), Table 1; rows ending in 2 have 2 stochastic layers.

@@ -12,13 +12,13 @@ Per training step (random binary batches already on the device):
 * ``pyro_svi``       — Pyro's stock ``SVI`` with ``Trace_ELBO`` and ``pyro.optim.Adam``;
 * ``lib_NAME``       — this library's training step: ``ObjectiveModule`` (``elbo``,
                        ``meanfield``, ``iwae`` K = 5 and 50, ``dreg`` K = 50) and
-                       ``pyro_vae.train.optimizer_step`` (backward, one read of loss and
+                       ``pyro_vae.training.optimizer_step`` (backward, one read of loss and
                        gradient norm to stop on non-finite values, Adam step);
 * ``torch_iwae_kK``  — hand-written vectorized IWAE(K), the reference of the K-particle rows
                        (DReG is compared with IWAE(50): the same bound, another gradient).
 
 Per epoch (``--epoch-images``, default the 60,000 of MNIST's training set, on the device):
-``lib_epoch`` is the library's epoch loop (``pyro_vae.train``'s, with ``minibatches``),
+``lib_epoch`` is the library's epoch loop (``pyro_vae.training``'s, with ``minibatches``),
 ``torch_epoch`` a hand-written loop over ``randperm`` slices of the same device tensor,
 ``dataloader_epoch`` the hand-written step fed by a shuffling ``torch.utils.data.DataLoader``.
 
@@ -59,7 +59,7 @@ from pyro_vae.data import binarize, load_dataset
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
-from pyro_vae.train import KLSchedule, Progress, _train_epoch, optimizer_step
+from pyro_vae.training import KLSchedule, Progress, _train_epoch, optimizer_step
 
 ROOT = Path(__file__).resolve().parent.parent
 PIXELS, HIDDEN, LATENT, NUM_DATA = 784, [400], 50, 60_000
@@ -132,7 +132,7 @@ def pyro_svi_step_fn(device: torch.device) -> Step:
 
 def library_module(objective: str, particles: int, device: torch.device, num_data: int
                    ) -> tuple[ObjectiveModule, torch.optim.Optimizer]:
-    """The module and optimizer that ``pyro_vae.train.train`` builds."""
+    """The module and optimizer that ``pyro_vae.training.train`` builds."""
     module = ObjectiveModule(_vae(device, num_data), make_objective(objective, particles))
     return module, torch.optim.Adam(module.parameters(), lr=LEARNING_RATE)
 

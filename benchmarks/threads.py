@@ -47,7 +47,7 @@ def _time_steps(model: str, threads: int, steps: int) -> float:
     from pyro_vae.config import ModelConfig
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import ObjectiveModule, make_objective
-    from pyro_vae.train import optimizer_step
+    from pyro_vae.training import optimizer_step
 
     torch.set_num_threads(threads)
     pixels, hidden, latent, activation, batch = MODELS[model]

@@ -12,8 +12,8 @@ from pyro_vae.errors import CheckpointError, ConfigError, DataError, PyroVAEErro
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity, log_importance_weights
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
-from pyro_vae.train import train
-from pyro_vae.fit import fit
+from pyro_vae.training import train
+from pyro_vae.fitting import fit
 from pyro_vae.protocol import Model
 from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES,
                                PRIORS)

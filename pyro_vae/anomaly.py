@@ -80,7 +80,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import _save, subplots
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio")
@@ -286,7 +286,7 @@ class BackgroundSettings:
 
 def train_background(config: Config, data: ImageData, run_dir: Path,
                      settings: BackgroundSettings, seed: int = 0) -> dict[str, object]:
-    """Train the background model in ``run_dir`` with :func:`pyro_vae.train.train`: the same
+    """Train the background model in ``run_dir`` with :func:`pyro_vae.training.train`: the same
     recipe as ``config``, on the training images of ``data`` perturbed at ``settings.rate``.
 
     The perturbed images go to the trainer as a temporary ``file:…npz`` dataset (8-bit, so

@@ -312,7 +312,7 @@ def command_train(args: argparse.Namespace) -> int:
     from pyro_vae.distributed import launched_by_torchrun
     from pyro_vae.loggers import make_loggers
     from pyro_vae.progress import Callbacks, TqdmProgress
-    from pyro_vae.train import train
+    from pyro_vae.training import train
 
     config = _train_config(args)
     apply_threads(config.train.threads)
@@ -416,7 +416,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
     from pyro_vae.progress import TqdmProgress
     from pyro_vae.runs import finite_or_none, load_trained
-    from pyro_vae.train import prepare_data, resolve_device
+    from pyro_vae.training import prepare_data, resolve_device
 
     _positive_flag("num-samples", args.num_samples)
     device = resolve_device(args.device)
@@ -527,7 +527,7 @@ def command_sample(args: argparse.Namespace) -> int:
 def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
     """How many of the ``--label`` samples the run's classifier recognises as that label."""
     from pyro_vae import fidelity
-    from pyro_vae.train import prepare_data
+    from pyro_vae.training import prepare_data
 
     path = Path(run_dir) / fidelity.CLASSIFIER_FILE
     if path.exists():
@@ -589,7 +589,7 @@ def command_compare(args: argparse.Namespace) -> int:
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import DISCRETE_OBJECTIVES
     from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
-    from pyro_vae.train import prepare_data
+    from pyro_vae.training import prepare_data
 
     particles = _csv_list("particles", args.particles, int)
     temperatures = _csv_list("temperatures", args.temperatures, float)

@@ -84,7 +84,7 @@ def add_application_parsers(commands) -> None:
 
 def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     from pyro_vae.runs import load_trained
-    from pyro_vae.train import prepare_data
+    from pyro_vae.training import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
     if config.model.kind == "discrete":

@@ -1,6 +1,6 @@
 """Experiment loggers: TensorBoard and MLflow, as callbacks on the training loop.
 
-A logger is a :class:`~pyro_vae.train.Progress`: the loop hands it the model and fixed
+A logger is a :class:`~pyro_vae.training.Progress`: the loop hands it the model and fixed
 monitoring images once (``watch``) and each epoch's row of ``metrics.jsonl`` (``end_epoch``);
 the command that started the run calls :meth:`Logger.finish` with the test summary, or
 :meth:`Logger.close` if training stopped early. Nothing here knows which kind of model is
@@ -40,7 +40,7 @@ from pyro_vae.data import is_vector_shape
 from pyro_vae.errors import ConfigError
 from pyro_vae.plots import image_grid
 from pyro_vae.runs import write_json
-from pyro_vae.train import Progress
+from pyro_vae.training import Progress
 
 LOGGERS = ("tensorboard", "mlflow")
 NUM_SAMPLES, NUM_RECONSTRUCTIONS = 64, 8

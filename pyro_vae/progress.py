@@ -1,4 +1,4 @@
-"""Progress output for the CLI (the library reports through :class:`~pyro_vae.train.Progress`).
+"""Progress output for the CLI (the library reports through :class:`~pyro_vae.training.Progress`).
 
 The output fits where it goes (:func:`output_mode`):
 
@@ -23,7 +23,7 @@ from typing import Any, Sequence, TextIO
 
 import torch
 
-from pyro_vae.train import Progress
+from pyro_vae.training import Progress
 
 MODES = ("bars", "lines", "notebook")
 

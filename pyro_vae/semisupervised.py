@@ -228,9 +228,9 @@ def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tens
     ``x_unlabelled`` are binarized draws: the classifier reads them (default: ``x`` itself).
 
     Returns (mean training objective per datapoint, new step), like
-    :func:`pyro_vae.train._train_epoch`, and raises ``NonFiniteStep`` the same way.
+    :func:`pyro_vae.training._train_epoch`, and raises ``NonFiniteStep`` the same way.
     """
-    from pyro_vae.train import optimizer_step
+    from pyro_vae.training import optimizer_step
 
     # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")

@@ -19,7 +19,7 @@ from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.toy import LinearGaussian
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 
 def test_metrics_on_hand_cases_and_against_sklearn():

@@ -31,3 +31,19 @@ def test_networks_are_registered_in_the_param_store():
     vae.model(data.train_x[:4].round())
     names = set(pyro.get_param_store().keys())
     assert "vae$$$encoder.head.loc.weight" in names and "vae$$$decoder.net.0.weight" in names
+
+
+def test_no_public_name_shadows_a_module():
+    """``pyro_vae.X`` is the module ``pyro_vae/X.py`` whenever that file exists (the training
+    loop lives in ``pyro_vae.training``, so ``pyro_vae.train`` can be the function)."""
+    import importlib
+    import pkgutil
+
+    import pyro_vae
+
+    for info in pkgutil.iter_modules(pyro_vae.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"pyro_vae.{info.name}")
+        assert getattr(pyro_vae, info.name) is module, info.name
+    assert callable(pyro_vae.train) and pyro_vae.training.optimizer_step

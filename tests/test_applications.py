@@ -10,7 +10,7 @@ from pyro_vae.applications import (auroc, impute, imputation_error, linear_probe
 from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import prepare_data, train
+from pyro_vae.training import prepare_data, train
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ def test_gaps_command_exports_weight_posterior_draws_for_arviz(tmp_path, capsys)
     import arviz as az
 
     from pyro_vae.cli import main
-    from pyro_vae.train import train
+    from pyro_vae.training import train
 
     config = Config().with_overrides({
         "model": {"latent_dim": 2, "hidden_dims": [16], "bayesian_decoder": "last"},

@@ -8,7 +8,7 @@ import pytest
 
 from pyro_vae.cli import main
 from pyro_vae.config import Config
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 
 def run_cli(capsys, *argv):

@@ -19,7 +19,7 @@ from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.runs import load_trained
-from pyro_vae.train import prepare_data, train
+from pyro_vae.training import prepare_data, train
 
 CVAE = ModelConfig(kind="cvae", latent_dim=3, hidden_dims=[16], num_classes=4)
 

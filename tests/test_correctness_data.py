@@ -17,7 +17,7 @@ from pyro_vae.lab import measure_estimator, reports_to_markdown
 from pyro_vae.likelihoods import GaussianLikelihood
 from pyro_vae.objectives import IWAE, RenyiBound, is_lower_bound
 from pyro_vae.toy import LinearGaussian
-from pyro_vae.train import prepare_data
+from pyro_vae.training import prepare_data
 
 
 def run_cli(capsys, *argv):

@@ -16,7 +16,7 @@ from pyro import poutine
 
 from pyro_vae.objectives import DReG, IWAE, STL, RenyiBound, ScoreFunctionELBO
 from pyro_vae.toy import LinearGaussian
-from pyro_vae.train import KLSchedule
+from pyro_vae.training import KLSchedule
 
 COPIES, SIGMA = 4000, 0.6
 W = torch.tensor([[1.2, 0.0], [0.3, -0.9], [-0.5, 0.4]])

@@ -20,7 +20,7 @@ from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_dra
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.toy import LATENT, SIGMA, LinearGaussian
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)

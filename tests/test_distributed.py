@@ -21,7 +21,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.train import _check_distributable
+from pyro_vae.training import _check_distributable
 
 NUM_DATA, BATCH = 1000, 13
 MODELS = {

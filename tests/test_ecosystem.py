@@ -44,7 +44,7 @@ def test_threads_recipe_key_is_applied_before_training(tmp_path, monkeypatch, re
         seen["threads"], seen["config"] = torch.get_num_threads(), config
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr(sys.modules["pyro_vae.train"], "train", fake_train)
+    monkeypatch.setattr(sys.modules["pyro_vae.training"], "train", fake_train)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     recipe = tmp_path / "r.toml"
     recipe.write_text("[train]\nthreads = 3\n")

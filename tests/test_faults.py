@@ -16,7 +16,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, PyroVAEError, TrainingError
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 
 def small(**train_options):

@@ -22,7 +22,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.runs import CONFIG_HEADER, LOCK, RunLock, load_checkpoint
-from pyro_vae.train import KLSchedule, train
+from pyro_vae.training import KLSchedule, train
 
 
 
@@ -248,7 +248,7 @@ def test_sample_and_compare_sizes_beyond_memory(trained, tmp_path, capsys):
 ])
 def test_an_allocation_failure_anywhere_is_one_paragraph(fast, tmp_path, capsys,
                                                          monkeypatch, failure):
-    training = sys.modules["pyro_vae.train"]
+    training = sys.modules["pyro_vae.training"]
 
     def fail(*args, **kwargs):
         raise failure

@@ -11,7 +11,7 @@ from pyro_vae.cli import main
 from pyro_vae.conditional import one_hot
 from pyro_vae.config import Config
 from pyro_vae.likelihoods import build_likelihood
-from pyro_vae.train import prepare_data, train
+from pyro_vae.training import prepare_data, train
 
 NUM_CLASSES = 10
 PER_LABEL = 100

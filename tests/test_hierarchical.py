@@ -11,7 +11,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, log_importance_weights
 from pyro_vae.hierarchical import HierarchicalVAE
 from pyro_vae.models import build_vae
-from pyro_vae.train import train
+from pyro_vae.training import train
 
 TOP, MIDDLE, PIXELS, SIGMA = 2, 3, 5, 0.4
 

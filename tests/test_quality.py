@@ -24,11 +24,11 @@ from pyro_vae.networks import output_layer
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.semisupervised import build_m2
-from pyro_vae.train import COLLAPSE_KL, collapse_warning, prepare_data, train
+from pyro_vae.training import COLLAPSE_KL, collapse_warning, prepare_data, train
 
 IMAGE = (1, 4, 4)
-#: The module (``pyro_vae.train`` the attribute is the function of the same name).
-train_module = importlib.import_module("pyro_vae.train")
+#: The training module (``pyro_vae.train`` is the function it defines).
+train_module = importlib.import_module("pyro_vae.training")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.train import KLSchedule, train
+from pyro_vae.training import KLSchedule, train
 
 PICTURES = ("samples.png", "reconstructions.png", "interpolation.png", "latent.png", "elbo.png",
             "kl.png")

@@ -25,7 +25,7 @@ from torch import nn
 
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
-from pyro_vae.train import Progress, train
+from pyro_vae.training import Progress, train
 
 
 def factory_path(factory: str | Callable[..., Any]) -> str:

@@ -320,7 +320,7 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     ``DistributedDataParallel`` (see :mod:`pyro_vae.distributed`); rank 0 alone writes the run
     directory and returns the summary, the other processes return ``{}``.
 
-    ``model`` is a model already built (by :func:`pyro_vae.fit`) to train instead of the one
+    ``model`` is a model already built (by :func:`pyro_vae.fitting`) to train instead of the one
     ``config.model`` describes; ``config.model.kind`` must still rebuild it (an import path
     ``"package.module:factory"``) so that the run can be loaded again.
     """
