@@ -261,8 +261,6 @@ def prepare_labelled(config: "Config", data: "ImageData", vae: ConditionalVAE
     particles = config.train.particles
     if config.model.kind == "cvae":
         return make_objective(config.train.objective, particles, config.train.alpha), None
-    from pyro_vae.semisupervised import labelled_subset
-
     num_labels = config.data.num_labels or len(data.train_y)
     labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
                                config.train.seed)
@@ -292,3 +290,25 @@ def write_conditional_pictures(vae: ConditionalVAE, data: "ImageData", run_dir: 
                           "inputs (top) and reconstructions given their labels (bottom)")
     if history:
         plots.save_elbo_curves(run_dir / "elbo.png", history)
+
+
+def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0
+                    ) -> torch.Tensor:
+    """Indices of ``num_labels`` training points, balanced across classes as in Kingma et al.
+
+    Classes take turns in a fixed random order; a class that runs out is skipped.
+    """
+    if num_labels > len(y):
+        raise DataError(f"[data] num_labels = {num_labels} asks for more labels than the "
+                        f"training split has datapoints ({len(y)}); choose at most {len(y)}.")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=generator)
+    per_class = [order[y.cpu()[order] == c].tolist() for c in range(num_classes)]
+    chosen: list[int] = []
+    rank = 0
+    while len(chosen) < num_labels:
+        for members in per_class:
+            if rank < len(members) and len(chosen) < num_labels:
+                chosen.append(members[rank])
+        rank += 1
+    return torch.tensor(sorted(chosen), dtype=torch.long, device=y.device)

@@ -31,12 +31,12 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.config import ModelConfig
-from pyro_vae.guides import DiagonalGaussianGuide, Guide, build_guide
-from pyro_vae.likelihoods import build_likelihood, Likelihood
-from pyro_vae.networks import build_networks, start_output_bias
+from pyro_vae.guides import DiagonalGaussianGuide, Guide
+from pyro_vae.likelihoods import Likelihood
+from pyro_vae.networks import start_output_bias
 from pyro_vae.params import register_module
-from pyro_vae.priors import Prior, build_prior
-from pyro_vae.registry import MODEL_KINDS, BuildContext
+from pyro_vae.priors import Prior
+from pyro_vae.registry import MODEL_KINDS
 
 
 class VAE(nn.Module):
@@ -174,28 +174,3 @@ def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     """The model that a ``[model]`` configuration describes, for images of ``image_shape``:
     the factory registered as ``config.kind`` (built-in or from a plugin)."""
     return MODEL_KINDS.get(config.kind)(config, image_shape, num_data)
-
-
-@MODEL_KINDS.register("vae", help="p(z) p(x|z) with any registered prior, guide, likelihood",
-                      capabilities={"components", "pictures", "latent_means",
-                                    "estimator_lab"})
-def build_plain_vae(config: ModelConfig, image_shape: tuple[int, int, int],
-                    num_data: int | None = None) -> VAE:
-    """The VAE of kind ``vae``: networks, likelihood, prior and guide from the registries
-    (two stochastic layers or a Bayesian decoder where the configuration asks for them)."""
-    encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
-                                      config.hidden_dims, config.activation, config.encoder_scale)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    if config.stochastic_layers == 2:
-        from pyro_vae.hierarchical import HierarchicalVAE
-
-        return HierarchicalVAE.build(encoder, decoder, likelihood, config, num_data)
-    context = BuildContext(tuple(image_shape), num_data, encoder)
-    prior = build_prior(config, context)
-    family = build_guide(config, context)
-    if config.bayesian_decoder != "none":
-        from pyro_vae.bayesian import BayesianVAE
-
-        return BayesianVAE(encoder, decoder, prior, likelihood, num_data,
-                           config.bayesian_decoder, config.weight_prior_scale, family=family)
-    return VAE(encoder, decoder, prior, likelihood, num_data, family)

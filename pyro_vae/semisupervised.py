@@ -47,15 +47,15 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae.conditional import ConditionalVAE, labelled_networks
+from pyro_vae.conditional import ConditionalVAE, labelled_networks, labelled_subset
 from pyro_vae.config import ModelConfig
 from pyro_vae.data import minibatches
-from pyro_vae.errors import DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.steps import optimizer_step
 
 
 class M2(ConditionalVAE):
@@ -183,28 +183,6 @@ def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
     return build_m2(config, image_shape)
 
 
-def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0
-                    ) -> torch.Tensor:
-    """Indices of ``num_labels`` training points, balanced across classes as in Kingma et al.
-
-    Classes take turns in a fixed random order; a class that runs out is skipped.
-    """
-    if num_labels > len(y):
-        raise DataError(f"[data] num_labels = {num_labels} asks for more labels than the "
-                        f"training split has datapoints ({len(y)}); choose at most {len(y)}.")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=generator)
-    per_class = [order[y.cpu()[order] == c].tolist() for c in range(num_classes)]
-    chosen: list[int] = []
-    rank = 0
-    while len(chosen) < num_labels:
-        for members in per_class:
-            if rank < len(members) and len(chosen) < num_labels:
-                chosen.append(members[rank])
-        rank += 1
-    return torch.tensor(sorted(chosen), dtype=torch.long, device=y.device)
-
-
 def _cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
     """A function returning the next ``batch_size`` indices of ever fresh permutations."""
     state = {"batches": iter(())}
@@ -230,8 +208,6 @@ def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tens
     Returns (mean training objective per datapoint, new step), like
     :func:`pyro_vae.training._train_epoch`, and raises ``NonFiniteStep`` the same way.
     """
-    from pyro_vae.training import optimizer_step
-
     # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
 

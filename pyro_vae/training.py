@@ -37,6 +37,7 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.protocol import has
+from pyro_vae.steps import NonFiniteStep, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
@@ -114,43 +115,6 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
             likelihood.check_data(data.train_x, f"{source} (train split)")
         likelihood.check_data(data.test_x, f"{source} (test split)")
     return data.to(device)
-
-
-class NonFiniteStep(Exception):
-    """Raised inside an epoch when a step's loss or gradient is not finite."""
-
-    def __init__(self, batch: torch.Tensor, loss: float, grad_norm: float, step: int):
-        super().__init__(f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}")
-        self.batch, self.loss, self.grad_norm, self.step = batch, loss, grad_norm, step
-
-
-def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int,
-                   group: ProcessGroup | None = None) -> float:
-    """Backpropagate ``loss`` and apply the step; returns the loss value.
-
-    Raises :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient
-    is not finite. In a process group the value is the average of the processes' losses (the
-    whole minibatch's loss), so every process takes the same decision.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    # One read of two numbers per step: the progress bar needs the loss anyway.
-    numbers = torch.stack([loss.detach(), _gradient_norm(parameters)])
-    if group is not None:  # gradients are already averaged; average the losses too
-        numbers = group.average(numbers)
-    value, grad_norm = numbers.tolist()
-    if not (math.isfinite(value) and math.isfinite(grad_norm)):
-        raise NonFiniteStep(batch, value, grad_norm, step + 1)
-    optimizer.step()
-    return value
 
 
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,

@@ -1,0 +1,52 @@
+"""One optimizer step with the non-finite check, shared by every training loop.
+
+``optimizer_step`` backpropagates a loss, reads the loss and the gradient norm once, and raises
+:class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient is not
+finite. The epoch loops (:mod:`pyro_vae.training`, M2's in :mod:`pyro_vae.semisupervised`)
+import it from here, below both of them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pyro_vae.distributed import ProcessGroup
+
+
+class NonFiniteStep(Exception):
+    """Raised inside an epoch when a step's loss or gradient is not finite."""
+
+    def __init__(self, batch: torch.Tensor, loss: float, grad_norm: float, step: int):
+        super().__init__(f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}")
+        self.batch, self.loss, self.grad_norm, self.step = batch, loss, grad_norm, step
+
+
+def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   parameters: list[torch.nn.Parameter], batch: torch.Tensor, step: int,
+                   group: ProcessGroup | None = None) -> float:
+    """Backpropagate ``loss`` and apply the step; returns the loss value.
+
+    Raises :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient
+    is not finite. In a process group the value is the average of the processes' losses (the
+    whole minibatch's loss), so every process takes the same decision.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    # One read of two numbers per step: the progress bar needs the loss anyway.
+    numbers = torch.stack([loss.detach(), _gradient_norm(parameters)])
+    if group is not None:  # gradients are already averaged; average the losses too
+        numbers = group.average(numbers)
+    value, grad_norm = numbers.tolist()
+    if not (math.isfinite(value) and math.isfinite(grad_norm)):
+        raise NonFiniteStep(batch, value, grad_norm, step + 1)
+    optimizer.step()
+    return value
