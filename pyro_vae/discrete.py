@@ -38,12 +38,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro import poutine
 from torch import nn
 
 from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
+from pyro_vae.models import data_plate, kl_scale
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.registry import MODEL_KINDS
@@ -109,15 +109,10 @@ class DiscreteVAE(nn.Module):
         return self.num_categories ** self.num_latents
 
     def _data_plate(self, x: torch.Tensor) -> pyro.plate:
-        batch = x.shape[0]
-        size = self.num_data or batch
-        subsample = None if size == batch else torch.arange(batch, device=x.device)
-        return pyro.plate("data", size, subsample=subsample, dim=-1)
+        return data_plate(x, self.num_data)
 
     def _kl_scale(self) -> contextlib.AbstractContextManager:
-        if self.kl_weight == 1.0:
-            return contextlib.nullcontext()
-        return poutine.scale(scale=self.kl_weight)
+        return kl_scale(self.kl_weight)
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator["DiscreteVAE"]:

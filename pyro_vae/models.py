@@ -39,6 +39,24 @@ from pyro_vae.priors import Prior
 from pyro_vae.registry import MODEL_KINDS
 
 
+def data_plate(x: torch.Tensor, num_data: int | None) -> pyro.plate:
+    """The ``data`` plate over a batch ``x`` of a training set of ``num_data`` points (the
+    whole set when ``None``): Pyro scales the batch's terms by N/B."""
+    batch = x.shape[0]
+    size = num_data or batch
+    # The batch *is* the subsample: passing it explicitly gives the N/B scale without
+    # drawing (and ignoring) random indices.
+    subsample = None if size == batch else torch.arange(batch, device=x.device)
+    return pyro.plate("data", size, subsample=subsample, dim=-1)
+
+
+def kl_scale(kl_weight: float) -> contextlib.AbstractContextManager:
+    """``poutine.scale`` by the KL weight β on the latent sites (nothing when β = 1)."""
+    if kl_weight == 1.0:
+        return contextlib.nullcontext()
+    return poutine.scale(scale=kl_weight)
+
+
 class VAE(nn.Module):
     """A variational autoencoder made of four swappable pieces.
 
@@ -71,17 +89,10 @@ class VAE(nn.Module):
         return self.prior.latent_dim
 
     def _data_plate(self, x: torch.Tensor) -> pyro.plate:
-        batch = x.shape[0]
-        size = self.num_data or batch
-        # The batch *is* the subsample: passing it explicitly gives the N/B scale without
-        # drawing (and ignoring) random indices.
-        subsample = None if size == batch else torch.arange(batch, device=x.device)
-        return pyro.plate("data", size, subsample=subsample, dim=-1)
+        return data_plate(x, self.num_data)
 
     def _kl_scale(self) -> contextlib.AbstractContextManager:
-        if self.kl_weight == 1.0:
-            return contextlib.nullcontext()
-        return poutine.scale(scale=self.kl_weight)
+        return kl_scale(self.kl_weight)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(z) p(x|z) with ``x`` observed; ``y`` is accepted and ignored (unconditional)."""
