@@ -428,7 +428,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
     if has(config, "labels"):
-        from pyro_vae.conditional import check_labels
+        from pyro_vae.models.conditional import check_labels
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
     if len(x) == 0:
@@ -558,7 +558,7 @@ def _sample_labels(args: argparse.Namespace, config, vae):
         raise ConfigError(f"--label {args.label}: {args.run_dir} holds an unconditional VAE, "
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")
-    from pyro_vae.conditional import check_label_flag
+    from pyro_vae.models.conditional import check_label_flag
 
     check_label_flag(args.label, config.model.num_classes)
     return torch.full((args.n,), args.label, dtype=torch.long)

@@ -81,7 +81,7 @@ def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> in
     beside them as ``posterior_weights.nc``."""
     import torch
 
-    from pyro_vae.bayesian import weight_posterior_draws
+    from pyro_vae.models.bayesian import weight_posterior_draws
     from pyro_vae.diagnostics import inference_data_from_draws, save_inference_data
 
     torch.manual_seed(args.seed)

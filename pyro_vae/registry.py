@@ -43,9 +43,9 @@ ENTRY_POINT_GROUP = "pyro_vae.plugins"
 #: The library's modules that register its built-in entries (imported on first lookup).
 BUILTIN_MODULES = (
     "pyro_vae.priors", "pyro_vae.likelihoods", "pyro_vae.guides", "pyro_vae.networks",
-    "pyro_vae.objectives", "pyro_vae.models", "pyro_vae.vae_kind", "pyro_vae.conditional",
-    "pyro_vae.quadrants", "pyro_vae.discrete",
-    "pyro_vae.semisupervised", "pyro_vae.data",
+    "pyro_vae.objectives", "pyro_vae.models", "pyro_vae.models.vae", "pyro_vae.models.conditional",
+    "pyro_vae.models.quadrants", "pyro_vae.models.discrete",
+    "pyro_vae.models.semisupervised", "pyro_vae.data",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -2,7 +2,7 @@
 
 ``optimizer_step`` backpropagates a loss, reads the loss and the gradient norm once, and raises
 :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient is not
-finite. The epoch loops (:mod:`pyro_vae.training`, M2's in :mod:`pyro_vae.semisupervised`)
+finite. The epoch loops (:mod:`pyro_vae.training`, M2's in :mod:`pyro_vae.models.semisupervised`)
 import it from here, below both of them.
 """
 

@@ -28,7 +28,7 @@ from pyro_vae import distributed, fidelity, plots
 from pyro_vae.config import Config
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
-from pyro_vae.discrete import write_discrete_pictures
+from pyro_vae.models.discrete import write_discrete_pictures
 from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
@@ -379,7 +379,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                                temperature)
     splits = None
     if has(config, "labels"):
-        from pyro_vae.conditional import prepare_labelled
+        from pyro_vae.models.conditional import prepare_labelled
         objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
@@ -430,7 +430,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             progress.start_epoch(epoch, batches_per_epoch)
             try:
                 if splits is not None:  # semi-supervised M2
-                    from pyro_vae.semisupervised import train_epoch
+                    from pyro_vae.models.semisupervised import train_epoch
                     grey = data.grey("train")  # the classifier reads the grey images
                     train_elbo, new_step = train_epoch(
                         module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
@@ -526,12 +526,12 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
     }
     write_json(run_dir / SUMMARY, summary)
     if quadrants:
-        from pyro_vae.quadrants import write_quadrant_pictures
+        from pyro_vae.models.quadrants import write_quadrant_pictures
         write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
     elif has(config, "categorical_latents"):
         write_discrete_pictures(vae, data, run_dir, history)
     elif labelled:
-        from pyro_vae.conditional import write_conditional_pictures
+        from pyro_vae.models.conditional import write_conditional_pictures
         write_conditional_pictures(vae, data, run_dir, history)
     elif has(config, "pictures"):
         write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)

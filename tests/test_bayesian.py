@@ -8,7 +8,7 @@ import torch
 from pyro import poutine
 from pyro.infer import Predictive, TraceMeanField_ELBO
 
-from pyro_vae.bayesian import SITE_PREFIX, BayesianVAE
+from pyro_vae.models.bayesian import SITE_PREFIX, BayesianVAE
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood

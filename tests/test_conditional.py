@@ -7,7 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from pyro_vae.cli import main
-from pyro_vae.conditional import (
+from pyro_vae.models.conditional import (
     ConditionalVAE,
     LabelledDecoder,
     LabelledEncoder,

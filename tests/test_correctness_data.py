@@ -207,7 +207,7 @@ def test_compare_table_marks_what_is_not_a_lower_bound():
 
 
 def test_monte_carlo_error_with_a_bayesian_decoder_carries_the_shared_weight_draws():
-    from pyro_vae.bayesian import BayesianVAE
+    from pyro_vae.models.bayesian import BayesianVAE
 
     lg = LinearGaussian(num_points=40)
     lg.set_encoder()

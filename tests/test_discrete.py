@@ -19,7 +19,7 @@ import torch
 
 from pyro_vae.cli import main
 from pyro_vae.config import Config, ModelConfig
-from pyro_vae.discrete import build_discrete_vae
+from pyro_vae.models.discrete import build_discrete_vae
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.lab import compare_estimators

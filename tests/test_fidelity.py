@@ -8,7 +8,7 @@ import torch
 
 from pyro_vae import fidelity
 from pyro_vae.cli import main
-from pyro_vae.conditional import one_hot
+from pyro_vae.models.conditional import one_hot
 from pyro_vae.config import Config
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.training import prepare_data, train

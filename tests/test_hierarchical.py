@@ -9,7 +9,7 @@ import torch
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, log_importance_weights
-from pyro_vae.hierarchical import HierarchicalVAE
+from pyro_vae.models.hierarchical import HierarchicalVAE
 from pyro_vae.models import build_vae
 from pyro_vae.training import train
 

@@ -8,7 +8,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
-from pyro_vae.quadrants import build_quadrant_model, given_mask
+from pyro_vae.models.quadrants import build_quadrant_model, given_mask
 from pyro_vae.training import train
 
 SHAPE = (1, 4, 4)

@@ -23,7 +23,7 @@ from pyro_vae.models import build_vae
 from pyro_vae.networks import output_layer
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
-from pyro_vae.semisupervised import build_m2
+from pyro_vae.models.semisupervised import build_m2
 from pyro_vae.training import COLLAPSE_KL, collapse_warning, prepare_data, train
 
 IMAGE = (1, 4, 4)

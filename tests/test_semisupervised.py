@@ -11,7 +11,7 @@ from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import log_importance_weights
 from pyro_vae.objectives import ObjectiveModule
-from pyro_vae.semisupervised import build_m2, labelled_subset
+from pyro_vae.models.semisupervised import build_m2, labelled_subset
 from pyro_vae.training import train
 
 M2_CONFIG = ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3)

@@ -25,7 +25,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood
-from pyro_vae.models import VAE
+from pyro_vae.models.base import VAE
 from pyro_vae.networks import MLPEncoder
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior

@@ -43,7 +43,7 @@ from torch import nn
 from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.models import data_plate, kl_scale
+from pyro_vae.models.base import data_plate, kl_scale
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.registry import MODEL_KINDS

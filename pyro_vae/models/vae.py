@@ -1,18 +1,18 @@
 """The model kind ``vae``: p(z) p(x|z) from the registered networks, likelihood, prior and guide.
 
-Its own module (not :mod:`pyro_vae.models`) because it chooses among the VAE classes that build
-on :class:`pyro_vae.models.VAE` (two stochastic layers, a Bayesian decoder), so imports go one
-way: models <- hierarchical, bayesian <- vae_kind.
+Its own module (not :mod:`pyro_vae.models.base`) because it chooses among the VAE classes that
+build on :class:`pyro_vae.models.base.VAE` (two stochastic layers, a Bayesian decoder), so
+imports go one way: base <- hierarchical, bayesian <- vae.
 """
 
 from __future__ import annotations
 
-from pyro_vae.bayesian import BayesianVAE
+from pyro_vae.models.bayesian import BayesianVAE
 from pyro_vae.config import ModelConfig
 from pyro_vae.guides import build_guide
-from pyro_vae.hierarchical import HierarchicalVAE
+from pyro_vae.models.hierarchical import HierarchicalVAE
 from pyro_vae.likelihoods import build_likelihood
-from pyro_vae.models import VAE
+from pyro_vae.models.base import VAE
 from pyro_vae.networks import build_networks
 from pyro_vae.priors import build_prior
 from pyro_vae.registry import MODEL_KINDS, BuildContext

@@ -36,7 +36,7 @@ from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
-from pyro_vae.models import VAE
+from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior

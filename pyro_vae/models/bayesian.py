@@ -38,7 +38,7 @@ from torch import nn
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood
-from pyro_vae.models import VAE
+from pyro_vae.models.base import VAE
 from pyro_vae.networks import output_bias_start, output_layer
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior

@@ -47,7 +47,7 @@ import torch
 from pyro import poutine
 from torch import nn
 
-from pyro_vae.conditional import ConditionalVAE, labelled_networks, labelled_subset
+from pyro_vae.models.conditional import ConditionalVAE, labelled_networks, labelled_subset
 from pyro_vae.config import ModelConfig
 from pyro_vae.data import minibatches
 from pyro_vae.likelihoods import build_likelihood
@@ -64,7 +64,7 @@ class M2(ConditionalVAE):
     Args:
         classifier: ``x ↦`` logits of q(y|x), shape ``[..., C]``.
         encoder, decoder, prior, likelihood, num_classes: as for
-            :class:`~pyro_vae.conditional.ConditionalVAE`.
+            :class:`~pyro_vae.models.conditional.ConditionalVAE`.
         aux_loss_weight: α, the weight of −log q(y|x) per labelled datapoint relative to one
             unlabelled datapoint of the same step (see the module docstring).
     """
