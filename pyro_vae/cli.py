@@ -413,9 +413,9 @@ def _format_summary(summary: dict[str, Any]) -> str:
 def command_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
     from pyro_vae.progress import TqdmProgress
     from pyro_vae.runs import finite_or_none, load_trained
+    from pyro_vae.summary import split_scores
     from pyro_vae.training import prepare_data, resolve_device
 
     _positive_flag("num-samples", args.num_samples)
@@ -434,29 +434,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if len(x) == 0:
         raise ConfigError(f"the {args.split} split of {config.data.dataset!r} is empty (was "
                           "validation_fraction 0?); use --split test.")
-    progress = TqdmProgress()
-    progress.start_evaluation(len(x), args.num_samples)
     torch.manual_seed(0)
-    with torch.no_grad():
-        estimate = estimate_log_likelihood(vae, x, args.num_samples, config.evaluate.max_chunk,
-                                           progress=progress.evaluated,
-                                           y=y if getattr(vae, "conditional", False) else None)
-    progress.end_evaluation()
-    summary = {
-        "run_dir": str(args.run_dir), "dataset": config.data.dataset, "split": args.split,
-        "num_test_datapoints": len(x), "latent_dim": config.model.latent_dim,
-        "test_elbo": estimate.mean_elbo, "test_elbo_stderr": estimate.elbo_stderr,
-        "test_log_likelihood": estimate.mean_log_likelihood,
-        "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
-        "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
-        "num_importance_samples": estimate.num_samples,
-        "score_name": getattr(vae, "score_name", "log p(x)"),
-        **({"active_units": 0} if not has(config, "latent_means") else
-           latent_activity(vae, x, y if has(config, "labels") else None)),
-        **(vae.test_summary(x, y, **({"classifier_x": data.grey(args.split)}
-                                     if has(config, "semi_supervised") else {}))
-           if hasattr(vae, "test_summary") else {}),
-    }
+    with torch.no_grad():  # the same scores as the test summary of a training run
+        scores = split_scores(config, vae, data, args.split, args.num_samples, TqdmProgress())
+    summary = {"run_dir": str(args.run_dir), "split": args.split, **scores}
     # Strict JSON: a standard error of one datapoint is null, not NaN.
     print(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) if args.json
           else _format_summary(summary))

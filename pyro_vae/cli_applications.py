@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.protocol import display_name, has
 
 
 def add_application_parsers(commands) -> None:
@@ -87,7 +88,7 @@ def _load(run_dir: str, data_dir: str | None, dataset: str | None = None):
     from pyro_vae.training import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
-    if config.model.kind == "discrete":
+    if has(config, "categorical_latents"):
         raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
                           "in a continuous latent space (encodings, gradients in z). Use it on a "
                           "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
@@ -108,21 +109,13 @@ def check_same_shape(config, data, checkpoint) -> None:
                           f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
 
 
-def refuse_kind(config, run_dir: str, command: str, kinds: tuple[str, ...], why: str) -> None:
-    """Refuse, in the user's terms, a run whose model kind ``command`` does not work on."""
-    from pyro_vae.errors import ConfigError
-    if config.model.kind in kinds:
-        raise ConfigError(f"{run_dir} holds a {KIND_NAMES[config.model.kind]} "
+def refuse_kind(config, run_dir: str, command: str, capabilities: tuple[str, ...],
+                why: str) -> None:
+    """Refuse, in the user's terms, a run whose model kind declares any of ``capabilities``
+    (those that ``command`` does not work with)."""
+    if any(has(config, capability) for capability in capabilities):
+        raise ConfigError(f"{run_dir} holds a {display_name(config)} "
                           f"(--model {config.model.kind}); {why}")
-
-
-#: What each [model] kind is, in words.
-KIND_NAMES = {"vae": "VAE", "cvae": "label-conditional VAE",
-              "m2": "semi-supervised M2 model",
-              "quadrant_baseline": "quadrant-completion baseline",
-              "quadrant_cvae": "quadrant-completion CVAE"}
-LABELLED = ("cvae", "m2")
-QUADRANTS = ("quadrant_baseline", "quadrant_cvae")
 
 
 def positive_flag(name: str, value: int | None) -> None:
@@ -160,7 +153,7 @@ def command_anomaly(args: argparse.Namespace) -> int:
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = _load(args.run_dir, args.data_dir)
-    refuse_kind(config, args.run_dir, "anomaly", LABELLED + QUADRANTS,
+    refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
                 "anomaly scores an image by log p(x), but this model scores images only "
                 "given a label or given the rest of the image. Train a plain VAE on the same "
                 "data (pyro-vae train --model vae ...) and score with that run.")
@@ -315,10 +308,10 @@ def command_impute(args: argparse.Namespace) -> int:
     positive_flag("num-samples", args.num_samples)
     positive_flag("limit", args.limit)
     config, vae, data = _load(args.run_dir, args.data_dir)
-    refuse_kind(config, args.run_dir, "impute", LABELLED,
+    refuse_kind(config, args.run_dir, "impute", ("labels",),
                 "imputation fills pixels from p(x) of an unconditional VAE, but this model's "
                 "decoder needs each image's label. Impute with a --model vae run.")
-    refuse_kind(config, args.run_dir, "impute", QUADRANTS,
+    refuse_kind(config, args.run_dir, "impute", ("completions",),
                 "it already completes images from their given quadrants (its completions are "
                 "in RUN_DIR/completions.png); impute with box, random or bottom masks needs a "
                 "--model vae run.")
@@ -358,12 +351,12 @@ def command_probe(args: argparse.Namespace) -> int:
     rows = []
     for run_dir in args.run_dirs:
         config, vae, data = _load(run_dir, args.data_dir)
-        refuse_kind(config, run_dir, "probe", LABELLED,
+        refuse_kind(config, run_dir, "probe", ("labels",),
                     "its encoder q(z|x, y) is given the label, so a probe predicting the label "
                     "from its code would measure nothing. Probe a --model vae run"
                     + (" (M2's own classifier accuracy is test_accuracy in RUN_DIR/summary.json)."
-                       if config.model.kind == "m2" else "."))
-        refuse_kind(config, run_dir, "probe", ("quadrant_baseline",),
+                       if has(config, "semi_supervised") else "."))
+        refuse_kind(config, run_dir, "probe", ("no_latents",),
                     "it has no latent code to probe; probe a --model vae or quadrant_cvae run.")
         if data.train_y is None or data.test_y is None:
             raise ConfigError(f"{run_dir} was trained on {config.data.dataset!r}, which has no "
@@ -402,7 +395,7 @@ def command_traverse(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: traversals are a PNG picture; give a file name "
                           "ending in .png.")
     config, vae, data = _load(args.run_dir, args.data_dir)
-    refuse_kind(config, args.run_dir, "traverse", QUADRANTS,
+    refuse_kind(config, args.run_dir, "traverse", ("completions",),
                 "it completes the missing quadrants of an image from the given ones and has no "
                 "code of a whole image to sweep; its completions are in RUN_DIR/completions.png. "
                 "Traverse a --model vae, cvae or m2 run.")
@@ -410,13 +403,13 @@ def command_traverse(args: argparse.Namespace) -> int:
         raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
     x = data.test_x[args.index: args.index + 1]
     labels = None
-    if config.model.kind in LABELLED:  # q(z|x, y) and p(x|z, y) take the image's label
+    if has(config, "labels"):  # q(z|x, y) and p(x|z, y) take the image's label
         if data.test_y is not None:
             labels = torch_cat_first(data.test_y[args.index: args.index + 1], data.test_y)
-        elif config.model.kind == "m2":  # its classifier's guess q(y|x)
+        elif has(config, "semi_supervised"):  # its classifier's guess q(y|x)
             labels = vae.classify(torch_cat_first(x, data.test_x))
         else:
-            raise ConfigError(f"{args.run_dir} holds a label-conditional VAE, whose codes need "
+            raise ConfigError(f"{args.run_dir} holds a {display_name(config)}, whose codes need "
                               f"each image's label, but {config.data.dataset!r} has no test "
                               "labels; use the dataset it was trained on.")
     dims = save_traversals(out, vae, torch_cat_first(x, data.test_x), data.image_shape,

@@ -67,8 +67,7 @@ def command_gaps(args: argparse.Namespace) -> int:
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise ConfigError(f"--lr {args.lr} must be a finite positive number.")
     config, vae, data = _load(args.run_dir, args.data_dir)
-    refuse_kind(config, args.run_dir, "gaps", ("cvae", "m2", "quadrant_baseline",
-                                               "quadrant_cvae"),
+    refuse_kind(config, args.run_dir, "gaps", ("labels", "completions"),
                 "the gaps compare q(z|x) with the exact posterior p(z|x) of an unconditional "
                 "VAE, which this model does not have. Measure them on a --model vae run.")
     if getattr(vae, "weight_posterior", None) is not None:

@@ -24,18 +24,24 @@ capability         what it promises (and which command uses it)
 
 Objectives declare theirs too (``pyro_vae.objectives.CAPABILITIES``); ``config.
 check_compatible`` is the one place that matches the two.
+
+Besides capabilities a kind supplies **hooks** (:class:`~pyro_vae.registry.KindHooks`): its
+name in words, data preparation and default objective, the batches of an epoch, its entries
+of the test summary and its pictures. The training loop and the commands call them and name
+no kind.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import pyro.distributions as dist
 import torch
 
 from pyro_vae.config import Config
-from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
 #: The capabilities a model kind may declare (see the table above).
 MODEL_CAPABILITIES = ("components", "pictures", "latent_means", "labels", "semi_supervised",
@@ -85,3 +91,33 @@ def capabilities(config: Config) -> frozenset[str]:
 def has(config: Config, capability: str) -> bool:
     """Whether the model kind of ``config`` declares ``capability``."""
     return capability in capabilities(config)
+
+
+def hooks(config: Config) -> KindHooks:
+    """The hooks that the model kind of ``config`` supplies (defaults where it has none)."""
+    return MODEL_KINDS.hooks(config.model.kind)
+
+
+def display_name(config: Config) -> str:
+    """What the model kind of ``config`` is, in words (``"label-conditional VAE"``)."""
+    return hooks(config).display_name or f"{config.model.kind} model"
+
+
+@dataclass
+class Epoch:
+    """What a kind's ``batches`` hook is given for one epoch of training."""
+
+    #: The loss of a batch: ``forward(x)``, ``forward(x, y)``, ``forward(x, classifier_x=...)``
+    #: (the objective module, or its ``DistributedDataParallel`` wrapper under torchrun).
+    forward: Callable[..., torch.Tensor]
+    #: This epoch's training inputs (a fresh binarization where binarization is dynamic).
+    x: torch.Tensor
+    #: The training labels the model is called with (``None`` for a kind without labels).
+    labels: torch.Tensor | None
+    #: The dataset (an :class:`~pyro_vae.data.ImageData`: labels, grey images, ...).
+    data: Any
+    batch_size: int
+    #: What the kind's ``prepare`` hook returned besides the objective.
+    state: Any = None
+    #: The process group under torchrun (``None`` in one process).
+    group: Any = None

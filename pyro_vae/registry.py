@@ -29,6 +29,7 @@ first time a registry is asked for its names.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -43,9 +44,12 @@ ENTRY_POINT_GROUP = "pyro_vae.plugins"
 #: The library's modules that register its built-in entries (imported on first lookup).
 BUILTIN_MODULES = (
     "pyro_vae.priors", "pyro_vae.likelihoods", "pyro_vae.guides", "pyro_vae.networks",
-    "pyro_vae.objectives", "pyro_vae.models", "pyro_vae.models.vae", "pyro_vae.models.conditional",
-    "pyro_vae.models.quadrants", "pyro_vae.models.discrete",
+    "pyro_vae.objectives", "pyro_vae.models", "pyro_vae.models.vae",
+    "pyro_vae.models.conditional", "pyro_vae.models.quadrants", "pyro_vae.models.discrete",
     "pyro_vae.models.semisupervised", "pyro_vae.data",
+    # The kinds' pictures hooks (models hold maths; pictures live in pyro_vae.plots).
+    "pyro_vae.plots.conditional", "pyro_vae.plots.quadrants", "pyro_vae.plots.discrete",
+    "pyro_vae.plots.semisupervised",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -78,6 +82,38 @@ def suggestion(word: str, options: Iterable[str]) -> str:
 
 
 @dataclass(frozen=True)
+class KindHooks:
+    """What a model kind supplies to the training loop and the commands besides its factory.
+
+    The loop and the commands name no kind: they call these hooks (the way pythae's trainer
+    takes callbacks) and read the kind's capabilities (the way NumPyro's inference asks a
+    model what it can do). Every hook is optional; where a kind leaves one out, the loop's
+    default applies (shown in brackets).
+
+    * ``display_name``: what the kind is, in words, for messages (["the <name> model"]).
+    * ``prepare(config, data, model, objective) -> (objective, state)``: checks and prepares
+      the data (e.g. that labels exist) and gives the objective to train with and a state for
+      ``batches`` ([the objective that ``[train] objective`` names, no state]).
+    * ``batches(epoch) -> iterator of steps``: the steps of one epoch, given a
+      :class:`pyro_vae.protocol.Epoch`; each step is a function returning ``(loss, batch,
+      weight)``: the loss to minimize, the batch shown if it goes non-finite, and the step's
+      weight in the epoch's mean ([minibatches of the training set, with labels where the
+      kind declares ``labels``, shared out under torchrun]).
+    * ``test_summary(model, data, config) -> dict``: the kind's own entries of ``summary.json``
+      ([none]).
+    * ``pictures(model, data, run_dir, history, config)``: writes the run's pictures ([samples,
+      reconstructions, interpolation and latent map for a kind declaring ``pictures``, the
+      ELBO curve otherwise]).
+    """
+
+    display_name: str = ""
+    prepare: Callable[..., Any] | None = None
+    batches: Callable[..., Any] | None = None
+    test_summary: Callable[..., Any] | None = None
+    pictures: Callable[..., Any] | None = None
+
+
+@dataclass(frozen=True)
 class Entry:
     """One registered name: its factory, help text, capabilities and where it came from."""
 
@@ -98,10 +134,12 @@ class Registry(Generic[F]):
         self.kind = kind
         self.where = where
         self._entries: dict[str, Entry] = {}
+        self._hooks: dict[str, KindHooks] = {}
 
-    def register(self, name: str, help: str = "", capabilities: Iterable[str] = ()
-                 ) -> Callable[[F], F]:
-        """Decorator: register the decorated factory (a function or a class) as ``name``.
+    def register(self, name: str, help: str = "", capabilities: Iterable[str] = (),
+                 hooks: KindHooks | None = None) -> Callable[[F], F]:
+        """Decorator: register the decorated factory (a function or a class) as ``name``,
+        with its capabilities and (model kinds) its :class:`KindHooks`.
 
         Registering a name twice from different code is refused (a plugin cannot silently
         replace a built-in); re-importing the same module re-registers harmlessly.
@@ -116,14 +154,32 @@ class Registry(Generic[F]):
                                   f"{old.module} and by {module}); choose another name.")
             doc = help or (factory.__doc__ or "").strip().split("\n")[0]
             self._entries[name] = Entry(name, factory, doc, frozenset(capabilities), module)
+            if hooks is not None:
+                self.add_hooks(name, **{f.name: getattr(hooks, f.name)
+                                        for f in dataclasses.fields(hooks)
+                                        if getattr(hooks, f.name) not in (None, "")})
             return factory
 
         return decorate
 
     def add(self, name: str, factory: Callable[..., Any], help: str = "",
-            capabilities: Iterable[str] = ()) -> None:
+            capabilities: Iterable[str] = (), hooks: KindHooks | None = None) -> None:
         """Register ``factory`` as ``name`` (the non-decorator form)."""
-        self.register(name, help, capabilities)(factory)
+        self.register(name, help, capabilities, hooks)(factory)
+
+    def add_hooks(self, name: str, **hooks: Any) -> None:
+        """Give the registered ``name`` these hooks (fields of :class:`KindHooks`), keeping
+        those it has: how a module other than the kind's own (its pictures, in
+        :mod:`pyro_vae.plots`) adds to it."""
+        if name not in self._entries:
+            raise ConfigError(f"hooks for the {self.kind} {name!r}, which is not registered; "
+                              "register it first (import its module).")
+        self._hooks[name] = dataclasses.replace(self._hooks.get(name, KindHooks()), **hooks)
+
+    def hooks(self, name: str) -> KindHooks:
+        """The hooks of ``name`` (the defaults where it supplies none)."""
+        self.entry(name)
+        return self._hooks.get(name, KindHooks())
 
     def registered_names(self) -> tuple[str, ...]:
         """The names registered so far, without loading the built-in modules first."""
@@ -147,13 +203,15 @@ class Registry(Generic[F]):
         """The entry called ``name``, or a :class:`ConfigError` listing the choices.
 
         A name of the form ``"package.module:factory"`` imports that factory and registers it
-        under that name (its capabilities from a ``capabilities`` attribute, if any): how a
-        model built in Python is recorded in a run so that every command can rebuild it.
+        under that name (its capabilities and hooks from ``capabilities`` and ``hooks``
+        attributes, if any): how a model built in Python is recorded in a run so that every
+        command can rebuild it.
         """
         entries = self._loaded()
         if name not in entries and ":" in name:
             factory = import_object(name, f"{self.where} = {name!r}")
-            self.add(name, factory, capabilities=getattr(factory, "capabilities", ()))
+            self.add(name, factory, capabilities=getattr(factory, "capabilities", ()),
+                     hooks=getattr(factory, "hooks", None))
         if name not in entries:
             raise ConfigError(
                 f"{self.where} = {name!r} is not one of {', '.join(map(repr, entries))}."

@@ -2,8 +2,8 @@
 
 ``optimizer_step`` backpropagates a loss, reads the loss and the gradient norm once, and raises
 :class:`NonFiniteStep` *before* the optimizer applies a step whose loss or gradient is not
-finite. The epoch loops (:mod:`pyro_vae.training`, M2's in :mod:`pyro_vae.models.semisupervised`)
-import it from here, below both of them.
+finite. The training loop (:mod:`pyro_vae.training`) takes every step of every model kind
+through it (a kind supplies its batches as a hook, not a loop of its own).
 """
 
 from __future__ import annotations

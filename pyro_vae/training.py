@@ -19,16 +19,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pyro
 import torch
 
-from pyro_vae import distributed, fidelity, plots
+from pyro_vae import distributed, fidelity
 from pyro_vae.config import Config
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
-from pyro_vae.models.discrete import write_discrete_pictures
 from pyro_vae.distributed import ProcessGroup
 from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
@@ -36,13 +35,15 @@ from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
-from pyro_vae.protocol import has
+from pyro_vae.plots.vae import default_pictures
+from pyro_vae.protocol import Epoch, has, hooks
 from pyro_vae.steps import NonFiniteStep, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
                            saved_config, set_rng_state, unsaved_start, write_json, write_metrics)
+from pyro_vae.summary import model_labels, split_scores
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
 MAX_ROLLBACKS = 3
@@ -117,39 +118,72 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
     return data.to(device)
 
 
+#: One step of an epoch: returns (loss to minimize, the batch shown if it goes non-finite,
+#: the step's weight in the epoch's mean training objective).
+StepLoss = Callable[[], tuple[torch.Tensor, torch.Tensor, int]]
+
+
+def minibatch_steps(epoch: Epoch) -> Iterator[StepLoss]:
+    """The default ``batches`` hook: the minibatches of one pass over ``epoch.x`` (with its
+    labels, for a kind that takes them), each weighing its size.
+
+    In a process group each process computes its share of every minibatch through
+    ``epoch.forward`` (the ``DistributedDataParallel`` wrapper of the objective module); see
+    :mod:`pyro_vae.distributed`.
+    """
+    x, labels, group = epoch.x, epoch.labels, epoch.group
+    for indices in minibatches(len(x), epoch.batch_size, x.device):
+        local, offset = (indices, 0) if group is None else group.shard(indices)
+
+        def step(indices: torch.Tensor = indices, local: torch.Tensor = local,
+                 offset: int = offset) -> tuple[torch.Tensor, torch.Tensor, int]:
+            batch = x[local]
+            with distributed.sharded_noise(group, len(indices), offset):
+                loss = epoch.forward(batch) if labels is None else \
+                    epoch.forward(batch, labels[local])
+            if group is not None:
+                loss = loss * group.loss_weight(len(local), len(indices))
+            return loss, batch, len(indices)
+
+        yield step
+
+
+def _run_steps(module: ObjectiveModule, optimizer: torch.optim.Optimizer,
+               steps: Iterator[StepLoss], schedule: KLSchedule, step: int, progress: Progress,
+               group: ProcessGroup | None = None) -> tuple[float, int]:
+    """Take the optimizer steps of one epoch (from a kind's ``batches`` hook); returns (mean
+    training objective per datapoint, new step).
+
+    A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
+    optimizer applies it, so the parameters stay those of the last good step.
+    """
+    vae = module.vae
+    parameters = list(module.parameters())
+    total, count = 0.0, 0
+    for step_loss in steps:
+        vae.kl_weight = schedule.weight(step)
+        if hasattr(module.objective, "at_step"):  # e.g. a relaxation's temperature schedule
+            module.objective.at_step(step)
+        loss, batch, weight = step_loss()
+        value = optimizer_step(loss, optimizer, parameters, batch, step, group)
+        step += 1
+        # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
+        total += value / vae.num_data * weight
+        count += weight
+        progress.step(-value / vae.num_data)
+    return -total / count, step
+
+
 def _train_epoch(module: ObjectiveModule, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                  batch_size: int, schedule: KLSchedule, step: int,
                  progress: Progress, labels: torch.Tensor | None = None,
                  group: ProcessGroup | None = None,
                  forward: torch.nn.Module | None = None) -> tuple[float, int]:
-    """One pass over ``x``; returns (mean training objective per datapoint, new step).
-
-    A step whose loss or gradient is not finite raises :class:`NonFiniteStep` *before* the
-    optimizer applies it, so the parameters stay those of the last good step. In a process
-    group each process computes its share of every minibatch through ``forward`` (the
-    ``DistributedDataParallel`` wrapper of ``module``); see :mod:`pyro_vae.distributed`.
-    """
-    vae = module.vae
-    forward = forward or module
-    parameters = list(module.parameters())
-    total, count = 0.0, 0
-    for indices in minibatches(len(x), batch_size, x.device):
-        vae.kl_weight = schedule.weight(step)
-        if hasattr(module.objective, "at_step"):  # e.g. a relaxation's temperature schedule
-            module.objective.at_step(step)
-        local, offset = (indices, 0) if group is None else group.shard(indices)
-        batch = x[local]
-        with distributed.sharded_noise(group, len(indices), offset):
-            loss = forward(batch) if labels is None else forward(batch, labels[local])
-        if group is not None:
-            loss = loss * group.loss_weight(len(local), len(indices))
-        value = optimizer_step(loss, optimizer, parameters, batch, step, group)
-        step += 1
-        # The loss is N/B times the batch's summed negative ELBO: divide by N for nats/point.
-        total += value / vae.num_data * len(indices)
-        count += len(indices)
-        progress.step(-value / vae.num_data)
-    return -total / count, step
+    """One pass over ``x`` in minibatches (:func:`minibatch_steps`); returns (mean training
+    objective per datapoint, new step)."""
+    epoch = Epoch(forward or module, x, labels, None, batch_size, None, group)
+    return _run_steps(module, optimizer, minibatch_steps(epoch), schedule, step, progress,
+                      group)
 
 
 def _set_learning_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
@@ -214,16 +248,6 @@ def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
             "collapsing where KL warm-up, a lower learning rate and other encoder scales did "
             "not; then --free-bits 0.1 (a KL floor per dimension), --kl-warmup-epochs 5, "
             "--beta below 1, or a smaller decoder.")
-
-
-def _classifier_input(config: Config, data: ImageData, split: str) -> dict[str, torch.Tensor]:
-    """M2's classifier reads a split's grey images (the likelihood their binarized draw)."""
-    return {"classifier_x": data.grey(split)} if config.model.kind == "m2" else {}
-
-
-def _model_labels(vae: VAE, y: torch.Tensor | None) -> torch.Tensor | None:
-    """The labels a conditional model is called with (``None`` for the others)."""
-    return y if getattr(vae, "conditional", False) else None
 
 
 def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
@@ -377,10 +401,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none",
                                temperature)
-    splits = None
-    if has(config, "labels"):
-        from pyro_vae.models.conditional import prepare_labelled
-        objective, splits = prepare_labelled(config, data, vae)
+    kind = hooks(config)
+    state = None  # what the kind's prepare hook hands to its batches hook
+    if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split
+        objective, state = kind.prepare(config, data, vae, objective)
+    batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
@@ -428,18 +453,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             vae.train()
             x_train = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
             progress.start_epoch(epoch, batches_per_epoch)
+            epoch_inputs = Epoch(forward, x_train, model_labels(vae, data.train_y), data,
+                                 config.train.batch_size, state, group)
             try:
-                if splits is not None:  # semi-supervised M2
-                    from pyro_vae.models.semisupervised import train_epoch
-                    grey = data.grey("train")  # the classifier reads the grey images
-                    train_elbo, new_step = train_epoch(
-                        module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
-                        x_train[splits[1]], config.train.batch_size, schedule, step, progress,
-                        grey[splits[0]], grey[splits[1]])
-                else:
-                    train_elbo, new_step = _train_epoch(
-                        module, optimizer, x_train, config.train.batch_size, schedule, step,
-                        progress, _model_labels(vae, data.train_y), group, forward)
+                train_elbo, new_step = _run_steps(module, optimizer, batches(epoch_inputs),
+                                                  schedule, step, progress, group)
             except NonFiniteStep as fault:
                 if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
                     where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
@@ -458,7 +476,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk,
-                                                       _model_labels(vae, data.valid_y)),
+                                                       model_labels(vae, data.valid_y)),
                    **activity, "collapse_warning": warning,
                    "kl_weight": vae.kl_weight,
                    "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
@@ -484,72 +502,23 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
 
 def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: list[dict],
             train_seconds: float, progress: Progress) -> dict[str, Any]:
-    """Score the test split, write ``summary.json`` and the pictures."""
+    """Score the test split, write ``summary.json`` and the pictures (the kind's hook)."""
     started = time.perf_counter()
-    num_samples = config.evaluate.num_samples
-    progress.start_evaluation(len(data.test_x), num_samples)
-    estimate = estimate_log_likelihood(vae, data.test_x, num_samples, config.evaluate.max_chunk,
-                                       progress=progress.evaluated,
-                                       y=_model_labels(vae, data.test_y))
-    progress.end_evaluation()
-    labelled = has(config, "labels")  # their encoders are q(z|x, y)
-    quadrants = has(config, "completions")
-    activity = {"active_units": 0} if not has(config, "latent_means") else \
-        latent_activity(vae, data.test_x, data.test_y if labelled else None)
+    scores = split_scores(config, vae, data, "test", config.evaluate.num_samples, progress)
     summary = {
         "dataset": config.data.dataset,
         "epochs": len(history),
         "steps": history[-1]["step"] if history else 0,
         "objective": config.train.objective,
-        "latent_dim": config.model.latent_dim,
-        "test_elbo": estimate.mean_elbo,
-        "test_elbo_stderr": estimate.elbo_stderr,
-        "test_log_likelihood": estimate.mean_log_likelihood,
-        "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
-        # Monte Carlo error of test_log_likelihood on these points (the stderr above is the
-        # spread over test points); see pyro_vae.evaluate.
-        "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
-        "num_importance_samples": estimate.num_samples,
-        # What test_log_likelihood estimates: log p(x), log p(x|y), ...
-        "score_name": getattr(vae, "score_name", "log p(x)"),
-        "num_test_datapoints": len(data.test_x),
+        **scores,
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
-        **activity,
-        **(vae.test_summary(data.test_x, data.test_y, **_classifier_input(config, data, "test"))
-           if hasattr(vae, "test_summary") else {}),
         **(fidelity.evaluate_label_fidelity(vae, data, run_dir,
                                             config.evaluate.label_fidelity_samples,
                                             config.train.seed)
-           if labelled and config.evaluate.label_fidelity_samples else {}),
+           if has(config, "labels") and config.evaluate.label_fidelity_samples else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }
     write_json(run_dir / SUMMARY, summary)
-    if quadrants:
-        from pyro_vae.models.quadrants import write_quadrant_pictures
-        write_quadrant_pictures(vae, data.test_x, data.image_shape, run_dir, history)
-    elif has(config, "categorical_latents"):
-        write_discrete_pictures(vae, data, run_dir, history)
-    elif labelled:
-        from pyro_vae.models.conditional import write_conditional_pictures
-        write_conditional_pictures(vae, data, run_dir, history)
-    elif has(config, "pictures"):
-        write_pictures(vae, data, run_dir, history, config.evaluate.latent_map)
-    elif history:
-        plots.save_elbo_curves(run_dir / "elbo.png", history)
+    (hooks(config).pictures or default_pictures)(vae, data, run_dir, history, config)
     return summary
-
-
-def write_pictures(vae: VAE, data: ImageData, run_dir: Path, history: list[dict],
-                   latent_map: str = "tsne") -> None:
-    """``samples.png``, ``reconstructions.png``, ``interpolation.png``, ``latent.png``,
-    ``elbo.png`` and ``kl.png``."""
-    shape = data.image_shape
-    plots.save_samples(run_dir / "samples.png", vae, shape, reference=data.test_x)
-    plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
-    plots.save_interpolation(run_dir / "interpolation.png", vae, data.test_x, shape)
-    plots.save_latent_map(run_dir / "latent.png", vae, data.test_x, data.test_y,
-                          method=latent_map)
-    if history:
-        plots.save_elbo_curves(run_dir / "elbo.png", history)
-        plots.save_kl_curves(run_dir / "kl.png", history)

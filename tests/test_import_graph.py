@@ -65,3 +65,17 @@ def test_the_package_import_graph_has_no_cycle():
     assert len(graph) > 30 and "pyro_vae.training" in graph["pyro_vae"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_training_loop_and_the_commands_name_no_model_kind():
+    """A kind supplies hooks and capabilities; the loop, the summary and the commands call
+    them and never compare ``kind`` with a built-in kind's name."""
+    from pyro_vae.registry import MODEL_KINDS
+
+    kinds = set(MODEL_KINDS.choices())
+    files = [PACKAGE / "training.py", PACKAGE / "summary.py", PACKAGE / "fitting.py",
+             *PACKAGE.glob("cli*.py"), *PACKAGE.glob("cli/*.py")]
+    named = {f"{path.name}:{node.lineno}: {node.value!r}"
+             for path in files for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+             if isinstance(node, ast.Constant) and node.value in kinds}
+    assert len(files) >= 5 and not named, sorted(named)

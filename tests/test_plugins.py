@@ -83,6 +83,11 @@ def test_the_example_plugin_trains_from_a_recipe_and_every_command_runs(
     assert PLUGIN in config.plugins  # recorded, so later commands load it themselves
     assert model.replace(" ", "") in (run / "config.toml").read_text().replace(" ", "")
     _commands_work(capsys, run)
+    if "tied_vae" in model:  # the kind's hooks: its summary entry (train and evaluate alike)
+        summary = json.loads((run / "summary.json").read_text())  # and its pictures
+        code, out, _ = _cli(capsys, "evaluate", run, "--num-samples", 8, "--json")
+        assert summary["tied_weight_norm"] == json.loads(out)["tied_weight_norm"] > 0
+        assert (run / "filters.png").exists() and (run / "samples.png").exists()
 
 
 def test_a_run_whose_plugin_is_missing_names_the_module_to_install(tmp_path, capsys):

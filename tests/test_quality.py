@@ -28,7 +28,6 @@ from pyro_vae.training import COLLAPSE_KL, collapse_warning, prepare_data, train
 
 IMAGE = (1, 4, 4)
 #: The training module (``pyro_vae.train`` is the function it defines).
-train_module = importlib.import_module("pyro_vae.training")
 
 
 @pytest.fixture
@@ -44,7 +43,8 @@ def one_thread():
 @pytest.fixture
 def no_pictures(monkeypatch):
     """Training runs here are about numbers; drawing their PNGs would triple their time."""
-    monkeypatch.setattr(train_module, "write_pictures", lambda *args: None)
+    monkeypatch.setattr(importlib.import_module("pyro_vae.plots.vae"), "write_pictures",
+                        lambda *args: None)
 
 
 def _binary_data(count: int = 300) -> torch.Tensor:

@@ -22,17 +22,15 @@ and the importance-sampled estimate of :func:`pyro_vae.evaluate.estimate_log_lik
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.infer import ELBO, TraceEnum_ELBO
+from pyro.infer import ELBO
 from torch import nn
 
-from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
@@ -40,7 +38,7 @@ from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
 if TYPE_CHECKING:
     from pyro_vae.config import Config
@@ -220,8 +218,27 @@ class ConditionalVAE(VAE):
         return self.likelihood.mean(self.decoder(z, labels))
 
 
+def check_data_labels(config: "Config", data: "ImageData") -> None:
+    """Refuse data without labels in ``0 .. num_classes − 1`` on any split (one paragraph
+    naming the split)."""
+    source = f"dataset {config.data.dataset!r}"
+    check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
+    check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
+    check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
+
+
+def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective: ELBO
+            ) -> tuple[ELBO, None]:
+    """The ``prepare`` hook of the kind ``cvae``: the data must have labels; the objective
+    is the one configured."""
+    check_data_labels(config, data)
+    return objective, None
+
+
 @MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
-                      capabilities={"labels", "conditional", "pictures", "latent_means"})
+                      capabilities={"labels", "conditional", "pictures", "latent_means"},
+                      hooks=KindHooks(display_name="label-conditional VAE",
+                                      prepare=prepare))
 def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                           num_data: int | None = None) -> ConditionalVAE:
     """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``."""
@@ -242,54 +259,6 @@ def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]
     decoder = LabelledMLPDecoder(config.latent_dim, num_pixels, config.hidden_dims, classes,
                                  config.activation)
     return LabelledEncoder(encoder, classes), decoder
-
-
-def prepare_labelled(config: "Config", data: "ImageData", vae: ConditionalVAE
-                     ) -> tuple[ELBO, tuple[torch.Tensor, torch.Tensor] | None]:
-    """Check that the data have labels and set up the objective of a ``cvae`` or ``m2`` run.
-
-    Returns (objective, splits): splits is ``None`` for the CVAE, and the (labelled,
-    unlabelled) training indices for M2, whose objective is ``TraceEnum_ELBO`` so that the
-    missing labels are summed out.
-    """
-    from pyro_vae.objectives import MAX_PLATE_NESTING, make_objective
-
-    source = f"dataset {config.data.dataset!r}"
-    check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
-    check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
-    check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
-    particles = config.train.particles
-    if config.model.kind == "cvae":
-        return make_objective(config.train.objective, particles, config.train.alpha), None
-    num_labels = config.data.num_labels or len(data.train_y)
-    labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
-                               config.train.seed)
-    unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
-    unlabelled[labelled] = False
-    unlabelled = unlabelled.nonzero().squeeze(-1)
-    vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
-    vae.aux_loss_weight = config.train.aux_loss_weight
-    objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
-                               max_plate_nesting=MAX_PLATE_NESTING)
-    return objective, (labelled, unlabelled)
-
-
-@torch.no_grad()
-def write_conditional_pictures(vae: ConditionalVAE, data: "ImageData", run_dir: Path,
-                               history: list[dict], columns: int = 8) -> None:
-    """``samples.png`` (every label × ``columns`` draws of z), ``reconstructions.png`` (given
-    the true labels) and ``elbo.png``."""
-    shape = data.image_shape
-    device = next(vae.parameters()).device
-    plots.save_image_grid(run_dir / "samples.png", vae.label_grid(columns, device), shape,
-                          columns, "E[x|z, y]: one row per label y, one column per z ~ p(z)")
-    count = max(1, min(10, len(data.test_x)))
-    x, y = data.test_x[:count], data.test_y[:count]
-    plots.save_image_grid(run_dir / "reconstructions.png",
-                          torch.cat([x, vae.reconstruct(x, y)]), shape, count,
-                          "inputs (top) and reconstructions given their labels (bottom)")
-    if history:
-        plots.save_elbo_curves(run_dir / "elbo.png", history)
 
 
 def labelled_subset(y: torch.Tensor, num_labels: int, num_classes: int, seed: int = 0

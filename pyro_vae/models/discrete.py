@@ -31,8 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import pyro
 import pyro.distributions as dist
@@ -40,16 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.models.base import data_plate, kl_scale
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
-if TYPE_CHECKING:
-    from pyro_vae.data import ImageData
 
 #: Largest number of codes C^K that the exact sums (log p(x), ELBO) enumerate.
 MAX_EXACT_CONFIGURATIONS = 4096
@@ -289,9 +285,17 @@ class DiscreteVAE(nn.Module):
                                              "variables at a test image's mode")
 
 
+def test_summary(vae: DiscreteVAE, data: Any, split: str, config: Any) -> dict[str, Any]:
+    """The ``test_summary`` hook of the kind ``discrete``: the code's size, and the exact
+    log p(x) and ELBO of the split where the codes can be enumerated."""
+    return vae.test_summary(*data.split(split))
+
+
 @MODEL_KINDS.register("discrete", help="K categorical latents of C classes",
                       capabilities={"categorical_latents", "pictures", "latent_means",
-                                    "estimator_lab"})
+                                    "estimator_lab"},
+                      hooks=KindHooks(display_name="VAE with a discrete code",
+                                      test_summary=test_summary))
 def build_discrete_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                        num_data: int | None = None) -> DiscreteVAE:
     """The discrete VAE a ``[model]`` table describes (MLP encoder and decoder)."""
@@ -302,17 +306,3 @@ def build_discrete_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
     return DiscreteVAE(encoder, decoder, likelihood, config.categorical_latents,
                        config.categories, config.discrete_prior == "learned", num_data)
-
-
-def write_discrete_pictures(vae: DiscreteVAE, data: "ImageData", run_dir: Path,
-                            history: list[dict]) -> None:
-    """``samples.png``, ``reconstructions.png``, ``categories.png`` (what each category codes)
-    and ``elbo.png``."""
-    shape = data.image_shape
-    plots.save_samples(run_dir / "samples.png", vae, shape)
-    plots.save_reconstructions(run_dir / "reconstructions.png", vae, data.test_x, shape)
-    with torch.no_grad():
-        images, columns, title = vae.category_grid(data.test_x)
-    plots.save_image_grid(run_dir / "categories.png", images, shape, columns, title)
-    if history:
-        plots.save_elbo_curves(run_dir / "elbo.png", history)

@@ -28,21 +28,19 @@ Given pixels enter the networks as they are, missing ones as −1 (as in the tut
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_vae import plots
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import BernoulliLikelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import MLPDecoder, MLPEncoder, mlp
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
-from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
 #: Value of the missing pixels in a network's input.
 MISSING = -1.0
@@ -149,9 +147,11 @@ class QuadrantCVAE(_QuadrantModel):
 
 
 @MODEL_KINDS.register("quadrant_baseline", help="complete images from quadrants: a deterministic "
-                      "network", capabilities={"no_latents", "completions"})
+                      "network", capabilities={"no_latents", "completions"},
+                      hooks=KindHooks(display_name="quadrant-completion baseline"))
 @MODEL_KINDS.register("quadrant_cvae", help="complete images from quadrants: a CVAE",
-                      capabilities={"completions", "latent_means"})
+                      capabilities={"completions", "latent_means"},
+                      hooks=KindHooks(display_name="quadrant-completion CVAE"))
 def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
                          num_data: int | None = None) -> _QuadrantModel:
     """``quadrant_baseline`` or ``quadrant_cvae`` as the ``[model]`` table describes it."""
@@ -169,18 +169,3 @@ def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
     generation = MLPDecoder(config.latent_dim + num_pixels, num_pixels, hidden,
                             config.activation)
     return QuadrantCVAE(recognition, generation, prior, given, num_data)
-
-
-@torch.no_grad()
-def write_quadrant_pictures(model: _QuadrantModel, x: torch.Tensor,
-                            image_shape: tuple[int, int, int], run_dir: Path,
-                            history: list[dict], count: int = 8, completions: int = 4) -> None:
-    """``completions.png``: per column one test image: its input (missing pixels grey), the
-    ground truth, then ``completions`` predictions; and ``elbo.png``."""
-    x = x[:count]
-    shown_input = torch.where(model.given, x, torch.full_like(x, 0.5))
-    rows = [shown_input, x, *model.predict(x, completions)]
-    plots.save_image_grid(run_dir / "completions.png", torch.cat(rows), image_shape, len(x),
-                          "input, ground truth, then completions (one row each)")
-    if history:
-        plots.save_elbo_curves(run_dir / "elbo.png", history)

@@ -39,23 +39,26 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
-from pyro_vae.models.conditional import ConditionalVAE, labelled_networks, labelled_subset
-from pyro_vae.config import ModelConfig
-from pyro_vae.data import minibatches
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.data import ImageData, minibatches
+from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labelled_networks,
+                                         labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.registry import MODEL_KINDS
-from pyro_vae.steps import optimizer_step
+from pyro_vae.objectives.particles import MAX_PLATE_NESTING
+from pyro_vae.protocol import Epoch
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
 
 class M2(ConditionalVAE):
@@ -175,14 +178,6 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
               config.num_classes, aux_loss_weight)
 
 
-@MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
-                      capabilities={"labels", "conditional", "semi_supervised",
-                                    "discrete_latents", "pictures", "latent_means"})
-def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
-                   num_data: int | None = None) -> M2:
-    return build_m2(config, image_shape)
-
-
 def _cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
     """A function returning the next ``batch_size`` indices of ever fresh permutations."""
     state = {"batches": iter(())}
@@ -196,43 +191,77 @@ def _cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], tor
     return next_batch
 
 
-def train_epoch(module, optimizer: torch.optim.Optimizer, x_labelled: torch.Tensor,
-                y_labelled: torch.Tensor, x_unlabelled: torch.Tensor, batch_size: int,
-                schedule, step: int, progress, grey_labelled: torch.Tensor | None = None,
-                grey_unlabelled: torch.Tensor | None = None) -> tuple[float, int]:
-    """One pass over the larger split; every step adds a labelled and an unlabelled batch.
+def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
+            ) -> tuple[ELBO, tuple[torch.Tensor, torch.Tensor]]:
+    """The ``prepare`` hook of the kind ``m2``: the data must have labels; keeps the labels of
+    ``[data] num_labels`` training points (balanced across classes), sizes the two splits'
+    plates, and trains with ``TraceEnum_ELBO`` so that the missing labels are summed out.
 
-    ``grey_labelled`` and ``grey_unlabelled`` are the grey images of which ``x_labelled`` and
-    ``x_unlabelled`` are binarized draws: the classifier reads them (default: ``x`` itself).
+    Returns (objective, (labelled, unlabelled) training indices).
+    """
+    check_data_labels(config, data)
+    particles = config.train.particles
+    num_labels = config.data.num_labels or len(data.train_y)
+    labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
+                               config.train.seed)
+    unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
+    unlabelled[labelled] = False
+    unlabelled = unlabelled.nonzero().squeeze(-1)
+    vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
+    vae.aux_loss_weight = config.train.aux_loss_weight
+    objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
+                               max_plate_nesting=MAX_PLATE_NESTING)
+    return objective, (labelled, unlabelled)
 
-    Returns (mean training objective per datapoint, new step), like
-    :func:`pyro_vae.training._train_epoch`, and raises ``NonFiniteStep`` the same way.
+
+def batches(epoch: Epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
+    """The ``batches`` hook of the kind ``m2``: one pass over the larger split, every step
+    adding a labelled and an unlabelled batch (cycling through the smaller split).
+
+    The classifier reads the grey images of which the training inputs are binarized draws
+    (``data.grey``). Each step weighs 1 in the epoch's mean: its loss estimates the negative
+    objective summed over both splits.
     """
     # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
-
-    vae = module.vae
-    parameters = list(module.parameters())
+    labelled_indices, unlabelled_indices = epoch.state
+    grey = epoch.data.grey("train")
+    x_labelled, x_unlabelled = epoch.x[labelled_indices], epoch.x[unlabelled_indices]
+    y_labelled = epoch.data.train_y[labelled_indices]
+    grey_labelled, grey_unlabelled = grey[labelled_indices], grey[unlabelled_indices]
     num_l, num_u = len(x_labelled), len(x_unlabelled)
+    batch_size = epoch.batch_size
     num_steps = math.ceil(max(num_l, num_u) / batch_size)
     next_labelled = _cycled_batches(num_l, min(batch_size, num_l), x_labelled.device)
     next_unlabelled = _cycled_batches(num_u, batch_size, x_labelled.device) if num_u else None
-    total = 0.0
-    for _ in range(num_steps):
-        vae.kl_weight = schedule.weight(step)
+
+    def step() -> tuple[torch.Tensor, torch.Tensor, int]:
         labelled = next_labelled()
-        grey = {} if grey_labelled is None else {"classifier_x": grey_labelled[labelled]}
-        loss = module(x_labelled[labelled], y_labelled[labelled], **grey)
         batch = x_labelled[labelled]
+        loss = epoch.forward(batch, y_labelled[labelled],
+                             classifier_x=grey_labelled[labelled])
         if next_unlabelled is not None:
             unlabelled = next_unlabelled()
             batch = x_unlabelled[unlabelled]
-            grey = {} if grey_unlabelled is None else \
-                {"classifier_x": grey_unlabelled[unlabelled]}
-            loss = loss + module(batch, **grey)
-        value = optimizer_step(loss, optimizer, parameters, batch, step)
-        step += 1
-        # The loss estimates the negative objective summed over both splits.
-        total += value / vae.num_data
-        progress.step(-value / vae.num_data)
-    return -total / num_steps, step
+            loss = loss + epoch.forward(batch, classifier_x=grey_unlabelled[unlabelled])
+        return loss, batch, 1
+
+    for _ in range(num_steps):
+        yield step
+
+
+def test_summary(vae: M2, data: ImageData, split: str, config: Config) -> dict[str, Any]:
+    """The ``test_summary`` hook of the kind ``m2``: the classifier's accuracy on the split
+    (read from its grey images)."""
+    x, y = data.split(split)
+    return vae.test_summary(x, y, classifier_x=data.grey(split))
+
+
+@MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
+                      capabilities={"labels", "conditional", "semi_supervised",
+                                    "discrete_latents", "pictures", "latent_means"},
+                      hooks=KindHooks(display_name="semi-supervised M2 model", prepare=prepare,
+                                      batches=batches, test_summary=test_summary))
+def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
+                   num_data: int | None = None) -> M2:
+    return build_m2(config, image_shape)

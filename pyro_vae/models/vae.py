@@ -15,12 +15,13 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import build_networks
 from pyro_vae.priors import build_prior
-from pyro_vae.registry import MODEL_KINDS, BuildContext
+from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
 
 @MODEL_KINDS.register("vae", help="p(z) p(x|z) with any registered prior, guide, likelihood",
                       capabilities={"components", "pictures", "latent_means",
-                                    "estimator_lab"})
+                                    "estimator_lab"},
+                      hooks=KindHooks(display_name="VAE"))
 def build_plain_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                     num_data: int | None = None) -> VAE:
     """The VAE of kind ``vae``: networks, likelihood, prior and guide from the registries

@@ -6,6 +6,10 @@
 W (the encoder's first layer) is shared by both directions. The class writes its own
 ``model`` and ``guide`` (the Pyro way: a ``data`` plate, ``pyro.module``) and inherits from
 pyro-vae's VAE the helpers the commands use (scoring, sampling, pictures).
+
+The kind also supplies two hooks (``KindHooks``): ``test_summary`` adds the norm of the shared
+layer to ``summary.json`` and to ``pyro-vae evaluate``, and ``pictures`` draws the shared
+layer's filters beside the default pictures.
 """
 
 import pyro
@@ -15,8 +19,10 @@ from torch import nn
 
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE
+from pyro_vae.plots import save_image_grid
+from pyro_vae.plots.vae import default_pictures
 from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.registry import MODEL_KINDS
+from pyro_vae.registry import MODEL_KINDS, KindHooks
 
 
 class TiedEncoder(nn.Module):
@@ -62,8 +68,26 @@ class TiedVAE(VAE):
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 
+def shared_weight_norm(vae, data, split, config):
+    """Hook ``test_summary``: the Frobenius norm of the shared layer W."""
+    return {"tied_weight_norm": float(vae.encoder.first.weight.norm())}
+
+
+@torch.no_grad()
+def pictures(vae, data, run_dir, history, config):
+    """Hook ``pictures``: the default pictures, and ``filters.png`` (up to 16 rows of W as
+    images, each scaled to [0, 1])."""
+    default_pictures(vae, data, run_dir, history, config)
+    rows = vae.encoder.first.weight[:16]
+    low, high = rows.min(-1, keepdim=True).values, rows.max(-1, keepdim=True).values
+    save_image_grid(run_dir / "filters.png", (rows - low) / (high - low + 1e-12),
+                    data.image_shape, 8, "rows of the shared layer W")
+
+
 @MODEL_KINDS.register("tied_vae", help="VAE whose decoder reuses the encoder's first layer",
-                      capabilities={"pictures", "latent_means", "estimator_lab"})
+                      capabilities={"pictures", "latent_means", "estimator_lab"},
+                      hooks=KindHooks(display_name="tied VAE", test_summary=shared_weight_norm,
+                                      pictures=pictures))
 def build(config, image_shape, num_data=None):
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     hidden = config.hidden_dims[0] if config.hidden_dims else 64
