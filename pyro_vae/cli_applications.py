@@ -12,7 +12,7 @@ from pyro_vae.protocol import display_name, has
 def add_application_parsers(commands) -> None:
     anomaly = commands.add_parser(
         "anomaly", help="anomaly scores of test data against other datasets (AUROC, AUPRC, "
-        "FPR at 95% TPR)",
+        "FPR at 95%% TPR)",
         description="Score the run's test images and each other dataset's test images by "
         "log p(x), the ELBO, likelihood regret, input complexity and (with --background) a "
         "background likelihood ratio, and test batches for typicality; write one table "

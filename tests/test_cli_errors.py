@@ -123,3 +123,18 @@ def test_checkpoints_from_before_a_new_config_key_still_load(trained_run, capsys
     torch.save(checkpoint, trained_run / "checkpoint.pt")
     code, err = run_cli(capsys, "evaluate", str(trained_run), "--num-samples", "4")
     assert code == 0, err
+
+
+def test_the_help_of_pyro_vae_and_of_every_command_prints(capsys):
+    """A "%" in a help text must be written "%%" (argparse formats help with it)."""
+    import argparse
+
+    from pyro_vae.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "evaluate", "sample", "anomaly", "gaps"} <= set(commands)
+    for argv in (["--help"], *([name, "--help"] for name in commands)):
+        with pytest.raises(SystemExit) as stopped:
+            main(argv)
+        assert stopped.value.code == 0 and "usage:" in capsys.readouterr().out
