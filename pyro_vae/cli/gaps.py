@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from pyro_vae.cli_applications import positive_flag, refuse_kind
+from pyro_vae.cli.applications import positive_flag, refuse_kind
 
 
 def add_diagnostics_parsers(commands) -> None:
@@ -56,7 +56,7 @@ class _Bars:
 
 
 def command_gaps(args: argparse.Namespace) -> int:
-    from pyro_vae.cli_applications import _load
+    from pyro_vae.cli.applications import _load
     from pyro_vae.errors import ConfigError
 
     for flag in ("n", "num_samples", "steps", "nuts_points", "chains", "draws"):

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_parsers,
+from pyro_vae.cli.applications import (APPLICATION_COMMANDS, add_application_parsers,
                                        check_same_shape, positive_flag as _positive_flag)
-from pyro_vae.cli_diagnostics import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
+from pyro_vae.cli.gaps import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.protocol import has
 from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS,
