@@ -1,4 +1,5 @@
-"""``pyro-vae gaps``: the inference-gap decomposition and posterior diagnostics of a trained run."""
+"""`pyro-vae gaps`: inference gaps (approximation vs amortization) and NUTS posterior
+diagnostics with ArviZ."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import math
 import sys
 from pathlib import Path
 
-from pyro_vae.cli.applications import positive_flag, refuse_kind
+import torch
+
+from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
+from pyro_vae.errors import ConfigError
+from pyro_vae.models.bayesian import weight_posterior_draws
+from pyro_vae.runs import make_run_dir, write_json
 
 
-def add_diagnostics_parsers(commands) -> None:
-    gaps = commands.add_parser(
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
         "gaps", help="inference gaps (approximation vs amortization) and NUTS posterior "
         "diagnostics with ArviZ",
         description="For the first N test images: log p(x) by importance sampling, the ELBO of "
@@ -20,26 +26,25 @@ def add_diagnostics_parsers(commands) -> None:
         "posterior p(z|x) with NUTS for the first --nuts-points images. Writes gaps.json, "
         "posterior_nuts.nc, posterior_q.nc, log_likelihood.nc (ArviZ netCDF) and "
         "posterior_comparison.png.")
-    gaps.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
-    gaps.add_argument("--n", type=int, default=100, help="test images (default 100)")
-    gaps.add_argument("--num-samples", type=int, default=5000,
+    parser.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    parser.add_argument("--n", type=int, default=100, help="test images (default 100)")
+    parser.add_argument("--num-samples", type=int, default=5000,
                       help="K importance samples for log p(x) and each ELBO (default 5000)")
-    gaps.add_argument("--steps", type=int, default=500,
+    parser.add_argument("--steps", type=int, default=500,
                       help="Adam steps optimizing q* per image (default 500)")
-    gaps.add_argument("--lr", type=float, default=0.01, help="Adam learning rate for q*")
-    gaps.add_argument("--nuts-points", type=int, default=4,
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam learning rate for q*")
+    parser.add_argument("--nuts-points", type=int, default=4,
                       help="test images whose posterior NUTS draws (default 4)")
-    gaps.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
-    gaps.add_argument("--draws", type=int, default=500, help="NUTS draws per chain "
+    parser.add_argument("--chains", type=int, default=4, help="NUTS chains (default 4)")
+    parser.add_argument("--draws", type=int, default=500, help="NUTS draws per chain "
                       "(default 500, after as many warm-up steps)")
-    gaps.add_argument("--seed", type=int, default=0)
-    gaps.add_argument("--data-dir", help="data folder (for MNIST-family runs)")
-    gaps.add_argument("--out", help="output folder (default RUN_DIR)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-dir", help="data folder (for MNIST-family runs)")
+    parser.add_argument("--out", help="output folder (default RUN_DIR)")
 
 
 class _Bars:
     """One tqdm bar per stage of the library's progress reports."""
-
     def __init__(self) -> None:
         self.bars: dict = {}
 
@@ -55,10 +60,7 @@ class _Bars:
             bar.close()
 
 
-def command_gaps(args: argparse.Namespace) -> int:
-    from pyro_vae.cli.applications import _load
-    from pyro_vae.errors import ConfigError
-
+def run(args: argparse.Namespace) -> int:
     for flag in ("n", "num_samples", "steps", "nuts_points", "chains", "draws"):
         positive_flag(flag.replace("_", "-"), getattr(args, flag))
     if args.chains < 2:
@@ -66,7 +68,7 @@ def command_gaps(args: argparse.Namespace) -> int:
                           "least 2.")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise ConfigError(f"--lr {args.lr} must be a finite positive number.")
-    config, vae, data = _load(args.run_dir, args.data_dir)
+    config, vae, data = load_run(args.run_dir, args.data_dir)
     refuse_kind(config, args.run_dir, "gaps", ("labels", "completions"),
                 "the gaps compare q(z|x) with the exact posterior p(z|x) of an unconditional "
                 "VAE, which this model does not have. Measure them on a --model vae run.")
@@ -78,9 +80,8 @@ def command_gaps(args: argparse.Namespace) -> int:
 def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> int:
     """The gaps of a Bayesian decoder are those of its posterior-mean decoder; q(W) is written
     beside them as ``posterior_weights.nc``."""
-    import torch
-
-    from pyro_vae.models.bayesian import weight_posterior_draws
+    # pyro_vae.diagnostics imports arviz, which takes about as long to import as torch; only
+    # this command needs it, so it is imported here rather than on every start of pyro-vae.
     from pyro_vae.diagnostics import inference_data_from_draws, save_inference_data
 
     torch.manual_seed(args.seed)
@@ -97,13 +98,9 @@ def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> in
 
 
 def _gaps(args: argparse.Namespace, config, vae, data) -> int:
-    import torch
-
     from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_draws,
                                       inference_gaps, log_likelihood_inference_data,
-                                      save_inference_data, save_posterior_comparison)
-    from pyro_vae.errors import ConfigError
-    from pyro_vae.runs import make_run_dir, write_json
+                                      save_inference_data, save_posterior_comparison)  # arviz
 
     x = data.test_x[: args.n]
     if args.nuts_points > len(x):
@@ -159,6 +156,3 @@ def format_gaps(report: dict) -> str:
                  f"{nuts['draws']} draws, max R-hat {nuts['max_r_hat']:.3f}, min bulk ESS "
                  f"{nuts['min_ess_bulk']:.0f}, {nuts['divergences']} divergences")
     return "\n".join(lines)
-
-
-DIAGNOSTICS_COMMANDS = {"gaps": command_gaps}

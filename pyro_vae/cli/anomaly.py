@@ -1,0 +1,219 @@
+"""`pyro-vae anomaly`: anomaly scores of test data against other datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pyro_vae import anomaly
+from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
+from pyro_vae.errors import ConfigError
+from pyro_vae.evaluate import estimate_log_likelihood
+from pyro_vae.runs import load_trained, make_run_dir, write_json
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "anomaly", help="anomaly scores of test data against other datasets (AUROC, AUPRC, "
+        "FPR at 95%% TPR)",
+        description="Score the run's test images and each other dataset's test images by "
+        "log p(x), the ELBO, likelihood regret, input complexity and (with --background) a "
+        "background likelihood ratio, and test batches for typicality; write one table "
+        "(anomaly.json, printed) and one figure of histograms (anomaly.png). Higher scores "
+        "mean more anomalous. The formulas and references are in pyro_vae/anomaly.py.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--against", required=True, nargs="+", metavar="DATA",
+                         help="one or more other datasets (same image shape), e.g. mnist "
+                         "fashion-mnist")
+    parser.add_argument("--score", action="append", metavar="NAME",
+                         help="a score to compute (repeat for several): log-likelihood, elbo, "
+                         "regret, complexity, likelihood-ratio, typicality (default: all but "
+                         "likelihood-ratio, which --background adds)")
+    parser.add_argument("--background", action="store_true",
+                         help="train a background model on perturbed training images for the "
+                         "likelihood ratio (kept in OUT/background and reused)")
+    parser.add_argument("--background-rate", type=float, default=0.2,
+                         help="probability that a pixel is replaced by noise for the background "
+                         "model (default 0.2)")
+    parser.add_argument("--background-epochs", type=int, default=1,
+                         help="training epochs of the background model (default 1)")
+    parser.add_argument("--num-samples", type=int, default=200, help="K (default 200)")
+    parser.add_argument("--limit", type=int, default=1000,
+                         help="images scored from each dataset (default 1000)")
+    parser.add_argument("--regret-steps", type=int, default=50,
+                         help="Adam steps of the per-image re-fit of q (default 50)")
+    parser.add_argument("--regret-draws", type=int, default=32,
+                         help="common draws per image for the re-fitted ELBO (default 32)")
+    parser.add_argument("--compressor", default="png",
+                         help="lossless compressor for the input complexity L(x): png "
+                         "(default) or zlib (raw 8-bit pixels)")
+    parser.add_argument("--typicality-batch", type=int, default=10,
+                         help="images per batch of the typicality test (default 10)")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/anomaly)")
+
+
+def run(args: argparse.Namespace) -> int:
+
+    for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch"):
+        positive_flag(name, getattr(args, name.replace("-", "_")))
+    scores = tuple(dict.fromkeys(args.score or anomaly.DEFAULT_SCORES))
+    for score in scores:
+        if score not in anomaly.SCORES:
+            raise ConfigError(f"--score {score!r} is not a score; choose from "
+                              f"{', '.join(anomaly.SCORES)}.")
+    if args.compressor not in anomaly.COMPRESSORS:
+        raise ConfigError(f"--compressor {args.compressor!r} is not one of "
+                          f"{', '.join(anomaly.COMPRESSORS)}.")
+    if args.background and "likelihood-ratio" not in scores:
+        scores = (*scores, "likelihood-ratio")
+    settings = anomaly.BackgroundSettings(rate=args.background_rate,
+                                          epochs=args.background_epochs)
+    settings.validate()
+    if len(set(args.against)) != len(args.against):
+        raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
+                          "each once.")
+    config, vae, data = load_run(args.run_dir, args.data_dir)
+    refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
+                "anomaly scores an image by log p(x), but this model scores images only "
+                "given a label or given the rest of the image. Train a plain VAE on the same "
+                "data (pyro-vae train --model vae ...) and score with that run.")
+    others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
+    if "regret" in scores:
+        try:
+            anomaly.check_regret_supported(vae, data.test_x[:1])
+        except ConfigError as error:
+            if args.score:  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "regret")
+            print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
+    make_run_dir(out)
+
+    background, background_report = None, None
+    if "likelihood-ratio" in scores:
+        background, background_report = _background_model(config, data, out / "background",
+                                                          settings)
+    score_settings = anomaly.ScoreSettings(num_samples=args.num_samples,
+                                           regret_steps=args.regret_steps,
+                                           regret_draws=args.regret_draws,
+                                           compressor=args.compressor)
+    per_image = tuple(s for s in scores if s in anomaly.PER_IMAGE_SCORES)
+    torch.manual_seed(0)
+    normal = anomaly.score_images(vae, data.test_x[: args.limit], data.image_shape, per_image,
+                                  score_settings, background)
+    against = {name: anomaly.score_images(vae, other.test_x[: args.limit], data.image_shape,
+                                          per_image, score_settings, background)
+               for name, other in others.items()}
+    table = anomaly.metrics_table(normal, against)
+    warnings = []
+    for name, scored in against.items():
+        by_log_p = anomaly.detection_metrics(-normal["_log_p"], -scored["_log_p"]).auroc
+        if by_log_p < 0.5:
+            warnings.append(
+                f"AUROC by log p(x) of {config.data.dataset} against {name} is {by_log_p:.3f}, "
+                f"below chance: the model finds {name} *more* likely than its own test images "
+                "(Nalisnick et al. 2019). Do not use log p(x) or the ELBO for this pair; use "
+                "a corrected score (regret, complexity, likelihood-ratio) or the typicality "
+                "test on batches.")
+
+    typicality, batch_stats = {}, {}
+    if "typicality" in scores:
+        train_log_p = estimate_log_likelihood(vae, data.train_x[: args.limit],
+                                              args.num_samples).log_likelihood
+        valid_log_p = estimate_log_likelihood(vae, data.valid_x[: args.limit],
+                                              args.num_samples).log_likelihood
+        for name, scored in against.items():
+            result, normal_stats, other_stats = anomaly.typicality_test(
+                train_log_p, valid_log_p, normal["_log_p"], scored["_log_p"],
+                args.typicality_batch)
+            typicality[name] = vars(result)
+            batch_stats[name] = (normal_stats, other_stats, result.threshold)
+
+    report = {
+        "run_dir": args.run_dir, "dataset": config.data.dataset, "against": args.against,
+        "scores": list(scores), "higher_is_more_anomalous": True,
+        "num_samples": args.num_samples, "num_images": len(normal["_log_p"]),
+        "num_images_against": {name: len(s["_log_p"]) for name, s in against.items()},
+        "metrics": table, "typicality": typicality,
+        "mean_log_likelihood": float(normal["_log_p"].mean()),
+        "mean_log_likelihood_against": {name: float(s["_log_p"].mean())
+                                        for name, s in against.items()},
+        "regret": {"steps": args.regret_steps, "draws": args.regret_draws,
+                   "learning_rate": score_settings.regret_learning_rate}
+        if "regret" in scores else None,
+        "compressor": args.compressor if "complexity" in scores else None,
+        "background": background_report, "warnings": warnings,
+    }
+    panels = [(f"{anomaly.SCORE_LABELS[s]}: AUROC "
+               + ", ".join(f"{table[name][s]['auroc']:.3f}" for name in against),
+               normal[s].float(), {name: against[name][s].float() for name in against}, "score")
+              for s in per_image]
+    if batch_stats:
+        normal_stats = next(iter(batch_stats.values()))[0]
+        panels.append((f"typicality, batches of {args.typicality_batch}: detected "
+                       + ", ".join(f"{typicality[name]['detection_rate']:.2f}"
+                                   for name in against),
+                       normal_stats.float(),
+                       {name: stats[1].float() for name, stats in batch_stats.items()},
+                       "ε̂ = |mean −log p(x) − Ĥ| per batch"))
+    write_json(out / "anomaly.json", report)
+    anomaly.save_histograms(out / "anomaly.png", panels, config.data.dataset)
+    print(_anomaly_table(config.data.dataset, report))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
+    return 0
+
+
+def _background_model(config, data, run_dir: Path, settings):
+    """The background model of the likelihood ratio: reused from ``run_dir`` when it was
+    trained there with the same settings, else trained now."""
+
+
+    stamp_path = run_dir / "perturbation.json"
+    stamp = {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
+             "seed": config.train.seed}
+    if (run_dir / "checkpoint.pt").exists():
+        saved = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+        if saved != stamp:
+            raise ConfigError(f"{run_dir} holds a background model trained with other "
+                              f"settings ({saved}); remove that folder or choose another --out "
+                              "to train one with the settings given now.")
+        print(f"reusing the background model in {run_dir}")
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise ConfigError(f"{run_dir} holds files but no finished background model; remove "
+                              "it (an interrupted training) and run again.")
+        print(f"training the background model ({settings.epochs} epoch(s) on training images "
+              f"with {settings.rate:.0%} of pixels replaced by noise) into {run_dir}")
+        anomaly.train_background(config, data, run_dir, settings, seed=config.train.seed)
+        write_json(stamp_path, stamp)
+    _, background, _ = load_trained(run_dir)
+    return background, {**stamp, "run_dir": str(run_dir)}
+
+
+def _anomaly_table(dataset: str, report: dict) -> str:
+    """The printed table: one row per score, AUROC / AUPRC / FPR95 per other dataset."""
+    names = report["against"]
+    header = f"{'score (higher = more anomalous)':<34}" + "".join(
+        f"{f'vs {name}: AUROC AUPRC FPR95':>36}" for name in names)
+    lines = [f"{dataset} (in) against {', '.join(names)}, {report['num_images']} images each, "
+             f"K={report['num_samples']}", header]
+    for score in report["scores"]:
+        if score == "typicality":
+            continue
+        cells = "".join(f"{'':>15}{m['auroc']:>7.4f}{m['auprc']:>7.4f}{m['fpr_at_95_tpr']:>7.3f}"
+                        for m in (report["metrics"][name][score] for name in names))
+        lines.append(f"{score:<34}{cells}")
+    for name, result in report["typicality"].items():
+        lines.append(f"typicality vs {name}, batches of {result['batch_size']}: detected "
+                     f"{result['detection_rate']:.2f} of {result['num_batches_against']} "
+                     f"batches, false alarms {result['false_alarm_rate']:.2f} of "
+                     f"{result['num_batches_normal']} (α = {result['alpha']}), batch AUROC "
+                     f"{result['batch_auroc']:.4f}")
+    return "\n".join(lines)

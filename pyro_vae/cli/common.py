@@ -1,0 +1,63 @@
+"""What several commands share: loading a trained run with its data, and the checks
+and refusals of their flags, in the user's terms."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from pyro_vae.errors import ConfigError
+from pyro_vae.protocol import display_name, has
+from pyro_vae.runs import load_trained
+from pyro_vae.training import prepare_data
+
+
+def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
+    config, vae, checkpoint = load_trained(run_dir)
+    if has(config, "categorical_latents"):
+        raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
+                          "in a continuous latent space (encodings, gradients in z). Use it on a "
+                          "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
+    overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
+    if overrides:
+        config = config.with_overrides({"data": overrides})
+    data = prepare_data(config)
+    check_same_shape(config, data, checkpoint)
+    return config, vae, data
+
+
+def check_same_shape(config, data, checkpoint) -> None:
+    """Refuse to score data whose images differ in shape from the model's training images."""
+    if list(data.image_shape) != list(checkpoint["image_shape"]):
+        raise ConfigError(f"dataset {config.data.dataset!r} has images of shape "
+                          f"{data.image_shape}, but the model was trained on "
+                          f"{tuple(checkpoint['image_shape'])}; use data of the same shape.")
+
+
+def refuse_kind(config, run_dir: str, command: str, capabilities: tuple[str, ...],
+                why: str) -> None:
+    """Refuse, in the user's terms, a run whose model kind declares any of ``capabilities``
+    (those that ``command`` does not work with)."""
+    if any(has(config, capability) for capability in capabilities):
+        raise ConfigError(f"{run_dir} holds a {display_name(config)} "
+                          f"(--model {config.model.kind}); {why}")
+
+
+def positive_flag(name: str, value: int | None) -> None:
+    """Refuse a non-positive count given as ``--name``."""
+    if value is not None and value <= 0:
+        raise ConfigError(f"--{name} must be a positive integer, not {value}.")
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
+    if requested is not None and requested < 0:
+        raise ConfigError(f"--threads {requested}: give a positive number of threads, or 0 "
+                          "for the default ($OMP_NUM_THREADS, else 1).")
+    threads = requested or 0
+    if not threads:
+        value = os.environ.get("OMP_NUM_THREADS", "")
+        threads = int(value) if value.isdigit() and int(value) > 0 else 1
+    torch.set_num_threads(threads)
+    return threads
