@@ -32,7 +32,7 @@ DEVICES = ("cpu", "cuda")
 #: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
 MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def recipe_names() -> list[str]:
