@@ -1,15 +1,17 @@
-"""Run configuration: dataclasses with validation, read from and written to TOML.
+"""Run configuration: a recipe, read from and written to TOML, and the packaged recipes.
 
 A recipe is a TOML file with up to four tables, ``[data]``, ``[model]``, ``[train]`` and
-``[evaluate]``, whose keys are the fields below. Anything not given takes the default shown.
-Unknown keys, wrong types and out-of-range values raise :class:`~pyro_vae.errors.ConfigError`
-with a message that names the key and says what would be accepted.
+``[evaluate]``, whose keys are the fields of :class:`~pyro_vae.config.data.DataConfig`,
+:class:`~pyro_vae.config.model.ModelConfig`, :class:`~pyro_vae.config.train.TrainConfig` and
+:class:`~pyro_vae.config.evaluate.EvaluateConfig` (one module each). Anything not given
+takes the default shown. Unknown keys, wrong types and out-of-range values raise
+:class:`~pyro_vae.errors.ConfigError` with a message that names the key and says what would be
+accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 import types
 import typing
@@ -17,20 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from pyro_vae.config.checks import MAX_ENUMERATED_CODES, _suggestion
+from pyro_vae.config.data import DataConfig
+from pyro_vae.config.evaluate import EvaluateConfig
+from pyro_vae.config.model import ModelConfig
+from pyro_vae.config.train import TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES,
-                               PRIORS, Registry, load_plugins, suggestion)
+from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, PRIORS, Registry,
+                               load_plugins)
 
-# Priors, guides, likelihoods, networks, objectives, model kinds and datasets are named by
-# the registries of pyro_vae.registry (which plugins extend); the settings below are not.
-BINARIZATIONS = ("auto", "dynamic", "static", "none")
-ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
-ENCODER_SCALES = ("softplus", "logvar")
-#: Largest number of codes C^K that objective ``enumerate`` sums over.
-MAX_ENUMERATED_CODES = 1024
-DEVICES = ("cpu", "cuda")
-#: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
-MIN_BETA = 1e-10
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -52,290 +49,6 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise ConfigError(f"recipe {name_or_path} is neither a TOML file nor a packaged recipe; "
                       "give the path of a recipe, or one of the names `pyro-vae recipes` lists."
                       + _suggestion(path.stem, recipe_names()))
-
-
-def _choice(section: str, key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(
-            f"[{section}] {key} = {value!r} is not one of {', '.join(map(repr, choices))}."
-            + _suggestion(value, choices)
-        )
-
-
-def _positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
-    bad = value < 0 if allow_zero else value <= 0
-    if bad or (isinstance(value, float) and not math.isfinite(value)):
-        word = "non-negative" if allow_zero else "positive"
-        raise ConfigError(f"[{section}] {key} = {value!r} must be a finite {word} number.")
-
-
-def _suggestion(word: str, options: typing.Iterable[str]) -> str:
-    return suggestion(word, options)
-
-
-def _registered(registry: Registry, value: str) -> frozenset[str]:
-    """The capabilities of the registered entry ``value`` (a ConfigError if there is none)."""
-    return registry.capabilities(value)
-
-
-@dataclass
-class DataConfig:
-    """Which data to train on and how to prepare it."""
-
-    #: ``digits`` (embedded, no download), ``mnist``, ``fashion-mnist``, ``binarized-mnist``
-    #: (Larochelle's static binarization) or ``file:PATH.npz`` (array ``x``, optional ``y``).
-    dataset: str = "digits"
-    #: Folder holding the MNIST-family files; default: $PYRO_VAE_DATA_DIR, else ``./data``.
-    data_dir: str | None = None
-    #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw), ``none``,
-    #: or ``auto``: ``dynamic`` for a Bernoulli likelihood, ``none`` for the others (which
-    #: model intensities or real values and are never binarized).
-    binarize: str = "auto"
-    #: Fraction of the training split held out for validation (0 disables validation).
-    validation_fraction: float = 0.1
-    #: Download MNIST / Fashion-MNIST with torchvision when the files are missing.
-    download: bool = False
-    #: For ``[model] kind = "m2"``: how many training labels are kept (the rest are hidden);
-    #: 0 keeps every label.
-    num_labels: int = 0
-
-    def validate(self) -> None:
-        _positive("data", "num_labels", self.num_labels, allow_zero=True)
-        if not self.dataset.startswith("file:"):
-            _registered(DATASETS, self.dataset)
-        _choice("data", "binarize", self.binarize, BINARIZATIONS)
-        if not 0.0 <= self.validation_fraction < 1.0:
-            raise ConfigError(
-                f"[data] validation_fraction = {self.validation_fraction!r} must lie in [0, 1)."
-            )
-
-
-@dataclass
-class ModelConfig:
-    """The networks, the latent space and the likelihood."""
-
-    latent_dim: int = 8
-    #: ``mlp`` or ``conv`` (a small convolutional pair for square images, side divisible by 4).
-    network: str = "mlp"
-    hidden_dims: list[int] = field(default_factory=lambda: [128, 128])
-    activation: str = "relu"
-    #: How the encoder's second head becomes a standard deviation: ``softplus`` or ``logvar``.
-    encoder_scale: str = "softplus"
-    likelihood: str = "bernoulli"
-    #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
-    gaussian_scale: float | str = "learned"
-    #: Gaussian likelihood: decode in standardized units (the training split's per-pixel mean
-    #: and overall standard deviation, saved with the weights); log p(x) stays in data units.
-    standardize: bool = True
-    #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
-    #: is then the size of z1 and the two keys below describe z2 and the nets between them.
-    stochastic_layers: int = 1
-    top_latent_dim: int = 50
-    top_hidden_dims: list[int] = field(default_factory=lambda: [50, 50])
-    #: p(z): ``normal`` N(0, I), ``mixture`` of Gaussians, ``vamp`` (VampPrior) or ``flow``.
-    prior: str = "normal"
-    #: Mixture components, or VampPrior pseudo-inputs; absent: 10 (mixture), 500 (vamp).
-    prior_components: int | None = None
-    #: Affine coupling layers of the flow prior, or autoregressive layers of the IAF guide.
-    flow_layers: int = 4
-    #: q(z|x): ``diagonal`` Gaussian, ``lowrank`` Gaussian (rank ``guide_rank``) or ``iaf``
-    #: (inverse autoregressive flow of ``flow_layers`` layers); plugins may add more.
-    guide: str = "diagonal"
-    #: Rank r of the low-rank guide's covariance factor.
-    guide_rank: int = 2
-    #: Priors on decoder weights with a mean-field guide: ``none``, ``last`` layer or ``all``.
-    bayesian_decoder: str = "none"
-    #: Standard deviation s of the N(0, s²) prior on each Bayesian decoder weight.
-    weight_prior_scale: float = 1.0
-    #: ``vae``, ``cvae`` (label-conditional, needs labels) or ``m2`` (semi-supervised).
-    kind: str = "vae"
-    #: Number of labels 0..C−1 of ``cvae`` and ``m2`` models.
-    num_classes: int = 10
-    #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
-    quadrants: int = 1
-    #: ``discrete`` models: K categorical latent variables of C ``categories`` each (C = 2:
-    #: Bernoulli latents), with a ``uniform`` or ``learned`` prior.
-    categorical_latents: int = 20
-    categories: int = 10
-    discrete_prior: str = "uniform"
-
-    def validate(self) -> None:
-        kind = _registered(MODEL_KINDS, self.kind)
-        _positive("model", "categorical_latents", self.categorical_latents)
-        if self.categories < 2:
-            raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
-                              "variable needs at least 2 classes (2 is a Bernoulli latent).")
-        _choice("model", "discrete_prior", self.discrete_prior, ("uniform", "learned"))
-        if self.quadrants not in (1, 2, 3):
-            raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
-                              "quadrants; the model predicts the other 4 − quadrants.")
-        _positive("model", "num_classes", self.num_classes)
-        if "components" not in kind and (self.network != "mlp" or self.stochastic_layers != 1):
-            raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "
-                              "layer of MLPs; set network = \"mlp\" and stochastic_layers = 1.")
-        _positive("model", "latent_dim", self.latent_dim)
-        _registered(NETWORKS, self.network)
-        for size in self.hidden_dims:
-            _positive("model", "hidden_dims", size)
-        _choice("model", "activation", self.activation, ACTIVATIONS)
-        _choice("model", "encoder_scale", self.encoder_scale, ENCODER_SCALES)
-        _registered(LIKELIHOODS, self.likelihood)
-        _choice("model", "stochastic_layers", str(self.stochastic_layers), ("1", "2"))
-        _positive("model", "top_latent_dim", self.top_latent_dim)
-        for size in self.top_hidden_dims:
-            _positive("model", "top_hidden_dims", size)
-        if self.stochastic_layers == 2 and self.network != "mlp":
-            raise ConfigError("[model] stochastic_layers = 2 is built from MLPs; set network = "
-                              "\"mlp\".")
-        prior = _registered(PRIORS, self.prior)
-        guide = _registered(GUIDES, self.guide)
-        _positive("model", "guide_rank", self.guide_rank)
-        if self.prior_components is not None:
-            _positive("model", "prior_components", self.prior_components)
-        _positive("model", "flow_layers", self.flow_layers)
-        _choice("model", "bayesian_decoder", self.bayesian_decoder, ("none", "last", "all"))
-        self._check_unused_options()
-        _positive("model", "weight_prior_scale", self.weight_prior_scale)
-        if self.bayesian_decoder != "none" and self.stochastic_layers != 1:
-            raise ConfigError("[model] bayesian_decoder is built for the one-layer model; set "
-                              "stochastic_layers = 1 or bayesian_decoder = \"none\".")
-        if "min_latent_dim_2" in prior and self.latent_dim < 2:
-            raise ConfigError(f"[model] prior = \"{self.prior}\" is built from coupling layers "
-                              "that need latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
-        if "min_latent_dim_2" in guide and self.latent_dim < 2:
-            raise ConfigError(f"[model] guide = \"{self.guide}\" is a flow over the latent "
-                              "dimensions and needs latent_dim ≥ 2; use guide = \"diagonal\" for "
-                              "a 1-d code.")
-        if self.stochastic_layers == 2 and self.guide != "diagonal":
-            raise ConfigError(f"[model] guide = \"{self.guide}\" is for the one-layer model; "
-                              "with stochastic_layers = 2 the guide is q(z1|x) q(z2|z1) of "
-                              "diagonal Gaussians. Set guide = \"diagonal\" or stochastic_layers "
-                              "= 1.")
-        if self.stochastic_layers == 2 and self.prior != "normal":
-            raise ConfigError(
-                f"[model] prior = \"{self.prior}\" is for the one-layer model; with "
-                "stochastic_layers = 2 the prior is already hierarchical, p(z1|z2) p(z2) with "
-                "p(z2) = N(0, I). Set prior = \"normal\" or stochastic_layers = 1.")
-        if isinstance(self.gaussian_scale, str):
-            _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
-        else:
-            _positive("model", "gaussian_scale", self.gaussian_scale)
-
-
-    def _check_unused_options(self) -> None:
-        """Options of one prior given with another would be ignored: say so instead."""
-        unused = []
-        users = {key: [f"{what} = \"{name}\"" for what, registry in (("prior", PRIORS),
-                                                                     ("guide", GUIDES))
-                       for name in registry.choices() if key in registry.capabilities(name)]
-                 for key in ("components", "flow_layers")}
-        prior, guide = PRIORS.capabilities(self.prior), GUIDES.capabilities(self.guide)
-        if self.prior_components is not None and "components" not in prior:
-            unused.append(("prior_components", " or ".join(users["components"])))
-        if self.flow_layers != 4 and "flow_layers" not in prior | guide:
-            unused.append(("flow_layers", " or ".join(users["flow_layers"])))
-        if self.guide_rank != 2 and self.guide != "lowrank":
-            unused.append(("guide_rank", "guide = \"lowrank\""))
-        if self.weight_prior_scale != 1.0 and self.bayesian_decoder == "none":
-            unused.append(("weight_prior_scale", "bayesian_decoder = \"last\" or \"all\""))
-        if unused:
-            key, needs = unused[0]
-            raise ConfigError(f"[model] {key} is only used with {needs}, which this recipe does "
-                              f"not set; remove {key} or set the option it belongs to.")
-
-
-@dataclass
-class TrainConfig:
-    """The objective, the optimizer and the schedule."""
-
-    epochs: int = 200
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    #: ``elbo`` (Pyro's Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO, analytic KL),
-    #: ``iwae``, ``dreg``, ``stl``, ``renyi`` or ``score`` (see pyro_vae.objectives).
-    objective: str = "elbo"
-    #: Number of vectorized particles K per datapoint (IWAE's k).
-    particles: int = 1
-    #: α of the Rényi bound (objective ``renyi``); α ≠ 1, and α = 0 is IWAE.
-    alpha: float = 0.5
-    #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
-    beta: float = 1.0
-    #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
-    kl_warmup_epochs: int = 0
-    #: Free bits λ (Kingma et al. 2016): nats per latent dimension of batch-averaged KL below
-    #: which the KL is not pushed down; 0 disables. Objectives elbo and meanfield, prior normal.
-    free_bits: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
-    #: state with half the learning rate (up to 3 times).
-    on_nan: str = "stop"
-    #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
-    aux_loss_weight: float = 50.0
-    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
-    #: set, else 1, the fastest for these models on a machine shared with other jobs.
-    threads: int = 0
-    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
-    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
-    temperature: float = 1.0
-    temperature_min: float = 0.5
-    temperature_decay: float = 0.0
-
-    def validate(self) -> None:
-        _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
-        _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
-        _positive("train", "threads", self.threads, allow_zero=True)
-        _positive("train", "epochs", self.epochs)
-        _positive("train", "batch_size", self.batch_size)
-        _positive("train", "learning_rate", self.learning_rate)
-        _registered(OBJECTIVES, self.objective)
-        _positive("train", "particles", self.particles)
-        if self.objective == "renyi" and self.alpha == 1.0:
-            raise ConfigError("[train] alpha = 1 makes the Rényi bound the ELBO itself; use "
-                              "objective = \"elbo\", or an alpha other than 1 (0 is IWAE).")
-        if not math.isfinite(self.alpha):
-            raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
-        _positive("train", "beta", self.beta)
-        if self.beta < MIN_BETA:
-            raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
-                              "that small vanishes in float32 arithmetic (the loss is then the "
-                              f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
-        _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
-        _positive("train", "free_bits", self.free_bits, allow_zero=True)
-        _positive("train", "seed", self.seed, allow_zero=True)
-        if self.seed >= 2 ** 32:
-            raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
-        _choice("train", "device", self.device, DEVICES)
-        _positive("train", "temperature", self.temperature)
-        _positive("train", "temperature_min", self.temperature_min)
-        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)
-
-
-@dataclass
-class EvaluateConfig:
-    """The test-set evaluation written to ``summary.json`` at the end of training."""
-
-    #: Importance samples K per datapoint for log p(x).
-    num_samples: int = 5000
-    #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
-    #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
-    max_chunk: int | str = 20_000
-    #: Labelled models (cvae, m2): conditional samples per label whose label fidelity is
-    #: measured at the end of training (pyro_vae.fidelity); 0 skips the measurement.
-    label_fidelity_samples: int = 100
-    #: The latent map (latent.png) of a code with more than 2 dimensions: ``tsne`` (t-SNE of
-    #: 1,000 test encodings, a few seconds) or ``pca`` (first two principal components).
-    latent_map: str = "tsne"
-
-    def validate(self) -> None:
-        _positive("evaluate", "num_samples", self.num_samples)
-        _positive("evaluate", "label_fidelity_samples", self.label_fidelity_samples,
-                  allow_zero=True)
-        _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
-        if isinstance(self.max_chunk, str):
-            _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
-        else:
-            _positive("evaluate", "max_chunk", self.max_chunk)
 
 
 SECTIONS: dict[str, type] = {

@@ -54,7 +54,7 @@ from pyro_vae.params import parameters_owned
 from pyro_vae.registry import OBJECTIVES as REGISTRY
 
 #: Capability flags an objective declares when it registers (read by the one compatibility
-#: check of ``config.py`` and by the parametrized tests):
+#: check of ``config/recipe.py`` and by the parametrized tests):
 #:
 #: ``per_datapoint``            reduced per datapoint in the ``data`` plate (needs every latent
 #:                              site inside that plate)

@@ -1,0 +1,77 @@
+"""The ``[train]`` table of a recipe: objective, optimizer, schedules, seed and device."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from pyro_vae.config.checks import DEVICES, MIN_BETA, _choice, _positive, _registered
+from pyro_vae.errors import ConfigError
+from pyro_vae.registry import OBJECTIVES
+
+
+@dataclass
+class TrainConfig:
+    """The objective, the optimizer and the schedule."""
+
+    epochs: int = 200
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    #: ``elbo`` (Pyro's Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO, analytic KL),
+    #: ``iwae``, ``dreg``, ``stl``, ``renyi`` or ``score`` (see pyro_vae.objectives).
+    objective: str = "elbo"
+    #: Number of vectorized particles K per datapoint (IWAE's k).
+    particles: int = 1
+    #: α of the Rényi bound (objective ``renyi``); α ≠ 1, and α = 0 is IWAE.
+    alpha: float = 0.5
+    #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
+    beta: float = 1.0
+    #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
+    kl_warmup_epochs: int = 0
+    #: Free bits λ (Kingma et al. 2016): nats per latent dimension of batch-averaged KL below
+    #: which the KL is not pushed down; 0 disables. Objectives elbo and meanfield, prior normal.
+    free_bits: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
+    #: state with half the learning rate (up to 3 times).
+    on_nan: str = "stop"
+    #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
+    aux_loss_weight: float = 50.0
+    #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
+    #: set, else 1, the fastest for these models on a machine shared with other jobs.
+    threads: int = 0
+    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
+    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
+    temperature: float = 1.0
+    temperature_min: float = 0.5
+    temperature_decay: float = 0.0
+
+    def validate(self) -> None:
+        _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
+        _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
+        _positive("train", "threads", self.threads, allow_zero=True)
+        _positive("train", "epochs", self.epochs)
+        _positive("train", "batch_size", self.batch_size)
+        _positive("train", "learning_rate", self.learning_rate)
+        _registered(OBJECTIVES, self.objective)
+        _positive("train", "particles", self.particles)
+        if self.objective == "renyi" and self.alpha == 1.0:
+            raise ConfigError("[train] alpha = 1 makes the Rényi bound the ELBO itself; use "
+                              "objective = \"elbo\", or an alpha other than 1 (0 is IWAE).")
+        if not math.isfinite(self.alpha):
+            raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
+        _positive("train", "beta", self.beta)
+        if self.beta < MIN_BETA:
+            raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
+                              "that small vanishes in float32 arithmetic (the loss is then the "
+                              f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
+        _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
+        _positive("train", "free_bits", self.free_bits, allow_zero=True)
+        _positive("train", "seed", self.seed, allow_zero=True)
+        if self.seed >= 2 ** 32:
+            raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
+        _choice("train", "device", self.device, DEVICES)
+        _positive("train", "temperature", self.temperature)
+        _positive("train", "temperature_min", self.temperature_min)
+        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)
