@@ -70,7 +70,7 @@ class TiedVAE(VAE):
 
 def shared_weight_norm(vae, data, split, config):
     """Hook ``test_summary``: the Frobenius norm of the shared layer W."""
-    return {"tied_weight_norm": float(vae.encoder.first.weight.norm())}
+    return {"tied_weight_norm": float(vae.encoder.first.weight.detach().norm())}
 
 
 @torch.no_grad()
