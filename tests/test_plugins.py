@@ -154,3 +154,18 @@ def test_nothing_lists_component_names_by_hand():
     for name in ("PRIORS", "LIKELIHOODS", "OBJECTIVES", "MODEL_KINDS", "DATASETS",
                  "NETWORKS"):
         assert getattr(config, name) is getattr(pyro_vae.registry, name)
+
+
+def test_a_factory_named_by_import_path_brings_its_hooks(tmp_path, monkeypatch):
+    (tmp_path / "hooked_kind.py").write_text(
+        "from pyro_vae.registry import KindHooks\n\n\n"
+        "def build(config, image_shape, num_data=None):\n"
+        "    raise NotImplementedError\n\n\n"
+        "build.capabilities = {'pictures'}\n"
+        "build.hooks = KindHooks(display_name='hooked model')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert MODEL_KINDS.hooks("hooked_kind:build").display_name == "hooked model"
+    assert MODEL_KINDS.capabilities("hooked_kind:build") == {"pictures"}
+    assert MODEL_KINDS.hooks("vae").batches is None  # a built-in kind takes the defaults
+    with pytest.raises(ConfigError, match="not registered"):
+        MODEL_KINDS.add_hooks("no_such_kind", display_name="x")
