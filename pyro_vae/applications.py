@@ -22,6 +22,7 @@ import torch
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import encode_means
+from pyro_vae.plots import save_image_grid
 
 # --- anomaly detection -------------------------------------------------------------------------
 
@@ -118,8 +119,6 @@ def imputation_error(x: torch.Tensor, observed: torch.Tensor, imputed: torch.Ten
 def save_imputation_picture(path: Path, x: torch.Tensor, observed: torch.Tensor,
                             imputed: torch.Tensor, image_shape, count: int = 10) -> None:
     """Rows: originals, inputs with the missing pixels greyed out, imputations."""
-    from pyro_vae.plots import save_image_grid
-
     shown = torch.where(observed[:count], x[:count], torch.full_like(x[:count], 0.5))
     save_image_grid(path, torch.cat([x[:count], shown, imputed[:count]]), image_shape, count,
                     "originals, observed pixels (grey = missing), imputations")
@@ -153,8 +152,6 @@ def save_traversals(path: Path, vae, x: torch.Tensor, image_shape, max_dims: int
 
     A label-conditional model (cvae, M2) takes the labels ``y`` of ``x``: the rows are
     μ(x, y) decoded by p(x | z, y) with the first image's label y[0]."""
-    from pyro_vae.plots import save_image_grid
-
     loc = encode_means(vae, x, y=y)[0]
     activity = loc.var(0) if len(loc) > 1 else torch.ones(loc.shape[-1])
     dims = torch.argsort(activity, descending=True)[:max_dims].tolist()

@@ -64,6 +64,7 @@ from pyro.infer import MCMC, NUTS
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.objectives.particles import _sample_sites, log_weights, run_particles
+from pyro_vae.plots import _save, subplots
 from pyro_vae.runs import atomic_path
 
 with warnings.catch_warnings():  # arviz announces its refactor once a day on import
@@ -403,8 +404,6 @@ def save_posterior_comparison(path: str | Path, amortized: az.InferenceData,
     ``max_dims`` dimensions where they differ most (in units of the posterior's spread), and a
     scatter of the pair of dimensions with the strongest posterior correlation (which a
     diagonal Gaussian q cannot represent)."""
-    from pyro_vae.plots import _save, subplots
-
     point = {DATAPOINT: exact.posterior[DATAPOINT].values[0] if datapoint is None else datapoint}
     p = exact.posterior[var_name].sel(point).stack(s=("chain", "draw")).values.T  # [S, D]
     q = amortized.posterior[var_name].sel(point).stack(s=("chain", "draw")).values.T

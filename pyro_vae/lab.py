@@ -43,6 +43,7 @@ import torch
 
 from pyro_vae.config import MAX_ENUMERATED_CODES
 from pyro_vae.objectives import PerDatapointObjective, is_lower_bound, make_objective
+from pyro_vae.plots import _save, subplots
 
 #: Objectives with a temperature, measured at each of the lab's temperatures.
 RELAXED = ("concrete", "straight_through")
@@ -212,8 +213,6 @@ def reports_to_markdown(reports: Sequence[EstimatorReport]) -> str:
 
 def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
     """``bound_vs_k.png`` and ``snr_vs_k.png`` (encoder and decoder panels, log-log)."""
-    from pyro_vae.plots import _save, subplots
-
     names = list(dict.fromkeys(r.objective for r in reports))
     # Estimators that share a value or a gradient overlap exactly: vary marker and line style.
     styles = {name: dict(marker="os^vDx*"[i % 7], linestyle=["-", "--", ":", "-."][i % 4],

@@ -27,6 +27,7 @@ import torch
 
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyro_vae.models import build_vae
 from pyro_vae.registry import PluginError
 
 try:  # POSIX; elsewhere the lock falls back to the owner's process id
@@ -460,8 +461,6 @@ def read_run_config(run_dir: Path) -> Config:
 
 def load_trained(run_dir: str | Path, device: str = "cpu"):
     """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
-    from pyro_vae.models import build_vae
-
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     checkpoint = load_checkpoint(run_dir / CHECKPOINT)
