@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from pyro_vae import training
 from pyro_vae.cli.common import apply_threads
 from pyro_vae.cli.evaluate import format_summary
 from pyro_vae.config import Config, find_recipe
@@ -21,7 +22,6 @@ from pyro_vae.loggers import make_loggers
 from pyro_vae.progress import Callbacks, TqdmProgress
 from pyro_vae.registry import GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS
 from pyro_vae.runs import read_run_config
-from pyro_vae.training import train
 
 
 #: What `pyro-vae train` runs with no recipe on the digits (models/digits_vae.toml).
@@ -212,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"training into {run_dir}", file=sys.stderr)
     try:
         with TqdmProgress(quiet=not main_process) as progress, _closing(loggers):
-            summary = train(config, run_dir, resume=args.resume,
-                            progress=Callbacks([progress, *loggers]) if loggers else progress)
+            summary = training.train(config, run_dir, resume=args.resume,
+                                     progress=Callbacks([progress, *loggers]) if loggers else progress)
             for logger in loggers:
                 logger.finish(summary)
     except KeyboardInterrupt as interrupt:  # Ctrl-C, SIGTERM or SIGHUP (see progress.py)
