@@ -37,7 +37,7 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.protocol import has
-from pyro_vae.steps import NonFiniteStep, optimizer_step
+from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
@@ -382,7 +382,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         from pyro_vae.conditional import prepare_labelled
         objective, splits = prepare_labelled(config, data, vae)
     module = ObjectiveModule(vae, objective, config.train.free_bits)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
+    optimizer = adam(module.parameters(), config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
 
