@@ -2,7 +2,8 @@
 
 One step is ``loss = ObjectiveModule(vae, elbo)(x_batch)``, ``loss.backward()``,
 ``optimizer.step()``: the Pyro objective supplies a differentiable surrogate loss and a plain
-``torch.optim.Adam`` updates the VAE's parameters (the same tensors ``pyro.module`` registers).
+``torch.optim.Adam`` (fused where torch has the kernel: ``pyro_vae.steps.adam``) updates the
+VAE's parameters (the same tensors ``pyro.module`` registers).
 
 After every epoch the loop writes ``metrics.jsonl`` and an atomic ``checkpoint.pt`` holding
 everything needed to continue bit-for-bit: weights, optimizer state, the param store, every RNG
