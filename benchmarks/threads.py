@@ -47,6 +47,7 @@ def _time_steps(model: str, threads: int, steps: int) -> float:
     from pyro_vae.config import ModelConfig
     from pyro_vae.models import build_vae
     from pyro_vae.objectives import ObjectiveModule, make_objective
+    from pyro_vae.steps import adam
     from pyro_vae.training import optimizer_step
 
     torch.set_num_threads(threads)
@@ -56,7 +57,7 @@ def _time_steps(model: str, threads: int, steps: int) -> float:
     vae = build_vae(ModelConfig(latent_dim=latent, hidden_dims=hidden, activation=activation),
                     (1, side, side), num_data=60_000)
     module = ObjectiveModule(vae, make_objective("elbo", 1, 0.5, True))
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    optimizer = adam(module.parameters(), 1e-3)  # the training loop's optimizer
     parameters = list(module.parameters())
     x = torch.bernoulli(torch.full((batch, pixels), 0.2))
     for i in range(10):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import Iterator
 
 import pyro
@@ -36,9 +37,20 @@ def parameters_owned() -> Iterator[None]:
         _OWNED.reset(token)
 
 
+#: The param-store name of each registered module's first parameter, remembered per (module,
+#: registration name) so that a training step does not walk the module tree to find it.
+_FIRST_NAMES: weakref.WeakKeyDictionary[nn.Module, dict[str, str]] = weakref.WeakKeyDictionary()
+
+
 def _registered(name: str, module: nn.Module) -> bool:
-    first = next(module.named_parameters(), None)
-    return first is None or param_with_module_name(name, first[0]) in pyro.get_param_store()
+    names = _FIRST_NAMES.setdefault(module, {})
+    full_name = names.get(name)
+    if full_name is None:
+        first = next(module.named_parameters(), None)
+        if first is None:  # nothing to register (not remembered: parameters may come later)
+            return True
+        full_name = names[name] = param_with_module_name(name, first[0])
+    return full_name in pyro.get_param_store()
 
 
 def register_module(name: str, module: nn.Module) -> nn.Module:

@@ -9,6 +9,7 @@ through it (a kind supplies its batches as a hook, not a loop of its own).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -21,6 +22,28 @@ class NonFiniteStep(Exception):
     def __init__(self, batch: torch.Tensor, loss: float, grad_norm: float, step: int):
         super().__init__(f"non-finite loss {loss} or gradient norm {grad_norm} at step {step}")
         self.batch, self.loss, self.grad_norm, self.step = batch, loss, grad_norm, step
+
+
+#: Devices with torch's fused Adam kernel that this library uses.
+_FUSED_DEVICES = ("cpu", "cuda")
+
+
+def adam(parameters: Iterable[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """``torch.optim.Adam(parameters, lr)``, fused into one kernel where torch has one.
+
+    The fused kernel applies the same update (Kingma & Ba's Adam, torch's defaults) in one pass
+    over each tensor instead of about ten; the results agree with the default implementation
+    to float rounding, not bit for bit. On a CPU it takes the optimizer's share of a
+    784-400-50 VAE step at batch 128 from about a fifth to under a tenth (2.2 ms to 1.0 ms of
+    CPU time; see the README's Speed section). Parameters that are not all floating point on one CPU or CUDA device get
+    the default implementation.
+    """
+    parameters = list(parameters)
+    devices = {p.device.type for p in parameters}
+    if (len(devices) == 1 and devices <= set(_FUSED_DEVICES)
+            and all(p.is_floating_point() for p in parameters)):
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    return torch.optim.Adam(parameters, lr=lr)
 
 
 def _gradient_norm(parameters: list[torch.nn.Parameter]) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 One step is ``loss = ObjectiveModule(vae, elbo)(x_batch)``, ``loss.backward()``,
 ``optimizer.step()``: the Pyro objective supplies a differentiable surrogate loss and a plain
-``torch.optim.Adam`` updates the VAE's parameters (the same tensors ``pyro.module`` registers).
+``torch.optim.Adam`` (fused where torch has the kernel: ``pyro_vae.steps.adam``) updates the
+VAE's parameters (the same tensors ``pyro.module`` registers).
 
 After every epoch the loop writes ``metrics.jsonl`` and an atomic ``checkpoint.pt`` holding
 everything needed to continue bit-for-bit: weights, optimizer state, the param store, every RNG
@@ -37,7 +38,7 @@ from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.plots.vae import default_pictures
 from pyro_vae.protocol import Epoch, has, hooks
-from pyro_vae.steps import NonFiniteStep, optimizer_step
+from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
@@ -407,7 +408,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         objective, state = kind.prepare(config, data, vae, objective)
     batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
+    optimizer = adam(module.parameters(), config.train.learning_rate)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
 

@@ -22,6 +22,7 @@ including the analytic KL of ``TraceMeanField_ELBO``.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Iterator
 
 import pyro
@@ -45,9 +46,16 @@ def data_plate(x: torch.Tensor, num_data: int | None) -> pyro.plate:
     batch = x.shape[0]
     size = num_data or batch
     # The batch *is* the subsample: passing it explicitly gives the N/B scale without
-    # drawing (and ignoring) random indices.
-    subsample = None if size == batch else torch.arange(batch, device=x.device)
-    return pyro.plate("data", size, subsample=subsample, dim=-1)
+    # drawing (and ignoring) random indices. The index tensor is made once per batch size and
+    # device, and the device given, so that a training step builds neither again.
+    subsample = None if size == batch else _batch_indices(batch, x.device)
+    return pyro.plate("data", size, subsample=subsample, dim=-1, device=x.device)
+
+
+@functools.lru_cache(maxsize=16)
+def _batch_indices(batch: int, device: torch.device) -> torch.Tensor:
+    """``torch.arange(batch)`` on ``device``, shared by every plate of that batch size."""
+    return torch.arange(batch, device=device)
 
 
 def kl_scale(kl_weight: float) -> contextlib.AbstractContextManager:
