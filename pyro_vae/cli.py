@@ -21,6 +21,7 @@ from pyro_vae.cli_applications import (APPLICATION_COMMANDS, add_application_par
                                        check_same_shape, positive_flag as _positive_flag)
 from pyro_vae.cli_diagnostics import DIAGNOSTICS_COMMANDS, add_diagnostics_parsers
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.grey_targets import GREY_SCORE_NAME, grey_targets
 from pyro_vae.protocol import has
 from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS,
                                load_plugins)
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(e.g. for anomaly scores)")
     evaluate.add_argument("--data-dir", help="data folder for --dataset")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.add_argument("--targets", choices=["binary", "grey"], default="binary",
+                          help="binary (default): the binarized test images; grey: score a "
+                          "Bernoulli model on their grey levels, as Pyro's CVAE tutorial does "
+                          "(its 'CLL' is the negative ELBO of this; not a likelihood)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     sample = commands.add_parser("sample", help="draw images from a trained model",
@@ -427,6 +432,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
+    if args.targets == "grey":
+        x = grey_targets(config, data, args.split)
     if has(config, "labels"):
         from pyro_vae.conditional import check_labels
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
@@ -450,7 +457,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "test_log_likelihood_stderr": estimate.log_likelihood_stderr,
         "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
-        "score_name": getattr(vae, "score_name", "log p(x)"),
+        "score_name": GREY_SCORE_NAME if args.targets == "grey" else
+        getattr(vae, "score_name", "log p(x)"), "targets": args.targets,
         **({"active_units": 0} if not has(config, "latent_means") else
            latent_activity(vae, x, y if has(config, "labels") else None)),
         **(vae.test_summary(x, y, **({"classifier_x": data.grey(args.split)}
