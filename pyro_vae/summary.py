@@ -27,11 +27,17 @@ def model_labels(vae: torch.nn.Module, y: torch.Tensor | None) -> torch.Tensor |
 
 
 def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: str = "test",
-                 num_samples: int | None = None, progress: Any = None) -> dict[str, Any]:
+                 num_samples: int | None = None, progress: Any = None,
+                 targets: torch.Tensor | None = None, score_name: str | None = None
+                 ) -> dict[str, Any]:
     """The scores of ``vae`` on the ``split`` of ``data`` with ``num_samples`` importance
     samples (default ``[evaluate] num_samples``); ``progress`` (optional) is told of the
-    evaluation as :class:`pyro_vae.training.Progress` is."""
+    evaluation as :class:`pyro_vae.training.Progress` is. ``targets`` replaces the split's
+    images (e.g. their grey levels, :mod:`pyro_vae.grey_targets`) and ``score_name`` says
+    what the score then is."""
     x, y = data.split(split)
+    if targets is not None:
+        x = targets
     num_samples = num_samples or config.evaluate.num_samples
     if progress is not None:
         progress.start_evaluation(len(x), num_samples)
@@ -55,7 +61,7 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
         "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         # What test_log_likelihood estimates: log p(x), log p(x|y), ...
-        "score_name": getattr(vae, "score_name", "log p(x)"),
+        "score_name": score_name or getattr(vae, "score_name", "log p(x)"),
         "num_test_datapoints": len(x),
         **activity,
         **(kind.test_summary(vae, data, split, config) if kind.test_summary else {}),

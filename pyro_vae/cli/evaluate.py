@@ -11,6 +11,7 @@ import torch
 
 from pyro_vae.cli.common import check_same_shape, positive_flag
 from pyro_vae.errors import ConfigError
+from pyro_vae.grey_targets import GREY_SCORE_NAME, grey_targets
 from pyro_vae.models.conditional import check_labels
 from pyro_vae.progress import TqdmProgress
 from pyro_vae.protocol import has
@@ -31,6 +32,10 @@ def add_parser(commands) -> None:
                           "(e.g. for anomaly scores)")
     parser.add_argument("--data-dir", help="data folder for --dataset")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--targets", choices=["binary", "grey"], default="binary",
+                        help="binary (default): the binarized test images; grey: score a "
+                        "Bernoulli model on their grey levels, as Pyro's CVAE tutorial does "
+                        "(its 'CLL' is the negative ELBO of this; not a likelihood)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -44,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
+    targets = grey_targets(config, data, args.split) if args.targets == "grey" else None
     if has(config, "labels"):
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
@@ -52,8 +58,11 @@ def run(args: argparse.Namespace) -> int:
                           "validation_fraction 0?); use --split test.")
     torch.manual_seed(0)
     with torch.no_grad():  # the same scores as the test summary of a training run
-        scores = split_scores(config, vae, data, args.split, args.num_samples, TqdmProgress())
-    summary = {"run_dir": str(args.run_dir), "split": args.split, **scores}
+        scores = split_scores(config, vae, data, args.split, args.num_samples, TqdmProgress(),
+                              targets=targets,
+                              score_name=GREY_SCORE_NAME if targets is not None else None)
+    summary = {"run_dir": str(args.run_dir), "split": args.split, "targets": args.targets,
+               **scores}
     # Strict JSON: a standard error of one datapoint is null, not NaN.
     print(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) if args.json
           else format_summary(summary))

@@ -1,0 +1,44 @@
+"""Grey-level targets: a Bernoulli model scored on the images' intensities, not binary draws.
+
+Pyro's CVAE tutorial (quadrant completion, Sohn et al. 2015) trains and scores on grey MNIST:
+its "negative conditional log-likelihood" is the binary cross-entropy of the grey targets t ∈
+[0, 1] for the baseline network and ``Trace_ELBO``'s loss for the CVAE, both with
+``Bernoulli(p).log_prob(t) = t log p + (1 − t) log(1 − p)`` on grey values. That is not a
+likelihood (a Bernoulli has no density on grey values); because it is linear in t it is the
+expected log-likelihood of targets binarized as Bernoulli(t) (exactly so for the deterministic
+baseline; for the CVAE the guide still reads the grey image), the ``E_t`` of the dynamic
+binarization this project trains with. The library's own figures score binary test images
+(binarized once with a fixed seed); this module gives the tutorial's measure for comparison:
+
+    score_t(y | x) = E_q(z|x,t)[ log Bernoulli(t | g(x, z)) + log p(z|x) − log q(z|x, t) ]
+
+for the CVAE, and log Bernoulli(t | ŷ(x)) for the baseline, with the given pixels of the grey
+image as the networks' input, as in the tutorial. ``pyro-vae evaluate RUN --targets grey``
+reports it as ``test_elbo`` (the negative of the tutorial's figure).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pyro_vae.config import Config
+from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError
+
+#: What ``pyro-vae evaluate --targets grey`` calls its score.
+GREY_SCORE_NAME = "grey-level Bernoulli score (Pyro's CVAE tutorial's measure; not a likelihood)"
+
+
+def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
+    """The grey images of ``split`` as targets for a run with a Bernoulli likelihood.
+
+    Raises :class:`ConfigError` for a run whose data were not binarized (its targets already
+    are the images as loaded) or whose likelihood is not the Bernoulli.
+    """
+    if config.model.likelihood != "bernoulli" or config.binarization == "none":
+        raise ConfigError(
+            f"--targets grey scores a Bernoulli model on the grey images its binary training "
+            f"data were drawn from, but this run has likelihood {config.model.likelihood!r} "
+            f"and binarize {config.binarization!r}: its test images are already scored as they "
+            "are loaded. Leave out --targets (or use --targets binary).")
+    return data.grey(split)

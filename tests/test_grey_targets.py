@@ -1,0 +1,65 @@
+"""``pyro-vae evaluate --targets grey``: the measure of Pyro's CVAE tutorial on grey levels."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from pyro_vae.cli import main
+from pyro_vae.config import ModelConfig
+from pyro_vae.evaluate import estimate_log_likelihood
+from pyro_vae.quadrants import build_quadrant_model
+from pyro_vae.runs import load_trained
+from pyro_vae.training import prepare_data
+
+
+def _tutorial_masked_bce(model, grey: torch.Tensor) -> torch.Tensor:
+    """The tutorial's MaskedBCELoss per image: BCE of the grey missing pixels, given ones as
+    the network's input (missing ones −1)."""
+    inputs = torch.where(model.given, grey, torch.full_like(grey, -1.0))
+    logits = model.decoder(inputs)
+    bce = F.binary_cross_entropy_with_logits(logits, grey, reduction="none")
+    return bce[:, ~model.given].sum(-1)
+
+
+def test_baseline_grey_score_is_the_tutorials_masked_cross_entropy():
+    config = ModelConfig(kind="quadrant_baseline", quadrants=2, latent_dim=3, hidden_dims=[16])
+    baseline = build_quadrant_model(config, (1, 4, 4))
+    grey = torch.rand(7, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        score = estimate_log_likelihood(baseline, grey, num_samples=3)
+        expected = -_tutorial_masked_bce(baseline, grey)
+    assert torch.allclose(score.elbo, expected, atol=1e-5)
+    assert torch.allclose(score.log_likelihood, expected, atol=1e-5)
+    # grey targets are not binary draws: a binarization of them scores differently
+    binary = torch.bernoulli(grey, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert not torch.allclose(estimate_log_likelihood(baseline, binary, 1).elbo, expected)
+
+
+def test_cli_grey_targets_on_a_quadrant_run_and_a_clear_error_elsewhere(tmp_path, capsys):
+    run = tmp_path / "baseline"
+    assert main(["train", "--model", "quadrant_baseline", "--quadrants", "1", "--epochs", "1",
+                 "--eval-samples", "1", "--latent-map", "pca", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--num-samples", "2", "--targets", "grey",
+                 "--json"]) == 0
+    grey = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--num-samples", "2", "--json"]) == 0
+    binary = json.loads(capsys.readouterr().out)
+    assert grey["targets"] == "grey" and "not a likelihood" in grey["score_name"]
+    assert binary["targets"] == "binary"
+    config, model, _ = load_trained(run)
+    data = prepare_data(config)
+    with torch.no_grad():
+        expected = -_tutorial_masked_bce(model, data.grey("test")).mean()
+    assert abs(grey["test_elbo"] - float(expected)) < 1e-3
+    assert abs(grey["test_elbo"] - binary["test_elbo"]) > 0.1
+
+    gaussian = tmp_path / "gaussian"
+    assert main(["train", "--likelihood", "gaussian", "--epochs", "1", "--eval-samples", "1",
+                 "--latent-map", "pca", "--out", str(gaussian)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(gaussian), "--targets", "grey"]) == 2
+    err = capsys.readouterr().err
+    assert "--targets grey" in err and "'gaussian'" in err and "Traceback" not in err
