@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig
 from pyro_vae.evaluate import estimate_log_likelihood
-from pyro_vae.quadrants import build_quadrant_model
+from pyro_vae.models.quadrants import build_quadrant_model
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data
 
