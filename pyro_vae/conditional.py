@@ -38,6 +38,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder
+from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.registry import MODEL_KINDS
@@ -260,7 +261,10 @@ def prepare_labelled(config: "Config", data: "ImageData", vae: ConditionalVAE
     check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
     particles = config.train.particles
     if config.model.kind == "cvae":
-        return make_objective(config.train.objective, particles, config.train.alpha), None
+        objective = make_objective(config.train.objective, particles, config.train.alpha)
+        return with_label_independence(objective, config.model.label_independence,
+                                       config.model.label_independence_weight, vae.prior,
+                                       config.model.num_classes), None
     num_labels = config.data.num_labels or len(data.train_y)
     labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
                                config.train.seed)
