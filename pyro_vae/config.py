@@ -163,7 +163,7 @@ class ModelConfig:
     #: decode to the requested label (pyro_vae/objectives/label_independence.py); ``"none"``.
     label_independence: str = "none"
     #: λ of that penalty, per datapoint (used with ``label_independence = "mmd"``).
-    label_independence_weight: float = 100.0
+    label_independence_weight: float = 500.0
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
@@ -238,7 +238,7 @@ class ModelConfig:
                               "penalty of the label-conditional VAE (kind = \"cvae\"), whose "
                               f"labels are all observed; kind = \"{self.kind}\" has no use for "
                               "it. Remove the key or set label_independence = \"none\".")
-        if self.label_independence == "none" and self.label_independence_weight != 100.0:
+        if self.label_independence == "none" and self.label_independence_weight != 500.0:
             raise ConfigError("[model] label_independence_weight is only used with "
                               "label_independence = \"mmd\", which this recipe does not set; "
                               "remove the weight or set label_independence = \"mmd\".")
