@@ -45,8 +45,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pyro.poutine.messenger import Messenger
 from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
 
 #: Scales s of the inverse multiquadric kernel (those of the WAE's code).
 KERNEL_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
