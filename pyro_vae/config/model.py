@@ -58,9 +58,16 @@ class ModelConfig:
     categorical_latents: int = 20
     categories: int = 10
     discrete_prior: str = "uniform"
+    #: ``cvae``: ``"mmd"`` adds to the training objective λ · N · Σ_c (B_c/B) MMD²(q(z|y=c),
+    #: p(z)), which pulls every class's aggregate posterior to the prior so that prior draws
+    #: decode to the requested label (pyro_vae/objectives/label_independence.py); ``"none"``.
+    label_independence: str = "none"
+    #: λ of that penalty, per datapoint (used with ``label_independence = "mmd"``).
+    label_independence_weight: float = 500.0
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
+        self._check_label_independence()
         _positive("model", "categorical_latents", self.categorical_latents)
         if self.categories < 2:
             raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
@@ -121,6 +128,20 @@ class ModelConfig:
         else:
             _positive("model", "gaussian_scale", self.gaussian_scale)
 
+
+    def _check_label_independence(self) -> None:
+        _choice("model", "label_independence", self.label_independence, ("none", "mmd"))
+        _positive("model", "label_independence_weight", self.label_independence_weight,
+                  allow_zero=True)
+        if self.label_independence != "none" and self.kind != "cvae":
+            raise ConfigError(f"[model] label_independence = \"{self.label_independence}\" is a "
+                              "penalty of the label-conditional VAE (kind = \"cvae\"), whose "
+                              f"labels are all observed; kind = \"{self.kind}\" has no use for "
+                              "it. Remove the key or set label_independence = \"none\".")
+        if self.label_independence == "none" and self.label_independence_weight != 500.0:
+            raise ConfigError("[model] label_independence_weight is only used with "
+                              "label_independence = \"mmd\", which this recipe does not set; "
+                              "remove the weight or set label_independence = \"mmd\".")
 
     def _check_unused_options(self) -> None:
         """Options of one prior given with another would be ignored: say so instead."""

@@ -36,6 +36,7 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder
+from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
 from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.registry import MODEL_KINDS, KindHooks
@@ -230,9 +231,12 @@ def check_data_labels(config: "Config", data: "ImageData") -> None:
 def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective: ELBO
             ) -> tuple[ELBO, None]:
     """The ``prepare`` hook of the kind ``cvae``: the data must have labels; the objective
-    is the one configured."""
+    is the one configured, with the label-independence penalty added where ``[model]
+    label_independence`` asks for it."""
     check_data_labels(config, data)
-    return objective, None
+    return with_label_independence(objective, config.model.label_independence,
+                                   config.model.label_independence_weight, vae.prior,
+                                   config.model.num_classes), None
 
 
 @MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
