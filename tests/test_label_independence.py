@@ -8,11 +8,11 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from pyro_vae.conditional import prepare_labelled
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
+from pyro_vae.protocol import hooks
 from pyro_vae.objectives.label_independence import (KERNEL_SCALES, LabelIndependence,
                                                     class_mmd)
 from pyro_vae.runs import load_trained
@@ -100,6 +100,12 @@ def _config(weight: float | None, epochs: int = 1, beta: float = 1.0) -> Config:
     return Config().with_overrides({"model": model, "train": {"epochs": epochs, "beta": beta},
                                     "evaluate": {"num_samples": 2,
                                                  "label_fidelity_samples": 0}})
+
+
+def prepare_labelled(config, data, vae):
+    """The objective the cvae kind's prepare hook gives for ``config``."""
+    base = make_objective(config.train.objective, config.train.particles, config.train.alpha)
+    return hooks(config).prepare(config, data, vae, base)
 
 
 def test_its_gradient_reaches_the_encoder_only(digits):
