@@ -34,6 +34,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.m2_schedule import train_epoch_interleaved
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.protocol import has
@@ -432,10 +433,14 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                 if splits is not None:  # semi-supervised M2
                     from pyro_vae.semisupervised import train_epoch
                     grey = data.grey("train")  # the classifier reads the grey images
-                    train_elbo, new_step = train_epoch(
-                        module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
-                        x_train[splits[1]], config.train.batch_size, schedule, step, progress,
-                        grey[splits[0]], grey[splits[1]])
+                    m2_args = (module, optimizer, x_train[splits[0]], data.train_y[splits[0]],
+                               x_train[splits[1]], config.train.batch_size, schedule, step,
+                               progress, grey[splits[0]], grey[splits[1]])
+                    if config.train.m2_schedule == "interleaved":
+                        train_elbo, new_step = train_epoch_interleaved(
+                            *m2_args, labelled_every=config.train.labelled_every)
+                    else:
+                        train_elbo, new_step = train_epoch(*m2_args)
                 else:
                     train_elbo, new_step = _train_epoch(
                         module, optimizer, x_train, config.train.batch_size, schedule, step,
