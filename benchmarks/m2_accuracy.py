@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--eval-every", type=int, default=100, help="unlabelled steps")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--state", type=Path, default=None,
+                        help="save the training state here at the end; resume from it if it "
+                             "exists (the curve continues)")
     args = parser.parse_args()
 
     overrides = {"data": {"data_dir": args.data_dir, "num_labels": args.num_labels},
@@ -113,10 +117,25 @@ def main() -> None:
         def weight(self, step: int) -> float:
             return config.train.beta
 
-    step = 0
+    def _stop(signum, frame):  # SIGTERM: stop as at the time limit (the state is saved)
+        raise _OutOfTime
+
+    signal.signal(signal.SIGTERM, _stop)
+    step, epoch = 0, 0
+    if args.state is not None and args.state.exists():
+        saved = torch.load(args.state, weights_only=False)
+        vae.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        step, epoch, curve.rows = saved["step"], saved["epoch"], saved["curve"]
+        curve.steps = saved["curve_steps"]
+        curve.trained = curve.rows[-1]["minutes"] * 60 if curve.rows else 0.0
+        curve.seconds += curve.trained
+        torch.set_rng_state(saved["rng"])
+        print(f"resumed at epoch {curve.steps / curve.epoch_steps:.2f}", flush=True)
     try:
         with pyro.validation_enabled(False):
-            for _ in range(args.epochs):
+            while epoch < args.epochs:
+                # A resumed run restarts the interrupted epoch's data order (close enough here).
                 x = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
                 m2_args = (module, optimizer, x[labelled], data.train_y[labelled],
                            x[unlabelled], batch, _Flat(), step, curve, grey[labelled],
@@ -126,8 +145,13 @@ def main() -> None:
                         *m2_args, labelled_every=config.train.labelled_every)
                 else:
                     _, step = train_epoch(*m2_args)
+                epoch += 1
     except _OutOfTime:
         pass
+    if args.state is not None:
+        torch.save({"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "epoch": epoch, "curve": curve.rows,
+                    "curve_steps": curve.steps, "rng": torch.get_rng_state()}, args.state)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"config": config.to_dict() if hasattr(config, "to_dict")

@@ -24,9 +24,10 @@ steps, so the labels come more often than once an epoch.
 
 Compared with the ``paired`` schedule of :func:`pyro_vae.semisupervised.train_epoch` (a
 labelled and an unlabelled batch in every step, with the classification term inside the model
-at α · N_u/B_u): there the classifier's gradient is the label signal at every step, it fits
-the labelled points and stays near the supervised-only accuracy (77–78 % at 100 labels on
-MNIST); here the unlabelled term trains q(y|x) between the labelled steps.
+at α · N_u/B_u): there the label signal is in every step's gradient; here the unlabelled term
+alone trains q(y|x) between the labelled steps. On MNIST with 100 labels, learning rate 10⁻³ and
+α = 50, this schedule rose from 54 % to 68 % test accuracy in 2.3 epochs and stayed there to
+epoch 5, while the paired one with α = 5 reached 80 % in 2 epochs (README, "Semi-supervised M2").
 """
 
 from __future__ import annotations
