@@ -45,6 +45,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
+    "m2_schedule": ("train", "m2_schedule"), "labelled_every": ("train", "labelled_every"),
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
     "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
     "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
@@ -135,6 +136,12 @@ def add_parser(commands) -> None:
                        help="m2: training labels kept, balanced over classes (0: all)")
     parser.add_argument("--aux-loss-weight", type=float,
                        help="m2: weight of -log q(y|x) per labelled datapoint (default 50)")
+    parser.add_argument("--m2-schedule",
+                        help="m2: 'interleaved' (Pyro's example: a labelled step every "
+                        "--labelled-every unlabelled steps) or 'paired' (both in every step)")
+    parser.add_argument("--labelled-every", type=int,
+                        help="m2, interleaved: a labelled batch every k steps (0: each labelled "
+                        "batch once an epoch, spread evenly)")
     parser.add_argument("--out", help="run directory (default: runs/DATASET-TIME)")
     parser.add_argument("--logger", action="append", choices=["tensorboard", "mlflow"],
                        help="also log to TensorBoard (RUN_DIR/tensorboard) or MLflow "

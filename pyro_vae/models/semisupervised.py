@@ -30,6 +30,11 @@ plate's N_l/B_l, the whole-data reading, left the classifier 5–7 % aux signal 
 labels, N_u/B ≈ 300, and 52 % test accuracy: Adam followed the clustering signal.) Pyro's example
 gets the same balance by taking the aux term as an optimizer step of its own with unscaled sums.
 Without unlabelled data the reference is one labelled point's ELBO (weight N_l/B_l).
+That is the ``paired`` schedule of :func:`train_epoch`. The ``interleaved`` schedule of
+:mod:`pyro_vae.m2_schedule` trains M2 as Pyro's example does (the classification term as a step
+of its own, each labelled batch once an epoch). Measured on MNIST with 100 labels (README): α = 50
+here keeps q(y|x) at the supervised-only accuracy (77-78 %), α = 5 lets the unlabelled term move
+it (80 % after 2 epochs), and the interleaved schedule is slower to start (68 % after 5 epochs).
 
 The classifier reads ``classifier_x`` where given: the grey images of which ``x`` is a binarized
 draw (the likelihood scores the binary draw; the classifier sees the image as it is).
@@ -50,6 +55,7 @@ from torch import nn
 
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData, minibatches
+from pyro_vae.m2_schedule import interleaved_batches
 from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labelled_networks,
                                          labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
@@ -197,7 +203,7 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     ``[data] num_labels`` training points (balanced across classes), sizes the two splits'
     plates, and trains with ``TraceEnum_ELBO`` so that the missing labels are summed out.
 
-    Returns (objective, (labelled, unlabelled) training indices).
+    Returns (objective, (labelled, unlabelled) training indices, schedule, labelled_every).
     """
     check_data_labels(config, data)
     particles = config.train.particles
@@ -211,7 +217,8 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     vae.aux_loss_weight = config.train.aux_loss_weight
     objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
                                max_plate_nesting=MAX_PLATE_NESTING)
-    return objective, (labelled, unlabelled)
+    return objective, (labelled, unlabelled, config.train.m2_schedule,
+                       config.train.labelled_every)
 
 
 def batches(epoch: Epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
@@ -224,7 +231,10 @@ def batches(epoch: Epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Ten
     """
     # A labelled batch has nothing to enumerate, which TraceEnum_ELBO warns about; expected here.
     warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites")
-    labelled_indices, unlabelled_indices = epoch.state
+    labelled_indices, unlabelled_indices, schedule, _ = epoch.state
+    if schedule == "interleaved":  # Pyro's example: see pyro_vae/m2_schedule.py
+        yield from interleaved_batches(epoch)
+        return
     grey = epoch.data.grey("train")
     x_labelled, x_unlabelled = epoch.x[labelled_indices], epoch.x[unlabelled_indices]
     y_labelled = epoch.data.train_y[labelled_indices]
