@@ -22,7 +22,7 @@ each seen once, as Pyro's example does (at 100 labels and B = 200: one labelled 
 a positive k inserts the next labelled batch (cycling through the labelled split) every k
 steps, so the labels come more often than once an epoch.
 
-Compared with the ``paired`` schedule of :func:`pyro_vae.semisupervised.train_epoch` (a
+Compared with the ``paired`` schedule of :func:`pyro_vae.models.semisupervised.batches` (a
 labelled and an unlabelled batch in every step, with the classification term inside the model
 at α · N_u/B_u): there the label signal is in every step's gradient; here the unlabelled term
 alone trains q(y|x) between the labelled steps. On MNIST with 100 labels, learning rate 10⁻³ and

@@ -30,7 +30,7 @@ plate's N_l/B_l, the whole-data reading, left the classifier 5–7 % aux signal 
 labels, N_u/B ≈ 300, and 52 % test accuracy: Adam followed the clustering signal.) Pyro's example
 gets the same balance by taking the aux term as an optimizer step of its own with unscaled sums.
 Without unlabelled data the reference is one labelled point's ELBO (weight N_l/B_l).
-That is the ``paired`` schedule of :func:`train_epoch`. The ``interleaved`` schedule of
+That is the ``paired`` schedule of :func:`batches`. The ``interleaved`` schedule of
 :mod:`pyro_vae.m2_schedule` trains M2 as Pyro's example does (the classification term as a step
 of its own, each labelled batch once an epoch). Measured on MNIST with 100 labels (README): α = 50
 here keeps q(y|x) at the supervised-only accuracy (77-78 %), α = 5 lets the unlabelled term move
