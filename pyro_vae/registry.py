@@ -122,6 +122,9 @@ class Entry:
     help: str = ""
     capabilities: frozenset[str] = field(default_factory=frozenset)
     module: str = ""
+    #: The plugin module whose import registered this entry ("" for the library's own and
+    #: for entries registered by the user's script): what a run must import to rebuild it.
+    plugin: str = ""
 
 
 class Registry(Generic[F]):
@@ -153,7 +156,8 @@ class Registry(Generic[F]):
                 raise ConfigError(f"the {self.kind} name {name!r} is registered twice (by "
                                   f"{old.module} and by {module}); choose another name.")
             doc = help or (factory.__doc__ or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, factory, doc, frozenset(capabilities), module)
+            self._entries[name] = Entry(name, factory, doc, frozenset(capabilities), module,
+                                        _importing[-1] if _importing else "")
             if hooks is not None:
                 self.add_hooks(name, **{f.name: getattr(hooks, f.name)
                                         for f in dataclasses.fields(hooks)
@@ -243,6 +247,8 @@ DATASETS: Registry = Registry("dataset", "[data] dataset")
 
 _builtins_loaded = False
 _loaded_plugins: list[str] = []
+#: The plugin modules being imported now (innermost last): who registers an entry.
+_importing: list[str] = []
 
 
 def load_builtins() -> None:
@@ -267,6 +273,7 @@ def load_plugin(module: str, who: str = "") -> None:
     if module in _loaded_plugins:
         return
     source = f" ({who})" if who else ""
+    _importing.append(module)
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as error:
@@ -281,6 +288,8 @@ def load_plugin(module: str, who: str = "") -> None:
         raise PluginError(
             f"the plugin module {module!r}{source} failed while being imported "
             f"({type(error).__name__}: {error}); fix the plugin or leave it out.") from None
+    finally:
+        _importing.pop()
     _loaded_plugins.append(module)
 
 
@@ -316,3 +325,16 @@ def load_entry_points() -> None:
 def loaded_plugins() -> tuple[str, ...]:
     """Plugin modules loaded so far in this process (recipe, flag or entry point)."""
     return tuple(_loaded_plugins)
+
+
+def plugins_providing(names: Iterable[tuple[Registry, str]]) -> list[str]:
+    """The plugin modules that registered the given ``(registry, name)`` entries (those a
+    run uses), in order and without repeats: loaded by a recipe, ``--plugin`` or an
+    installed package's entry point alike. Names not registered are skipped."""
+    modules: list[str] = []
+    for registry, name in names:
+        if name in registry:
+            plugin = registry.entry(name).plugin
+            if plugin and plugin not in modules:
+                modules.append(plugin)
+    return modules

@@ -368,6 +368,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
            model: torch.nn.Module | None = None) -> dict[str, Any]:
     """:func:`train`, as one of the processes of ``group`` (if any)."""
     is_main = group is None or group.is_main
+    # The run records every plugin whose components it uses (entry-point plugins included).
+    config = config.with_plugins_recorded()
     checkpoint_path = run_dir / CHECKPOINT
     _check_run_dir(run_dir, resume)
     if is_main:  # under the lock: what killed writers left behind

@@ -169,3 +169,40 @@ def test_a_factory_named_by_import_path_brings_its_hooks(tmp_path, monkeypatch):
     assert MODEL_KINDS.hooks("vae").batches is None  # a built-in kind takes the defaults
     with pytest.raises(ConfigError, match="not registered"):
         MODEL_KINDS.add_hooks("no_such_kind", display_name="x")
+
+
+def test_a_prior_from_an_installed_packages_entry_point_is_recorded_in_the_run(
+        tmp_path, capsys, monkeypatch):
+    """An installed package declares a plugin in the ``pyro_vae.plugins`` entry-point group
+    (here a dist-info folder on sys.path, as pip would write it); its prior trains without
+    any --plugin or recipe key, and the run's config.toml names the module, so a machine
+    without the package is told what to install."""
+    site = tmp_path / "site"
+    (site / "ep_laplace_prior-0.1.dist-info").mkdir(parents=True)
+    (site / "ep_laplace_prior-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: ep-laplace-prior\nVersion: 0.1\n")
+    (site / "ep_laplace_prior-0.1.dist-info" / "entry_points.txt").write_text(
+        "[pyro_vae.plugins]\nlaplace = ep_laplace_prior\n")
+    (site / "ep_laplace_prior.py").write_text(
+        "import pyro.distributions as dist\nimport torch\n"
+        "from pyro_vae.priors import Prior\n"
+        "from pyro_vae.registry import PRIORS\n\n\n"
+        "class LaplacePrior(Prior):\n"
+        "    def forward(self, batch_shape, device, dtype):\n"
+        "        loc = torch.zeros(self.latent_dim, device=device, dtype=dtype)\n"
+        "        return dist.Laplace(loc, torch.ones_like(loc)).expand(\n"
+        "            torch.Size(batch_shape) + loc.shape).to_event(1)\n\n\n"
+        "@PRIORS.register('ep_laplace', help='Laplace(0, 1) prior')\n"
+        "def build(config, context):\n"
+        "    return LaplacePrior(config.latent_dim)\n")
+    monkeypatch.syspath_prepend(str(site))
+    from pyro_vae.registry import load_entry_points
+    load_entry_points()
+    assert PRIORS.entry("ep_laplace").plugin == "ep_laplace_prior"
+    run = tmp_path / "run"
+    code, _, err = _cli(capsys, "train", "--prior", "ep_laplace", "--epochs", 1,
+                        "--eval-samples", 2, "--out", run)
+    assert code == 0, err
+    assert Config.from_toml(run / "config.toml").plugins == ["ep_laplace_prior"]
+    code, _, err = _cli(capsys, "evaluate", run, "--num-samples", 2)
+    assert code == 0, err

@@ -25,8 +25,8 @@ from pyro_vae.config.evaluate import EvaluateConfig
 from pyro_vae.config.model import ModelConfig
 from pyro_vae.config.train import TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.registry import (GUIDES, LIKELIHOODS, MODEL_KINDS, OBJECTIVES, PRIORS, Registry,
-                               load_plugins)
+from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS,
+                               OBJECTIVES, PRIORS, Registry, load_plugins, plugins_providing)
 
 #: The recipes shipped with the library (the repository's ``models/``, linked into the package).
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -78,6 +78,17 @@ class Config:
             return self.data.binarize
         binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
         return "dynamic" if binary else "none"
+
+    def with_plugins_recorded(self) -> "Config":
+        """This configuration with ``plugins`` listing every plugin module that registered a
+        component it names (including those an installed package's entry point loaded), so
+        that a run's ``config.toml`` says what to install to rebuild it."""
+        used = [(PRIORS, self.model.prior), (LIKELIHOODS, self.model.likelihood),
+                (GUIDES, self.model.guide), (NETWORKS, self.model.network),
+                (MODEL_KINDS, self.model.kind), (OBJECTIVES, self.train.objective),
+                (DATASETS, self.data.dataset)]
+        extra = [m for m in plugins_providing(used) if m not in self.plugins]
+        return dataclasses.replace(self, plugins=[*self.plugins, *extra]) if extra else self
 
     def validate(self) -> "Config":
         load_plugins(self.plugins, "listed under plugins in the run's configuration")
