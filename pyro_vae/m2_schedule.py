@@ -97,7 +97,8 @@ def labelled_steps(num_unlabelled_batches: int, num_labelled_batches: int,
     return [s for s in range(1 % every, num_unlabelled_batches, every)][:num_labelled_batches]
 
 
-def _cycled(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
+def cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
+    """A function returning the next ``batch_size`` indices of ever fresh permutations."""
     state = {"batches": iter(())}
 
     def next_batch() -> torch.Tensor:
@@ -139,7 +140,7 @@ def interleaved_batches(epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torc
         unlabelled_batches = minibatches(num_u, epoch.batch_size, device)
     else:  # every label known: the labelled split in turn
         num_steps, inserts = num_l_batches, set(range(num_l_batches))
-    next_labelled = _cycled(num_l, labelled_batch, device)
+    next_labelled = cycled_batches(num_l, labelled_batch, device)
 
     def elbo_step(x: torch.Tensor, y: torch.Tensor | None, grey_x: torch.Tensor):
         def step() -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyro
 import pyro.distributions as dist
@@ -63,6 +63,18 @@ def kl_scale(kl_weight: float) -> contextlib.AbstractContextManager:
     if kl_weight == 1.0:
         return contextlib.nullcontext()
     return poutine.scale(scale=kl_weight)
+
+
+@contextlib.contextmanager
+def true_model(model: Any) -> Iterator[Any]:
+    """``model`` (anything with ``kl_weight`` and ``num_data``) as the true model while the
+    block runs: KL weight 1 and no minibatch scaling, restored afterwards."""
+    saved = model.kl_weight, model.num_data
+    model.kl_weight, model.num_data = 1.0, None
+    try:
+        yield model
+    finally:
+        model.kl_weight, model.num_data = saved
 
 
 class VAE(nn.Module):
@@ -177,15 +189,9 @@ class VAE(nn.Module):
         device = next(self.parameters()).device
         return x.to(device=device, dtype=torch.float32).mean(0)
 
-    @contextlib.contextmanager
-    def scoring(self) -> Iterator["VAE"]:
+    def scoring(self) -> contextlib.AbstractContextManager["VAE"]:
         """Evaluate the true model: KL weight 1 and no minibatch scaling, restored afterwards."""
-        saved = self.kl_weight, self.num_data
-        self.kl_weight, self.num_data = 1.0, None
-        try:
-            yield self
-        finally:
-            self.kl_weight, self.num_data = saved
+        return true_model(self)
 
 
 def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-from typing import Any, Iterator
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -41,7 +41,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.likelihoods import Likelihood, build_likelihood
-from pyro_vae.models.base import data_plate, kl_scale
+from pyro_vae.models.base import data_plate, kl_scale, true_model
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
 from pyro_vae.registry import MODEL_KINDS, KindHooks
@@ -110,15 +110,9 @@ class DiscreteVAE(nn.Module):
     def _kl_scale(self) -> contextlib.AbstractContextManager:
         return kl_scale(self.kl_weight)
 
-    @contextlib.contextmanager
-    def scoring(self) -> Iterator["DiscreteVAE"]:
+    def scoring(self) -> contextlib.AbstractContextManager["DiscreteVAE"]:
         """Evaluate the true model: KL weight 1 and no minibatch scaling, restored afterwards."""
-        saved = self.kl_weight, self.num_data
-        self.kl_weight, self.num_data = 1.0, None
-        try:
-            yield self
-        finally:
-            self.kl_weight, self.num_data = saved
+        return true_model(self)
 
     # -- the model/guide pair ----------------------------------------------------------------
     def prior(self, k: int, batch: int) -> dist.TorchDistribution:

@@ -54,8 +54,8 @@ from pyro.infer import ELBO, TraceEnum_ELBO
 from torch import nn
 
 from pyro_vae.config import Config, ModelConfig
-from pyro_vae.data import ImageData, minibatches
-from pyro_vae.m2_schedule import interleaved_batches
+from pyro_vae.data import ImageData
+from pyro_vae.m2_schedule import cycled_batches, interleaved_batches
 from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labelled_networks,
                                          labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
@@ -184,19 +184,6 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
               config.num_classes, aux_loss_weight)
 
 
-def _cycled_batches(num_items: int, batch_size: int, device) -> Callable[[], torch.Tensor]:
-    """A function returning the next ``batch_size`` indices of ever fresh permutations."""
-    state = {"batches": iter(())}
-
-    def next_batch() -> torch.Tensor:
-        batch = next(state["batches"], None)
-        if batch is None:
-            state["batches"] = minibatches(num_items, batch_size, device)
-            batch = next(state["batches"])
-        return batch
-    return next_batch
-
-
 def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
             ) -> tuple[ELBO, tuple[torch.Tensor, torch.Tensor]]:
     """The ``prepare`` hook of the kind ``m2``: the data must have labels; keeps the labels of
@@ -242,8 +229,8 @@ def batches(epoch: Epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Ten
     num_l, num_u = len(x_labelled), len(x_unlabelled)
     batch_size = epoch.batch_size
     num_steps = math.ceil(max(num_l, num_u) / batch_size)
-    next_labelled = _cycled_batches(num_l, min(batch_size, num_l), x_labelled.device)
-    next_unlabelled = _cycled_batches(num_u, batch_size, x_labelled.device) if num_u else None
+    next_labelled = cycled_batches(num_l, min(batch_size, num_l), x_labelled.device)
+    next_unlabelled = cycled_batches(num_u, batch_size, x_labelled.device) if num_u else None
 
     def step() -> tuple[torch.Tensor, torch.Tensor, int]:
         labelled = next_labelled()
