@@ -79,7 +79,7 @@ from pyro_vae.data import ImageData, is_binary
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood
 from pyro_vae.objectives.particles import _sample_sites
-from pyro_vae.plots import _save, subplots
+from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train
 
 #: Per-image scores, in the order of the table and the figure.
@@ -452,4 +452,4 @@ def save_histograms(path: Path, panels: list[tuple[str, torch.Tensor, dict[str, 
         axis.set_xlabel(label, fontsize=8)
         axis.tick_params(labelsize=7)
         axis.legend(fontsize=7)
-    _save(figure, path)
+    save_figure(figure, path)

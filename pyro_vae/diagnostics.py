@@ -64,7 +64,7 @@ from pyro.infer import MCMC, NUTS
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.objectives.particles import _sample_sites, log_weights, run_particles
-from pyro_vae.plots import _save, subplots
+from pyro_vae.plots import save_figure, subplots
 from pyro_vae.runs import atomic_path
 
 with warnings.catch_warnings():  # arviz announces its refactor once a day on import
@@ -434,4 +434,4 @@ def save_posterior_comparison(path: str | Path, amortized: az.InferenceData,
     axes[0][0].legend(fontsize=7, loc="upper left")
     figure.suptitle(f"amortized q(z|x) against the exact posterior, datapoint {point[DATAPOINT]}",
                     fontsize=9)
-    _save(figure, Path(path))
+    save_figure(figure, Path(path))

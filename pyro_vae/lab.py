@@ -43,7 +43,7 @@ import torch
 
 from pyro_vae.config import MAX_ENUMERATED_CODES
 from pyro_vae.objectives import PerDatapointObjective, is_lower_bound, make_objective
-from pyro_vae.plots import _save, subplots
+from pyro_vae.plots import save_figure, subplots
 
 #: Objectives with a temperature, measured at each of the lab's temperatures.
 RELAXED = ("concrete", "straight_through")
@@ -228,7 +228,7 @@ def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
     axis.set_ylabel("bound, nats per datapoint")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    _save(figure, out_dir / "bound_vs_k.png")
+    save_figure(figure, out_dir / "bound_vs_k.png")
 
     figure, axes = subplots(1, 2, figsize=(9.5, 3.8), sharex=True)
     for axis, part in zip(axes, ("encoder", "decoder")):
@@ -243,4 +243,4 @@ def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
         axis.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("mean |E g| / std g")
     axes[1].legend(fontsize=8)
-    _save(figure, out_dir / "snr_vs_k.png")
+    save_figure(figure, out_dir / "snr_vs_k.png")

@@ -8,7 +8,7 @@ from pathlib import Path
 from pyro_vae.applications import linear_probe_accuracy
 from pyro_vae.cli.common import load_run, refuse_kind
 from pyro_vae.errors import ConfigError
-from pyro_vae.plots import _save, subplots
+from pyro_vae.plots import save_figure, subplots
 from pyro_vae.protocol import has
 from pyro_vae.runs import make_run_dir, write_json
 
@@ -57,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         axis.set_xlabel("latent size")
         axis.set_ylabel("linear-probe test accuracy")
         axis.grid(alpha=0.3)
-        _save(figure, out / "probe.png")
+        save_figure(figure, out / "probe.png")
     print(f"wrote {out / 'probe.json'}" + (" and probe.png" if len(rows) > 1 else ""))
     return 0

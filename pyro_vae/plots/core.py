@@ -53,7 +53,8 @@ def image_grid(images: torch.Tensor, image_shape: tuple[int, int, int], columns:
     return grid[0] if channels == 1 else grid.transpose(1, 2, 0)
 
 
-def _save(figure: Figure, path: Path) -> None:
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` as a PNG, atomically (never a half-written file)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
@@ -71,7 +72,7 @@ def save_image_grid(path: Path, images: torch.Tensor, image_shape: tuple[int, in
         title = f"{title}\n(each image's {image_shape[0]} channels side by side, as grey)"
     axis.set_title(title, fontsize=9)
     axis.axis("off")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def scatter_coordinates(reference: torch.Tensor
@@ -120,7 +121,7 @@ def save_vector_scatter(path: Path, samples: torch.Tensor, reference: torch.Tens
             axis.axis("off")
         axes.flat[0].legend(fontsize=7, markerscale=3)
     figure.suptitle(title, fontsize=9)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 @torch.no_grad()
@@ -171,7 +172,7 @@ def _save_vector_reconstructions(path: Path, vae, x: torch.Tensor, max_points: i
         axis.legend(fontsize=7, markerscale=3)
     axis.set_title("test inputs against their reconstructions"
                    + ("" if x.shape[1] <= 10 else " (first 10 coordinates)"), fontsize=9)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 @torch.no_grad()
@@ -198,7 +199,7 @@ def save_interpolation(path: Path, vae, x: torch.Tensor, image_shape, pairs: int
         axis.set_xlabel(names[first])
         axis.set_ylabel(names[second])
         axis.set_title("decoded along straight lines between test encodings", fontsize=9)
-        _save(figure, path)
+        save_figure(figure, path)
         return
     save_image_grid(path, images, image_shape, steps,
                     "decoded along a straight line between two test encodings")
@@ -250,7 +251,7 @@ def save_latent_map(path: Path, vae, x: torch.Tensor, y: torch.Tensor | None,
     else:
         axis.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6)
     axis.set_title(f"test encodings μ(x): {label}", fontsize=9)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def save_elbo_curves(path: Path, history: list[dict]) -> None:
@@ -268,7 +269,7 @@ def save_elbo_curves(path: Path, history: list[dict]) -> None:
         axis.set_ylim(bottom=low)
     axis.legend()
     axis.grid(alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def save_kl_curves(path: Path, history: list[dict]) -> None:
@@ -298,4 +299,4 @@ def save_kl_curves(path: Path, history: list[dict]) -> None:
     right.grid(alpha=0.3)
     for axis in (left, right):
         axis.set_xlabel("epoch")
-    _save(figure, path)
+    save_figure(figure, path)
