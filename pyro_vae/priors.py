@@ -245,12 +245,19 @@ class LabelConditionalMixture(Prior):
 
     @torch.no_grad()
     def shared_draws(self, columns: int) -> torch.Tensor:
-        """``[C, columns, D]``: column j is the same component slot k_j and the same standard
-        noise ε_j in every class, z = m_{y,k_j} + s_{y,k_j} ε_j (a label × z grid)."""
-        _, loc, scale = self.components()
-        slots = torch.randint(self.per_class, (columns,), device=loc.device)
+        """``[C, columns, D]`` draws of p(z|y) for every class y (a label × z grid) that share
+        their randomness along a column j: one uniform u_j picks class y's component by the
+        inverse of its weights' cumulative sum (the same quantile in every class), and one
+        standard noise ε_j makes z = m_{y,k} + s_{y,k} ε_j."""
+        logits, loc, scale = self.components()
+        uniform = torch.rand(columns, device=loc.device, dtype=loc.dtype)
+        cumulative = torch.softmax(logits, -1).cumsum(-1)                   # [C, K]
+        slots = torch.searchsorted(cumulative.contiguous(),
+                                   uniform.expand(self.num_classes, columns).contiguous())
+        slots = slots.clamp(max=self.per_class - 1)                          # [C, columns]
         noise = torch.randn(columns, self.latent_dim, device=loc.device, dtype=loc.dtype)
-        return loc[:, slots] + scale[:, slots] * noise
+        rows = torch.arange(self.num_classes, device=loc.device)[:, None]
+        return loc[rows, slots] + scale[rows, slots] * noise
 
 
 class LabelledMixturePrior(LabelConditionalMixture):

@@ -183,3 +183,18 @@ def test_the_command_lines_model_flag_gets_the_kinds_default_prior():
         .model.prior == "normal"
     mixture = Config.from_dict({"model": {"prior": "mixture"}})
     assert mixture.with_overrides({"model": {"kind": "cvae"}}).model.prior == "mixture"
+
+
+def test_the_label_grid_draws_each_class_by_its_own_weights():
+    """shared_draws picks every class's component by that class's weights: a component a
+    class never uses (weight ~e^-30) never appears in its row."""
+    prior = _mixture()
+    with torch.no_grad():
+        prior.logits.fill_(-30.0)
+        prior.logits[:, 1] = 0.0          # class y uses only its component 1
+        prior.raw_scale.fill_(-20.0)      # scales ~2e-9: a draw is its component's mean
+    torch.manual_seed(0)
+    grid = prior.shared_draws(50)
+    assert grid.shape == (CLASSES, 50, DIM)
+    _, loc, _ = prior.components()
+    assert torch.allclose(grid, loc[:, 1:2].expand(CLASSES, 50, DIM), atol=1e-6)

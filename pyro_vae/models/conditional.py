@@ -257,15 +257,17 @@ def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective:
 
 
 def model_defaults(model: "Mapping[str, Any]") -> dict[str, Any]:
-    """The ``model_defaults`` hook of the kind ``cvae``: the label-conditional VampPrior
-    p(z|y), unless the recipe asks for the label-independence penalty, which needs N(0, I).
+    """The ``model_defaults`` hook of the kind ``cvae``: a Gaussian mixture per label, p(z|y),
+    unless the recipe asks for the label-independence penalty, which needs N(0, I).
 
-    With p(z) = N(0, I) one MNIST sample in four showed another digit than the one asked for
+    With p(z) = N(0, I) one MNIST sample in five showed another digit than the one asked for
     (the decoder renders a z from another class's region as that class); p(z|y) draws z from
-    the class's own region and also scores log p(x|y) higher (README, "Conditional VAEs")."""
+    the class's own region (97 % on MNIST) at no cost in log p(x|y). The mixture rather than
+    the per-label VampPrior: the same fidelity and log p(x|y) within a standard error, at
+    1.2-1.3x the step of N(0, I) against 2.6-2.9x (README, "Conditional VAEs")."""
     if model.get("label_independence", "none") != "none":
         return {}
-    return {"prior": "vamp"}
+    return {"prior": "mixture"}
 
 
 @MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
