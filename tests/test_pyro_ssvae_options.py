@@ -1,0 +1,56 @@
+"""The two settings of Pyro's SS-VAE example that recipes can ask for: Adam's β₁
+(``[train] adam_beta1``) and grey levels as Bernoulli targets (``[data] binarize = "grey"``)."""
+
+import pytest
+import torch
+
+from pyro_vae.cli import main
+from pyro_vae.config import Config
+from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.runs import load_checkpoint
+from pyro_vae.training import prepare_data, train
+
+
+def small(**sections) -> Config:
+    base = {"model": {"hidden_dims": [16], "latent_dim": 2},
+            "train": {"epochs": 1, "batch_size": 256},
+            "evaluate": {"num_samples": 8}}
+    for name, values in sections.items():
+        base[name] = {**base.get(name, {}), **values}
+    return Config().with_overrides(base)
+
+
+def test_adam_beta1_reaches_the_optimizer_of_a_run(tmp_path):
+    train(small(train={"adam_beta1": 0.95}), tmp_path / "run")
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert [group["betas"] for group in saved["optimizer"]["param_groups"]] == [(0.95, 0.999)]
+    assert Config().train.adam_beta1 == 0.9  # torch's default unless asked
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5, -0.1])
+def test_adam_beta1_outside_0_1_is_refused_with_a_clear_message(value):
+    with pytest.raises(ConfigError, match=r"adam_beta1 = .* must lie in \[0, 1\)"):
+        small(train={"adam_beta1": value})
+
+
+def test_grey_targets_keep_the_grey_levels_for_the_bernoulli_likelihood():
+    grey = prepare_data(small(data={"binarize": "grey"}))
+    assert not bool(((grey.train_x == 0) | (grey.train_x == 1)).all())  # grey levels kept
+    torch.testing.assert_close(grey.train_x, grey.grey("train"))
+    torch.testing.assert_close(grey.test_x, grey.grey("test"))  # test targets grey too
+    # "none" still refuses grey pixels under a Bernoulli likelihood (no silent cross-entropy).
+    with pytest.raises(DataError, match="grey pixels"):
+        prepare_data(small(data={"binarize": "none"}))
+
+
+def test_grey_targets_with_another_likelihood_are_refused():
+    with pytest.raises(ConfigError, match=r"binarize = \"grey\".*not the Bernoulli"):
+        small(data={"binarize": "grey"}, model={"likelihood": "gaussian"})
+
+
+def test_cli_refuses_grey_targets_for_a_gaussian_in_one_paragraph(tmp_path, capsys):
+    code = main(["train", "--likelihood", "gaussian", "--binarize", "grey", "--epochs", "1",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "not the Bernoulli" in err
+    assert not (tmp_path / "run").exists()
