@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--binarize", choices=("dynamic", "static", "grey"),
                         help="[data] binarize; grey: grey levels as Bernoulli targets (Pyro)")
     parser.add_argument("--aux-loss-weight", type=float)
+    parser.add_argument("--beta", type=float, help="[train] beta, the KL weight on z")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -94,7 +95,7 @@ def main() -> None:
                           "binarize": args.binarize},
                  "train": {"m2_schedule": args.schedule, "labelled_every": args.labelled_every,
                            "learning_rate": args.lr, "adam_beta1": args.beta1,
-                           "aux_loss_weight": args.aux_loss_weight,
+                           "aux_loss_weight": args.aux_loss_weight, "beta": args.beta,
                            "seed": args.seed}}
     overrides = {section: {k: v for k, v in values.items() if v is not None}
                  for section, values in overrides.items()}
