@@ -1,6 +1,7 @@
 """The two settings of Pyro's SS-VAE example that recipes can ask for: Adam's β₁
 (``[train] adam_beta1``) and grey levels as Bernoulli targets (``[data] binarize = "grey"``)."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,3 +55,11 @@ def test_cli_refuses_grey_targets_for_a_gaussian_in_one_paragraph(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "not the Bernoulli" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_grey_targets_outside_0_1_are_refused_before_training(tmp_path):
+    path = tmp_path / "bright.npz"
+    np.savez(path, x=np.full((20, 16), 2.0, dtype=np.float32))
+    with pytest.raises(DataError, match=r"values in \[2, 2\], but grey targets"):
+        prepare_data(small(data={"dataset": f"file:{path}", "binarize": "grey",
+                                 "validation_fraction": 0.0}))
