@@ -81,6 +81,8 @@ def main() -> None:
                         help="[data] binarize; grey: grey levels as Bernoulli targets (Pyro)")
     parser.add_argument("--aux-loss-weight", type=float)
     parser.add_argument("--beta", type=float, help="[train] beta, the KL weight on z")
+    parser.add_argument("--decoder-label", choices=("every_layer", "input"),
+                        help="[model] decoder_label")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -91,7 +93,8 @@ def main() -> None:
                              "exists (the curve continues)")
     args = parser.parse_args()
 
-    overrides = {"data": {"data_dir": args.data_dir, "num_labels": args.num_labels,
+    overrides = {"model": {"decoder_label": args.decoder_label},
+                 "data": {"data_dir": args.data_dir, "num_labels": args.num_labels,
                           "binarize": args.binarize},
                  "train": {"m2_schedule": args.schedule, "labelled_every": args.labelled_every,
                            "learning_rate": args.lr, "adam_beta1": args.beta1,

@@ -32,12 +32,14 @@ def main() -> None:
     parser.add_argument("recipe", nargs="?", default="models/mnist_m2_100.toml")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--binarize", choices=("dynamic", "static", "grey"))
+    parser.add_argument("--decoder-label", choices=("every_layer", "input"))
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=8)
     args = parser.parse_args()
     overrides = {"data_dir": args.data_dir, "binarize": args.binarize}
+    model = {"decoder_label": args.decoder_label} if args.decoder_label else {}
     config = Config.from_toml(args.recipe).with_overrides(
-        {"data": {k: v for k, v in overrides.items() if v is not None}})
+        {"data": {k: v for k, v in overrides.items() if v is not None}, "model": model})
     torch.manual_seed(0)
     data = prepare_data(config)
     vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x))

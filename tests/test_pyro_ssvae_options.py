@@ -1,12 +1,19 @@
-"""The two settings of Pyro's SS-VAE example that recipes can ask for: Adam's β₁
-(``[train] adam_beta1``) and grey levels as Bernoulli targets (``[data] binarize = "grey"``)."""
+"""The settings of Pyro's SS-VAE example that recipes can ask for: Adam's β₁
+(``[train] adam_beta1``), grey levels as Bernoulli targets (``[data] binarize = "grey"``) and
+the label fed to the decoder's first layer only (``[model] decoder_label = "input"``)."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from pyro.infer import TraceEnum_ELBO
+from torch import nn
 
 from pyro_vae.cli import main
-from pyro_vae.config import Config
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.models.conditional import LabelledDecoder, LabelledMLPDecoder
+from pyro_vae.models.semisupervised import build_m2
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import prepare_data, train
@@ -63,3 +70,27 @@ def test_grey_targets_outside_0_1_are_refused_before_training(tmp_path):
     with pytest.raises(DataError, match=r"values in \[2, 2\], but grey targets"):
         prepare_data(small(data={"dataset": f"file:{path}", "binarize": "grey",
                                  "validation_fraction": 0.0}))
+
+
+def test_decoder_label_input_feeds_the_label_to_the_first_layer_only():
+    every = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+                     (1, 2, 2))
+    first = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
+                                 decoder_label="input"), (1, 2, 2))
+    assert isinstance(every.decoder, LabelledMLPDecoder)  # the default
+    assert isinstance(first.decoder, LabelledDecoder)
+    widths = [m.in_features for m in first.decoder.modules() if isinstance(m, nn.Linear)]
+    assert widths == [2 + 3, 8]  # [z, one_hot(y)] in, then the hidden layer alone
+    z = torch.randn(4, 2)
+    outputs = [first.decoder(z, torch.full((4,), c)) for c in range(3)]
+    assert not torch.allclose(outputs[0], outputs[1])  # the label reaches the pixels
+    # Enumerated labels ([3, 1]) broadcast against the batch, as TraceEnum_ELBO needs.
+    x = torch.rand(4, 4).round()
+    first.set_split_sizes(2, 4, 4)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).loss(first.model, first.guide, x)
+    assert math.isfinite(loss)
+
+
+def test_decoder_label_choice_is_checked():
+    with pytest.raises(ConfigError, match="decoder_label = 'last'"):
+        small(model={"kind": "m2", "decoder_label": "last"})
