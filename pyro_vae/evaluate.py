@@ -354,8 +354,10 @@ def latent_activity(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | Non
     if kl is not None:
         total = float(kl.sum(-1).mean())
     else:
-        total = float(torch.cat([monte_carlo_kl(vae, x[start: start + 500])
-                                 for start in range(0, len(x), 500)]).mean())
+        total = float(torch.cat([
+            monte_carlo_kl(vae, x[start: start + 500],
+                           y=None if y is None else y[start: start + 500])
+            for start in range(0, len(x), 500)]).mean())
     return {
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "activity_per_dim": [round(float(a), 6) for a in activity],

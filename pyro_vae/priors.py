@@ -14,6 +14,12 @@ objective (ELBO, mean-field, IWAE, DReG, ...) works with every prior:
                 (Dinh et al. 2017, RealNVP) from ``pyro.distributions.transforms``
 ==============  =====================================================================
 
+A prior whose registration declares the capability ``label_conditional`` also has a form
+p(z|y) for the label-conditional VAE (kind ``cvae``): its factory receives the number of classes
+in ``BuildContext.num_classes`` and the labelled encoder q(z|x, y), and the module it returns
+sets ``label_conditional = True`` and takes ``labels`` in ``forward``: the mixture's form is
+:class:`LabelledMixturePrior`, the VampPrior's :class:`LabelledVampPrior`.
+
 Only the standard normal has a closed-form KL(q(z|x) ‖ p(z)) against the diagonal-Gaussian
 guide; with the others Pyro's ``TraceMeanField_ELBO`` finds no registered KL and uses the Monte
 Carlo estimate log q(z) − log p(z) instead, with no error. The two-stochastic-layer model of
@@ -109,7 +115,9 @@ class DiagonalGaussianMixture(dist.TorchDistribution):
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         with torch.no_grad():
-            which = torch.distributions.Categorical(logits=self.logits).sample(shape)
+            choose = torch.distributions.Categorical(logits=self.logits)
+            # Per-datapoint weights (logits [*batch_shape, C]) already carry the batch shape.
+            which = choose.sample(shape[: len(shape) - len(choose.batch_shape)])
             noise = torch.randn(*shape, self.loc.shape[-1], device=self.loc.device,
                                 dtype=self.loc.dtype)
             return self.loc[which] + self.scale[which] * noise
@@ -165,7 +173,7 @@ class VampPrior(Prior):
         return self._encoder[0]
 
     @torch.no_grad()
-    def initialize_from(self, images: torch.Tensor) -> None:
+    def initialize_from(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Start the pseudo-inputs at training images (one per component, pixels squeezed into
         [0.05, 0.95] so the logit is finite): the prior starts as a mixture of posteriors of real
         data instead of C copies of one grey image, which lets training escape the collapsed
@@ -183,6 +191,139 @@ class VampPrior(Prior):
         uniform = torch.zeros(len(loc), device=loc.device, dtype=loc.dtype)
         return _gaussian_mixture(uniform, loc, scale, batch_shape)
 
+
+class LabelConditionalMixture(Prior):
+    """Base of the label-conditional priors: one mixture of K diagonal Gaussians per class,
+
+        p(z|y) = Σ_k π_{y,k} N(z; m_{y,k}, diag s_{y,k}²),
+
+    given by :meth:`components`; ``labels=None`` gives the label-free marginal
+    p(z) = (1/C) Σ_y p(z|y).
+
+    Why a prior per label. With p(z) = N(0, I) a CVAE draws x ~ p(x|z, y) at any z, but its
+    encoder puts class-specific structure into z (a 7's z is not a 9's z, even where a linear
+    probe cannot tell them apart), and the decoder, trained only on z's of class y with label
+    y, renders a z from another class's region as that class: one MNIST sample in four showed
+    another digit than the one asked for. A class's own aggregate posterior
+    q(z|y) = E_{x|y} q(z|x, y) does not have that problem: decoding z ~ q(z|y) with label y gave
+    the requested digit as often as reconstructions do (97 %, measured). The ELBO's KL term
+    fits p(z|y) to exactly that (its gradient in the prior is the maximum-likelihood fit to
+    draws of q(z|y)), so the fix raises log p(x|y) instead of costing it, unlike the MMD penalty
+    of ``label_independence``, which forces every q(z|y) onto N(0, I).
+    """
+
+    #: ``forward`` takes the labels y of the batch and gives p(z|y).
+    label_conditional = True
+
+    def __init__(self, latent_dim: int, num_classes: int, components: int, what: str):
+        super().__init__(latent_dim)
+        if components < num_classes or components % num_classes:
+            raise ConfigError(f"[model] prior_components = {components}: the label-conditional "
+                              f"{what} splits its components evenly over the {num_classes} "
+                              f"classes; give a multiple of {num_classes}.")
+        self.num_classes = num_classes
+        self.per_class = components // num_classes
+        self.register_buffer("component_labels",
+                             torch.arange(num_classes).repeat_interleave(self.per_class))
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits ``[C, K]``, loc ``[C, K, D]``, scale ``[C, K, D]``) of every class's mixture."""
+        raise NotImplementedError
+
+    def forward(self, batch_shape: torch.Size, device: torch.device, dtype: torch.dtype,
+                labels: torch.Tensor | None = None) -> dist.TorchDistribution:
+        logits, loc, scale = self.components()
+        loc, scale = loc.reshape(-1, self.latent_dim), scale.reshape(-1, self.latent_dim)
+        if labels is None:  # every class weighs 1/C
+            return _gaussian_mixture(torch.log_softmax(logits, -1).reshape(-1), loc, scale,
+                                     batch_shape)
+        # Every datapoint's weights: its class's π_y on its class's K components, 0 elsewhere.
+        mine = labels.reshape(*labels.shape, 1) == self.component_labels.to(labels.device)
+        weights = torch.log_softmax(logits, -1).reshape(-1).expand(mine.shape)
+        return _gaussian_mixture(weights.masked_fill(~mine, float("-inf")), loc, scale,
+                                 torch.Size(labels.shape))
+
+    @torch.no_grad()
+    def shared_draws(self, columns: int) -> torch.Tensor:
+        """``[C, columns, D]`` draws of p(z|y) for every class y (a label × z grid) that share
+        their randomness along a column j: one uniform u_j picks class y's component by the
+        inverse of its weights' cumulative sum (the same quantile in every class), and one
+        standard noise ε_j makes z = m_{y,k} + s_{y,k} ε_j."""
+        logits, loc, scale = self.components()
+        uniform = torch.rand(columns, device=loc.device, dtype=loc.dtype)
+        cumulative = torch.softmax(logits, -1).cumsum(-1)                   # [C, K]
+        slots = torch.searchsorted(cumulative.contiguous(),
+                                   uniform.expand(self.num_classes, columns).contiguous())
+        slots = slots.clamp(max=self.per_class - 1)                          # [C, columns]
+        noise = torch.randn(columns, self.latent_dim, device=loc.device, dtype=loc.dtype)
+        rows = torch.arange(self.num_classes, device=loc.device)[:, None]
+        return loc[rows, slots] + scale[rows, slots] * noise
+
+
+class LabelledMixturePrior(LabelConditionalMixture):
+    """p(z|y) = Σ_k π_{y,k} N(z; m_{y,k}, diag s_{y,k}²) with learned weights, means and scales,
+    K = ``components`` / C per class, started as :class:`MixturePrior` starts (means from
+    N(0, I/D), scales 1, weights uniform)."""
+
+    def __init__(self, latent_dim: int, num_classes: int, components: int = 500):
+        super().__init__(latent_dim, num_classes, components, "mixture")
+        shape = (num_classes, self.per_class)
+        self.logits = nn.Parameter(torch.zeros(shape))
+        self.loc = nn.Parameter(torch.randn(*shape, latent_dim) / latent_dim ** 0.5)
+        self.raw_scale = nn.Parameter(torch.full((*shape, latent_dim), 0.5413))  # softplus → 1
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.logits, self.loc, nn.functional.softplus(self.raw_scale)
+
+
+class LabelledVampPrior(LabelConditionalMixture):
+    """The VampPrior of a label-conditional VAE: p(z|y) = (1/K) Σ_k q(z | u_{y,k}, y), with
+    K = ``components`` / C learned pseudo-inputs u_{y,k} = sigmoid(v_{y,k}) per class, passed
+    with their class through the model's own labelled encoder q(z|x, y). The encoder is shared,
+    not copied (held outside this module's parameters, as in :class:`VampPrior`).
+
+    On binarized data the encoder meets grey pseudo-inputs only here and gives them wider
+    posteriors than it gives data (mean scale 1.36 against 0.92 on MNIST after 20 epochs), so
+    its draws stray further from q(z|y) than the free mixture's (:class:`LabelledMixturePrior`).
+    """
+
+    def __init__(self, latent_dim: int, encoder: nn.Module, num_pixels: int,
+                 num_classes: int, components: int = 500):
+        super().__init__(latent_dim, num_classes, components, "VampPrior")
+        self.pseudo_inputs = nn.Parameter(0.1 * torch.randn(components, num_pixels))
+        self._encoder = (encoder,)
+
+    @property
+    def pseudo_labels(self) -> torch.Tensor:
+        return self.component_labels
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self._encoder[0]
+
+    @torch.no_grad()
+    def initialize_from(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Start each class's pseudo-inputs at training images of that class (pixels squeezed
+        into [0.05, 0.95] so the logit is finite)."""
+        if labels is None:
+            raise ValueError("the label-conditional VampPrior starts each class's pseudo-inputs "
+                             "at images of that class and needs the training labels")
+        images = images.reshape(len(images), -1)
+        for c in range(self.num_classes):
+            members = torch.nonzero(labels == c).squeeze(1)
+            if len(members) < self.per_class:
+                raise ValueError(f"class {c} has {len(members)} training images, fewer than "
+                                 f"its {self.per_class} pseudo-inputs; use prior_components ≤ "
+                                 f"{self.num_classes * len(members)}")
+            chosen = members[torch.randperm(len(members), device=members.device)[: self.per_class]]
+            rows = slice(c * self.per_class, (c + 1) * self.per_class)
+            self.pseudo_inputs[rows] = torch.logit(images[chosen].clamp(0.05, 0.95))
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loc, scale = self.encoder(torch.sigmoid(self.pseudo_inputs), self.component_labels)
+        shape = (self.num_classes, self.per_class, self.latent_dim)
+        uniform = torch.zeros(shape[:2], device=loc.device, dtype=loc.dtype)
+        return uniform, loc.reshape(shape), scale.reshape(shape)
 
 class FlowPrior(Prior):
     """p(z) = N(f⁻¹(z); 0, I) |det ∂f⁻¹/∂z| with f = a stack of affine coupling layers.
@@ -228,18 +369,26 @@ def _normal(config: ModelConfig, context: BuildContext) -> Prior:
     return StandardNormalPrior(config.latent_dim)
 
 
-@PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10)",
-                 capabilities={"components"})
+@PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10); "
+                 "for a cvae one mixture per class, p(z|y) (default 500 in all)",
+                 capabilities={"components", "label_conditional"})
 def _mixture(config: ModelConfig, context: BuildContext) -> Prior:
+    if context.num_classes is not None:
+        return LabelledMixturePrior(config.latent_dim, context.num_classes,
+                                    config.prior_components or 500)
     return MixturePrior(config.latent_dim, config.prior_components or 10)
 
 
 @PRIORS.register("vamp", help="VampPrior: pseudo-inputs through the encoder (prior_components, "
-                 "default 500)", capabilities={"components", "pseudo_inputs"})
+                 "default 500); for a cvae one mixture per class, p(z|y)",
+                 capabilities={"components", "pseudo_inputs", "label_conditional"})
 def _vamp(config: ModelConfig, context: BuildContext) -> Prior:
     if context.encoder is None:
         raise ConfigError("prior = \"vamp\" passes pseudo-inputs through the model's encoder, "
                           "and this model has none; choose another prior.")
+    if context.num_classes is not None:
+        return LabelledVampPrior(config.latent_dim, context.encoder, context.num_pixels,
+                                 context.num_classes, config.prior_components or 500)
     return VampPrior(config.latent_dim, context.encoder, context.num_pixels,
                      config.prior_components or 500)
 

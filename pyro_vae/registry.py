@@ -59,11 +59,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 class BuildContext:
     """What a component's factory may need besides the ``[model]`` table: the image shape,
     the number of pixels P, the training-set size N (``None`` when scoring) and the encoder
-    already built (the VampPrior passes pseudo-inputs through it)."""
+    already built (the VampPrior passes pseudo-inputs through it). ``num_classes`` is set
+    when a label-conditional kind asks a ``label_conditional`` prior for p(z|y); the encoder is
+    then q(z|x, y), called as ``encoder(x, y)``."""
 
     image_shape: tuple[int, int, int]
     num_data: int | None = None
     encoder: Any = None
+    num_classes: int | None = None
 
     @property
     def num_pixels(self) -> int:
@@ -104,6 +107,10 @@ class KindHooks:
     * ``pictures(model, data, run_dir, history, config)``: writes the run's pictures ([samples,
       reconstructions, interpolation and latent map for a kind declaring ``pictures``, the
       ELBO curve otherwise]).
+    * ``model_defaults(model_table) -> dict``: the kind's own values for ``[model]`` keys that a
+      recipe (with its command-line flags) leaves out, given the table as written ([the
+      ``ModelConfig`` defaults]). A run's ``config.toml`` records every key, so a saved run
+      reads back the same.
     """
 
     display_name: str = ""
@@ -111,6 +118,7 @@ class KindHooks:
     batches: Callable[..., Any] | None = None
     test_summary: Callable[..., Any] | None = None
     pictures: Callable[..., Any] | None = None
+    model_defaults: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

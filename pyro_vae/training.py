@@ -220,7 +220,7 @@ def _initialize_pseudo_inputs(vae: VAE, data: ImageData) -> None:
         raise ConfigError(f"[model] prior_components = {components} pseudo-inputs start at "
                           f"training images, but there are only {len(data.train_x)}; use at "
                           f"most {len(data.train_x)}.")
-    vae.prior.initialize_from(data.train_x)
+    vae.prior.initialize_from(data.train_x, data.train_y)
 
 
 def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
@@ -391,7 +391,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     else:
         vae = model.to(device)
         vae.num_data = len(data.train_x)
-    if has(config, "components") and "pseudo_inputs" in PRIORS.capabilities(config.model.prior):
+    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
+            and hasattr(vae.prior, "initialize_from"):
         _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         draws = vae.likelihood(output).sample()
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
-        title = f"E[x|z, y={args.label}], z ~ p(z) ({config.data.dataset})"
+        title = f"E[x|z, y={args.label}], z ~ {_prior_of(vae)} ({config.data.dataset})"
     elif has(config, "labels") and out.suffix == ".png":
         # Every label in turn: with --n of at least the number of labels C, a grid of one row
         # per label and n // C draws of z shared by the rows (n rounded down to a multiple of
@@ -66,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
             columns = args.n // config.model.num_classes
             with torch.no_grad():
                 means = vae.label_grid(columns)
-            title = f"E[x|z, y]: one row per label, {columns} z ~ p(z) per row"
+            title = f"E[x|z, y]: one row per label, {columns} z ~ {_prior_of(vae)} per row"
         else:
             columns = args.n
-            title = f"E[x|z, y] for labels 0 … {args.n - 1}, z ~ p(z)"
+            title = f"E[x|z, y] for labels 0 … {args.n - 1}, z ~ {_prior_of(vae)}"
     if out.suffix == ".png" and is_vector_shape(shape):  # vectors: a scatter, not a picture
         save_vector_scatter(out, draws, None, f"draws x ~ p(x) ({config.data.dataset})")
     elif out.suffix == ".png":
@@ -86,6 +86,12 @@ def run(args: argparse.Namespace) -> int:
     if labels is not None:
         print(_label_fidelity_report(args.run_dir, config, labels, means, draws))
     return 0
+
+
+def _prior_of(vae) -> str:
+    """How a picture's title names the prior its z's were drawn from."""
+    return "p(z|y)" if getattr(getattr(vae, "prior", None), "label_conditional", False) \
+        else "p(z)"
 
 
 def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:

@@ -124,6 +124,7 @@ class Config:
                 f"{', '.join('[' + s + ']' for s in SECTIONS)} (and the top-level key "
                 f"plugins).{_suggestion(key, [*SECTIONS, 'plugins'])}"
             )
+        mapping = _with_kind_defaults(mapping)
         sections = {}
         for name, section_cls in SECTIONS.items():
             values = mapping.get(name, {})
@@ -165,12 +166,35 @@ class Config:
     def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Config":
         """A copy with ``{"train": {"epochs": 3}, ...}`` applied and validated."""
         merged = self.to_dict()
+        kind = overrides.get("model", {}).get("kind", self.model.kind)
+        if kind != self.model.kind:
+            # Another kind: [model] keys still at the ModelConfig defaults are left out, so the
+            # new kind's own defaults (its ``model_defaults`` hook) apply to them.
+            fresh = ModelConfig()
+            merged["model"] = {key: value for key, value in merged["model"].items()
+                               if value != getattr(fresh, key)}
         for section, values in overrides.items():
             if section == "plugins":  # plugins given on the command line join the recipe's
                 merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
                 continue
             merged.setdefault(section, {}).update(values)
         return Config.from_dict(merged, source="command line")
+
+
+def _with_kind_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
+    """``mapping`` with the model kind's own defaults (its ``model_defaults`` hook) filled
+    into the keys of ``[model]`` it leaves out; unchanged for an unknown kind, which
+    validation then names."""
+    model = mapping.get("model", {})
+    if not isinstance(model, Mapping):
+        return mapping
+    kind = model.get("kind", ModelConfig.kind)
+    if not isinstance(kind, str) or kind not in MODEL_KINDS:
+        return mapping
+    defaults = MODEL_KINDS.hooks(kind).model_defaults
+    if defaults is None:
+        return mapping
+    return {**mapping, "model": {**defaults(model), **model}}
 
 
 def check_compatible(config: Config) -> None:
@@ -183,7 +207,20 @@ def check_compatible(config: Config) -> None:
     prior = PRIORS.capabilities(model.prior)
     guide = GUIDES.capabilities(model.guide)
     name = f"[train] objective = \"{train.objective}\""
-    if "components" not in kind and (model.prior != "normal" or model.guide != "diagonal"
+    if "label_priors" in kind and model.prior != "normal" and "label_conditional" not in prior:
+        raise ConfigError(
+            f"[model] prior = \"{model.prior}\" has no label-conditional form p(z|y), which a "
+            f"{model.kind} model needs of a prior other than N(0, I). Use prior = \"normal\" or "
+            f"{_priors_with('label_conditional')}.")
+    if "label_priors" in kind and model.prior != "normal" and model.label_independence != "none":
+        raise ConfigError(
+            f"[model] label_independence = \"{model.label_independence}\" pulls every class's "
+            f"posterior onto N(0, I), and prior = \"{model.prior}\" fits a prior to every "
+            "class's posterior instead: they undo each other. Use one of the two (prior = "
+            "\"normal\" with the penalty, or the label-conditional prior with label_independence "
+            "= \"none\").")
+    own_prior = model.prior != "normal" and "label_priors" not in kind
+    if "components" not in kind and (own_prior or model.guide != "diagonal"
                                      or model.bayesian_decoder != "none"
                                      or train.free_bits > 0):
         raise ConfigError(
@@ -261,6 +298,10 @@ def _objectives_without(capability: str) -> str:
 
 def _kinds_with(capability: str) -> str:
     return _names_with(MODEL_KINDS, capability)
+
+
+def _priors_with(capability: str) -> str:
+    return _names_with(PRIORS, capability)
 
 
 def _section_from_dict(section_cls: type, name: str, values: Mapping[str, Any],

@@ -22,7 +22,7 @@ and the importance-sampled estimate of :func:`pyro_vae.evaluate.estimate_log_lik
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyro
 import pyro.distributions as dist
@@ -38,10 +38,12 @@ from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
 from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
-from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.registry import MODEL_KINDS, KindHooks
+from pyro_vae.priors import build_prior
+from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from pyro_vae.config import Config
     from pyro_vae.data import ImageData
 
@@ -165,13 +167,23 @@ class ConditionalVAE(VAE):
                             "model(x, y) and guide(x, y).")
         return y
 
+    def latent_prior(self, labels: torch.Tensor, device: torch.device | str,
+                     dtype: torch.dtype = torch.float32):
+        """The prior of z for datapoints with these labels: p(z|y) for a label-conditional
+        prior (``prior.label_conditional``), else p(z) batched to the labels' shape."""
+        shape, device = torch.Size(labels.shape), torch.device(device)
+        if getattr(self.prior, "label_conditional", False):
+            return self.prior(shape, device, dtype, labels=labels)
+        return self.prior(shape, device, dtype)
+
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """p(z) p(x|z, y) with ``x`` observed and ``y`` given."""
+        """p(z|y) p(x|z, y) with ``x`` observed and ``y`` given (p(z|y) = p(z) unless the
+        prior is label-conditional)."""
         y = self._require_labels(y)
         register_module("vae", self)
         with self._data_plate(x):
             with self._kl_scale():
-                z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
+                z = pyro.sample("z", self.latent_prior(y.expand(x.shape[:1]), x.device, x.dtype))
             return pyro.sample("x", self.likelihood(self.decoder(z, y)), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,8 +215,9 @@ class ConditionalVAE(VAE):
         if labels is None:
             labels = self.cycle_labels(num_samples, device)
         check_labels(labels, self.num_classes, "the requested labels")
-        z = self.prior(torch.Size([num_samples]), torch.device(device), torch.float32).sample()
-        return z, self.decoder(z, labels.to(z.device))
+        labels = labels.to(device)
+        z = self.latent_prior(labels, device).sample()
+        return z, self.decoder(z, labels)
 
     def sample(self, num_samples: int, device: torch.device | str = "cpu", mean: bool = True,
                labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -213,9 +226,13 @@ class ConditionalVAE(VAE):
 
     @torch.no_grad()
     def label_grid(self, columns: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """E[x|z, y] for every label (rows) × ``columns`` draws of z shared by every row."""
-        z = self.prior(torch.Size([columns]), torch.device(device), torch.float32).sample()
-        z = z.repeat(self.num_classes, 1)
+        """E[x|z, y] for every label (rows) × ``columns`` draws of z shared by every row
+        (with a label-conditional prior: the same component and noise in every row)."""
+        if hasattr(self.prior, "shared_draws"):
+            z = self.prior.shared_draws(columns).reshape(-1, self.prior.latent_dim)
+        else:
+            z = self.prior(torch.Size([columns]), torch.device(device), torch.float32).sample()
+            z = z.repeat(self.num_classes, 1)
         labels = torch.arange(self.num_classes, device=z.device).repeat_interleave(columns)
         return self.likelihood.mean(self.decoder(z, labels))
 
@@ -240,17 +257,35 @@ def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective:
                                    config.model.num_classes), None
 
 
+def model_defaults(model: "Mapping[str, Any]") -> dict[str, Any]:
+    """The ``model_defaults`` hook of the kind ``cvae``: a Gaussian mixture per label, p(z|y),
+    unless the recipe asks for the label-independence penalty, which needs N(0, I).
+
+    With p(z) = N(0, I) one MNIST sample in five showed another digit than the one asked for
+    (the decoder renders a z from another class's region as that class); p(z|y) draws z from
+    the class's own region (97 % on MNIST) at no cost in log p(x|y). The mixture rather than
+    the per-label VampPrior: the same fidelity and log p(x|y) within a standard error, at
+    1.2-1.3x the step of N(0, I) against 2.6-2.9x (README, "Conditional VAEs")."""
+    if model.get("label_independence", "none") != "none":
+        return {}
+    return {"prior": "mixture"}
+
+
 @MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
-                      capabilities={"labels", "conditional", "pictures", "latent_means"},
+                      capabilities={"labels", "conditional", "pictures", "latent_means",
+                                    "label_priors"},
                       hooks=KindHooks(display_name="label-conditional VAE",
-                                      prepare=prepare))
+                                      prepare=prepare, model_defaults=model_defaults))
 def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                           num_data: int | None = None) -> ConditionalVAE:
-    """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``."""
+    """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``, with
+    ``[model] prior``: ``normal`` p(z) = N(0, I), or a ``label_conditional`` prior's p(z|y)
+    (``vamp``: one mixture of posteriors per class)."""
     encoder, decoder = labelled_networks(config, image_shape)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    return ConditionalVAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
-                          config.num_classes, num_data)
+    prior = build_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
+                                             num_classes=config.num_classes))
+    return ConditionalVAE(encoder, decoder, prior, likelihood, config.num_classes, num_data)
 
 
 def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]
