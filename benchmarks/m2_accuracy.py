@@ -76,7 +76,13 @@ def main() -> None:
     parser.add_argument("--schedule", choices=("paired", "interleaved"))
     parser.add_argument("--labelled-every", type=int)
     parser.add_argument("--lr", type=float)
+    parser.add_argument("--beta1", type=float, help="Adam's beta1 ([train] adam_beta1)")
+    parser.add_argument("--binarize", choices=("dynamic", "static", "grey"),
+                        help="[data] binarize; grey: grey levels as Bernoulli targets (Pyro)")
     parser.add_argument("--aux-loss-weight", type=float)
+    parser.add_argument("--beta", type=float, help="[train] beta, the KL weight on z")
+    parser.add_argument("--decoder-label", choices=("every_layer", "input"),
+                        help="[model] decoder_label")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--minutes", type=float, default=20.0)
@@ -87,9 +93,12 @@ def main() -> None:
                              "exists (the curve continues)")
     args = parser.parse_args()
 
-    overrides = {"data": {"data_dir": args.data_dir, "num_labels": args.num_labels},
+    overrides = {"model": {"decoder_label": args.decoder_label},
+                 "data": {"data_dir": args.data_dir, "num_labels": args.num_labels,
+                          "binarize": args.binarize},
                  "train": {"m2_schedule": args.schedule, "labelled_every": args.labelled_every,
-                           "learning_rate": args.lr, "aux_loss_weight": args.aux_loss_weight,
+                           "learning_rate": args.lr, "adam_beta1": args.beta1,
+                           "aux_loss_weight": args.aux_loss_weight, "beta": args.beta,
                            "seed": args.seed}}
     overrides = {section: {k: v for k, v in values.items() if v is not None}
                  for section, values in overrides.items()}
@@ -103,12 +112,14 @@ def main() -> None:
     objective, state = kind.prepare(config, data, vae, make_objective(config.train.objective))
     labelled, unlabelled = state[0], state[1]
     module = ObjectiveModule(vae, objective)
-    optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate,
+                                 betas=(config.train.adam_beta1, 0.999))
     batch = config.train.batch_size
     curve = _Curve(vae, data.grey("test"), data.test_y, args.eval_every, args.minutes * 60,
                    math.ceil(len(unlabelled) / batch))
     print(f"{config.data.num_labels} labels, schedule {config.train.m2_schedule} "
           f"(labelled_every {config.train.labelled_every}), lr {config.train.learning_rate}, "
+          f"beta1 {config.train.adam_beta1}, binarize {config.binarization}, "
           f"alpha {config.train.aux_loss_weight}, batch {batch}, seed {config.train.seed}",
           flush=True)
 

@@ -369,10 +369,12 @@ def check_splits_for_binarization(data: ImageData, source: str, mode: str) -> No
                             "the data first.")
         low, high = float(values.min()), float(values.max())
         if low < 0.0 or high > 1.0:
+            use = ("grey targets score every value as a Bernoulli target" if mode == "grey"
+                   else f"{mode} binarization draws every value as a coin flip with the value "
+                   "as its probability")
             raise DataError(
-                f"{source} ({split} split) has values in [{low:g}, {high:g}], but {mode} "
-                "binarization draws every value as a coin flip with the value as its "
-                "probability, which needs values in [0, 1]. Rescale the data (e.g. divide 8-bit "
+                f"{source} ({split} split) has values in [{low:g}, {high:g}], but {use}, "
+                "which needs values in [0, 1]. Rescale the data (e.g. divide 8-bit "
                 "images by 255), or, for real-valued data, use --likelihood gaussian, which is "
                 "never binarized.")
 

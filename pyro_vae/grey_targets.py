@@ -35,7 +35,7 @@ def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
     Raises :class:`ConfigError` for a run whose data were not binarized (its targets already
     are the images as loaded) or whose likelihood is not the Bernoulli.
     """
-    if config.model.likelihood != "bernoulli" or config.binarization == "none":
+    if config.model.likelihood != "bernoulli" or config.binarization in ("none", "grey"):
         raise ConfigError(
             f"--targets grey scores a Bernoulli model on the grey images its binary training "
             f"data were drawn from, but this run has likelihood {config.model.likelihood!r} "

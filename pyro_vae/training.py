@@ -113,9 +113,10 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
         data = binarize_fixed(data, ("train", "validation", "test"))
     if check:
         likelihood = build_likelihood(config.model.likelihood, config.model.gaussian_scale)
-        if binarization != "dynamic":  # dynamic: drawn per epoch from intensities in [0, 1]
+        if binarization not in ("dynamic", "grey"):  # dynamic: drawn per epoch from [0, 1]
             likelihood.check_data(data.train_x, f"{source} (train split)")
-        likelihood.check_data(data.test_x, f"{source} (test split)")
+        if binarization != "grey":  # grey: Bernoulli targets in [0, 1], checked above
+            likelihood.check_data(data.test_x, f"{source} (test split)")
     return data.to(device)
 
 
@@ -411,7 +412,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         objective, state = kind.prepare(config, data, vae, objective)
     batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
-    optimizer = adam(module.parameters(), config.train.learning_rate)
+    optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
 

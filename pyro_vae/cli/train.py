@@ -73,9 +73,10 @@ def add_parser(commands) -> None:
                        "(default: $PYRO_VAE_DATA_DIR, else ./data)")
     parser.add_argument("--download", action="store_true", default=None,
                        help="download MNIST/Fashion-MNIST with torchvision if missing")
-    parser.add_argument("--binarize", choices=["auto", "dynamic", "static", "none"],
+    parser.add_argument("--binarize", choices=["auto", "dynamic", "static", "none", "grey"],
                        help="auto (default): dynamic for the Bernoulli likelihood, none for "
-                       "the others; dynamic: fresh Bernoulli draw per epoch; static: one draw")
+                       "the others; dynamic: fresh Bernoulli draw per epoch; static: one draw; grey "
+                       "(Bernoulli only): the grey levels are the targets, as Pyro's examples")
     parser.add_argument("--epochs", type=int, help="number of passes over the training split")
     parser.add_argument("--batch-size", type=int, help="minibatch size")
     parser.add_argument("--lr", type=float, help="Adam learning rate")

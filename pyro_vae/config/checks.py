@@ -11,7 +11,7 @@ from pyro_vae.registry import Registry, suggestion
 
 # Priors, guides, likelihoods, networks, objectives, model kinds and datasets are named by
 # the registries of pyro_vae.registry (which plugins extend); the settings below are not.
-BINARIZATIONS = ("auto", "dynamic", "static", "none")
+BINARIZATIONS = ("auto", "dynamic", "static", "none", "grey")
 ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 #: Largest number of codes C^K that objective ``enumerate`` sums over.

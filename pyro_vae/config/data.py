@@ -21,7 +21,9 @@ class DataConfig:
     data_dir: str | None = None
     #: ``dynamic`` (a fresh Bernoulli draw per epoch), ``static`` (one fixed draw), ``none``,
     #: or ``auto``: ``dynamic`` for a Bernoulli likelihood, ``none`` for the others (which
-    #: model intensities or real values and are never binarized).
+    #: model intensities or real values and are never binarized). ``grey`` (Bernoulli
+    #: likelihood only): the grey levels in [0, 1] themselves are the Bernoulli targets, the
+    #: cross-entropy Pyro's examples train on (not a normalized density of grey images).
     binarize: str = "auto"
     #: Fraction of the training split held out for validation (0 disables validation).
     validation_fraction: float = 0.1

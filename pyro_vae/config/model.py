@@ -64,9 +64,13 @@ class ModelConfig:
     label_independence: str = "none"
     #: λ of that penalty, per datapoint (used with ``label_independence = "mmd"``).
     label_independence_weight: float = 500.0
+    #: ``cvae`` and ``m2`` MLP decoders: ``every_layer`` feeds one_hot(y) to every layer
+    #: (a class template at the output); ``input`` only to the first, with z (Pyro's SS-VAE).
+    decoder_label: str = "every_layer"
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
+        _choice("model", "decoder_label", self.decoder_label, ("every_layer", "input"))
         self._check_label_independence()
         _positive("model", "categorical_latents", self.categorical_latents)
         if self.categories < 2:

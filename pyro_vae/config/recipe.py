@@ -102,6 +102,12 @@ class Config:
                 "values and would fit those coin flips instead of the data. Leave binarize at "
                 "\"auto\" (or \"none\") with this likelihood, or use likelihood = "
                 "\"bernoulli\" for binary data.")
+        if self.data.binarize == "grey" and self.model.likelihood != "bernoulli":
+            raise ConfigError(
+                f"[data] binarize = \"grey\" scores the grey levels as Bernoulli targets, but "
+                f"likelihood = \"{self.model.likelihood}\" is not the Bernoulli. Use binarize = "
+                "\"none\" (or \"auto\") with this likelihood, which already models grey levels, "
+                "or likelihood = \"bernoulli\".")
         check_compatible(self)
         return self
 

@@ -35,7 +35,7 @@ from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.base import VAE
-from pyro_vae.networks import ACTIVATIONS, MLPEncoder
+from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
 from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
 from pyro_vae.priors import build_prior
@@ -82,9 +82,10 @@ class LabelledDecoder(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        labels = one_hot(y, self.num_classes, z.dtype)
-        labels = labels.expand(*z.shape[:-1], self.num_classes)
-        return self.decoder(torch.cat([z, labels], -1))
+        # z may carry leading particle dimensions that y lacks, y enumeration ones z lacks.
+        batch = torch.broadcast_shapes(z.shape[:-1], y.shape)
+        labels = one_hot(y, self.num_classes, z.dtype).expand(*batch, self.num_classes)
+        return self.decoder(torch.cat([z.expand(*batch, z.shape[-1]), labels], -1))
 
 
 class LabelledMLPDecoder(nn.Module):
@@ -288,13 +289,18 @@ def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int]
 
 
 def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]
-                      ) -> tuple[LabelledEncoder, LabelledMLPDecoder]:
+                      ) -> tuple[LabelledEncoder, nn.Module]:
     """q(z|x, y)'s encoder (``[x, one_hot(y)]`` in) and p(x|z, y)'s decoder (the label at
-    every layer) as the ``[model]`` table describes them."""
+    every layer, or with ``decoder_label = "input"`` at the first layer only) as the
+    ``[model]`` table describes them."""
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     classes = config.num_classes
     encoder = MLPEncoder(num_pixels + classes, config.latent_dim, config.hidden_dims,
                          config.activation, config.encoder_scale)
+    if config.decoder_label == "input":  # [z, one_hot(y)] into the first layer only (Pyro)
+        return LabelledEncoder(encoder, classes), LabelledDecoder(
+            mlp([config.latent_dim + classes, *reversed(config.hidden_dims), num_pixels],
+                config.activation), classes)
     decoder = LabelledMLPDecoder(config.latent_dim, num_pixels, config.hidden_dims, classes,
                                  config.activation)
     return LabelledEncoder(encoder, classes), decoder
