@@ -61,10 +61,10 @@ from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labe
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.priors import StandardNormalPrior
+from pyro_vae.priors import build_prior
 from pyro_vae.objectives.particles import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
-from pyro_vae.registry import MODEL_KINDS, KindHooks
+from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
 
 class M2(ConditionalVAE):
@@ -121,15 +121,22 @@ class M2(ConditionalVAE):
         logits = x.new_zeros(self.num_classes)
         return dist.Categorical(logits=logits).expand([batch])
 
+    def _z_prior(self, label: torch.Tensor, x: torch.Tensor) -> dist.TorchDistribution:
+        """p(z), or p(z|y) for a label-conditional prior (``label`` observed, or enumerated
+        with its own leading dimension)."""
+        if getattr(self.prior, "label_conditional", False):
+            return self.latent_prior(label, x.device, x.dtype)
+        return self.prior(x.shape[:1], x.device, x.dtype)
+
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None,
               classifier_x: torch.Tensor | None = None) -> torch.Tensor:
-        """p(y) p(z) p(x|y, z); with ``y`` given in training, also the classification term
+        """p(y) p(z) p(x|y, z) (p(z|y) with a label-conditional prior); with ``y`` given in training, also the classification term
         log q(y|x) as the observed ``y_aux``, weighted as the module docstring says."""
         register_module("m2", self)
         with self._split_plate(x, labelled=y is not None):
             label = pyro.sample("y", self.label_prior(x.shape[0], x), obs=y)
             with self._kl_scale():
-                z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
+                z = pyro.sample("z", self._z_prior(label, x))
             observed = pyro.sample("x", self.likelihood(self.decoder(z, label)), obs=x)
             if y is not None and self.aux_loss_weight > 0 and self.num_data is not None:
                 logits = self.classifier(x if classifier_x is None else classifier_x)
@@ -180,8 +187,10 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    return M2(classifier, encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
-              config.num_classes, aux_loss_weight)
+    prior = build_prior(config, BuildContext(image_shape, encoder=encoder,
+                                             num_classes=config.num_classes))
+    return M2(classifier, encoder, decoder, prior, likelihood, config.num_classes,
+              aux_loss_weight)
 
 
 def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
@@ -256,7 +265,8 @@ def test_summary(vae: M2, data: ImageData, split: str, config: Config) -> dict[s
 
 @MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
                       capabilities={"labels", "conditional", "semi_supervised",
-                                    "discrete_latents", "pictures", "latent_means"},
+                                    "discrete_latents", "pictures", "latent_means",
+                                    "label_priors"},
                       hooks=KindHooks(display_name="semi-supervised M2 model", prepare=prepare,
                                       batches=batches, test_summary=test_summary))
 def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
