@@ -34,14 +34,14 @@ from pyro_vae.training import prepare_data
 def _probe_accuracy(z: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 300) -> float:
     """Held-out accuracy of a softmax regression z ↦ y (the last fifth of the points held out)."""
     cut = len(z) * 4 // 5
-    torch.set_grad_enabled(True)
     weight = torch.zeros(z.shape[1], num_classes, requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=0.05)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(z[:cut] @ weight + bias, y[:cut]).backward()
-        optimizer.step()
+    with torch.enable_grad():  # called where the caller scores without gradients
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(z[:cut] @ weight + bias, y[:cut]).backward()
+            optimizer.step()
     with torch.no_grad():
         return float(((z[cut:] @ weight + bias).argmax(1) == y[cut:]).float().mean())
 

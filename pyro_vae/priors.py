@@ -294,10 +294,6 @@ class LabelledVampPrior(LabelConditionalMixture):
         self._encoder = (encoder,)
 
     @property
-    def pseudo_labels(self) -> torch.Tensor:
-        return self.component_labels
-
-    @property
     def encoder(self) -> nn.Module:
         return self._encoder[0]
 
