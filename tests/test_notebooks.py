@@ -26,6 +26,9 @@ def test_notebook_is_stripped(path):
 def test_notebook_executes(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_VAE_SMOKE", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    # One torch thread in the kernel: with torch's default of one per core, a notebook shares
+    # the cores badly with anything else running and its cells slow down many times over.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(tmp_path)}})

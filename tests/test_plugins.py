@@ -14,6 +14,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import MODEL_KINDS, OBJECTIVES, PRIORS, Registry
+from pyro_vae.runs import load_trained
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "pyro_vae_example_plugin"
 PLUGIN = "pyro_vae_example_plugin"
@@ -206,3 +207,42 @@ def test_a_prior_from_an_installed_packages_entry_point_is_recorded_in_the_run(
     assert Config.from_toml(run / "config.toml").plugins == ["ep_laplace_prior"]
     code, _, err = _cli(capsys, "evaluate", run, "--num-samples", 2)
     assert code == 0, err
+
+
+def test_a_label_conditional_plugin_prior_serves_the_cvae_and_m2(tmp_path, capsys):
+    """The example plugin's ``class_means`` prior, p(z|y) = N(m_y, I), declared only by its
+    registration's ``label_conditional`` capability: a CVAE trains with it and scores its z
+    under its own label's mean, ``sample --label`` draws from it, M2 sums its labels out, and
+    an unlabelled model gets one paragraph instead of a traceback."""
+    head = f'plugins = ["{PLUGIN}"]\n'
+    recipe = tmp_path / "cvae.toml"
+    recipe.write_text(head + TINY.format(
+        model='kind = "cvae"\nnum_classes = 10\nprior = "class_means"', data=""))
+    run = tmp_path / "cvae"
+    code, _, err = _cli(capsys, "train", recipe, "--out", run)
+    assert code == 0, err
+    assert "class_means" in (run / "config.toml").read_text()
+    _, vae, _ = load_trained(run)
+    labels = torch.tensor([0, 3, 3, 9])
+    z = torch.randn(4, 2)
+    expected = torch.distributions.Normal(vae.prior.means[labels], 1.0).log_prob(z).sum(-1)
+    prior = vae.latent_prior(labels, "cpu")
+    assert torch.allclose(prior.log_prob(z), expected)
+    assert not torch.allclose(vae.prior.means[0], vae.prior.means[3])  # trained apart
+    code, out, err = _cli(capsys, "sample", run, "--label", 3, "--n", 8, "--out", run / "s.npz")
+    assert code == 0, err
+    assert (run / "s.npz").exists() and "label fidelity" in out
+
+    recipe = tmp_path / "m2.toml"
+    recipe.write_text(head + TINY.format(
+        model='kind = "m2"\nnum_classes = 10\nprior = "class_means"', data="num_labels = 50"))
+    code, _, err = _cli(capsys, "train", recipe, "--out", tmp_path / "m2")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "m2" / "summary.json").read_text())
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+    recipe = tmp_path / "vae.toml"
+    recipe.write_text(head + TINY.format(model='prior = "class_means"', data=""))
+    code, _, err = _cli(capsys, "train", recipe, "--out", tmp_path / "vae")
+    assert code == 2 and "p(z|y)" in err and "cvae" in err
+    assert not (tmp_path / "vae" / "summary.json").exists()

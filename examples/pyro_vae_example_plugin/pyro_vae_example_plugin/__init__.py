@@ -1,6 +1,7 @@
 """An example pyro-vae plugin package.
 
-Importing it registers a prior (``student_t``), a likelihood (``laplace``) and a model kind
+Importing it registers a prior (``student_t``), a label-conditional prior p(z|y)
+(``class_means``, for ``cvae`` and ``m2``), a likelihood (``laplace``) and a model kind
 (``tied_vae``, a model/guide pair of its own). Use it from a recipe::
 
     plugins = ["pyro_vae_example_plugin"]
