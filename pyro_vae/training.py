@@ -391,9 +391,6 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     else:
         vae = model.to(device)
         vae.num_data = len(data.train_x)
-    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
-            and hasattr(vae.prior, "initialize_from"):
-        _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
     # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
@@ -410,6 +407,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     state = None  # what the kind's prepare hook hands to its batches hook
     if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split
         objective, state = kind.prepare(config, data, vae, objective)
+    # VampPrior: pseudo-inputs start at real images, once the kind has checked the data (a
+    # labelled prior needs labels); M2's prepare starts them at its labelled subset only.
+    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
+            and hasattr(vae.prior, "initialize_from") and not has(config, "semi_supervised"):
+        _initialize_pseudo_inputs(vae, data)
     batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)

@@ -64,7 +64,7 @@ from pyro_vae.params import register_module
 from pyro_vae.priors import build_prior
 from pyro_vae.objectives.particles import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
-from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
+from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 
 
 class M2(ConditionalVAE):
@@ -209,6 +209,13 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
     unlabelled[labelled] = False
     unlabelled = unlabelled.nonzero().squeeze(-1)
+    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
+            and hasattr(vae.prior, "initialize_from"):
+        # A VampPrior per label starts at images of each class: the labelled ones only, since
+        # every other label is hidden from the model.
+        vae.prior.initialize_from(data.train_x[labelled], data.train_y[labelled],
+                                  "labelled training images",
+                                  f"a larger [data] num_labels than {len(labelled)}")
     vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
     vae.aux_loss_weight = config.train.aux_loss_weight
     objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
