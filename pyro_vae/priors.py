@@ -373,18 +373,27 @@ class FlowPrior(Prior):
         return dist.TransformedDistribution(base, self.transforms(), validate_args=False)
 
 
+def labelled_components(num_classes: int, total: int = 500) -> int:
+    """The default size of a label-conditional prior: ``total`` components rounded down to a
+    multiple of the classes (at least one per class), so that any ``num_classes`` works
+    without ``prior_components`` (500 = 50 per class for 10 classes; 498 for 3)."""
+    return max(1, total // num_classes) * num_classes
+
+
 @PRIORS.register("normal", help="N(0, I)", capabilities={"closed_form_kl"})
 def _normal(config: ModelConfig, context: BuildContext) -> Prior:
     return StandardNormalPrior(config.latent_dim)
 
 
 @PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10); "
-                 "for a cvae one mixture per class, p(z|y) (default 500 in all)",
+                 "for a cvae one mixture per class, p(z|y) (default 500 in all, rounded down to "
+                 "a multiple of the classes)",
                  capabilities={"components", "label_conditional"})
 def _mixture(config: ModelConfig, context: BuildContext) -> Prior:
     if context.num_classes is not None:
         return LabelledMixturePrior(config.latent_dim, context.num_classes,
-                                    config.prior_components or 500)
+                                    config.prior_components
+                                    or labelled_components(context.num_classes))
     return MixturePrior(config.latent_dim, config.prior_components or 10)
 
 
@@ -397,7 +406,8 @@ def _vamp(config: ModelConfig, context: BuildContext) -> Prior:
                           "and this model has none; choose another prior.")
     if context.num_classes is not None:
         return LabelledVampPrior(config.latent_dim, context.encoder, context.num_pixels,
-                                 context.num_classes, config.prior_components or 500)
+                                 context.num_classes, config.prior_components
+                                 or labelled_components(context.num_classes))
     return VampPrior(config.latent_dim, context.encoder, context.num_pixels,
                      config.prior_components or 500)
 

@@ -83,3 +83,15 @@ def test_m2_starts_its_labelled_vamp_prior_at_its_labelled_images_only():
     vae = build_vae(more.model, data.image_shape, num_data=len(data.train_x))
     with pytest.raises(DataError, match="2 labelled training images.*prior_components = 20"):
         prepare_m2(more, data, vae, None)
+
+
+@pytest.mark.parametrize("prior", ["mixture", "vamp"])
+@pytest.mark.parametrize("classes", [3, 7, 10, 600])
+def test_the_default_size_of_a_labelled_prior_fits_any_number_of_classes(prior, classes):
+    """With no prior_components, a cvae of C classes gets 500 components rounded down to a
+    multiple of C (it was refused for a default 500 the user never set)."""
+    config = Config().with_overrides({"model": {"kind": "cvae", "prior": prior,
+                                                "num_classes": classes, "hidden_dims": [8]}})
+    vae = build_vae(config.model, (1, 8, 8))
+    assert vae.prior.per_class == max(1, 500 // classes)
+    assert len(vae.prior.component_labels) == vae.prior.per_class * classes
