@@ -95,3 +95,31 @@ def test_the_default_size_of_a_labelled_prior_fits_any_number_of_classes(prior, 
     vae = build_vae(config.model, (1, 8, 8))
     assert vae.prior.per_class == max(1, 500 // classes)
     assert len(vae.prior.component_labels) == vae.prior.per_class * classes
+
+
+# --- options that a kind or schedule would ignore -------------------------------------------------
+
+@pytest.mark.parametrize("kind,section,key,value,needle", [
+    ("vae", "train", "aux_loss_weight", 5.0, "aux_loss_weight is only used with kind = \"m2\""),
+    ("cvae", "train", "m2_schedule", "interleaved", "m2_schedule is only used with kind"),
+    ("vae", "train", "labelled_every", 3, "labelled_every is only used with kind"),
+    ("m2", "train", "labelled_every", 3, "only used with m2_schedule = \"interleaved\""),
+    ("vae", "model", "decoder_label", "input", "decoder_label is only used with kind = \"cvae\""),
+    ("quadrant_cvae", "model", "decoder_label", "input", "decoder_label is only used"),
+])
+def test_an_option_another_kind_would_ignore_is_refused(tmp_path, capsys, kind, section, key,
+                                                        value, needle):
+    recipe = tmp_path / "r.toml"
+    quoted = f'"{value}"' if isinstance(value, str) else value
+    recipe.write_text(f'[model]\nkind = "{kind}"\n[{section}]\n{key} = {quoted}\n'
+                      .replace(f"[model]\nkind = \"{kind}\"\n[model]\n",
+                               f"[model]\nkind = \"{kind}\"\n"))
+    code, _, err = run_cli(capsys, "train", recipe, *SMALL, "--out", tmp_path / "run")
+    assert code == 2 and needle in err and not (tmp_path / "run").exists()
+
+
+def test_the_options_are_accepted_where_they_are_used():
+    Config().with_overrides({"model": {"kind": "m2", "decoder_label": "input"},
+                             "train": {"m2_schedule": "interleaved", "labelled_every": 3,
+                                       "aux_loss_weight": 5.0}})
+    Config().with_overrides({"model": {"kind": "cvae", "decoder_label": "input"}})

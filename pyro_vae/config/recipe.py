@@ -281,6 +281,25 @@ def check_compatible(config: Config) -> None:
     if config.data.num_labels and "semi_supervised" not in kind:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                           f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
+    _check_unused_kind_options(config, kind)
+
+
+def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:
+    """Options of one model kind (or M2 schedule) given with another would be ignored: say
+    so instead."""
+    model, train, fresh = config.model, config.train, TrainConfig()
+    unused = []
+    if model.decoder_label != ModelConfig.decoder_label and "labels" not in kind:
+        unused.append(("[model] decoder_label", f"kind = {_kinds_with('labels')}"))
+    for key in ("aux_loss_weight", "m2_schedule", "labelled_every"):
+        if getattr(train, key) != getattr(fresh, key) and "semi_supervised" not in kind:
+            unused.append((f"[train] {key}", f"kind = {_kinds_with('semi_supervised')}"))
+    if train.labelled_every != fresh.labelled_every and train.m2_schedule != "interleaved":
+        unused.append(("[train] labelled_every", "m2_schedule = \"interleaved\""))
+    if unused:
+        key, needs = unused[0]
+        raise ConfigError(f"{key} is only used with {needs}, which this recipe does not "
+                          f"set; remove {key.split()[-1]} or set the option it belongs to.")
 
 
 def _names_with(registry: Registry, capability: str, present: bool = True) -> str:
