@@ -14,6 +14,7 @@ from pyro_vae.config import Config
 from pyro_vae.errors import DataError
 from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
+from pyro_vae.summary import split_scores
 from pyro_vae.training import prepare_data
 
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--batch-size", "256"]
@@ -123,3 +124,20 @@ def test_the_options_are_accepted_where_they_are_used():
                              "train": {"m2_schedule": "interleaved", "labelled_every": 3,
                                        "aux_loss_weight": 5.0}})
     Config().with_overrides({"model": {"kind": "cvae", "decoder_label": "input"}})
+
+
+# --- grey targets --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,base", [("vae", "log p(x)"), ("cvae", "log p(x|y)")])
+def test_a_grey_target_runs_score_is_not_called_a_likelihood(kind, base):
+    """A Bernoulli has no density on grey levels: the score of a binarize = "grey" run is
+    named for what it is, and a binary run keeps its name."""
+    for binarize, grey in (("grey", True), ("dynamic", False)):
+        config = Config().with_overrides({"model": {"kind": kind, "hidden_dims": [8]},
+                                          "data": {"binarize": binarize}})
+        data = prepare_data(config)
+        vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x))
+        scores = split_scores(config, vae, data, "test", num_samples=1)
+        assert scores["score_name"].startswith("grey-level Bernoulli score") == grey
+        assert (base in scores["score_name"]) and ("not a likelihood" in scores["score_name"]) \
+            == grey
