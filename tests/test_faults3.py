@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from pyro_vae import fidelity
 from pyro_vae.cli import main
+from pyro_vae.cli.evaluate import format_summary
 from pyro_vae.config import Config
 from pyro_vae.errors import DataError
+from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
 from pyro_vae.summary import split_scores
@@ -141,3 +144,38 @@ def test_a_grey_target_runs_score_is_not_called_a_likelihood(kind, base):
         assert scores["score_name"].startswith("grey-level Bernoulli score") == grey
         assert (base in scores["score_name"]) and ("not a likelihood" in scores["score_name"]) \
             == grey
+
+
+# --- label fidelity with classes missing from the data -------------------------------------------
+
+def test_fidelity_leaves_out_labels_the_classifier_never_saw(tmp_path, capsys):
+    """Digits of classes 0-4 only, a 10-class model: the classifier never predicts 5-9, so
+    those labels are not requested (their share is None, not a 0 that drags the mean down);
+    the classes seen survive a save and load; evaluate's text names the ones left out."""
+    data = prepare_data(Config())
+    keep = data.train_y < 5
+    classifier = fidelity.fit_label_classifier(data.train_x[keep], data.train_y[keep], 10,
+                                               steps=60)
+    assert classifier.classes_seen == [0, 1, 2, 3, 4]
+    fidelity.save_label_classifier(tmp_path / "c.pt", classifier)
+    assert fidelity.load_label_classifier(tmp_path / "c.pt").classes_seen == [0, 1, 2, 3, 4]
+    prototypes = torch.stack([data.train_x[data.train_y == c].mean(0) for c in range(10)])
+    logits = torch.logit(prototypes.clamp(0.02, 0.98))
+
+    class Sampler:  # decodes each requested label's mean training image
+        num_classes = 10
+        likelihood = build_likelihood("bernoulli")
+
+        def generate(self, num_samples, device="cpu", labels=None):
+            return torch.zeros(num_samples, 2), logits[labels]
+
+    means, _ = fidelity.measure_label_fidelity(Sampler(), classifier, 20)
+    assert means.num_samples == 5 * 20
+    assert means.per_label[5:] == [None] * 5 and None not in means.per_label[:5]
+    assert means.overall > 0.9  # prototypes of the classes it knows
+    text = format_summary({"dataset": "d", "num_test_datapoints": 1, "test_elbo": 0.0,
+                           "test_elbo_stderr": 0.0, "test_log_likelihood": 0.0,
+                           "test_log_likelihood_stderr": 0.0, "num_importance_samples": 1,
+                           "active_units": 0, "latent_dim": 2,
+                           **fidelity.summary_fields(means, means)})
+    assert "not measured, no training images: 5, 6, 7, 8, 9" in text

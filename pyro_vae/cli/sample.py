@@ -107,6 +107,10 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
         classifier = fidelity.fit_label_classifier(
             data.train_x, data.train_y, config.model.num_classes, data.test_x, data.test_y,
             seed=config.train.seed)
+    label = int(labels[0])
+    if classifier.classes_seen is not None and label not in classifier.classes_seen:
+        return (f"label fidelity not measured: the training split has no images of label "
+                f"{label}, so the run's classifier cannot recognise it")
     return "\n".join(fidelity.describe(fidelity.fidelity_of(images, labels, classifier, what))
                      for images, what in ((means, "means"), (draws, "draws")))
 
