@@ -179,3 +179,15 @@ def test_fidelity_leaves_out_labels_the_classifier_never_saw(tmp_path, capsys):
                            "active_units": 0, "latent_dim": 2,
                            **fidelity.summary_fields(means, means)})
     assert "not measured, no training images: 5, 6, 7, 8, 9" in text
+
+
+@pytest.mark.parametrize("kind", ["cvae", "m2"])
+@pytest.mark.parametrize("relabel,needle", [
+    (lambda y: np.where(y == 9, 11, y), "Set [model] num_classes = 12"),
+    (lambda y: y - 1, "no negative labels"),
+])
+def test_labels_outside_the_classes_say_what_to_do(tmp_path, capsys, kind, relabel, needle):
+    dataset = _digits_npz(tmp_path / "d.npz", relabel=relabel)
+    code, _, err = run_cli(capsys, "train", "--model", kind, "--dataset", dataset, *SMALL,
+                           "--out", tmp_path / "run")
+    assert code == 2 and needle in err and not (tmp_path / "run").exists()

@@ -130,8 +130,11 @@ def check_labels(y: torch.Tensor | None, num_classes: int, what: str = "the data
                         "fashion-mnist, or a .npz with an integer array y), or use "
                         "[model] kind = \"vae\".")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(f"{what} has labels in [{int(y.min())}, {int(y.max())}], but the model "
-                        f"has {num_classes} classes (0..{num_classes - 1}).")
+        low, high = int(y.min()), int(y.max())
+        fix = ("Number the classes 0, 1, 2, … (no negative labels)" if low < 0 else
+               f"Set [model] num_classes = {high + 1}, or number the classes 0..C−1")
+        raise DataError(f"{what} has labels in [{low}, {high}], but the model has "
+                        f"{num_classes} classes (0..{num_classes - 1}). {fix}.")
 
 
 def check_label_flag(label: int, num_classes: int) -> None:
