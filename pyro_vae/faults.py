@@ -18,6 +18,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import ConfigError, PyroVAEError, TrainingError
+from pyro_vae.registry import MODEL_KINDS
 
 if TYPE_CHECKING:
     from pyro_vae.config import Config, ModelConfig
@@ -186,6 +187,14 @@ def check_training_memory(config: "Config", image_shape: tuple[int, ...], num_te
                  "[evaluate] max_chunk)", weights + max(step, evaluation), device,
                  "lower --latent-dim, --particles, --prior-components, --batch-size or [evaluate] "
                  "max_chunk.")
+    samples = config.evaluate.label_fidelity_samples
+    if samples and "labels" in MODEL_KINDS.capabilities(model.kind):
+        # The end-of-run fidelity decodes every label's samples at once: output, mean, draw.
+        fidelity = 3 * decoded_bytes(model.num_classes * samples, image_shape, model.latent_dim)
+        check_memory(f"[evaluate] label_fidelity_samples = {samples} (per label, "
+                     f"{model.num_classes} labels)", weights + fidelity, device,
+                     "lower label_fidelity_samples (100 gives a standard error near 1 %), or "
+                     "0 to skip the measurement.")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

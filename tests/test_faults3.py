@@ -191,3 +191,13 @@ def test_labels_outside_the_classes_say_what_to_do(tmp_path, capsys, kind, relab
     code, _, err = run_cli(capsys, "train", "--model", kind, "--dataset", dataset, *SMALL,
                            "--out", tmp_path / "run")
     assert code == 2 and needle in err and not (tmp_path / "run").exists()
+
+
+def test_a_label_fidelity_size_beyond_memory_is_refused_before_training(tmp_path, capsys):
+    """It was found only after the last epoch, as an allocation failure with no summary."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nkind = "cvae"\n[evaluate]\nlabel_fidelity_samples = '
+                      f'{10 ** 12}\n')
+    code, _, err = run_cli(capsys, "train", recipe, *SMALL, "--out", tmp_path / "run")
+    assert code == 2 and "label_fidelity_samples" in err and "needs at least" in err
+    assert not (tmp_path / "run").exists()
