@@ -201,3 +201,39 @@ def test_a_label_fidelity_size_beyond_memory_is_refused_before_training(tmp_path
     code, _, err = run_cli(capsys, "train", recipe, *SMALL, "--out", tmp_path / "run")
     assert code == 2 and "label_fidelity_samples" in err and "needs at least" in err
     assert not (tmp_path / "run").exists()
+
+
+# --- the label grid with a label-conditional prior of one's own ------------------------------------
+
+class _ClassMeans(torch.nn.Module):
+    """p(z|y) = N(z; (10 y, 0), I) without ``shared_draws`` (as a plugin's prior may be);
+    without labels the label-free marginal."""
+
+    label_conditional = True
+    latent_dim = 2
+
+    def forward(self, batch_shape, device, dtype, labels=None):
+        if labels is None:
+            labels = torch.randint(10, batch_shape)
+        loc = torch.stack([10.0 * labels.to(dtype), torch.zeros(labels.shape, dtype=dtype)], -1)
+        return torch.distributions.Independent(torch.distributions.Normal(loc, 1.0), 1)
+
+
+def test_the_label_grid_draws_each_row_from_its_own_labels_prior():
+    """Each row of `sample --n` was decoded at z from the label-free marginal when the prior
+    had no shared draws: row y's codes must have mean (10 y, 0), within 6 standard errors."""
+    config = Config().with_overrides({"model": {"kind": "cvae", "prior": "normal",
+                                                "hidden_dims": [8], "latent_dim": 2}})
+    vae = build_vae(config.model, (1, 8, 8))
+    vae.prior = _ClassMeans()
+    seen = {}
+    decoder = vae.decoder.forward
+    vae.decoder.forward = lambda z, y: seen.update(z=z, y=y) or decoder(z, y)
+    torch.manual_seed(0)
+    columns = 400
+    vae.label_grid(columns)
+    z, y = seen["z"], seen["y"]
+    assert torch.equal(y, torch.arange(10).repeat_interleave(columns))
+    means = z.reshape(10, columns, 2).mean(1)
+    expected = torch.stack([10.0 * torch.arange(10.0), torch.zeros(10)], -1)
+    assert (means - expected).abs().max() < 6 / columns ** 0.5

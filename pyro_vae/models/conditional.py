@@ -230,14 +230,17 @@ class ConditionalVAE(VAE):
     @torch.no_grad()
     def label_grid(self, columns: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """E[x|z, y] for every label (rows) × ``columns`` draws of z shared by every row
-        (with a label-conditional prior: the same component and noise in every row)."""
+        (with a label-conditional prior: the same component and noise in every row where the
+        prior has ``shared_draws``, else independent draws of p(z|y) for each row)."""
+        labels = torch.arange(self.num_classes, device=device).repeat_interleave(columns)
         if hasattr(self.prior, "shared_draws"):
             z = self.prior.shared_draws(columns).reshape(-1, self.prior.latent_dim)
+        elif getattr(self.prior, "label_conditional", False):  # e.g. a plugin's p(z|y)
+            z = self.latent_prior(labels, device).sample()
         else:
             z = self.prior(torch.Size([columns]), torch.device(device), torch.float32).sample()
             z = z.repeat(self.num_classes, 1)
-        labels = torch.arange(self.num_classes, device=z.device).repeat_interleave(columns)
-        return self.likelihood.mean(self.decoder(z, labels))
+        return self.likelihood.mean(self.decoder(z, labels.to(z.device)))
 
 
 def check_data_labels(config: "Config", data: "ImageData") -> None:
