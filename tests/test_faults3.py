@@ -237,3 +237,24 @@ def test_the_label_grid_draws_each_row_from_its_own_labels_prior():
     means = z.reshape(10, columns, 2).mean(1)
     expected = torch.stack([10.0 * torch.arange(10.0), torch.zeros(10)], -1)
     assert (means - expected).abs().max() < 6 / columns ** 0.5
+
+
+def test_a_prior_registered_label_conditional_must_say_so_on_its_module(monkeypatch):
+    """Declared in its registration but not on its class, the model would call it without
+    labels: p(z) trained in place of p(z|y), with no sign of it."""
+    from pyro_vae import registry
+    from pyro_vae.errors import ConfigError
+
+    class Forgetful(_ClassMeans):
+        label_conditional = False
+
+    entries = dict(registry.PRIORS._loaded())
+    monkeypatch.setattr(registry.PRIORS, "_entries", entries)
+    registry.PRIORS.register("forgetful_test_prior", capabilities={"label_conditional"})(
+        lambda config, context: Forgetful())
+    for kind in ("cvae", "m2"):
+        config = Config().with_overrides({"model": {"kind": kind,
+                                                    "prior": "forgetful_test_prior",
+                                                    "hidden_dims": [8], "latent_dim": 2}})
+        with pytest.raises(ConfigError, match="no class attribute label_conditional = True"):
+            build_vae(config.model, (1, 8, 8))

@@ -38,8 +38,8 @@ from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
 from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
-from pyro_vae.priors import build_prior
-from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
+from pyro_vae.priors import Prior, build_prior
+from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -289,9 +289,27 @@ def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int]
     (``vamp``: one mixture of posteriors per class)."""
     encoder, decoder = labelled_networks(config, image_shape)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    prior = build_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
-                                             num_classes=config.num_classes))
+    prior = build_label_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
+                                                   num_classes=config.num_classes))
     return ConditionalVAE(encoder, decoder, prior, likelihood, config.num_classes, num_data)
+
+
+def build_label_prior(config: ModelConfig, context: BuildContext) -> Prior:
+    """The prior of a labelled kind: ``config.prior`` built with the number of classes.
+
+    A prior registered as ``label_conditional`` must also say so on its module (the class
+    attribute ``label_conditional = True``), which is how the model knows to pass the labels:
+    without it every p(z|y) would silently be the label-free p(z)."""
+    prior = build_prior(config, context)
+    if "label_conditional" in PRIORS.capabilities(config.prior) \
+            and not getattr(prior, "label_conditional", False):
+        raise ConfigError(
+            f"prior = \"{config.prior}\" is registered as label_conditional, but the module "
+            f"its factory returns ({type(prior).__name__}) has no class attribute "
+            "label_conditional = True, so the model would never pass it the labels and train "
+            "p(z) instead of p(z|y). Set label_conditional = True on the class (and take "
+            "labels in forward), or drop the capability from its registration.")
+    return prior
 
 
 def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]

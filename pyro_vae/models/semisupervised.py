@@ -56,12 +56,11 @@ from torch import nn
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData
 from pyro_vae.m2_schedule import cycled_batches, interleaved_batches
-from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labelled_networks,
-                                         labelled_subset)
+from pyro_vae.models.conditional import (ConditionalVAE, build_label_prior, check_data_labels,
+                                         labelled_networks, labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.priors import build_prior
 from pyro_vae.objectives.particles import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
 from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
@@ -187,8 +186,8 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    prior = build_prior(config, BuildContext(image_shape, encoder=encoder,
-                                             num_classes=config.num_classes))
+    prior = build_label_prior(config, BuildContext(image_shape, encoder=encoder,
+                                                   num_classes=config.num_classes))
     return M2(classifier, encoder, decoder, prior, likelihood, config.num_classes,
               aux_loss_weight)
 
