@@ -69,7 +69,12 @@ def nonfinite_loss_error(vae, x: torch.Tensor, loss: float, grad_norm: float, ep
     """A one-paragraph :class:`TrainingError` naming the step, the bad terms and what to do."""
     what = f"the loss became {loss:g}" if loss != loss or abs(loss) == float("inf") else \
         f"the gradient norm became {grad_norm:g} (loss {loss:g})"
-    terms = nonfinite_terms(vae, x)
+    try:
+        terms = nonfinite_terms(vae, x)
+    except (PyroVAEError, RuntimeError, ValueError):
+        # The batch alone cannot be replayed: a labelled model's guide needs the batch's labels,
+        # and M2's q(y|x) cannot be sampled from non-finite logits. The parameters still tell.
+        terms = []
     params = nonfinite_parameters(vae) or nonfinite_parameters(vae, gradients=True)
     detail = []
     if terms:

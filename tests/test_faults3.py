@@ -258,3 +258,16 @@ def test_a_prior_registered_label_conditional_must_say_so_on_its_module(monkeypa
                                                     "hidden_dims": [8], "latent_dim": 2}})
         with pytest.raises(ConfigError, match="no class attribute label_conditional = True"):
             build_vae(config.model, (1, 8, 8))
+
+
+# --- a non-finite step of a labelled model ---------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["cvae", "m2"])
+def test_a_labelled_models_nan_is_the_nan_paragraph(tmp_path, capsys, kind):
+    """The diagnosis replayed the batch without its labels: the cvae said "call model(x, y)"
+    instead of what went wrong, and M2 ended in a traceback sampling q(y|x) from NaN logits."""
+    code, _, err = run_cli(capsys, "train", "--model", kind, "--lr", 1e38, *SMALL,
+                           "--out", tmp_path / "run")
+    assert code == 2 and " became " in err and "at epoch 1, step" in err
+    assert "non-finite parameters" in err and "model(x, y)" not in err
+    assert not (tmp_path / "run").exists()
