@@ -18,7 +18,7 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
 from pyro_vae.summary import split_scores
-from pyro_vae.training import prepare_data
+from pyro_vae.training import prepare_data, train
 
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--batch-size", "256"]
 
@@ -271,3 +271,20 @@ def test_a_labelled_models_nan_is_the_nan_paragraph(tmp_path, capsys, kind):
     assert code == 2 and " became " in err and "at epoch 1, step" in err
     assert "non-finite parameters" in err and "model(x, y)" not in err
     assert not (tmp_path / "run").exists()
+
+
+# --- raw samples of a labelled run ------------------------------------------------------------------
+
+def test_raw_samples_of_a_labelled_run_carry_their_labels(tmp_path, capsys):
+    """`sample --out x.npz` of a cvae wrote x, mean and z but not which label each was drawn
+    for (they cycle through the labels without --label)."""
+    run = tmp_path / "run"
+    train(Config().with_overrides({
+        "model": {"kind": "cvae", "hidden_dims": [8], "latent_dim": 2, "prior_components": 10},
+        "train": {"epochs": 1, "batch_size": 256},
+        "evaluate": {"num_samples": 1, "label_fidelity_samples": 0}}), run)
+    for argv, expected in ((["--n", 13], np.arange(13) % 10), (["--n", 4, "--label", 7], [7] * 4)):
+        code, _, err = run_cli(capsys, "sample", run, *argv, "--out", tmp_path / "s.npz")
+        assert code == 0, err
+        saved = np.load(tmp_path / "s.npz")
+        assert saved["y"].tolist() == list(expected) and len(saved["x"]) == len(expected)

@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
         save_image_grid(out, means, shape, columns, title)
     else:
         buffer = io.BytesIO()  # the data's own layout: (N, D) for vectors, (N, C, H, W) else
-        np.savez(buffer, x=draws.reshape(args.n, *data_shape(shape)).numpy(),
-                 mean=means.reshape(args.n, *data_shape(shape)).numpy(), z=z.numpy())
+        arrays = {"x": draws.reshape(args.n, *data_shape(shape)).numpy(),
+                  "mean": means.reshape(args.n, *data_shape(shape)).numpy(), "z": z.numpy()}
+        if has(config, "labels"):  # the label each sample was drawn for (default: cycling)
+            arrays["y"] = (vae.cycle_labels(args.n) if labels is None else labels).numpy()
+        np.savez(buffer, **arrays)
         atomic_write_bytes(out, buffer.getvalue())
     rounded = len(means) != args.n
     print(f"wrote {len(means)} samples to {out}" + (
