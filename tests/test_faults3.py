@@ -288,3 +288,18 @@ def test_raw_samples_of_a_labelled_run_carry_their_labels(tmp_path, capsys):
         assert code == 0, err
         saved = np.load(tmp_path / "s.npz")
         assert saved["y"].tolist() == list(expected) and len(saved["x"]) == len(expected)
+
+
+def test_switching_kind_drops_the_old_kinds_own_defaults():
+    """`pyro-vae train digits_cvae --model vae` trained a VAE with a mixture prior that came
+    from the cvae's default, not from the recipe."""
+    cvae = Config.from_dict({"model": {"kind": "cvae"}})
+    assert cvae.model.prior == "mixture"
+    assert cvae.with_overrides({"model": {"kind": "vae"}}).model.prior == "normal"
+    assert cvae.with_overrides({"model": {"kind": "m2"}}).model.prior == "normal"
+    asked = cvae.with_overrides({"model": {"kind": "vae", "prior": "vamp"}})
+    assert asked.model.prior == "vamp"
+    vamp = Config.from_dict({"model": {"kind": "cvae", "prior": "vamp"}})
+    assert vamp.with_overrides({"model": {"kind": "m2"}}).model.prior == "vamp"
+    back = Config().with_overrides({"model": {"kind": "cvae"}})
+    assert back.model.prior == "mixture"

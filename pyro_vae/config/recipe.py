@@ -168,11 +168,15 @@ class Config:
         merged = self.to_dict()
         kind = overrides.get("model", {}).get("kind", self.model.kind)
         if kind != self.model.kind:
-            # Another kind: [model] keys still at the ModelConfig defaults are left out, so the
-            # new kind's own defaults (its ``model_defaults`` hook) apply to them.
+            # Another kind: [model] keys still at the ModelConfig defaults, or at the old kind's
+            # own defaults (e.g. the cvae's per-label prior), are left out, so the new kind's
+            # defaults (its ``model_defaults`` hook) apply to them.
             fresh = ModelConfig()
+            old_defaults = MODEL_KINDS.hooks(self.model.kind).model_defaults
+            inherited = old_defaults(merged["model"]) if old_defaults else {}
             merged["model"] = {key: value for key, value in merged["model"].items()
-                               if value != getattr(fresh, key)}
+                               if value != getattr(fresh, key)
+                               and not (key in inherited and inherited[key] == value)}
         for section, values in overrides.items():
             if section == "plugins":  # plugins given on the command line join the recipe's
                 merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
