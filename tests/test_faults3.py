@@ -303,3 +303,13 @@ def test_switching_kind_drops_the_old_kinds_own_defaults():
     assert vamp.with_overrides({"model": {"kind": "m2"}}).model.prior == "vamp"
     back = Config().with_overrides({"model": {"kind": "cvae"}})
     assert back.model.prior == "mixture"
+
+
+def test_an_npz_with_unlabelled_x_test_says_to_add_y_test(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    x, y = (digits.data / 16).astype(np.float32), digits.target
+    np.savez(tmp_path / "d.npz", x=x[:1500], y=y[:1500], x_test=x[1500:])
+    code, _, err = run_cli(capsys, "train", "--model", "cvae", "--dataset",
+                           f"file:{tmp_path / 'd.npz'}", *SMALL, "--out", tmp_path / "run")
+    assert code == 2 and "y_test beside x_test" in err and not (tmp_path / "run").exists()

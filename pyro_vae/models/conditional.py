@@ -247,6 +247,11 @@ def check_data_labels(config: "Config", data: "ImageData") -> None:
     """Refuse data without labels in ``0 .. num_classes − 1`` on any split (one paragraph
     naming the split)."""
     source = f"dataset {config.data.dataset!r}"
+    if data.train_y is not None and data.test_y is None:  # an .npz with y but x_test alone
+        raise DataError(f"{source} has training labels y but its test images x_test have "
+                        "none, and a conditional model is scored on labelled test images. Save "
+                        "their labels as y_test beside x_test (or leave out x_test to hold out "
+                        "a labelled test split).")
     check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
     check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
     check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
