@@ -110,6 +110,7 @@ def test_the_default_size_of_a_labelled_prior_fits_any_number_of_classes(prior, 
     ("m2", "train", "labelled_every", 3, "only used with m2_schedule = \"interleaved\""),
     ("vae", "model", "decoder_label", "input", "decoder_label is only used with kind = \"cvae\""),
     ("quadrant_cvae", "model", "decoder_label", "input", "decoder_label is only used"),
+    ("vae", "evaluate", "label_fidelity_samples", 50, "label_fidelity_samples is only used"),
 ])
 def test_an_option_another_kind_would_ignore_is_refused(tmp_path, capsys, kind, section, key,
                                                         value, needle):

@@ -298,6 +298,9 @@ def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:
     for key in ("aux_loss_weight", "m2_schedule", "labelled_every"):
         if getattr(train, key) != getattr(fresh, key) and "semi_supervised" not in kind:
             unused.append((f"[train] {key}", f"kind = {_kinds_with('semi_supervised')}"))
+    if config.evaluate.label_fidelity_samples not in (0, EvaluateConfig.label_fidelity_samples) \
+            and "labels" not in kind:
+        unused.append(("[evaluate] label_fidelity_samples", f"kind = {_kinds_with('labels')}"))
     if train.labelled_every != fresh.labelled_every and train.m2_schedule != "interleaved":
         unused.append(("[train] labelled_every", "m2_schedule = \"interleaved\""))
     if unused:
