@@ -29,14 +29,6 @@ from pyro_vae.errors import ConfigError
 GREY_SCORE_NAME = "grey-level Bernoulli score (Pyro's CVAE tutorial's measure; not a likelihood)"
 
 
-def grey_run_score_name(score_name: str) -> str:
-    """What the importance-sampled score of a run trained with ``[data] binarize = "grey"``
-    is: the estimator of ``score_name`` (log p(x), log p(x|y), ...) applied to grey targets,
-    which a Bernoulli gives no density, so not a likelihood."""
-    return (f"grey-level Bernoulli score (the {score_name} estimator on grey targets, "
-            "binarize = \"grey\"; not a likelihood)")
-
-
 def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
     """The grey images of ``split`` as targets for a run with a Bernoulli likelihood.
 

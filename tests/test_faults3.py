@@ -1,5 +1,5 @@
-"""Fault injection, third round: the label-conditional priors, M2's options, grey targets and
-label fidelity met with odd data and odd settings.
+"""Fault injection, third round: the label-conditional priors, M2's options and label
+fidelity met with odd data and odd settings.
 
 Every case ends in one clear paragraph (exit status 2, no traceback, no run directory left
 behind) or in an honest figure; none is silently ignored.
@@ -17,7 +17,6 @@ from pyro_vae.errors import DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
-from pyro_vae.summary import split_scores
 from pyro_vae.training import prepare_data, train
 
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--batch-size", "256"]
@@ -128,23 +127,6 @@ def test_the_options_are_accepted_where_they_are_used():
                              "train": {"m2_schedule": "interleaved", "labelled_every": 3,
                                        "aux_loss_weight": 5.0}})
     Config().with_overrides({"model": {"kind": "cvae", "decoder_label": "input"}})
-
-
-# --- grey targets --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kind,base", [("vae", "log p(x)"), ("cvae", "log p(x|y)")])
-def test_a_grey_target_runs_score_is_not_called_a_likelihood(kind, base):
-    """A Bernoulli has no density on grey levels: the score of a binarize = "grey" run is
-    named for what it is, and a binary run keeps its name."""
-    for binarize, grey in (("grey", True), ("dynamic", False)):
-        config = Config().with_overrides({"model": {"kind": kind, "hidden_dims": [8]},
-                                          "data": {"binarize": binarize}})
-        data = prepare_data(config)
-        vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x))
-        scores = split_scores(config, vae, data, "test", num_samples=1)
-        assert scores["score_name"].startswith("grey-level Bernoulli score") == grey
-        assert (base in scores["score_name"]) and ("not a likelihood" in scores["score_name"]) \
-            == grey
 
 
 # --- label fidelity with classes missing from the data -------------------------------------------
