@@ -29,6 +29,13 @@ from pyro_vae.errors import ConfigError
 GREY_SCORE_NAME = "grey-level Bernoulli score (Pyro's CVAE tutorial's measure; not a likelihood)"
 
 
+def grey_score_name(score_name: str) -> str:
+    """What a run trained with ``binarize = "grey"`` reports in place of ``score_name``
+    (``log p(x)``, ``log p(x|y)``, ...): its test images are scored on their grey levels, so the
+    estimate is the same importance-sampled bound, but of a score that is not a likelihood."""
+    return f"{score_name} on grey levels (a Bernoulli score, not a likelihood)"
+
+
 def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
     """The grey images of ``split`` as targets for a run with a Bernoulli likelihood.
 

@@ -18,6 +18,7 @@ import torch
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
+from pyro_vae.grey_targets import grey_score_name
 from pyro_vae.protocol import has, hooks
 
 
@@ -49,6 +50,10 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
     activity = {"active_units": 0} if not has(config, "latent_means") else \
         latent_activity(vae, x, y if has(config, "labels") else None)  # q(z|x, y) takes y
     kind = hooks(config)
+    if score_name is None:
+        score_name = getattr(vae, "score_name", "log p(x)")
+        if config.binarization == "grey":  # grey test images as Bernoulli targets
+            score_name = grey_score_name(score_name)
     return {
         "dataset": config.data.dataset,
         "latent_dim": config.model.latent_dim,
@@ -61,7 +66,7 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
         "test_log_likelihood_mc_stderr": estimate.log_likelihood_mc_stderr,
         "num_importance_samples": estimate.num_samples,
         # What test_log_likelihood estimates: log p(x), log p(x|y), ...
-        "score_name": score_name or getattr(vae, "score_name", "log p(x)"),
+        "score_name": score_name,
         "num_test_datapoints": len(x),
         **activity,
         **(kind.test_summary(vae, data, split, config) if kind.test_summary else {}),

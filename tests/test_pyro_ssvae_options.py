@@ -51,6 +51,13 @@ def test_grey_targets_keep_the_grey_levels_for_the_bernoulli_likelihood():
         prepare_data(small(data={"binarize": "none"}))
 
 
+def test_a_run_on_grey_targets_does_not_call_its_score_a_likelihood(tmp_path):
+    summary = train(small(data={"binarize": "grey"}), tmp_path / "grey")
+    assert summary["score_name"].startswith("log p(x) on grey levels")
+    assert "not a likelihood" in summary["score_name"]
+    assert train(small(), tmp_path / "binary")["score_name"] == "log p(x)"
+
+
 def test_grey_targets_with_another_likelihood_are_refused():
     with pytest.raises(ConfigError, match=r"binarize = \"grey\".*not the Bernoulli"):
         small(data={"binarize": "grey"}, model={"likelihood": "gaussian"})
