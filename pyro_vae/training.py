@@ -385,7 +385,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     pyro.set_rng_seed(config.train.seed)
     data = distributed.node_first(
         group if config.data.download else None, lambda: prepare_data(config, device))
-    check_training_memory(config, data.image_shape, len(data.test_x), device)
+    check_training_memory(config, data.image_shape, len(data.test_x), device,
+                          None if data.train_y is None else len(torch.unique(data.train_y)))
     if model is None:
         vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     else:

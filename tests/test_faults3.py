@@ -186,6 +186,16 @@ def test_a_label_fidelity_size_beyond_memory_is_refused_before_training(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_num_classes_beyond_memory_is_refused_with_the_figure(tmp_path, capsys):
+    """one_hot(y) enters the encoder and the decoder: 10⁹ classes are terabytes of weights
+    (it ended in an allocation failure that named every setting but num_classes)."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[model]\nkind = "cvae"\nnum_classes = {10 ** 9}\n')
+    code, _, err = run_cli(capsys, "train", recipe, *SMALL, "--out", tmp_path / "run")
+    assert code == 2 and "needs at least" in err and "num_classes" in err
+    assert not (tmp_path / "run").exists()
+
+
 # --- the label grid with a label-conditional prior of one's own ------------------------------------
 
 class _ClassMeans(torch.nn.Module):
