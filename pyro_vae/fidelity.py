@@ -154,13 +154,15 @@ def save_label_classifier(path: str | Path, classifier: LabelClassifier) -> None
 def load_label_classifier(path: str | Path) -> LabelClassifier:
     """Read a classifier written by :func:`save_label_classifier`."""
     try:
+        # torch raises many types for damaged files (pickle, struct, EOF and zip errors)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         classifier = LabelClassifier(saved["num_pixels"], saved["num_classes"], saved["hidden"])
         classifier.load_state_dict(saved["state"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable label classifier ({error}); delete it "
-                              "and it will be fitted again from the training data.") from None
-    classifier.test_accuracy = saved["test_accuracy"]
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable label classifier "
+                              f"({type(error).__name__}: {error}); delete it and it will be "
+                              "fitted again from the training data.") from None
+    classifier.test_accuracy = saved.get("test_accuracy")
     classifier.classes_seen = saved.get("classes_seen")  # absent from older runs' files
     return classifier.eval()
 

@@ -281,6 +281,12 @@ def test_raw_samples_of_a_labelled_run_carry_their_labels(tmp_path, capsys):
         assert code == 0, err
         saved = np.load(tmp_path / "s.npz")
         assert saved["y"].tolist() == list(expected) and len(saved["x"]) == len(expected)
+    # A damaged classifier file costs the fidelity line, not the samples already written.
+    (run / "label_classifier.pt").write_bytes(b"junk")
+    code, out, err = run_cli(capsys, "sample", run, "--label", 2, "--n", 3, "--out",
+                             tmp_path / "s.png")
+    assert code == 0 and (tmp_path / "s.png").exists()
+    assert "label fidelity not measured" in out and "label_classifier.pt" in out
 
 
 def test_switching_kind_drops_the_old_kinds_own_defaults():

@@ -101,7 +101,10 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
     """How many of the ``--label`` samples the run's classifier recognises as that label."""
     path = Path(run_dir) / fidelity.CLASSIFIER_FILE
     if path.exists():
-        classifier = fidelity.load_label_classifier(path)
+        try:
+            classifier = fidelity.load_label_classifier(path)
+        except PyroVAEError as error:  # the samples are written: report, do not fail
+            return f"label fidelity not measured: {error}"
     else:  # a run trained before the classifier was kept: fit it again
         try:
             data = prepare_data(config, check=False)
