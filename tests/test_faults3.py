@@ -287,6 +287,11 @@ def test_raw_samples_of_a_labelled_run_carry_their_labels(tmp_path, capsys):
                              tmp_path / "s.png")
     assert code == 0 and (tmp_path / "s.png").exists()
     assert "label fidelity not measured" in out and "label_classifier.pt" in out
+    # Another run's classifier (other image size and labels) ended in a shape traceback.
+    fidelity.save_label_classifier(run / "label_classifier.pt", fidelity.LabelClassifier(5, 3))
+    code, out, err = run_cli(capsys, "sample", run, "--label", 7, "--n", 3, "--out",
+                             tmp_path / "s.png")
+    assert code == 0 and "fitted to 5 values and 3 labels" in out
 
 
 def test_switching_kind_drops_the_old_kinds_own_defaults():

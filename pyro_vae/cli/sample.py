@@ -113,6 +113,12 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
         classifier = fidelity.fit_label_classifier(
             data.train_x, data.train_y, config.model.num_classes, data.test_x, data.test_y,
             seed=config.train.seed)
+    pixels = means[0].numel()
+    if (classifier.num_pixels, classifier.num_classes) != (pixels, config.model.num_classes):
+        return (f"label fidelity not measured: {path} was fitted to {classifier.num_pixels} "
+                f"values and {classifier.num_classes} labels, but this run's images have "
+                f"{pixels} and its model {config.model.num_classes} labels (a file of another "
+                "run?); delete it and it will be fitted again from the training data.")
     label = int(labels[0])
     if classifier.classes_seen is not None and label not in classifier.classes_seen:
         return (f"label fidelity not measured: the training split has no images of label "
