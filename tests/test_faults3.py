@@ -317,3 +317,11 @@ def test_an_npz_with_unlabelled_x_test_says_to_add_y_test(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--model", "cvae", "--dataset",
                            f"file:{tmp_path / 'd.npz'}", *SMALL, "--out", tmp_path / "run")
     assert code == 2 and "y_test beside x_test" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "compare", "gaps"])
+@pytest.mark.parametrize("seed", [-5, 2 ** 70])
+def test_a_seed_out_of_range_is_refused(tmp_path, capsys, command, seed):
+    """torch and NumPy raised ValueError tracebacks for these."""
+    code, _, err = run_cli(capsys, command, tmp_path / "no-run", "--seed", seed)
+    assert code == 2 and "--seed" in err and "[0, 2**32)" in err

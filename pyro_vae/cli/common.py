@@ -50,6 +50,14 @@ def positive_flag(name: str, value: int | None) -> None:
         raise ConfigError(f"--{name} must be a positive integer, not {value}.")
 
 
+def seed_flag(value: int) -> None:
+    """Refuse a ``--seed`` outside [0, 2**32), the range of ``[train] seed`` (torch's and
+    NumPy's generators take no other)."""
+    if not 0 <= value < 2 ** 32:
+        raise ConfigError(f"--seed {value} must be an integer in [0, 2**32), as [train] seed "
+                          "is.")
+
+
 def apply_threads(requested: int | None) -> int:
     """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
     if requested is not None and requested < 0:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pyro_vae import fidelity
-from pyro_vae.cli.common import positive_flag
+from pyro_vae.cli.common import positive_flag, seed_flag
 from pyro_vae.data import data_shape, is_vector_shape
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.faults import check_memory, decoded_bytes
@@ -38,6 +38,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     positive_flag("n", args.n)
+    seed_flag(args.seed)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"samples-{args.n}.png"
     if out.suffix not in (".png", ".npz"):
         raise ConfigError(f"--out {out} must end in .png (a picture) or .npz (raw samples).")
