@@ -325,3 +325,17 @@ def test_a_seed_out_of_range_is_refused(tmp_path, capsys, command, seed):
     """torch and NumPy raised ValueError tracebacks for these."""
     code, _, err = run_cli(capsys, command, tmp_path / "no-run", "--seed", seed)
     assert code == 2 and "--seed" in err and "[0, 2**32)" in err
+
+
+def test_a_thread_count_beyond_reason_is_refused(tmp_path, capsys, monkeypatch):
+    """torch.set_num_threads overflowed with a traceback; an absurd $OMP_NUM_THREADS falls
+    back to one thread like any unusable value."""
+    from pyro_vae.cli import apply_threads
+    code, _, err = run_cli(capsys, "train", "--threads", 10 ** 11, "--out", tmp_path / "run")
+    assert code == 2 and "--threads" in err and not (tmp_path / "run").exists()
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", str(10 ** 14))
+    try:
+        assert apply_threads(None) == 1
+    finally:
+        torch.set_num_threads(before)
