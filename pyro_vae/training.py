@@ -233,6 +233,23 @@ def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
 
 
+def missing_classes_warning(config: Config, data: ImageData) -> str | None:
+    """A warning when a labelled model has classes that no training image carries: nothing
+    shows p(x|y) what they look like, and their label fidelity is not measured. ``None`` when
+    every class 0..num_classes−1 has training images."""
+    if not has(config, "labels") or data.train_y is None:
+        return None
+    present = set(torch.unique(data.train_y).tolist())
+    missing = [c for c in range(config.model.num_classes) if c not in present]
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+    return (f"{len(missing)} of the model's {config.model.num_classes} classes have no training "
+            f"images (labels {shown}): no image shows p(x|y) what they look like, and their "
+            "label fidelity is not measured. If the data have fewer classes, number them "
+            "0..C−1 and set [model] num_classes = C.")
+
+
 def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
     """A warning with what to try if the epoch's diagnostics show posterior collapse.
 
@@ -413,6 +430,9 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
             and hasattr(vae.prior, "initialize_from") and not has(config, "semi_supervised"):
         _initialize_pseudo_inputs(vae, data)
+    missing = missing_classes_warning(config, data)
+    if missing and is_main:
+        progress.warn(missing)
     batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)

@@ -17,7 +17,7 @@ from pyro_vae.errors import DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
-from pyro_vae.training import prepare_data, train
+from pyro_vae.training import missing_classes_warning, prepare_data, train
 
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--batch-size", "256"]
 
@@ -339,3 +339,13 @@ def test_a_thread_count_beyond_reason_is_refused(tmp_path, capsys, monkeypatch):
         assert apply_threads(None) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_classes_without_training_images_are_warned_about():
+    config = Config().with_overrides({"model": {"kind": "cvae", "hidden_dims": [8]}})
+    data = prepare_data(config)
+    assert missing_classes_warning(config, data) is None
+    data.train_y = data.train_y % 3
+    warning = missing_classes_warning(config, data)
+    assert "7 of the model's 10 classes" in warning and "labels 3, 4, 5, 6, 7, 8, 9" in warning
+    assert missing_classes_warning(Config(), data) is None  # an unlabelled kind
