@@ -18,6 +18,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import ConfigError, PyroVAEError, TrainingError
+from pyro_vae.registry import MODEL_KINDS
 
 if TYPE_CHECKING:
     from pyro_vae.config import Config, ModelConfig
@@ -68,7 +69,12 @@ def nonfinite_loss_error(vae, x: torch.Tensor, loss: float, grad_norm: float, ep
     """A one-paragraph :class:`TrainingError` naming the step, the bad terms and what to do."""
     what = f"the loss became {loss:g}" if loss != loss or abs(loss) == float("inf") else \
         f"the gradient norm became {grad_norm:g} (loss {loss:g})"
-    terms = nonfinite_terms(vae, x)
+    try:
+        terms = nonfinite_terms(vae, x)
+    except (PyroVAEError, RuntimeError, ValueError):
+        # The batch alone cannot be replayed: a labelled model's guide needs the batch's labels,
+        # and M2's q(y|x) cannot be sampled from non-finite logits. The parameters still tell.
+        terms = []
     params = nonfinite_parameters(vae) or nonfinite_parameters(vae, gradients=True)
     detail = []
     if terms:
@@ -163,6 +169,8 @@ def model_parameter_count(model: "ModelConfig", image_shape: tuple[int, ...]) ->
         count += 2 * pixels * hidden[0]
     components = _prior_components(model)
     count += components * (2 * latent + 1) if model.prior == "mixture" else components * pixels
+    if "labels" in MODEL_KINDS.capabilities(model.kind):  # one_hot(y) into encoder and decoder
+        count += 2 * model.num_classes * width
     return count
 
 
@@ -172,8 +180,11 @@ def decoded_bytes(images: float, image_shape: tuple[int, ...], latent_dim: int) 
 
 
 def check_training_memory(config: "Config", image_shape: tuple[int, ...], num_test: int,
-                          device: torch.device | str = "cpu") -> None:
-    """Refuse a training configuration that cannot fit in memory (see the module docstring)."""
+                          device: torch.device | str = "cpu",
+                          labels_present: int | None = None) -> None:
+    """Refuse a training configuration that cannot fit in memory (see the module docstring).
+    ``labels_present``: how many distinct labels the training split has (the labels whose
+    fidelity is measured; default all ``num_classes``)."""
     model, train = config.model, config.train
     weights = model_parameter_count(model, image_shape) * FLOAT_BYTES * TRAINING_COPIES
     step = decoded_bytes(train.batch_size * train.particles, image_shape, model.latent_dim)
@@ -182,10 +193,20 @@ def check_training_memory(config: "Config", image_shape: tuple[int, ...], num_te
     chunk = config.evaluate.max_chunk if isinstance(config.evaluate.max_chunk, int) else 20_000
     evaluation = decoded_bytes(min(chunk, max(1, num_test) * config.evaluate.num_samples),
                                image_shape, model.latent_dim)
-    check_memory("this configuration (latent_dim, particles, prior components, batch size and "
-                 "[evaluate] max_chunk)", weights + max(step, evaluation), device,
-                 "lower --latent-dim, --particles, --prior-components, --batch-size or [evaluate] "
-                 "max_chunk.")
+    check_memory("this configuration (latent_dim, particles, prior components, batch size, "
+                 "[evaluate] max_chunk and a labelled model's num_classes)",
+                 weights + max(step, evaluation), device,
+                 "lower --latent-dim, --particles, --prior-components, --batch-size, [evaluate] "
+                 "max_chunk or [model] num_classes.")
+    samples = config.evaluate.label_fidelity_samples
+    if samples and "labels" in MODEL_KINDS.capabilities(model.kind):
+        # The end-of-run fidelity decodes every label's samples at once: output, mean, draw.
+        labels = min(model.num_classes, labels_present or model.num_classes)
+        fidelity = 3 * decoded_bytes(labels * samples, image_shape, model.latent_dim)
+        check_memory(f"[evaluate] label_fidelity_samples = {samples} (per label, "
+                     f"{labels} labels)", weights + fidelity, device,
+                     "lower label_fidelity_samples (100 gives a standard error near 1 %), or "
+                     "0 to skip the measurement.")
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -7,7 +7,8 @@ samples for every label y with z ~ p(z),
 
 and let an independent classifier ĉ, fitted to the same training images and labels, recognise
 them. The label fidelity of label y is the share of its samples recognised as y, and the overall
-figure is their average (every label has the same number of samples):
+figure is their average (every label has the same number of samples; a label with no training
+images is left out, since ĉ never predicts it):
 
     F_y = (1/n) Σ_i 1[ĉ(x_i) = y],        F = (1/C) Σ_y F_y,
 
@@ -72,6 +73,8 @@ class LabelClassifier(nn.Module):
                                  nn.Linear(hidden, num_classes))
         #: Accuracy on the real test split, set by :func:`fit_label_classifier`.
         self.test_accuracy: float | None = None
+        #: The labels it was trained on (``None``: unknown, all); it never predicts the others.
+        self.classes_seen: list[int] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -131,6 +134,7 @@ def fit_label_classifier(train_x: torch.Tensor, train_y: torch.Tensor, num_class
             loss_fn(classifier(batch), y[index]).backward()
             optimizer.step()
     classifier.eval()
+    classifier.classes_seen = sorted(int(c) for c in torch.unique(y))
     if test_x is not None and test_y is not None and len(test_x):
         predicted = classifier.predict(test_x)
         classifier.test_accuracy = float((predicted == test_y.long().cpu()).float().mean())
@@ -142,20 +146,24 @@ def save_label_classifier(path: str | Path, classifier: LabelClassifier) -> None
     buffer = io.BytesIO()
     torch.save({"num_pixels": classifier.num_pixels, "num_classes": classifier.num_classes,
                 "hidden": classifier.hidden, "test_accuracy": classifier.test_accuracy,
-                "state": classifier.state_dict()}, buffer)
+                "classes_seen": classifier.classes_seen, "state": classifier.state_dict()},
+               buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_label_classifier(path: str | Path) -> LabelClassifier:
     """Read a classifier written by :func:`save_label_classifier`."""
     try:
+        # torch raises many types for damaged files (pickle, struct, EOF and zip errors)
         saved = torch.load(path, map_location="cpu", weights_only=True)
         classifier = LabelClassifier(saved["num_pixels"], saved["num_classes"], saved["hidden"])
         classifier.load_state_dict(saved["state"])
-    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a readable label classifier ({error}); delete it "
-                              "and it will be fitted again from the training data.") from None
-    classifier.test_accuracy = saved["test_accuracy"]
+    except Exception as error:
+        raise CheckpointError(f"{path} is not a readable label classifier "
+                              f"({type(error).__name__}: {error}); delete it and it will be "
+                              "fitted again from the training data.") from None
+    classifier.test_accuracy = saved.get("test_accuracy")
+    classifier.classes_seen = saved.get("classes_seen")  # absent from older runs' files
     return classifier.eval()
 
 
@@ -215,11 +223,16 @@ def measure_label_fidelity(vae: ConditionalSampler, classifier: LabelClassifier,
                            samples_per_label: int = 100, seed: int = 0,
                            device: torch.device | str = "cpu"
                            ) -> tuple[FidelityReport, FidelityReport]:
-    """Label fidelity of ``samples_per_label`` samples of every label: (means, draws).
+    """Label fidelity of ``samples_per_label`` samples of every label the classifier was
+    trained on (all of the model's labels when the data have every class): (means, draws).
+    A label without training images is not requested, since the classifier can never
+    recognise it; its share is ``None``.
 
     Seeded by ``seed`` without changing the caller's random state.
     """
-    labels = torch.arange(vae.num_classes).repeat_interleave(samples_per_label)
+    classes = torch.arange(vae.num_classes) if classifier.classes_seen is None else \
+        torch.tensor(classifier.classes_seen, dtype=torch.long)
+    labels = classes.repeat_interleave(samples_per_label)
     with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else None):
         torch.manual_seed(seed)
         means, draws = conditional_samples(vae, labels, device)

@@ -37,7 +37,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.distributions import StandardNormal
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.registry import PRIORS, BuildContext
 
 
@@ -298,19 +298,32 @@ class LabelledVampPrior(LabelConditionalMixture):
         return self._encoder[0]
 
     @torch.no_grad()
-    def initialize_from(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Start each class's pseudo-inputs at training images of that class (pixels squeezed
-        into [0.05, 0.95] so the logit is finite)."""
+    def initialize_from(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                        what: str = "training images",
+                        remedy: str = "with labels 0..C−1 for the C classes the data have, "
+                        "set [model] num_classes = C") -> None:
+        """Start each class's pseudo-inputs at distinct ``images`` of that class (pixels
+        squeezed into [0.05, 0.95] so the logit is finite). Raises :class:`DataError` when a
+        class has fewer images than pseudo-inputs; ``what`` names the images and ``remedy``
+        says how to give a class without any (M2: more labels)."""
         if labels is None:
-            raise ValueError("the label-conditional VampPrior starts each class's pseudo-inputs "
-                             "at images of that class and needs the training labels")
+            raise DataError(f"the label-conditional VampPrior starts each class's pseudo-inputs "
+                            f"at {what} of that class, and these have no labels; train on "
+                            "labelled data or use prior = \"mixture\".")
         images = images.reshape(len(images), -1)
+        counts = torch.stack([(labels == c).sum() for c in range(self.num_classes)])
+        fewest = int(counts.argmin())
+        have = int(counts[fewest])
+        if have < self.per_class:
+            fix = (f"Use prior_components = {self.num_classes * have} or less (a multiple of "
+                   f"{self.num_classes})" if have else f"Give every class {what} ({remedy})")
+            raise DataError(
+                f"class {fewest} has {have} {what}, but the label-conditional VampPrior starts "
+                f"each of its {self.per_class} pseudo-inputs per class (prior_components = "
+                f"{len(self.pseudo_inputs)} over {self.num_classes} classes) at a distinct image "
+                f"of that class. {fix}, or use prior = \"mixture\", which needs no images.")
         for c in range(self.num_classes):
             members = torch.nonzero(labels == c).squeeze(1)
-            if len(members) < self.per_class:
-                raise ValueError(f"class {c} has {len(members)} training images, fewer than "
-                                 f"its {self.per_class} pseudo-inputs; use prior_components ≤ "
-                                 f"{self.num_classes * len(members)}")
             chosen = members[torch.randperm(len(members), device=members.device)[: self.per_class]]
             rows = slice(c * self.per_class, (c + 1) * self.per_class)
             self.pseudo_inputs[rows] = torch.logit(images[chosen].clamp(0.05, 0.95))
@@ -360,18 +373,27 @@ class FlowPrior(Prior):
         return dist.TransformedDistribution(base, self.transforms(), validate_args=False)
 
 
+def labelled_components(num_classes: int, total: int = 500) -> int:
+    """The default size of a label-conditional prior: ``total`` components rounded down to a
+    multiple of the classes (at least one per class), so that any ``num_classes`` works
+    without ``prior_components`` (500 = 50 per class for 10 classes; 498 for 3)."""
+    return max(1, total // num_classes) * num_classes
+
+
 @PRIORS.register("normal", help="N(0, I)", capabilities={"closed_form_kl"})
 def _normal(config: ModelConfig, context: BuildContext) -> Prior:
     return StandardNormalPrior(config.latent_dim)
 
 
 @PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10); "
-                 "for a cvae one mixture per class, p(z|y) (default 500 in all)",
+                 "for a cvae one mixture per class, p(z|y) (default 500 in all, rounded down to "
+                 "a multiple of the classes)",
                  capabilities={"components", "label_conditional"})
 def _mixture(config: ModelConfig, context: BuildContext) -> Prior:
     if context.num_classes is not None:
         return LabelledMixturePrior(config.latent_dim, context.num_classes,
-                                    config.prior_components or 500)
+                                    config.prior_components
+                                    or labelled_components(context.num_classes))
     return MixturePrior(config.latent_dim, config.prior_components or 10)
 
 
@@ -384,7 +406,8 @@ def _vamp(config: ModelConfig, context: BuildContext) -> Prior:
                           "and this model has none; choose another prior.")
     if context.num_classes is not None:
         return LabelledVampPrior(config.latent_dim, context.encoder, context.num_pixels,
-                                 context.num_classes, config.prior_components or 500)
+                                 context.num_classes, config.prior_components
+                                 or labelled_components(context.num_classes))
     return VampPrior(config.latent_dim, context.encoder, context.num_pixels,
                      config.prior_components or 500)
 

@@ -233,6 +233,23 @@ def _collapse_diagnostics(config: Config, vae: VAE, x: torch.Tensor,
     return {key: activity[key] for key in ("active_units", "kl", "kl_per_dim")}
 
 
+def missing_classes_warning(config: Config, data: ImageData) -> str | None:
+    """A warning when a labelled model has classes that no training image carries: nothing
+    shows p(x|y) what they look like, and their label fidelity is not measured. ``None`` when
+    every class 0..num_classes−1 has training images."""
+    if not has(config, "labels") or data.train_y is None:
+        return None
+    present = set(torch.unique(data.train_y).tolist())
+    missing = [c for c in range(config.model.num_classes) if c not in present]
+    if not missing:
+        return None
+    shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+    return (f"{len(missing)} of the model's {config.model.num_classes} classes have no training "
+            f"images (labels {shown}): no image shows p(x|y) what they look like, and their "
+            "label fidelity is not measured. If the data have fewer classes, number them "
+            "0..C−1 and set [model] num_classes = C.")
+
+
 def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
     """A warning with what to try if the epoch's diagnostics show posterior collapse.
 
@@ -385,15 +402,13 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     pyro.set_rng_seed(config.train.seed)
     data = distributed.node_first(
         group if config.data.download else None, lambda: prepare_data(config, device))
-    check_training_memory(config, data.image_shape, len(data.test_x), device)
+    check_training_memory(config, data.image_shape, len(data.test_x), device,
+                          None if data.train_y is None else len(torch.unique(data.train_y)))
     if model is None:
         vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
     else:
         vae = model.to(device)
         vae.num_data = len(data.train_x)
-    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
-            and hasattr(vae.prior, "initialize_from"):
-        _initialize_pseudo_inputs(vae, data)  # VampPrior: pseudo-inputs start at real images
     if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
         vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
     # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
@@ -410,6 +425,14 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     state = None  # what the kind's prepare hook hands to its batches hook
     if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split
         objective, state = kind.prepare(config, data, vae, objective)
+    # VampPrior: pseudo-inputs start at real images, once the kind has checked the data (a
+    # labelled prior needs labels); M2's prepare starts them at its labelled subset only.
+    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
+            and hasattr(vae.prior, "initialize_from") and not has(config, "semi_supervised"):
+        _initialize_pseudo_inputs(vae, data)
+    missing = missing_classes_warning(config, data)
+    if missing and is_main:
+        progress.warn(missing)
     batches = kind.batches or minibatch_steps
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_vae.config import Config
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import latent_activity
 from pyro_vae.models import build_vae
 from pyro_vae.priors import LabelledMixturePrior, LabelledVampPrior
@@ -116,7 +116,7 @@ def test_pseudo_inputs_start_at_images_of_their_own_class():
     start = torch.sigmoid(prior.pseudo_inputs[:, 0]).reshape(CLASSES, PER_CLASS)
     assert torch.allclose(start, (0.1 + 0.3 * torch.arange(CLASSES)).double()[:, None]
                           .expand(CLASSES, PER_CLASS), atol=1e-9)
-    with pytest.raises(ValueError, match="needs the training labels"):
+    with pytest.raises(DataError, match="have no labels"):
         prior.initialize_from(images)
 
 

@@ -50,14 +50,31 @@ def positive_flag(name: str, value: int | None) -> None:
         raise ConfigError(f"--{name} must be a positive integer, not {value}.")
 
 
+def seed_flag(value: int) -> None:
+    """Refuse a ``--seed`` outside [0, 2**32), the range of ``[train] seed`` (torch's and
+    NumPy's generators take no other)."""
+    if not 0 <= value < 2 ** 32:
+        raise ConfigError(f"--seed {value} must be an integer in [0, 2**32), as [train] seed "
+                          "is.")
+
+
+#: The most threads pyro-vae asks torch for (torch itself overflows at 2**31, and a pool of
+#: millions of threads would exhaust the machine before it computed anything).
+MAX_THREADS = 1024
+
+
 def apply_threads(requested: int | None) -> int:
     """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
     if requested is not None and requested < 0:
         raise ConfigError(f"--threads {requested}: give a positive number of threads, or 0 "
                           "for the default ($OMP_NUM_THREADS, else 1).")
+    if requested is not None and requested > MAX_THREADS:
+        raise ConfigError(f"--threads {requested} is more than pyro-vae starts (at most "
+                          f"{MAX_THREADS}); give the number of cores to compute on (this "
+                          f"machine has {os.cpu_count()}), or 0 for the default.")
     threads = requested or 0
     if not threads:
         value = os.environ.get("OMP_NUM_THREADS", "")
-        threads = int(value) if value.isdigit() and int(value) > 0 else 1
+        threads = int(value) if value.isdigit() and 0 < int(value) <= MAX_THREADS else 1
     torch.set_num_threads(threads)
     return threads

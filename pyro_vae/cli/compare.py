@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from pyro_vae.cli.common import check_same_shape, positive_flag
+from pyro_vae.cli.common import check_same_shape, positive_flag, seed_flag
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
 from pyro_vae.faults import check_memory, decoded_bytes
@@ -69,6 +69,7 @@ def _csv_list(flag: str, text: str, convert: type, allowed: Sequence[str] | None
 def run(args: argparse.Namespace) -> int:
     particles = _csv_list("particles", args.particles, int)
     temperatures = _csv_list("temperatures", args.temperatures, float)
+    seed_flag(args.seed)
     if any(not t > 0 for t in temperatures):
         raise ConfigError(f"--temperatures {args.temperatures!r}: temperatures must be "
                           "positive.")

@@ -91,12 +91,19 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
     if summary.get("label_fidelity") is not None:
-        per_label = " ".join(f"{c}:{100 * f:.0f}" for c, f in
-                             enumerate(summary["label_fidelity_per_label"]))
+        shares = summary["label_fidelity_per_label"]
+        per_label = " ".join(f"{c}:{100 * f:.0f}" for c, f in enumerate(shares) if f is not None)
+        missing = [str(c) for c, f in enumerate(shares) if f is None]
+        if missing:  # labels without training images: the classifier cannot recognise them
+            per_label += f" (not measured, no training images: {', '.join(missing)})"
         lines += [f"label fidelity of {summary['label_fidelity_samples']} samples E[x|z, y] "
                   f"(draws x ~ p(x|y)): {100 * summary['label_fidelity']:.1f} ± "
                   f"{100 * summary['label_fidelity_stderr']:.1f} % "
                   f"({100 * summary['label_fidelity_draws']:.1f} %) recognised as y by a "
-                  f"classifier of {100 * summary['fidelity_classifier_test_accuracy']:.1f} % "
+                  f"classifier of {_percent(summary['fidelity_classifier_test_accuracy'])} "
                   "test accuracy", f"  per label (%): {per_label}"]
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "unknown" if share is None else f"{100 * share:.1f} %"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
+from pyro_vae.cli.common import load_run, positive_flag, refuse_kind, seed_flag
 from pyro_vae.errors import ConfigError
 from pyro_vae.models.bayesian import weight_posterior_draws
 from pyro_vae.runs import make_run_dir, write_json
@@ -63,6 +63,7 @@ class _Bars:
 def run(args: argparse.Namespace) -> int:
     for flag in ("n", "num_samples", "steps", "nuts_points", "chains", "draws"):
         positive_flag(flag.replace("_", "-"), getattr(args, flag))
+    seed_flag(args.seed)
     if args.chains < 2:
         raise ConfigError(f"--chains {args.chains}: R-hat compares chains, so NUTS needs at "
                           "least 2.")

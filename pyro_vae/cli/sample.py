@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from pyro_vae import fidelity
-from pyro_vae.cli.common import positive_flag
+from pyro_vae.cli.common import positive_flag, seed_flag
 from pyro_vae.data import data_shape, is_vector_shape
 from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.faults import check_memory, decoded_bytes
@@ -38,6 +38,7 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     positive_flag("n", args.n)
+    seed_flag(args.seed)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"samples-{args.n}.png"
     if out.suffix not in (".png", ".npz"):
         raise ConfigError(f"--out {out} must end in .png (a picture) or .npz (raw samples).")
@@ -76,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
         save_image_grid(out, means, shape, columns, title)
     else:
         buffer = io.BytesIO()  # the data's own layout: (N, D) for vectors, (N, C, H, W) else
-        np.savez(buffer, x=draws.reshape(args.n, *data_shape(shape)).numpy(),
-                 mean=means.reshape(args.n, *data_shape(shape)).numpy(), z=z.numpy())
+        arrays = {"x": draws.reshape(args.n, *data_shape(shape)).numpy(),
+                  "mean": means.reshape(args.n, *data_shape(shape)).numpy(), "z": z.numpy()}
+        if has(config, "labels"):  # the label each sample was drawn for (default: cycling)
+            arrays["y"] = (vae.cycle_labels(args.n) if labels is None else labels).numpy()
+        np.savez(buffer, **arrays)
         atomic_write_bytes(out, buffer.getvalue())
     rounded = len(means) != args.n
     print(f"wrote {len(means)} samples to {out}" + (
@@ -98,7 +102,10 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
     """How many of the ``--label`` samples the run's classifier recognises as that label."""
     path = Path(run_dir) / fidelity.CLASSIFIER_FILE
     if path.exists():
-        classifier = fidelity.load_label_classifier(path)
+        try:
+            classifier = fidelity.load_label_classifier(path)
+        except PyroVAEError as error:  # the samples are written: report, do not fail
+            return f"label fidelity not measured: {error}"
     else:  # a run trained before the classifier was kept: fit it again
         try:
             data = prepare_data(config, check=False)
@@ -107,6 +114,16 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
         classifier = fidelity.fit_label_classifier(
             data.train_x, data.train_y, config.model.num_classes, data.test_x, data.test_y,
             seed=config.train.seed)
+    pixels = means[0].numel()
+    if (classifier.num_pixels, classifier.num_classes) != (pixels, config.model.num_classes):
+        return (f"label fidelity not measured: {path} was fitted to {classifier.num_pixels} "
+                f"values and {classifier.num_classes} labels, but this run's images have "
+                f"{pixels} and its model {config.model.num_classes} labels (a file of another "
+                "run?); delete it and it will be fitted again from the training data.")
+    label = int(labels[0])
+    if classifier.classes_seen is not None and label not in classifier.classes_seen:
+        return (f"label fidelity not measured: the training split has no images of label "
+                f"{label}, so the run's classifier cannot recognise it")
     return "\n".join(fidelity.describe(fidelity.fidelity_of(images, labels, classifier, what))
                      for images, what in ((means, "means"), (draws, "draws")))
 

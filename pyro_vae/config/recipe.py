@@ -168,11 +168,15 @@ class Config:
         merged = self.to_dict()
         kind = overrides.get("model", {}).get("kind", self.model.kind)
         if kind != self.model.kind:
-            # Another kind: [model] keys still at the ModelConfig defaults are left out, so the
-            # new kind's own defaults (its ``model_defaults`` hook) apply to them.
+            # Another kind: [model] keys still at the ModelConfig defaults, or at the old kind's
+            # own defaults (e.g. the cvae's per-label prior), are left out, so the new kind's
+            # defaults (its ``model_defaults`` hook) apply to them.
             fresh = ModelConfig()
+            old_defaults = MODEL_KINDS.hooks(self.model.kind).model_defaults
+            inherited = old_defaults(merged["model"]) if old_defaults else {}
             merged["model"] = {key: value for key, value in merged["model"].items()
-                               if value != getattr(fresh, key)}
+                               if value != getattr(fresh, key)
+                               and not (key in inherited and inherited[key] == value)}
         for section, values in overrides.items():
             if section == "plugins":  # plugins given on the command line join the recipe's
                 merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
@@ -281,6 +285,28 @@ def check_compatible(config: Config) -> None:
     if config.data.num_labels and "semi_supervised" not in kind:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                           f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
+    _check_unused_kind_options(config, kind)
+
+
+def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:
+    """Options of one model kind (or M2 schedule) given with another would be ignored: say
+    so instead."""
+    model, train, fresh = config.model, config.train, TrainConfig()
+    unused = []
+    if model.decoder_label != ModelConfig.decoder_label and "labels" not in kind:
+        unused.append(("[model] decoder_label", f"kind = {_kinds_with('labels')}"))
+    for key in ("aux_loss_weight", "m2_schedule", "labelled_every"):
+        if getattr(train, key) != getattr(fresh, key) and "semi_supervised" not in kind:
+            unused.append((f"[train] {key}", f"kind = {_kinds_with('semi_supervised')}"))
+    if config.evaluate.label_fidelity_samples not in (0, EvaluateConfig.label_fidelity_samples) \
+            and "labels" not in kind:
+        unused.append(("[evaluate] label_fidelity_samples", f"kind = {_kinds_with('labels')}"))
+    if train.labelled_every != fresh.labelled_every and train.m2_schedule != "interleaved":
+        unused.append(("[train] labelled_every", "m2_schedule = \"interleaved\""))
+    if unused:
+        key, needs = unused[0]
+        raise ConfigError(f"{key} is only used with {needs}, which this recipe does not "
+                          f"set; remove {key.split()[-1]} or set the option it belongs to.")
 
 
 def _names_with(registry: Registry, capability: str, present: bool = True) -> str:

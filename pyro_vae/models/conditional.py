@@ -38,8 +38,8 @@ from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
 from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
-from pyro_vae.priors import build_prior
-from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
+from pyro_vae.priors import Prior, build_prior
+from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -130,8 +130,11 @@ def check_labels(y: torch.Tensor | None, num_classes: int, what: str = "the data
                         "fashion-mnist, or a .npz with an integer array y), or use "
                         "[model] kind = \"vae\".")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(f"{what} has labels in [{int(y.min())}, {int(y.max())}], but the model "
-                        f"has {num_classes} classes (0..{num_classes - 1}).")
+        low, high = int(y.min()), int(y.max())
+        fix = ("Number the classes 0, 1, 2, … (no negative labels)" if low < 0 else
+               f"Set [model] num_classes = {high + 1}, or number the classes 0..C−1")
+        raise DataError(f"{what} has labels in [{low}, {high}], but the model has "
+                        f"{num_classes} classes (0..{num_classes - 1}). {fix}.")
 
 
 def check_label_flag(label: int, num_classes: int) -> None:
@@ -227,20 +230,28 @@ class ConditionalVAE(VAE):
     @torch.no_grad()
     def label_grid(self, columns: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """E[x|z, y] for every label (rows) × ``columns`` draws of z shared by every row
-        (with a label-conditional prior: the same component and noise in every row)."""
+        (with a label-conditional prior: the same component and noise in every row where the
+        prior has ``shared_draws``, else independent draws of p(z|y) for each row)."""
+        labels = torch.arange(self.num_classes, device=device).repeat_interleave(columns)
         if hasattr(self.prior, "shared_draws"):
             z = self.prior.shared_draws(columns).reshape(-1, self.prior.latent_dim)
+        elif getattr(self.prior, "label_conditional", False):  # e.g. a plugin's p(z|y)
+            z = self.latent_prior(labels, device).sample()
         else:
             z = self.prior(torch.Size([columns]), torch.device(device), torch.float32).sample()
             z = z.repeat(self.num_classes, 1)
-        labels = torch.arange(self.num_classes, device=z.device).repeat_interleave(columns)
-        return self.likelihood.mean(self.decoder(z, labels))
+        return self.likelihood.mean(self.decoder(z, labels.to(z.device)))
 
 
 def check_data_labels(config: "Config", data: "ImageData") -> None:
     """Refuse data without labels in ``0 .. num_classes − 1`` on any split (one paragraph
     naming the split)."""
     source = f"dataset {config.data.dataset!r}"
+    if data.train_y is not None and data.test_y is None:  # an .npz with y but x_test alone
+        raise DataError(f"{source} has training labels y but its test images x_test have "
+                        "none, and a conditional model is scored on labelled test images. Save "
+                        "their labels as y_test beside x_test (or leave out x_test to hold out "
+                        "a labelled test split).")
     check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
     check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
     check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
@@ -283,9 +294,27 @@ def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int]
     (``vamp``: one mixture of posteriors per class)."""
     encoder, decoder = labelled_networks(config, image_shape)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    prior = build_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
-                                             num_classes=config.num_classes))
+    prior = build_label_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
+                                                   num_classes=config.num_classes))
     return ConditionalVAE(encoder, decoder, prior, likelihood, config.num_classes, num_data)
+
+
+def build_label_prior(config: ModelConfig, context: BuildContext) -> Prior:
+    """The prior of a labelled kind: ``config.prior`` built with the number of classes.
+
+    A prior registered as ``label_conditional`` must also say so on its module (the class
+    attribute ``label_conditional = True``), which is how the model knows to pass the labels:
+    without it every p(z|y) would silently be the label-free p(z)."""
+    prior = build_prior(config, context)
+    if "label_conditional" in PRIORS.capabilities(config.prior) \
+            and not getattr(prior, "label_conditional", False):
+        raise ConfigError(
+            f"prior = \"{config.prior}\" is registered as label_conditional, but the module "
+            f"its factory returns ({type(prior).__name__}) has no class attribute "
+            "label_conditional = True, so the model would never pass it the labels and train "
+            "p(z) instead of p(z|y). Set label_conditional = True on the class (and take "
+            "labels in forward), or drop the capability from its registration.")
+    return prior
 
 
 def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]

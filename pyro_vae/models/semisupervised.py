@@ -56,15 +56,14 @@ from torch import nn
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData
 from pyro_vae.m2_schedule import cycled_batches, interleaved_batches
-from pyro_vae.models.conditional import (ConditionalVAE, check_data_labels, labelled_networks,
-                                         labelled_subset)
+from pyro_vae.models.conditional import (ConditionalVAE, build_label_prior, check_data_labels,
+                                         labelled_networks, labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.priors import build_prior
 from pyro_vae.objectives.particles import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
-from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
+from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 
 
 class M2(ConditionalVAE):
@@ -187,8 +186,8 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
     likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
-    prior = build_prior(config, BuildContext(image_shape, encoder=encoder,
-                                             num_classes=config.num_classes))
+    prior = build_label_prior(config, BuildContext(image_shape, encoder=encoder,
+                                                   num_classes=config.num_classes))
     return M2(classifier, encoder, decoder, prior, likelihood, config.num_classes,
               aux_loss_weight)
 
@@ -209,6 +208,13 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
     unlabelled[labelled] = False
     unlabelled = unlabelled.nonzero().squeeze(-1)
+    if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
+            and hasattr(vae.prior, "initialize_from"):
+        # A VampPrior per label starts at images of each class: the labelled ones only, since
+        # every other label is hidden from the model.
+        vae.prior.initialize_from(data.train_x[labelled], data.train_y[labelled],
+                                  "labelled training images",
+                                  f"a larger [data] num_labels than {len(labelled)}")
     vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
     vae.aux_loss_weight = config.train.aux_loss_weight
     objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
