@@ -40,15 +40,17 @@ class _OutOfTime(Exception):
 class _Curve:
     """The epoch functions' progress hook: evaluates every ``every`` steps, stops at the limit."""
 
-    def __init__(self, vae, test_x, test_y, every: int, seconds: float, epoch_steps: int):
+    def __init__(self, vae, test_x, test_y, every: int, seconds: float, epoch_steps: int,
+                 max_steps: int):
         self.vae, self.test_x, self.test_y = vae, test_x, test_y
         self.every, self.seconds, self.epoch_steps = every, seconds, epoch_steps
+        self.max_steps = max_steps  # --epochs, counted over the whole curve (resumes included)
         self.steps, self.trained, self.rows = 0, 0.0, []
         self.started = time.perf_counter()
 
     def step(self, value: float) -> None:
         self.steps += 1
-        if self.steps % self.every == 0:
+        if self.steps % self.every == 0 or self.steps >= self.max_steps:
             self.evaluate(value)
 
     def evaluate(self, value: float) -> None:
@@ -64,7 +66,7 @@ class _Curve:
         print(f"epoch {row['epochs']:6.2f}  {row['minutes']:6.1f} min  test accuracy "
               f"{accuracy:.4f} ± {row['stderr']:.4f}  ELBO/point {value:.1f}", flush=True)
         self.started = time.perf_counter()
-        if self.trained > self.seconds:
+        if self.trained > self.seconds or self.steps >= self.max_steps:
             raise _OutOfTime
 
 
@@ -84,7 +86,8 @@ def main() -> None:
     parser.add_argument("--decoder-label", choices=("every_layer", "input"),
                         help="[model] decoder_label")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=1000,
+                        help="epochs of the whole curve, a resumed one included (fractions allowed)")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--eval-every", type=int, default=100, help="unlabelled steps")
     parser.add_argument("--out", type=Path, default=None)
@@ -115,8 +118,9 @@ def main() -> None:
     optimizer = torch.optim.Adam(module.parameters(), lr=config.train.learning_rate,
                                  betas=(config.train.adam_beta1, 0.999))
     batch = config.train.batch_size
+    epoch_steps = math.ceil(len(unlabelled) / batch)
     curve = _Curve(vae, data.grey("test"), data.test_y, args.eval_every, args.minutes * 60,
-                   math.ceil(len(unlabelled) / batch))
+                   epoch_steps, round(args.epochs * epoch_steps))
     print(f"{config.data.num_labels} labels, schedule {config.train.m2_schedule} "
           f"(labelled_every {config.train.labelled_every}), lr {config.train.learning_rate}, "
           f"beta1 {config.train.adam_beta1}, binarize {config.binarization}, "
@@ -144,7 +148,7 @@ def main() -> None:
         print(f"resumed at epoch {curve.steps / curve.epoch_steps:.2f}", flush=True)
     try:
         with pyro.validation_enabled(False):
-            while epoch < args.epochs:
+            while curve.steps < curve.max_steps:  # a resumed run counts the curve's epochs
                 # A resumed run restarts the interrupted epoch's data order (close enough here).
                 x = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
                 steps = kind.batches(Epoch(module, x, None, data, batch, state))
