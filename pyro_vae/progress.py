@@ -178,11 +178,11 @@ class TqdmProgress(Progress):
         if self.quiet:
             return
         if self._lines:
-            self._print(f"scoring {num_datapoints} datapoints: log p(x) with K={num_samples} "
+            self._print(f"scoring {num_datapoints} datapoints with K={num_samples} "
                         "importance samples")
             return
         self.evaluation = self._tqdm(total=num_datapoints, unit="datapoint", dynamic_ncols=True,
-                                     desc=f"log p(x), K={num_samples}", file=self.stream)
+                                     desc=f"scoring, K={num_samples}", file=self.stream)
 
     def evaluated(self, num_datapoints: int) -> None:
         if self.evaluation is not None:
