@@ -15,7 +15,9 @@ capability         what it promises (and which command uses it)
                    (``train``'s pictures, ``sample``)
 ``latent_means``   ``latent_mean(x)``: a representative point of q(z|x) (latent maps, probe)
 ``labels``         model and guide take labels, ``model(x, y)``; q(z|x, y) (``cvae``, ``m2``)
-``semi_supervised`` trains on partly labelled data (``[data] num_labels``)
+``semi_supervised`` trains on partly labelled data (``[data] num_labels``); sums an absent
+                   label out of log p(x), and ``classify(x)`` gives argmax q(y|x)
+                   (``evaluate`` and ``anomaly`` on unlabelled data)
 ``discrete_latents`` sums a discrete latent out (needs an objective that enumerates)
 ``completions``    completes images from given parts; draws nothing from p(x) alone
 ``no_latents``     has no latent variable at all (active units are 0)

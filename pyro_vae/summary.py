@@ -47,8 +47,11 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
                                        y=model_labels(vae, y))
     if progress is not None:
         progress.end_evaluation()
+    labels = y if has(config, "labels") else None  # q(z|x, y) takes y
+    if labels is None and has(config, "semi_supervised"):
+        labels = vae.classify(x)  # unlabelled data: q(z|x, y) at the classifier's guess
     activity = {"active_units": 0} if not has(config, "latent_means") else \
-        latent_activity(vae, x, y if has(config, "labels") else None)  # q(z|x, y) takes y
+        latent_activity(vae, x, labels)
     kind = hooks(config)
     if score_name is None:
         score_name = getattr(vae, "score_name", "log p(x)")

@@ -1,12 +1,15 @@
 """Semi-supervised M2: enumeration of the missing label, labelled and unlabelled batches."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 
+from pyro_vae.cli import main
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.evaluate import log_importance_weights
@@ -122,7 +125,7 @@ def test_m2_config_checks():
         Config.from_dict({"data": {"num_labels": 100}})
 
 
-def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path):
+def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path, capsys):
     """Two epochs with 100 of 1,294 labels. Chance is 0.1, with standard error
     sqrt(0.1·0.9/359) = 0.016 on the 359 test digits; 0.4 is over 18 standard errors above."""
     config = Config().with_overrides({"model": {"kind": "m2"}, "data": {"num_labels": 100},
@@ -132,6 +135,22 @@ def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path):
     assert summary["test_accuracy"] > 0.4
     assert math.isfinite(summary["test_log_likelihood"])
     assert (tmp_path / "m2" / "samples.png").exists()
+
+    # Unlabelled images: M2's log p(x) sums the label out, so evaluate and anomaly score
+    # them (they refused, asking for labels). Dense noise is far less likely than digits.
+    noise = tmp_path / "noise.npz"
+    generator = np.random.default_rng(0)
+    np.savez(noise, x=(generator.random((300, 8, 8)) < 0.5).astype(np.uint8) * 255)
+    run, other = str(tmp_path / "m2"), f"file:{noise}"
+    capsys.readouterr()
+    assert main(["evaluate", run, "--dataset", other, "--num-samples", "5", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert "test_accuracy" not in scored and scored["score_name"] == "log p(x)"
+    assert scored["test_log_likelihood"] < summary["test_log_likelihood"] - 10
+    assert main(["anomaly", run, "--against", other, "--score", "log-likelihood", "--limit",
+                 "100", "--num-samples", "5", "--out", str(tmp_path / "anomaly")]) == 0
+    report = json.loads((tmp_path / "anomaly" / "anomaly.json").read_text())
+    assert report["metrics"][other]["log-likelihood"]["auroc"] > 0.9
 
 
 def test_resumed_m2_run_matches_the_uninterrupted_one(tmp_path):

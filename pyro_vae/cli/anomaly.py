@@ -12,6 +12,7 @@ import torch
 from pyro_vae import anomaly
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError
+from pyro_vae.protocol import has
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.runs import load_trained, make_run_dir, write_json
 
@@ -78,10 +79,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = load_run(args.run_dir, args.data_dir)
-    refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
-                "anomaly scores an image by log p(x), but this model scores images only "
-                "given a label or given the rest of the image. Train a plain VAE on the same "
-                "data (pyro-vae train --model vae ...) and score with that run.")
+    if not has(config, "semi_supervised"):  # M2's log p(x) sums its label out
+        refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
+                    "anomaly scores an image by log p(x), but this model scores images only "
+                    "given a label or given the rest of the image. Train a plain VAE on the "
+                    "same data (pyro-vae train --model vae ...) and score with that run.")
     others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
     if "regret" in scores:
         try:
