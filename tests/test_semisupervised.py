@@ -168,3 +168,12 @@ def test_resumed_m2_run_matches_the_uninterrupted_one(tmp_path):
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["model"]
     for name, tensor in a.items():
         assert torch.equal(tensor, b[name]), name
+
+
+def test_m2_with_every_label_and_no_aux_term_is_refused(tmp_path):
+    """Nothing would train q(y|x): no unlabelled ELBO and no labelled classification term."""
+    config = Config().with_overrides({"model": {"kind": "m2", "hidden_dims": [8]},
+                                      "train": {"epochs": 1, "aux_loss_weight": 0.0}})
+    with pytest.raises(ConfigError, match="nothing trains the classifier"):
+        train(config, tmp_path / "m2")
+    assert not (tmp_path / "m2" / "checkpoint.pt").exists()

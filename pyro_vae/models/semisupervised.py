@@ -55,6 +55,7 @@ from torch import nn
 
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData
+from pyro_vae.errors import ConfigError
 from pyro_vae.m2_schedule import cycled_batches, interleaved_batches
 from pyro_vae.models.conditional import (ConditionalVAE, build_label_prior, check_data_labels,
                                          labelled_networks, labelled_subset)
@@ -208,6 +209,14 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
     unlabelled[labelled] = False
     unlabelled = unlabelled.nonzero().squeeze(-1)
+    if not len(unlabelled) and config.train.aux_loss_weight == 0:
+        raise ConfigError(
+            f"M2 keeps every one of the {len(labelled)} training labels and [train] "
+            "aux_loss_weight = 0, so nothing trains the classifier q(y|x): it learns only "
+            "from the unlabelled ELBO and from the labelled -log q(y|x) term, and here there is "
+            "neither. Its test accuracy would be that of untrained weights. Set aux_loss_weight "
+            "above 0 (--aux-loss-weight), or keep fewer labels ([data] num_labels, "
+            "--num-labels).")
     if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
             and hasattr(vae.prior, "initialize_from"):
         # A VampPrior per label starts at images of each class: the labelled ones only, since
