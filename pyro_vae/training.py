@@ -381,6 +381,20 @@ def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
                           "which would differ between processes; train it without torchrun.")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                         path: Path) -> None:
+    """Restore a checkpoint's optimizer state, or raise :class:`CheckpointError` when it
+    belongs to other trainable parameters than the model's (a run written by a release whose
+    model had other parameters, or a checkpoint altered by hand)."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(
+            f"{path} holds an optimizer state for other trainable parameters than this model "
+            f"has ({str(error).strip().splitlines()[0]}), so the run cannot be continued "
+            "exactly. Evaluate it as it is (pyro-vae evaluate), or train a new run.") from None
+
+
 def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
            group: ProcessGroup | None, group_device: torch.device | None,
            model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -442,7 +456,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     start_epoch, step, history, train_seconds = 0, 0, [], 0.0
     if checkpoint is not None:
         load_state(vae, checkpoint["model"], checkpoint_path)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"], checkpoint_path)
         set_rng_state(checkpoint["rng"], device)
         start_epoch, step = checkpoint["epoch"], checkpoint["step"]
         history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]

@@ -349,3 +349,18 @@ def test_classes_without_training_images_are_warned_about():
     warning = missing_classes_warning(config, data)
     assert "7 of the model's 10 classes" in warning and "labels 3, 4, 5, 6, 7, 8, 9" in warning
     assert missing_classes_warning(Config(), data) is None  # an unlabelled kind
+
+
+def test_resuming_with_an_optimizer_state_for_other_parameters(tmp_path, capsys):
+    """A checkpoint whose optimizer state names other parameters than the model has (a run of
+    a release whose model had more, or one altered by hand) cannot be continued exactly: one
+    paragraph and exit 2, and the run is left as it was."""
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", run, *SMALL)[0] == 0
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["optimizer"]["param_groups"][0]["params"].append(999)
+    torch.save(checkpoint, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", run, "--epochs", "2")
+    assert code == 2 and "optimizer state for other trainable parameters" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
