@@ -78,3 +78,59 @@ def test_bad_quadrant_count(tmp_path, capsys):
     assert main(["train", "--model", "quadrant_cvae", "--quadrants", "4",
                  "--out", str(tmp_path / "r")]) == 2
     assert "give 1, 2 or 3 quadrants" in capsys.readouterr().err
+
+
+def test_tutorial_cvae_reads_a_frozen_trained_baseline(tmp_path, capsys):
+    """Pyro's tutorial CVAE: the prior network reads the given pixels with the trained
+    baseline's prediction in the missing ones, the generation network reads z only. The
+    baseline's weights are copied in when training starts, never trained, and saved with the
+    CVAE, so the run scores without the baseline run."""
+    from pyro_vae.runs import load_checkpoint, load_trained
+
+    def config(kind, epochs=1, **model):
+        return Config().with_overrides({
+            "model": {"kind": kind, "quadrants": 2, "hidden_dims": [16], **model},
+            "train": {"epochs": epochs}, "evaluate": {"num_samples": 5}})
+
+    train(config("quadrant_baseline"), tmp_path / "baseline")
+    baseline_weights = load_checkpoint(tmp_path / "baseline" / "checkpoint.pt")["model"]
+    tutorial = config("quadrant_cvae", epochs=2, quadrant_generation="z",
+                      baseline_run=str(tmp_path / "baseline"))
+    train(tutorial, tmp_path / "cvae")
+    saved = load_checkpoint(tmp_path / "cvae" / "checkpoint.pt")["model"]
+    for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+        assert torch.equal(saved[f"baseline.{name}"], baseline_weights[f"decoder.{name}"]), name
+
+    (tmp_path / "baseline" / "checkpoint.pt").unlink()  # the CVAE's run stands on its own
+    _, cvae, _ = load_trained(tmp_path / "cvae")
+    assert cvae.decoder.net[0].in_features == 8  # p(y|z): z only (latent_dim 8)
+    x = torch.rand(4, 64).round()
+    guess = torch.sigmoid(cvae.baseline(cvae.inputs(x)))
+    expected = torch.where(cvae.given, x, guess)
+    assert torch.equal(cvae.prior_inputs(x), expected)
+    assert not torch.equal(cvae.prior_inputs(x), cvae.inputs(x))
+    assert main(["evaluate", str(tmp_path / "cvae"), "--num-samples", "5"]) == 0
+
+
+def test_tutorial_cvae_options_are_checked(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="quadrant-completion CVAE"):
+        Config.from_dict({"model": {"kind": "vae", "quadrant_generation": "z"}})
+    with pytest.raises(ConfigError, match="quadrant_generation"):
+        Config.from_dict({"model": {"kind": "quadrant_cvae", "quadrant_generation": "x"}})
+    run = tmp_path / "cvae"
+    assert main(["train", "--model", "quadrant_cvae", "--baseline-run",
+                 str(tmp_path / "nothing"), "--epochs", "1", "--out", str(run)]) == 2
+    assert "holds no trained run" in capsys.readouterr().err
+    assert not (run / "checkpoint.pt").exists()
+    # A baseline for another number of quadrants, or of other widths, is refused by name.
+    train(Config().with_overrides({"model": {"kind": "quadrant_baseline", "quadrants": 3},
+                                   "train": {"epochs": 1}, "evaluate": {"num_samples": 2}}),
+          tmp_path / "baseline3")
+    assert main(["train", "--model", "quadrant_cvae", "--quadrants", "1", "--baseline-run",
+                 str(tmp_path / "baseline3"), "--epochs", "1", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "quadrants 3 (this CVAE: 1)" in err and "Traceback" not in err
+    (tmp_path / "baseline3" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["train", "--model", "quadrant_cvae", "--quadrants", "3", "--baseline-run",
+                 str(tmp_path / "baseline3"), "--epochs", "1", "--out", str(run)]) == 2
+    assert "cannot be read" in capsys.readouterr().err

@@ -45,6 +45,8 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
+    "baseline_run": ("model", "baseline_run"),
+    "quadrant_generation": ("model", "quadrant_generation"),
     "m2_schedule": ("train", "m2_schedule"), "labelled_every": ("train", "labelled_every"),
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
     "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
@@ -133,6 +135,12 @@ def add_parser(commands) -> None:
                        help="concrete/straight_through: initial relaxation temperature")
     parser.add_argument("--quadrants", type=int,
                        help="quadrant models: quadrants given (1, 2 or 3)")
+    parser.add_argument("--baseline-run", metavar="RUN",
+                       help="quadrant_cvae: a trained quadrant_baseline run whose prediction "
+                       "fills the prior network's missing pixels (Pyro's tutorial)")
+    parser.add_argument("--quadrant-generation", choices=["given_and_z", "z"],
+                       help="quadrant_cvae: the generation network reads the given pixels and "
+                       "z (default) or z only (Pyro's tutorial)")
     parser.add_argument("--num-labels", type=int,
                        help="m2: training labels kept, balanced over classes (0: all)")
     parser.add_argument("--aux-loss-weight", type=float,

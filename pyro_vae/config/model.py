@@ -53,6 +53,12 @@ class ModelConfig:
     num_classes: int = 10
     #: Quadrants given (1, 2 or 3) to the ``quadrant_*`` models, which predict the others.
     quadrants: int = 1
+    #: ``quadrant_cvae``: what the generation network p(y|x, z) reads: ``given_and_z`` (the
+    #: given pixels and z) or ``z`` (z only, as Pyro's tutorial).
+    quadrant_generation: str = "given_and_z"
+    #: ``quadrant_cvae``: a trained ``quadrant_baseline`` run whose prediction ŷ(x) fills the
+    #: missing pixels of the prior network's input (Pyro's tutorial); "" for none.
+    baseline_run: str = ""
     #: ``discrete`` models: K categorical latent variables of C ``categories`` each (C = 2:
     #: Bernoulli latents), with a ``uniform`` or ``learned`` prior.
     categorical_latents: int = 20
@@ -72,6 +78,7 @@ class ModelConfig:
         kind = _registered(MODEL_KINDS, self.kind)
         _choice("model", "decoder_label", self.decoder_label, ("every_layer", "input"))
         self._check_label_independence()
+        self._check_quadrant_options()
         _positive("model", "categorical_latents", self.categorical_latents)
         if self.categories < 2:
             raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
@@ -132,6 +139,15 @@ class ModelConfig:
         else:
             _positive("model", "gaussian_scale", self.gaussian_scale)
 
+
+    def _check_quadrant_options(self) -> None:
+        _choice("model", "quadrant_generation", self.quadrant_generation, ("given_and_z", "z"))
+        if self.kind != "quadrant_cvae" and (self.quadrant_generation != "given_and_z"
+                                             or self.baseline_run):
+            key = "baseline_run" if self.baseline_run else "quadrant_generation"
+            raise ConfigError(f"[model] {key} describes the quadrant-completion CVAE (kind = "
+                              f"\"quadrant_cvae\"); kind = \"{self.kind}\" has no use for it. "
+                              "Remove the key or set kind = \"quadrant_cvae\".")
 
     def _check_label_independence(self) -> None:
         _choice("model", "label_independence", self.label_independence, ("none", "mmd"))
