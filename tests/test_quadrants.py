@@ -134,3 +134,16 @@ def test_tutorial_cvae_options_are_checked(tmp_path, capsys):
     assert main(["train", "--model", "quadrant_cvae", "--quadrants", "3", "--baseline-run",
                  str(tmp_path / "baseline3"), "--epochs", "1", "--out", str(run)]) == 2
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_only_the_generation_network_that_reads_the_given_pixels_starts_at_the_mean_image():
+    """p(y|z) keeps its zero output bias: starting at the mean image collapsed it on MNIST."""
+    x = (torch.rand(50, 16) < 0.2).float()
+    for generation, starts in (("given_and_z", True), ("z", False)):
+        cvae = build_quadrant_model(ModelConfig(kind="quadrant_cvae", latent_dim=3,
+                                                hidden_dims=[16],
+                                                quadrant_generation=generation), SHAPE)
+        bias = cvae.decoder.net[-1].bias
+        before = bias.detach().clone()
+        cvae.start_output_bias(x)
+        assert torch.equal(bias, before) != starts, generation
