@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pyro_vae.config import Config
-from pyro_vae.data import ImageData
+from pyro_vae.data import ImageData, binarize_fixed
 from pyro_vae.errors import ConfigError
 
 #: What ``pyro-vae evaluate --targets grey`` calls its score.
@@ -49,3 +49,23 @@ def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
             f"and binarize {config.binarization!r}: its test images are already scored as they "
             "are loaded. Leave out --targets (or use --targets binary).")
     return data.grey(split)
+
+
+def binary_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
+    """The binary images of ``split`` for a run trained on grey targets: the split binarized
+    once with the fixed seed, the very draw on which runs with dynamic binarization are scored,
+    so a grey-trained model gets a true log-likelihood that compares with theirs.
+
+    Raises :class:`ConfigError` for a run not trained on grey targets with a Bernoulli
+    likelihood (its test images are scored as they are loaded).
+    """
+    if config.model.likelihood != "bernoulli" or config.binarization != "grey":
+        raise ConfigError(
+            f"--targets binary scores a run trained on grey levels (binarize = \"grey\") on "
+            f"binary draws of its test images, but this run has likelihood "
+            f"{config.model.likelihood!r} and binarize {config.binarization!r}: its test images "
+            "are already scored as they are loaded. Leave out --targets.")
+    index = ("validation", "test").index(split)  # drawn in this order, as training does
+    binary = binarize_fixed(data, ("validation", "test"))
+    return (binary.valid_x, binary.test_x)[index]
+

@@ -63,3 +63,39 @@ def test_cli_grey_targets_on_a_quadrant_run_and_a_clear_error_elsewhere(tmp_path
     assert main(["evaluate", str(gaussian), "--targets", "grey"]) == 2
     err = capsys.readouterr().err
     assert "--targets grey" in err and "'gaussian'" in err and "Traceback" not in err
+
+
+def test_a_run_trained_on_grey_levels_is_scored_on_the_dynamic_runs_binary_test_set(
+        tmp_path, capsys):
+    """``--targets binary`` scores a grey-trained run on the fixed binary draw of the test
+    images that a dynamically binarized run is scored on: a true log p(x), comparable."""
+    grey_run, dynamic_run = tmp_path / "grey", tmp_path / "dynamic"
+    common = ["--epochs", "1", "--eval-samples", "2", "--latent-map", "pca"]
+    assert main(["train", "--binarize", "grey", *common, "--out", str(grey_run)]) == 0
+    assert main(["train", *common, "--out", str(dynamic_run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(grey_run), "--num-samples", "2", "--json"]) == 0
+    as_trained = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(grey_run), "--num-samples", "2", "--targets", "binary",
+                 "--json"]) == 0
+    binary = json.loads(capsys.readouterr().out)
+    assert as_trained["targets"] == "grey" and "not a likelihood" in as_trained["score_name"]
+    assert binary["targets"] == "binary" and binary["score_name"] == "log p(x)"
+
+    # The targets are exactly the dynamic run's test images: score them with the grey model.
+    config, model, _ = load_trained(grey_run)
+    dynamic_test = prepare_data(load_trained(dynamic_run)[0]).test_x
+    assert set(dynamic_test.unique().tolist()) == {0.0, 1.0}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = estimate_log_likelihood(model, dynamic_test, 2)
+    assert abs(binary["test_elbo"] - expected.mean_elbo) < 1e-4
+    assert abs(binary["test_elbo"] - as_trained["test_elbo"]) > 0.1
+
+    assert main(["evaluate", str(dynamic_run), "--targets", "binary", "--num-samples", "2"]) == 0
+    capsys.readouterr()
+    gaussian = tmp_path / "gaussian"
+    assert main(["train", "--likelihood", "gaussian", *common, "--out", str(gaussian)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(gaussian), "--targets", "binary"]) == 2
+    assert "--targets binary" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 
 from pyro_vae.cli.common import check_same_shape, positive_flag
 from pyro_vae.errors import ConfigError
-from pyro_vae.grey_targets import GREY_SCORE_NAME, grey_targets
+from pyro_vae.grey_targets import GREY_SCORE_NAME, binary_targets, grey_targets
 from pyro_vae.models.conditional import check_labels
 from pyro_vae.progress import TqdmProgress
 from pyro_vae.protocol import has
@@ -32,10 +32,13 @@ def add_parser(commands) -> None:
                           "(e.g. for anomaly scores)")
     parser.add_argument("--data-dir", help="data folder for --dataset")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--targets", choices=["binary", "grey"], default="binary",
-                        help="binary (default): the binarized test images; grey: score a "
-                        "Bernoulli model on their grey levels, as Pyro's CVAE tutorial does "
-                        "(its 'CLL' is the negative ELBO of this; not a likelihood)")
+    parser.add_argument("--targets", choices=["binary", "grey"],
+                        help="default: the test images as the run was scored after training. "
+                        "grey: score a Bernoulli model trained on binary draws on the grey "
+                        "levels, as Pyro's CVAE tutorial does (its 'CLL' is the negative ELBO "
+                        "of this; not a likelihood). binary: score a run trained on grey "
+                        "levels on the fixed binary draw of the test images that runs with "
+                        "dynamic binarization are scored on (a true log-likelihood)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -49,7 +52,13 @@ def run(args: argparse.Namespace) -> int:
     data = prepare_data(config, device)
     check_same_shape(config, data, checkpoint)
     x, y = data.split(args.split)
-    targets = grey_targets(config, data, args.split) if args.targets == "grey" else None
+    targets, score_name = None, None
+    if args.targets == "grey":
+        targets, score_name = grey_targets(config, data, args.split), GREY_SCORE_NAME
+    elif args.targets == "binary" and config.binarization not in ("dynamic", "static"):
+        # a grey-trained run on binary draws (refused for runs not trained on grey levels)
+        targets = binary_targets(config, data, args.split)
+        score_name = getattr(vae, "score_name", "log p(x)")
     # M2 sums an absent label out of log p(x); only its test accuracy needs labels.
     if has(config, "labels") and not (y is None and has(config, "semi_supervised")):
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
@@ -60,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     with torch.no_grad():  # the same scores as the test summary of a training run
         scores = split_scores(config, vae, data, args.split, args.num_samples, TqdmProgress(),
-                              targets=targets,
-                              score_name=GREY_SCORE_NAME if targets is not None else None)
-    summary = {"run_dir": str(args.run_dir), "split": args.split, "targets": args.targets,
+                              targets=targets, score_name=score_name)
+    summary = {"run_dir": str(args.run_dir), "split": args.split,
+               "targets": args.targets or ("grey" if config.binarization == "grey" else
+                                           "as loaded" if config.binarization == "none" else
+                                           "binary"),
                **scores}
     # Strict JSON: a standard error of one datapoint is null, not NaN.
     print(json.dumps(finite_or_none(summary), indent=2, allow_nan=False) if args.json
