@@ -97,6 +97,9 @@ class KindHooks:
     * ``prepare(config, data, model, objective) -> (objective, state)``: checks and prepares
       the data (e.g. that labels exist) and gives the objective to train with and a state for
       ``batches`` ([the objective that ``[train] objective`` names, no state]).
+    * ``initialize(config, data, model)``: what a new run's weights start from beyond the
+      factory's, e.g. a trained network copied in; not called on ``--resume``, whose
+      checkpoint holds them ([nothing]).
     * ``batches(epoch) -> iterator of steps``: the steps of one epoch, given a
       :class:`pyro_vae.protocol.Epoch`; each step is a function returning ``(loss, batch,
       weight)``: the loss to minimize, the batch shown if it goes non-finite, and the step's
@@ -115,6 +118,7 @@ class KindHooks:
 
     display_name: str = ""
     prepare: Callable[..., Any] | None = None
+    initialize: Callable[..., Any] | None = None
     batches: Callable[..., Any] | None = None
     test_summary: Callable[..., Any] | None = None
     pictures: Callable[..., Any] | None = None

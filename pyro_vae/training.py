@@ -439,6 +439,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     state = None  # what the kind's prepare hook hands to its batches hook
     if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split
         objective, state = kind.prepare(config, data, vae, objective)
+    if kind.initialize is not None and checkpoint is None:  # a resumed run loads its own
+        kind.initialize(config, data, vae)
     # VampPrior: pseudo-inputs start at real images, once the kind has checked the data (a
     # labelled prior needs labels); M2's prepare starts them at its labelled subset only.
     if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \

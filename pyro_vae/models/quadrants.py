@@ -236,12 +236,12 @@ def load_baseline(config: Config, image_shape: tuple[int, int, int], vae: Quadra
                           "weights; retrain the baseline.") from None
 
 
-def prepare(config: Config, data: Any, vae: QuadrantCVAE, objective: Any) -> tuple[Any, None]:
-    """The ``prepare`` hook of ``quadrant_cvae``: copy in the trained baseline, if one is named
-    (each start; a resumed run then loads its own saved copy)."""
+def initialize(config: Config, data: Any, vae: QuadrantCVAE) -> None:
+    """The ``initialize`` hook of ``quadrant_cvae``: copy in the trained baseline, if one is
+    named. Only a new run reads it: a resumed run loads its own saved copy, so it continues
+    when the baseline run has since been moved, deleted or retrained."""
     if config.model.baseline_run:
         load_baseline(config, data.image_shape, vae)
-    return objective, None
 
 
 @MODEL_KINDS.register("quadrant_baseline", help="complete images from quadrants: a deterministic "
@@ -250,7 +250,7 @@ def prepare(config: Config, data: Any, vae: QuadrantCVAE, objective: Any) -> tup
 @MODEL_KINDS.register("quadrant_cvae", help="complete images from quadrants: a CVAE",
                       capabilities={"completions", "latent_means"},
                       hooks=KindHooks(display_name="quadrant-completion CVAE",
-                                      prepare=prepare))
+                                      initialize=initialize))
 def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
                          num_data: int | None = None) -> _QuadrantModel:
     """``quadrant_baseline`` or ``quadrant_cvae`` as the ``[model]`` table describes it."""
