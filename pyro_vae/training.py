@@ -388,6 +388,14 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     model had other parameters, or a checkpoint altered by hand)."""
     try:
         optimizer.load_state_dict(state)
+        # torch checks only the count of parameters; a moment of another shape would be
+        # read and written out of bounds by the fused Adam kernel.
+        for group in optimizer.param_groups:
+            for parameter in group["params"]:
+                for name, moment in optimizer.state.get(parameter, {}).items():
+                    if name != "step" and moment.shape != parameter.shape:
+                        raise ValueError(f"its {name} has shape {tuple(moment.shape)} for a "
+                                         f"parameter of shape {tuple(parameter.shape)}")
     except (ValueError, KeyError, RuntimeError) as error:
         raise CheckpointError(
             f"{path} holds an optimizer state for other trainable parameters than this model "

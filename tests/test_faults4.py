@@ -45,3 +45,23 @@ def test_a_tutorial_cvae_resumes_after_its_baseline_run_is_gone(tmp_path, capsys
     for name, tensor in weights.items():  # the frozen copy is still the baseline's
         if name.startswith("decoder."):
             assert torch.equal(saved["model"]["baseline." + name[len("decoder."):]], tensor)
+
+
+# --- resume with a foreign optimizer state ------------------------------------------------------
+
+def test_resume_refuses_optimizer_moments_of_other_shapes(tmp_path, capsys):
+    """torch's load_state_dict checks the number of parameters only; a moment of another
+    shape went to the fused Adam kernel, which reads and writes it out of bounds."""
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", *SMALL, "--batch-size", "256", "--out", run)[0] == 0
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    state = payload["optimizer"]["state"]
+    first = next(iter(state))
+    state[first]["exp_avg"] = state[first]["exp_avg"][:1].clone()
+    torch.save(payload, run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", run, *SMALL[2:],
+                           "--epochs", "2")
+    assert code == 2
+    assert "optimizer state for other trainable parameters" in err and "exp_avg" in err
+    assert (run / "checkpoint.pt").read_bytes() == before
