@@ -43,11 +43,13 @@ def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
     are the images as loaded) or whose likelihood is not the Bernoulli.
     """
     if config.model.likelihood != "bernoulli" or config.binarization in ("none", "grey"):
+        grey_run = config.model.likelihood == "bernoulli" and config.binarization == "grey"
         raise ConfigError(
             f"--targets grey scores a Bernoulli model on the grey images its binary training "
             f"data were drawn from, but this run has likelihood {config.model.likelihood!r} "
             f"and binarize {config.binarization!r}: its test images are already scored as they "
-            "are loaded. Leave out --targets (or use --targets binary).")
+            "are loaded. Leave out --targets"
+            + (" (or use --targets binary for its binary test draw)." if grey_run else "."))
     return data.grey(split)
 
 

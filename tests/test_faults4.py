@@ -65,3 +65,20 @@ def test_resume_refuses_optimizer_moments_of_other_shapes(tmp_path, capsys):
     assert code == 2
     assert "optimizer state for other trainable parameters" in err and "exp_avg" in err
     assert (run / "checkpoint.pt").read_bytes() == before
+
+
+# --- evaluate --targets -------------------------------------------------------------------------
+
+def test_targets_grey_on_a_gaussian_run_suggests_only_what_works(tmp_path, capsys):
+    """The refusal of --targets grey pointed every run at --targets binary, which refuses all
+    but runs trained on grey levels."""
+    gaussian, grey = tmp_path / "gaussian", tmp_path / "grey"
+    assert run_cli(capsys, "train", "--likelihood", "gaussian", *SMALL, "--batch-size", "256",
+                   "--out", gaussian)[0] == 0
+    code, _, err = run_cli(capsys, "evaluate", gaussian, "--targets", "grey", "--num-samples", 2)
+    assert code == 2 and "Leave out --targets." in err and "--targets binary" not in err
+    assert run_cli(capsys, "train", "--binarize", "grey", *SMALL, "--batch-size", "256",
+                   "--out", grey)[0] == 0
+    code, _, err = run_cli(capsys, "evaluate", grey, "--targets", "grey", "--num-samples", 2)
+    assert code == 2 and "--targets binary" in err
+    assert run_cli(capsys, "evaluate", grey, "--targets", "binary", "--num-samples", 2)[0] == 0
