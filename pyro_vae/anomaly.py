@@ -298,9 +298,14 @@ def train_background(config: Config, data: ImageData, run_dir: Path,
     shape = (-1, *data.image_shape)
     train_x = perturb(data.train_x.cpu(), settings.rate, generator)
     test_x = perturb(data.valid_x[: settings.test_images].cpu(), settings.rate, generator)
+    # The labels go with them: M2, which scores log p(x) by summing its label out, trains
+    # its background on the labelled share of them as it trained itself.
+    labels = {} if data.train_y is None or data.valid_y is None else {
+        "y": data.train_y.cpu().numpy(), "y_test": data.valid_y[: len(test_x)].cpu().numpy()}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "perturbed.npz"
-        np.savez(path, x=quantize(train_x).reshape(shape), x_test=quantize(test_x).reshape(shape))
+        np.savez(path, x=quantize(train_x).reshape(shape), x_test=quantize(test_x).reshape(shape),
+                 **labels)
         background = config.with_overrides({
             "data": {"dataset": f"file:{path}", "download": False},
             "train": {"epochs": settings.epochs, "seed": seed},

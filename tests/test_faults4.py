@@ -5,9 +5,12 @@ Every case ends in one clear paragraph (exit status 2, no traceback, nothing hal
 in an honest figure; none is silently ignored.
 """
 
+import json
 import shutil
 
+import numpy as np
 import torch
+from sklearn.datasets import load_digits
 
 from pyro_vae.cli import main
 from pyro_vae.runs import load_checkpoint
@@ -82,3 +85,22 @@ def test_targets_grey_on_a_gaussian_run_suggests_only_what_works(tmp_path, capsy
     code, _, err = run_cli(capsys, "evaluate", grey, "--targets", "grey", "--num-samples", 2)
     assert code == 2 and "--targets binary" in err
     assert run_cli(capsys, "evaluate", grey, "--targets", "binary", "--num-samples", 2)[0] == 0
+
+
+# --- M2 runs on unlabelled data -----------------------------------------------------------------
+
+def test_anomaly_background_of_an_m2_run(tmp_path, capsys):
+    """The background model trains with the run's own recipe on perturbed training images;
+    those were saved without their labels, so an M2 run's background was refused, naming a
+    temporary file and asking for a labelled dataset the user had given."""
+    np.savez(tmp_path / "x.npz", x=(load_digits().data[:200] / 16).astype(np.float32))
+    run = tmp_path / "m2"
+    assert run_cli(capsys, "train", "--model", "m2", "--num-labels", 100, *SMALL,
+                   "--batch-size", "256", "--out", run)[0] == 0
+    code, out, err = run_cli(capsys, "anomaly", run, "--against", f"file:{tmp_path / 'x.npz'}",
+                             "--background", "--num-samples", 2, "--limit", 20)
+    assert code == 0, err
+    report = json.loads((run / "anomaly" / "anomaly.json").read_text())
+    assert "likelihood-ratio" in out and report["background"]["run_dir"]
+    background = json.loads((run / "anomaly" / "background" / "summary.json").read_text())
+    assert "test_accuracy" in background  # an M2 background, scored on labelled images
