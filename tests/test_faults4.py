@@ -104,3 +104,15 @@ def test_anomaly_background_of_an_m2_run(tmp_path, capsys):
     assert "likelihood-ratio" in out and report["background"]["run_dir"]
     background = json.loads((run / "anomaly" / "background" / "summary.json").read_text())
     assert "test_accuracy" in background  # an M2 background, scored on labelled images
+
+
+def test_evaluating_a_cvae_on_unlabelled_images_says_what_to_do(tmp_path, capsys):
+    """The refusal told a user who evaluates to *train* on a labelled dataset."""
+    np.savez(tmp_path / "x.npz", x=(load_digits().data[:200] / 16).astype(np.float32))
+    run = tmp_path / "cvae"
+    assert run_cli(capsys, "train", "--model", "cvae", *SMALL, "--batch-size", "256",
+                   "--out", run)[0] == 0
+    code, _, err = run_cli(capsys, "evaluate", run, "--dataset", f"file:{tmp_path / 'x.npz'}",
+                           "--num-samples", 2)
+    assert code == 2 and "Train it" not in err
+    assert "label-conditional VAE" in err and "Evaluate it on labelled images" in err

@@ -10,11 +10,11 @@ from typing import Any
 import torch
 
 from pyro_vae.cli.common import check_same_shape, positive_flag
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.grey_targets import GREY_SCORE_NAME, binary_targets, grey_targets
 from pyro_vae.models.conditional import check_labels
 from pyro_vae.progress import TqdmProgress
-from pyro_vae.protocol import has
+from pyro_vae.protocol import display_name, has
 from pyro_vae.runs import finite_or_none, load_trained
 from pyro_vae.summary import split_scores
 from pyro_vae.training import prepare_data, resolve_device
@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         targets = binary_targets(config, data, args.split)
         score_name = getattr(vae, "score_name", "log p(x)")
     # M2 sums an absent label out of log p(x); only its test accuracy needs labels.
+    if has(config, "labels") and y is None and not has(config, "semi_supervised"):
+        raise DataError(
+            f"the {args.split} split of {config.data.dataset!r} has no labels, but "
+            f"{args.run_dir} holds a {display_name(config)}, which scores each image given its "
+            "label. Evaluate it on labelled images (a .npz with an integer array y beside x), "
+            "or score unlabelled images with a --model vae or m2 run (M2 sums its label out).")
     if has(config, "labels") and not (y is None and has(config, "semi_supervised")):
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
