@@ -116,3 +116,16 @@ def test_evaluating_a_cvae_on_unlabelled_images_says_what_to_do(tmp_path, capsys
                            "--num-samples", 2)
     assert code == 2 and "Train it" not in err
     assert "label-conditional VAE" in err and "Evaluate it on labelled images" in err
+
+
+def test_a_baseline_checkpoint_with_a_damaged_model_table_is_refused(tmp_path, capsys):
+    base, run = tmp_path / "base", tmp_path / "cvae"
+    assert run_cli(capsys, "train", "--model", "quadrant_baseline", *SMALL, "--batch-size",
+                   "256", "--out", base)[0] == 0
+    payload = torch.load(base / "checkpoint.pt", weights_only=True)
+    payload["config"]["model"] = "quadrant_baseline"
+    torch.save(payload, base / "checkpoint.pt")
+    code, _, err = run_cli(capsys, "train", "--model", "quadrant_cvae", "--baseline-run", base,
+                           *SMALL, "--out", run)
+    assert code == 2 and "not a table of settings" in err and "Retrain the baseline" in err
+    assert not run.exists()

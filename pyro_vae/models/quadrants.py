@@ -214,7 +214,11 @@ def load_baseline(config: Config, image_shape: tuple[int, int, int], vae: Quadra
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     except CheckpointError as error:
         raise ConfigError(f"{where}: {error}") from None
-    model: dict[str, Any] = checkpoint["config"].get("model", {})
+    model: Any = checkpoint["config"].get("model", {})
+    if not isinstance(model, dict):
+        raise ConfigError(f"{where}: its checkpoint's [model] is {model!r}, not a table of "
+                          "settings: the checkpoint was altered. Retrain the baseline, or "
+                          "restore its run from a copy.")
     wanted = {"kind": "quadrant_baseline", "quadrants": config.model.quadrants,
               "hidden_dims": list(config.model.hidden_dims),
               "activation": config.model.activation}
