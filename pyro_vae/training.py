@@ -431,8 +431,11 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     else:
         vae = model.to(device)
         vae.num_data = len(data.train_x)
-    if config.model.standardize and hasattr(getattr(vae, "likelihood", None), "initialize_from"):
-        vae.likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
+    likelihood = getattr(vae, "likelihood", None)
+    if config.model.standardize and hasattr(likelihood, "initialize_from"):
+        likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
+    if hasattr(likelihood, "start_scale"):  # a learned Gaussian σ: its best value at the start
+        likelihood.start_scale(data.train_x)
     # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
     if hasattr(vae, "start_output_bias"):
         vae.start_output_bias(data.train_x)

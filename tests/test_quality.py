@@ -18,7 +18,7 @@ from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData, binarize, binarize_fixed, load_dataset, minibatches
 from pyro_vae.evaluate import latent_activity
 from pyro_vae.likelihoods import (MEAN_CLAMP, ContinuousBernoulliLikelihood,
-                                  continuous_bernoulli_mean)
+                                  GaussianLikelihood, continuous_bernoulli_mean)
 from pyro_vae.models import build_vae
 from pyro_vae.networks import output_layer
 from pyro_vae.objectives import ObjectiveModule, make_objective
@@ -255,3 +255,28 @@ def test_vamp_prior_keeps_active_units_on_mnist(data_dir, one_thread):
     with torch.no_grad():
         activity = latent_activity(vae, binarize(x_check, generator))
     assert activity["active_units"] >= 6 and activity["kl"] > 2.0
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_a_learned_gaussian_scale_starts_at_its_best_value_for_the_mean_image(standardize):
+    """σ starts at the RMS deviation of the training data from their mean image (1 in
+    standardized units): the maximum-likelihood σ of a decoder at the mean image, which is
+    where training starts the decoder. A fixed σ stays as set."""
+    generator = torch.Generator().manual_seed(0)
+    x = 3.0 + 0.5 * torch.randn(400, 6, generator=generator)
+    likelihood = GaussianLikelihood()
+    if standardize:
+        likelihood.initialize_from(x)
+    likelihood.start_scale(x)
+    rms = float((x - x.mean(0)).pow(2).mean().sqrt())
+    assert float(likelihood.scale) == pytest.approx(1.0 if standardize else rms, rel=1e-5)
+    loc = torch.zeros(6) if standardize else x.mean(0)  # the decoder at the mean image
+    start = float(likelihood.scale)
+    for factor in (0.8, 1.25):  # the log-likelihood falls either side of the start
+        nudged = GaussianLikelihood(scale=start * factor)
+        if standardize:
+            nudged.initialize_from(x)
+        assert nudged(loc).log_prob(x).mean() < likelihood(loc).log_prob(x).mean()
+    fixed = GaussianLikelihood(scale=0.3)
+    fixed.start_scale(x)
+    assert fixed.scale == 0.3
