@@ -94,7 +94,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"ELBO: {summary['test_elbo']:.3f} ± {summary['test_elbo_stderr']:.3f} nats",
         f"log p(x), K={summary['num_importance_samples']} importance samples: "
         f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats"
-        + (f" (± over test points; Monte Carlo error ± "
+        + (f" (± over {summary.get('split', 'test')} points; Monte Carlo error ± "
            f"{summary['test_log_likelihood_mc_stderr']:.3f})"
            if summary.get("test_log_likelihood_mc_stderr") is not None else ""),
         f"active units: {summary['active_units']} of {summary['latent_dim']}",
