@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
                 "decoder needs each image's label. Impute with a --model vae run.")
     refuse_kind(config, args.run_dir, "impute", ("completions",),
                 "it already completes images from their given quadrants (its completions are "
-                "in RUN_DIR/completions.png); impute with box, random or bottom masks needs a "
+                f"in {Path(args.run_dir) / 'completions.png'}); impute with box, random or "
+                "bottom masks needs a "
                 "--model vae run.")
     x = data.test_x[: args.limit]
     observed = make_mask(len(x), data.image_shape, args.mask, args.fraction)

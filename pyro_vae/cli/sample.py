@@ -133,7 +133,7 @@ def _sample_labels(args: argparse.Namespace, config, vae):
     if has(config, "completions"):
         raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
                           "given quadrants rather than drawing images from nothing; its "
-                          "completions are in RUN_DIR/completions.png.")
+                          f"completions are in {Path(args.run_dir) / 'completions.png'}.")
     if args.label is None:
         return None
     if not has(config, "labels"):

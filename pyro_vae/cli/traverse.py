@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     config, vae, data = load_run(args.run_dir, args.data_dir)
     refuse_kind(config, args.run_dir, "traverse", ("completions",),
                 "it completes the missing quadrants of an image from the given ones and has no "
-                "code of a whole image to sweep; its completions are in RUN_DIR/completions.png. "
+                "code of a whole image to sweep; its completions are in "
+                f"{Path(args.run_dir) / 'completions.png'}. "
                 "Traverse a --model vae, cvae or m2 run.")
     if not 0 <= args.index < len(data.test_x):
         raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
