@@ -30,7 +30,7 @@ from pyro_vae.data import binarize
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.protocol import Epoch, hooks
-from pyro_vae.training import _run_steps, prepare_data
+from pyro_vae.training import LearningRateDecay, _run_steps, prepare_data
 
 
 class _OutOfTime(Exception):
@@ -86,8 +86,11 @@ def main() -> None:
     parser.add_argument("--decoder-label", choices=("every_layer", "input"),
                         help="[model] decoder_label")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--epochs", type=float, default=1000,
-                        help="epochs of the whole curve, a resumed one included (fractions allowed)")
+    parser.add_argument("--epochs", type=float, default=None,
+                        help="epochs of the whole curve, a resumed one included (fractions "
+                             "allowed; default: the recipe's [train] epochs)")
+    parser.add_argument("--lr-decay-epochs", type=int, help="[train] lr_decay_epochs")
+    parser.add_argument("--lr-decay-to", type=float, help="[train] lr_decay_to")
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--eval-every", type=int, default=100, help="unlabelled steps")
     parser.add_argument("--out", type=Path, default=None)
@@ -102,10 +105,17 @@ def main() -> None:
                  "train": {"m2_schedule": args.schedule, "labelled_every": args.labelled_every,
                            "learning_rate": args.lr, "adam_beta1": args.beta1,
                            "aux_loss_weight": args.aux_loss_weight, "beta": args.beta,
+                           "lr_decay_epochs": args.lr_decay_epochs,
+                           "lr_decay_to": args.lr_decay_to,
                            "seed": args.seed}}
     overrides = {section: {k: v for k, v in values.items() if v is not None}
                  for section, values in overrides.items()}
     config = Config.from_toml(args.recipe).with_overrides(overrides)
+    if args.epochs is None:
+        args.epochs = config.train.epochs
+    # The library's learning-rate schedule, over the curve's epochs.
+    decay = LearningRateDecay(math.ceil(args.epochs), config.train.lr_decay_epochs,
+                              config.train.lr_decay_to)
     torch.manual_seed(config.train.seed)
     pyro.set_rng_seed(config.train.seed)
     data = prepare_data(config)
@@ -124,7 +134,9 @@ def main() -> None:
     print(f"{config.data.num_labels} labels, schedule {config.train.m2_schedule} "
           f"(labelled_every {config.train.labelled_every}), lr {config.train.learning_rate}, "
           f"beta1 {config.train.adam_beta1}, binarize {config.binarization}, "
-          f"alpha {config.train.aux_loss_weight}, batch {batch}, seed {config.train.seed}",
+          f"alpha {config.train.aux_loss_weight}, batch {batch}, seed {config.train.seed}, "
+          f"lr decay over the last {config.train.lr_decay_epochs} of {args.epochs:g} epochs "
+          f"to {config.train.lr_decay_to:g}",
           flush=True)
 
     class _Flat:
@@ -150,6 +162,8 @@ def main() -> None:
         with pyro.validation_enabled(False):
             while curve.steps < curve.max_steps:  # a resumed run counts the curve's epochs
                 # A resumed run restarts the interrupted epoch's data order (close enough here).
+                decay.set_rate(optimizer, round(curve.steps / curve.epoch_steps),
+                               config.train.learning_rate)
                 x = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
                 steps = kind.batches(Epoch(module, x, None, data, batch, state))
                 _, step = _run_steps(module, optimizer, steps, _Flat(), step, curve)

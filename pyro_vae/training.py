@@ -73,6 +73,42 @@ class KLSchedule:
         return max(self.beta * min(1.0, (step + 1) / self.warmup_steps), MIN_KL_WEIGHT)
 
 
+@dataclass
+class LearningRateDecay:
+    """The learning rate of each epoch: constant, then a half cosine over the last epochs.
+
+    With D = min(``decay_epochs``, ``epochs``) and the decay starting at epoch s = epochs − D,
+    epoch e (counted from 0) runs at ``base`` · f(e) where f(e) = 1 for e < s and
+
+        f(e) = to + (1 − to) · (1 + cos(π · (e − s + 1) / D)) / 2
+
+    otherwise, so the last epoch runs at ``to`` · base: the cosine shape of Loshchilov & Hutter
+    (2017, SGDR), taken once at the end, where a constant-rate run's parameters keep jumping
+    around a good point. A function of the epoch number alone, so resume continues it exactly.
+    """
+
+    epochs: int
+    decay_epochs: int = 0
+    to: float = 0.01
+
+    @property
+    def active(self) -> bool:
+        return self.decay_epochs > 0 and self.to < 1.0
+
+    def factor(self, epoch: int) -> float:
+        span = min(self.decay_epochs, self.epochs)
+        start = self.epochs - span
+        if not self.active or epoch < start:
+            return 1.0
+        progress = min(1.0, (epoch - start + 1) / span)
+        return self.to + (1.0 - self.to) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+    def set_rate(self, optimizer: torch.optim.Optimizer, epoch: int, base: float) -> None:
+        """Give every parameter group ``base`` · f(``epoch``) (nothing when inactive)."""
+        if self.active:
+            _set_learning_rate(optimizer, base * self.factor(epoch))
+
+
 class Progress:
     """Hooks the CLI fills in to show progress and log experiments; the library itself never
     prints. ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
@@ -465,6 +501,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
     schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
+    decay = LearningRateDecay(config.train.epochs, config.train.lr_decay_epochs,
+                              config.train.lr_decay_to)
 
     start_epoch, step, history, train_seconds = 0, 0, [], 0.0
     if checkpoint is not None:
@@ -507,6 +545,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             started = time.perf_counter()
             vae.train()
             x_train = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
+            # A rollback halves the rate the schedule starts from.
+            decay.set_rate(optimizer, epoch, config.train.learning_rate * 0.5 ** rollbacks)
             progress.start_epoch(epoch, batches_per_epoch)
             epoch_inputs = Epoch(forward, x_train, model_labels(vae, data.train_y), data,
                                  config.train.batch_size, state, group)

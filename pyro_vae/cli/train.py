@@ -41,6 +41,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
     "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
     "free_bits": ("train", "free_bits"),
+    "lr_decay_epochs": ("train", "lr_decay_epochs"), "lr_decay_to": ("train", "lr_decay_to"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
@@ -110,6 +111,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
     parser.add_argument("--kl-warmup-epochs", type=int,
                        help="epochs of linear KL annealing from 0 to beta")
+    parser.add_argument("--lr-decay-epochs", type=int,
+                       help="lower the learning rate along a half cosine over the last N "
+                       "epochs (0: constant, the default)")
+    parser.add_argument("--lr-decay-to", type=float,
+                       help="fraction of --lr left in the last epoch of the decay (default 0.01)")
     parser.add_argument("--free-bits", type=float,
                        help="free bits: nats per latent dimension below which the KL is not "
                        "pushed down (Kingma et al. 2016); 0 disables")

@@ -34,6 +34,11 @@ class TrainConfig:
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
     kl_warmup_epochs: int = 0
+    #: The last ``lr_decay_epochs`` epochs lower the learning rate along a half cosine to
+    #: ``lr_decay_to`` × ``learning_rate`` in the final epoch (0: a constant rate). Set per
+    #: epoch from the epoch number, so a resumed run continues the same schedule.
+    lr_decay_epochs: int = 0
+    lr_decay_to: float = 0.01
     #: Free bits λ (Kingma et al. 2016): nats per latent dimension of batch-averaged KL below
     #: which the KL is not pushed down; 0 disables. Objectives elbo and meanfield, prior normal.
     free_bits: float = 0.0
@@ -90,6 +95,12 @@ class TrainConfig:
                               f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
         _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "free_bits", self.free_bits, allow_zero=True)
+        _positive("train", "lr_decay_epochs", self.lr_decay_epochs, allow_zero=True)
+        if not (isinstance(self.lr_decay_to, (int, float)) and 0.0 < self.lr_decay_to <= 1.0):
+            raise ConfigError(
+                f"[train] lr_decay_to = {self.lr_decay_to!r} must lie in (0, 1]: it is the "
+                "fraction of learning_rate left in the last epoch of the decay (0.01 by "
+                "default; 1 keeps the rate constant).")
         _positive("train", "seed", self.seed, allow_zero=True)
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
