@@ -50,7 +50,8 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
     labels = y if has(config, "labels") else None  # q(z|x, y) takes y
     if labels is None and has(config, "semi_supervised"):
         labels = vae.classify(x)  # unlabelled data: q(z|x, y) at the classifier's guess
-    activity = {"active_units": 0} if not has(config, "latent_means") else \
+    # A model without a latent code (the quadrant baseline) has no active units to count.
+    activity = {"active_units": None} if not has(config, "latent_means") else \
         latent_activity(vae, x, labels)
     kind = hooks(config)
     if score_name is None:

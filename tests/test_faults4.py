@@ -129,3 +129,34 @@ def test_a_baseline_checkpoint_with_a_damaged_model_table_is_refused(tmp_path, c
                            *SMALL, "--out", run)
     assert code == 2 and "not a table of settings" in err and "Retrain the baseline" in err
     assert not run.exists()
+
+
+def test_a_failed_background_model_leaves_no_folder_behind(tmp_path, capsys, monkeypatch):
+    """anomaly --out NEW created the folder before training the background model; a failure
+    there left an empty folder (and a half-trained background that blocked the next try)."""
+    from pyro_vae import anomaly
+    from pyro_vae.errors import TrainingError
+
+    run = tmp_path / "vae"
+    assert run_cli(capsys, "train", *SMALL, "--batch-size", "256", "--out", run)[0] == 0
+    np.savez(tmp_path / "x.npz", x=(load_digits().data[:50] / 16).astype(np.float32))
+    other = f"file:{tmp_path / 'x.npz'}"
+
+    def fail(config, data, run_dir, settings, seed):
+        (run_dir / "checkpoint.pt.tmp").parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint.pt.tmp").write_bytes(b"half")
+        raise TrainingError("the background model's loss became NaN at step 3.")
+
+    monkeypatch.setattr(anomaly, "train_background", fail)
+    code, _, err = run_cli(capsys, "anomaly", run, "--against", other, "--background",
+                           "--num-samples", 2, "--limit", 20, "--out", tmp_path / "new")
+    assert code == 2 and "NaN" in err
+    assert not (tmp_path / "new").exists()
+    # In the run's own anomaly folder (made earlier by another command) only the background
+    # goes, so the next try trains it again instead of refusing a half-trained one.
+    (run / "anomaly").mkdir()
+    (run / "anomaly" / "keep.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "anomaly", run, "--against", other, "--background",
+                           "--num-samples", 2, "--limit", 20)
+    assert code == 2 and (run / "anomaly" / "keep.txt").exists()
+    assert not (run / "anomaly" / "background").exists()

@@ -92,7 +92,10 @@ def test_tutorial_cvae_reads_a_frozen_trained_baseline(tmp_path, capsys):
             "model": {"kind": kind, "quadrants": 2, "hidden_dims": [16], **model},
             "train": {"epochs": epochs}, "evaluate": {"num_samples": 5}})
 
-    train(config("quadrant_baseline"), tmp_path / "baseline")
+    summary = train(config("quadrant_baseline"), tmp_path / "baseline")
+    assert summary["active_units"] is None  # no latent code: nothing to count (was "0 of 8")
+    assert main(["evaluate", str(tmp_path / "baseline"), "--num-samples", "1"]) == 0
+    assert "active units: none (this model has no latent code)" in capsys.readouterr().out
     baseline_weights = load_checkpoint(tmp_path / "baseline" / "checkpoint.pt")["model"]
     tutorial = config("quadrant_cvae", epochs=2, quadrant_generation="z",
                       baseline_run=str(tmp_path / "baseline"))

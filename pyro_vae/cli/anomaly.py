@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -94,12 +95,19 @@ def run(args: argparse.Namespace) -> int:
             scores = tuple(s for s in scores if s != "regret")
             print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
+    new_out = not out.exists()
     make_run_dir(out)
 
     background, background_report = None, None
     if "likelihood-ratio" in scores:
-        background, background_report = _background_model(config, data, out / "background",
-                                                          settings)
+        try:
+            background, background_report = _background_model(
+                config, data, out / "background", settings)
+        except BaseException:
+            # Nothing was written but the failed background model: leave no empty folder.
+            if new_out:
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     score_settings = anomaly.ScoreSettings(num_samples=args.num_samples,
                                            regret_steps=args.regret_steps,
                                            regret_draws=args.regret_draws,
@@ -193,7 +201,13 @@ def _background_model(config, data, run_dir: Path, settings):
                               "it (an interrupted training) and run again.")
         print(f"training the background model ({settings.epochs} epoch(s) on training images "
               f"with {settings.rate:.0%} of pixels replaced by noise) into {run_dir}")
-        anomaly.train_background(config, data, run_dir, settings, seed=config.train.seed)
+        try:
+            anomaly.train_background(config, data, run_dir, settings, seed=config.train.seed)
+        except BaseException:
+            # A half-trained background model would block the next try ("holds files but no
+            # finished background model"): remove it, the error says what went wrong.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         write_json(stamp_path, stamp)
     _, background, _ = load_trained(run_dir)
     return background, {**stamp, "run_dir": str(run_dir)}

@@ -97,7 +97,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (f" (± over {summary.get('split', 'test')} points; Monte Carlo error ± "
            f"{summary['test_log_likelihood_mc_stderr']:.3f})"
            if summary.get("test_log_likelihood_mc_stderr") is not None else ""),
-        f"active units: {summary['active_units']} of {summary['latent_dim']}",
+        f"active units: {summary['active_units']} of {summary['latent_dim']}"
+        if summary.get("active_units") is not None else
+        "active units: none (this model has no latent code)",
     ]
     if summary.get("score_name"):  # e.g. log p(x|y) of a conditional model
         lines[2] = lines[2].replace("log p(x)", summary["score_name"], 1)
