@@ -19,6 +19,8 @@ reports it as ``test_elbo`` (the negative of the tutorial's figure).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from pyro_vae.config import Config
@@ -54,20 +56,24 @@ def grey_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
 
 
 def binary_targets(config: Config, data: ImageData, split: str) -> torch.Tensor:
-    """The binary images of ``split`` for a run trained on grey targets: the split binarized
-    once with the fixed seed, the very draw on which runs with dynamic binarization are scored,
-    so a grey-trained model gets a true log-likelihood that compares with theirs.
+    """The binary images of ``split`` as runs with dynamic binarization are scored on: the
+    split's grey images binarized once with the fixed seed, in the order training draws them.
+    A run trained on grey targets gets a true log-likelihood that compares with theirs; a run
+    with static binarization (whose own test draw comes from the same seed after the training
+    images, so differs) is scored on the same images as the dynamic runs.
 
-    Raises :class:`ConfigError` for a run not trained on grey targets with a Bernoulli
-    likelihood (its test images are scored as they are loaded).
+    Raises :class:`ConfigError` for a run whose likelihood is not the Bernoulli or whose images
+    were not binarized or grey targets (its test images are scored as they are loaded).
     """
-    if config.model.likelihood != "bernoulli" or config.binarization != "grey":
+    if config.model.likelihood != "bernoulli" or config.binarization not in (
+            "grey", "static", "dynamic"):
         raise ConfigError(
-            f"--targets binary scores a run trained on grey levels (binarize = \"grey\") on "
-            f"binary draws of its test images, but this run has likelihood "
-            f"{config.model.likelihood!r} and binarize {config.binarization!r}: its test images "
-            "are already scored as they are loaded. Leave out --targets.")
+            f"--targets binary scores a Bernoulli run on binary draws of its test images, but "
+            f"this run has likelihood {config.model.likelihood!r} and binarize "
+            f"{config.binarization!r}: its test images are already scored as they are loaded. "
+            "Leave out --targets.")
+    # Binarize the grey images (a static run's loaded splits are its own draw already).
+    grey = replace(data, valid_x=data.grey("validation"), test_x=data.grey("test"))
     index = ("validation", "test").index(split)  # drawn in this order, as training does
-    binary = binarize_fixed(data, ("validation", "test"))
+    binary = binarize_fixed(grey, ("validation", "test"))
     return (binary.valid_x, binary.test_x)[index]
-

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig
 from pyro_vae.evaluate import estimate_log_likelihood
+from pyro_vae.grey_targets import binary_targets
 from pyro_vae.models.quadrants import build_quadrant_model
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data
@@ -94,6 +95,22 @@ def test_a_run_trained_on_grey_levels_is_scored_on_the_dynamic_runs_binary_test_
 
     assert main(["evaluate", str(dynamic_run), "--targets", "binary", "--num-samples", "2"]) == 0
     capsys.readouterr()
+    # A statically binarized run's own test draw comes after its training draw, so it is not
+    # the dynamic runs' test set; --targets binary scores it on theirs.
+    static_run = tmp_path / "static"
+    assert main(["train", "--binarize", "static", *common, "--out", str(static_run)]) == 0
+    static_config, static_model, _ = load_trained(static_run)
+    static_data = prepare_data(static_config)
+    assert not torch.equal(static_data.test_x, dynamic_test)
+    assert torch.equal(binary_targets(static_config, static_data, "test"), dynamic_test)
+    capsys.readouterr()
+    assert main(["evaluate", str(static_run), "--num-samples", "2", "--targets", "binary",
+                 "--json"]) == 0
+    static_binary = json.loads(capsys.readouterr().out)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = estimate_log_likelihood(static_model, dynamic_test, 2)
+    assert abs(static_binary["test_elbo"] - expected.mean_elbo) < 1e-4
     gaussian = tmp_path / "gaussian"
     assert main(["train", "--likelihood", "gaussian", *common, "--out", str(gaussian)]) == 0
     capsys.readouterr()

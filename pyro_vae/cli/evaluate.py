@@ -37,8 +37,9 @@ def add_parser(commands) -> None:
                         "grey: score a Bernoulli model trained on binary draws on the grey "
                         "levels, as Pyro's CVAE tutorial does (its 'CLL' is the negative ELBO "
                         "of this; not a likelihood). binary: score a run trained on grey "
-                        "levels on the fixed binary draw of the test images that runs with "
-                        "dynamic binarization are scored on (a true log-likelihood)")
+                        "levels, or a statically binarized run, on the fixed binary draw of the test "
+                        "images that runs with dynamic binarization are scored on (a true, "
+                        "comparable log-likelihood)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -55,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     targets, score_name = None, None
     if args.targets == "grey":
         targets, score_name = grey_targets(config, data, args.split), GREY_SCORE_NAME
-    elif args.targets == "binary" and config.binarization not in ("dynamic", "static"):
-        # a grey-trained run on binary draws (refused for runs not trained on grey levels)
+    elif args.targets == "binary" and config.binarization != "dynamic":
+        # A grey-trained or statically binarized run on the dynamic runs' binary draw
+        # (refused for runs whose images are not binary draws).
         targets = binary_targets(config, data, args.split)
         score_name = getattr(vae, "score_name", "log p(x)")
     # M2 sums an absent label out of log p(x); only its test accuracy needs labels.
