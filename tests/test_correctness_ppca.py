@@ -1,6 +1,7 @@
 """Must hold: a Gaussian VAE trained from the command line with DEFAULT flags on data from a
-linear-Gaussian (probabilistic PCA) model, given as an .npz file, scores within 1 nat of the
-exact held-out log-likelihood, and never above it beyond its error bar.
+linear-Gaussian (probabilistic PCA) model, given as an .npz file, scores within 0.25 nats of
+the exact held-out log-likelihood, and never above it beyond its
+error bar.
 
 p(z) = N(0, 1), x = Wz + b + σε in 4 dimensions, values far outside [0, 1]:
 log p(x) = log N(x; b, WWᵀ + σ²I) exactly.
@@ -17,7 +18,7 @@ from pyro_vae.cli import main
 DIMS, SIGMA = 4, 0.3
 
 
-def test_default_gaussian_vae_on_ppca_data_comes_within_one_nat(tmp_path, capsys):
+def test_default_gaussian_vae_on_ppca_data_comes_within_a_quarter_nat(tmp_path, capsys):
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(DIMS, 1))
     bias = 2.0 * rng.normal(size=DIMS)
@@ -41,5 +42,8 @@ def test_default_gaussian_vae_on_ppca_data_comes_within_one_nat(tmp_path, capsys
     gap = summary["test_log_likelihood"] - float(exact.mean())
     error_bar = math.hypot(summary["test_log_likelihood_stderr"],
                            summary["test_log_likelihood_mc_stderr"])
-    assert -1.0 < gap <= 2 * error_bar  # within 1 nat, never above beyond the error bar
+    # Within 0.25 nats (measured -0.003 at seed 0; before the learned sigma started at its
+    # maximum-likelihood value the gap was -0.38), never above beyond the error bar. The gap is
+    # a paired difference on the same held-out points, so far less noisy than error_bar.
+    assert -0.25 < gap <= 2 * error_bar
     assert 0 < summary["test_log_likelihood_mc_stderr"] < summary["test_log_likelihood_stderr"]
