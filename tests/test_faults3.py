@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from pyro_vae import fidelity
-from pyro_vae.cli import main
 from pyro_vae.cli.evaluate import format_summary
 from pyro_vae.config import Config
 from pyro_vae.errors import DataError
@@ -19,14 +18,9 @@ from pyro_vae.models import build_vae
 from pyro_vae.models.semisupervised import prepare as prepare_m2
 from pyro_vae.training import missing_classes_warning, prepare_data, train
 
+from helpers import run_cli
+
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--batch-size", "256"]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
 
 
 def _digits_npz(path, keep=lambda y: np.ones(len(y), bool), relabel=lambda y: y):

@@ -12,17 +12,11 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from pyro_vae.cli import main
 from pyro_vae.runs import load_checkpoint
 
+from helpers import run_cli
+
 SMALL = ["--epochs", "1", "--eval-samples", "2", "--latent-map", "pca"]
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
 
 
 # --- the quadrant CVAE's baseline run -----------------------------------------------------------
