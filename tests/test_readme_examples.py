@@ -1,12 +1,13 @@
-"""Every ```python block of README.md runs as written, in a fresh folder, in its own process.
+"""Every ```python block of README.md and of the user guide's pages (docs/source/guide/*.md,
+where the README's examples moved) runs as written, in a fresh folder, in its own process.
 
-The "Extending pyro-vae" blocks are run by ``test_readme_extending.py`` (they write modules that
-later blocks import). Conventions the README's blocks follow, so that each is runnable alone:
+The "Extending pyro-vae" page's blocks are run by ``test_readme_extending.py`` (they write
+modules that later blocks import). Conventions the blocks follow, so that each is runnable alone:
 
 * ``# after: pyro-vae ...`` lines at the top of a block are the shell commands that make what
   the block reads (a run directory); they are run first, in the same folder.
-* a block starting with ``# continues the example above`` is run after the README's previous
-  Python block, in one process.
+* a block starting with ``# continues the example above`` is run after the previous Python
+  block of the same page, in one process.
 """
 
 import os
@@ -19,31 +20,42 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-EXTENDING = "Extending pyro-vae"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+GUIDE = ROOT / "docs" / "source" / "guide"
+EXTENDING = GUIDE / "extending_components.md"  # run by test_readme_extending.py
 CONTINUES = "# continues the example above"
 
 
-def _blocks() -> list[tuple[str, str]]:
-    """(section title, code) of every python block, in README order."""
-    blocks, section = [], ""
-    text = README.read_text(encoding="utf-8")
-    pattern = r"^## ([^\n]+)$|^( *)```python\n(.*?)^\2```"
-    for match in re.finditer(pattern, text, flags=re.M | re.S):
-        if match.group(1) is not None:
-            section = match.group(1).strip()
-        else:
-            blocks.append((section, textwrap.dedent(match.group(3))))
+def _pages() -> list[Path]:
+    return [README] + [page for page in sorted(GUIDE.glob("*.md")) if page != EXTENDING]
+
+
+def _blocks() -> list[tuple[str, str, str]]:
+    """(page, section title, code) of every python block, page by page, in page order."""
+    blocks = []
+    for page in _pages():
+        section, name = "", page.relative_to(ROOT).as_posix()
+        text = page.read_text(encoding="utf-8")
+        pattern = r"^#{1,3} ([^\n]+)$|^( *)```python\n(.*?)^\2```"
+        for match in re.finditer(pattern, text, flags=re.M | re.S):
+            if match.group(1) is not None:
+                section = match.group(1).strip()
+            else:
+                blocks.append((name, section, textwrap.dedent(match.group(3))))
     return blocks
 
 
 BLOCKS = _blocks()
-CASES = [(i, section) for i, (section, _) in enumerate(BLOCKS) if section != EXTENDING]
+#: A guide page may repeat a README example (the docs stand alone); each code runs once.
+CASES = [(i, f"{page}: {section}") for i, (page, section, code) in enumerate(BLOCKS)
+         if all(code != other for _, _, other in BLOCKS[:i])]
 
 
 def _program(index: int) -> str:
-    code = BLOCKS[index][1]
+    code = BLOCKS[index][2]
     if code.startswith(CONTINUES):
+        assert index > 0 and BLOCKS[index - 1][0] == BLOCKS[index][0], "continues no block"
         return _program(index - 1) + "\n" + code
     return code
 
@@ -58,8 +70,10 @@ def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("readme")
 
 
-def test_the_readme_has_python_examples_outside_extending():
-    assert len(BLOCKS) > len(CASES) >= 4  # objectives, Bayesian decoder, from Python, ArviZ
+def test_the_readme_and_the_guide_have_python_examples_outside_extending():
+    pages = {page for page, _, _ in BLOCKS}
+    assert "README.md" in pages  # the README's "From Python"
+    assert len(CASES) >= 4  # objectives, Bayesian decoder, from Python, ArviZ
 
 
 @pytest.mark.parametrize("index", [i for i, _ in CASES],
