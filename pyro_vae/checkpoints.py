@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pyro_vae.errors import CheckpointError
+from pyro_vae.files import open_regular
 
 CHECKPOINT_FORMAT = "pyro-vae-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -23,7 +24,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} does not exist; is this a run directory written by "
                               "`pyro-vae train`?")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        handle = open_regular(path)  # a pipe or a device would block or never end
+    except OSError as error:
+        raise CheckpointError(f"{path} cannot be opened ({error.strerror or error}).") from None
+    try:
+        with handle:
+            payload = torch.load(handle, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for damaged or foreign files
         raise CheckpointError(
             f"{path} cannot be read as a pyro-vae checkpoint ({type(error).__name__}): it is "

@@ -19,8 +19,14 @@ recipes and in every command exactly like a built-in one::
 * the ``pyro_vae.plugins`` entry-point group of installed packages (``[project.entry-points.
   "pyro_vae.plugins"] mypkg = "mypkg.priors"`` in the package's ``pyproject.toml``).
 
-A run records the plugins it was trained with in its ``config.toml``; reading a run whose
-plugin cannot be imported raises :class:`PluginError`, which names the module to install.
+A run records the plugins it was trained with in its ``config.toml``. **A run is not trusted**:
+anyone can write a run directory or a checkpoint, so nothing that a run's ``config.toml`` or the
+configuration saved in its checkpoint names is ever imported. Configurations read inside
+:func:`untrusted` (as :func:`pyro_vae.runs.read_run_config` reads every run) may name only
+plugins this process has already loaded (from ``--plugin``, an installed package's entry point,
+or :func:`load_plugin` called in Python) and ``"module:factory"`` kinds of such plugin modules;
+any other raises :class:`UntrustedPluginError`, which names the ``--plugin`` flags that trust it.
+See the guide's "Security" page.
 
 The library's own components register themselves the same way, in their own modules
 (``priors.py`` registers the priors, ...); :func:`load_builtins` imports those modules the
@@ -29,10 +35,12 @@ first time a registry is asked for its names.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
 import importlib.metadata
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
@@ -76,6 +84,15 @@ class BuildContext:
 
 class PluginError(ConfigError):
     """A plugin module that cannot be imported (not installed, or failing on import)."""
+
+
+class UntrustedPluginError(PluginError):
+    """A configuration the user did not write (a run's) names code this process has not been
+    told to trust; ``modules`` are the plugin modules to give with ``--plugin`` to trust it."""
+
+    def __init__(self, message: str, modules: Iterable[str]) -> None:
+        super().__init__(message)
+        self.modules = tuple(modules)
 
 
 def suggestion(word: str, options: Iterable[str]) -> str:
@@ -261,6 +278,39 @@ _builtins_loaded = False
 _loaded_plugins: list[str] = []
 #: The plugin modules being imported now (innermost last): who registers an entry.
 _importing: list[str] = []
+#: The untrusted sources being read now (innermost last): see :func:`untrusted`.
+_untrusted: list[str] = []
+#: Installed packages' entry points whose plugin failed to import: (package, module, why).
+_broken_entry_points: list[tuple[str, str, str]] = []
+
+
+@contextlib.contextmanager
+def untrusted(source: str) -> Iterator[None]:
+    """Read configurations inside this block as coming from ``source`` (e.g. a run's
+    ``config.toml``), which the user did not write: a plugin it lists must already be loaded
+    (or imported), and a ``"module:factory"`` name must point into a plugin module already
+    loaded; nothing is imported. Anything else raises :class:`UntrustedPluginError`."""
+    _untrusted.append(source)
+    try:
+        yield
+    finally:
+        _untrusted.pop()
+
+
+def _refuse_untrusted(module: str, what: str) -> UntrustedPluginError:
+    if module.split(".")[0] in sys.stdlib_module_names:
+        return UntrustedPluginError(
+            f"{_untrusted[-1]} {what}, which is part of Python's standard library, not a "
+            "pyro-vae plugin: no run written by pyro-vae names it, so this file was altered "
+            "or written by someone else, and pyro-vae imports nothing a run names. Do not use "
+            "this run; retrain, or restore it from a copy you trust.", [])
+    return UntrustedPluginError(
+        f"{_untrusted[-1]} {what}, and pyro-vae never imports code that a run directory or a "
+        "checkpoint names: anyone can write those files, and importing a module runs it. If "
+        f"you trust the module {module!r} (installed, or in a folder on your PYTHONPATH), give "
+        f"--plugin {module} with the command (in Python: pyro_vae.registry.load_plugin"
+        f"({module!r}) before loading the run); the module is then imported because you asked.",
+        [module])
 
 
 def load_builtins() -> None:
@@ -280,10 +330,22 @@ def load_builtins() -> None:
 
 def load_plugin(module: str, who: str = "") -> None:
     """Import the plugin ``module`` (registering its entries), or raise :class:`PluginError`
-    naming the module to install. ``who`` says where the plugin was asked for."""
+    naming the module to install. ``who`` says where the plugin was asked for.
+
+    Inside :func:`untrusted` nothing is imported: a module not yet loaded (or imported) by this
+    process raises :class:`UntrustedPluginError`."""
     load_builtins()
     if module in _loaded_plugins:
         return
+    if _untrusted:
+        if module in sys.modules:  # imported already: importing it again runs nothing
+            return
+        raise _refuse_untrusted(module, f"lists the plugin module {module!r}")
+    _import_plugin(module, who)
+
+
+def _import_plugin(module: str, who: str) -> None:
+    """Import ``module`` as a plugin, for a trusted reason ``who``."""
     source = f" ({who})" if who else ""
     _importing.append(module)
     try:
@@ -311,6 +373,9 @@ def import_object(path: str, who: str = "") -> Any:
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"{who or path}: an import path is written \"package.module:name\".")
+    if _untrusted and module_name not in _loaded_plugins:
+        raise _refuse_untrusted(module_name, f"names {path!r} ({who or path}), code in the "
+                                f"module {module_name!r}")
     load_plugin(module_name, who)
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
@@ -319,6 +384,13 @@ def import_object(path: str, who: str = "") -> Any:
                               "check the name, or install the version of the package that "
                               "defines it.")
         target = getattr(target, part)
+    if _untrusted and (getattr(target, "__module__", None) != module_name
+                       or getattr(target, "__qualname__", None) != attribute):
+        raise ConfigError(f"{_untrusted[-1]}: {who or path} is not a factory defined in the "
+                          f"plugin module {module_name!r} (it is {type(target).__name__} "
+                          f"{getattr(target, '__module__', '?')}."
+                          f"{getattr(target, '__qualname__', '?')}); a run may name only a "
+                          "function or class that its plugin module itself defines.")
     return target
 
 
@@ -328,10 +400,26 @@ def load_plugins(modules: Iterable[str], who: str = "") -> None:
 
 
 def load_entry_points() -> None:
-    """Load the plugins that installed packages declare in the ``pyro_vae.plugins`` group."""
+    """Load the plugins that installed packages declare in the ``pyro_vae.plugins`` group
+    (installing a package is the user's consent). One that fails to import is remembered, not
+    raised, so that every command not using it still works; :meth:`Registry.entry` names it
+    when a name it would register is asked for."""
     for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        load_plugin(point.value.split(":")[0], f"entry point {point.name!r} of an installed "
-                    "package")
+        module = point.value.split(":")[0]
+        if module in _loaded_plugins:
+            continue
+        package = getattr(getattr(point, "dist", None), "name", None) or "?"
+        try:
+            _import_plugin(module, f"entry point {point.name!r} of the installed package "
+                                   f"{package!r}")
+        except PluginError as error:
+            if (package, module, str(error)) not in _broken_entry_points:
+                _broken_entry_points.append((package, module, str(error)))
+
+
+def broken_entry_points() -> tuple[tuple[str, str, str], ...]:
+    """(package, module, what failed) of installed plugins that could not be imported."""
+    return tuple(_broken_entry_points)
 
 
 def loaded_plugins() -> tuple[str, ...]:

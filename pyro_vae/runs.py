@@ -9,6 +9,7 @@ checkpoint file someone sends you cannot execute code when loaded.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import math
@@ -28,8 +29,9 @@ import torch
 from pyro_vae.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from pyro_vae.config import Config
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
+from pyro_vae.files import open_lock_file, open_regular, read_regular_bytes
 from pyro_vae.models import build_vae
-from pyro_vae.registry import PluginError
+from pyro_vae.registry import PluginError, UntrustedPluginError, untrusted
 
 try:  # POSIX; elsewhere the lock falls back to the owner's process id
     import fcntl
@@ -123,8 +125,8 @@ def _process_alive(pid: int) -> bool:
 
 def _read_owner(path: Path) -> dict[str, Any]:
     try:
-        owner = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
+        owner = json.loads(read_regular_bytes(path).decode("utf-8") or "{}")
+    except (OSError, ValueError, PyroVAEError):
         return {}
     return owner if isinstance(owner, dict) else {}
 
@@ -152,7 +154,10 @@ class RunLock:
         make_run_dir(self.run_dir)
         for _ in range(10):  # retried only if the holder removed the file as we opened it
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = open_lock_file(self.path)
+            except PyroVAEError:
+                self._remove_created_folder()
+                raise
             except OSError as error:
                 self._remove_created_folder()
                 raise PyroVAEError(f"cannot create the lock file {self.path} ("
@@ -256,9 +261,9 @@ def unsaved_start(run_dir: Path) -> bool:
     if [p.name for p in files] != [CONFIG]:
         return False
     try:
-        with open(run_dir / CONFIG, encoding="utf-8") as handle:
-            return handle.readline() == CONFIG_HEADER
-    except (OSError, UnicodeDecodeError):
+        with open_regular(run_dir / CONFIG) as handle:
+            return handle.readline().decode("utf-8") == CONFIG_HEADER
+    except (OSError, UnicodeDecodeError, PyroVAEError):
         return False
 
 
@@ -338,9 +343,11 @@ def load_state(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pa
 
 def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, dict[str, Any]]:
     """The configuration a checkpoint was written with, with defaults filled in for keys added
-    to the configuration since (so older checkpoints stay comparable)."""
+    to the configuration since (so older checkpoints stay comparable). Read as untrusted: the
+    plugins and ``"module:factory"`` names it holds are never imported."""
     try:
-        return Config.from_dict(checkpoint.get("config", {}), source=str(path)).to_dict()
+        with untrusted(f"the configuration saved in {path}"):
+            return Config.from_dict(checkpoint.get("config", {}), source=str(path)).to_dict()
     except PluginError:
         raise
     except ConfigError as error:
@@ -349,6 +356,18 @@ def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, dict[str, 
 
 
 def read_run_config(run_dir: Path) -> Config:
+    """The configuration of the run in ``run_dir``, read as untrusted (anyone may have written
+    it): it imports no plugin and no ``"module:factory"`` that this process has not loaded
+    (:func:`pyro_vae.registry.untrusted`), and its ``[data] download`` is turned off, since
+    only the user's own ``--download`` may fetch data or create folders."""
+    config = _read_run_config(run_dir)
+    if config.data.download:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      download=False))
+    return config
+
+
+def _read_run_config(run_dir: Path) -> Config:
     path = run_dir / CONFIG
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {run_dir} does not exist.")
@@ -356,7 +375,8 @@ def read_run_config(run_dir: Path) -> Config:
         # Killed between the first checkpoint and config.toml (runs of older releases, which
         # wrote them in that order): the checkpoint carries the configuration.
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-        return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT))
+        with untrusted(f"the configuration saved in {run_dir / CHECKPOINT}"):
+            return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT))
     if not path.exists() and not run_files(run_dir):
         raise CheckpointError(f"{run_dir} holds no saved run (no {CONFIG} or {CHECKPOINT}: "
                               "is it a run directory written by `pyro-vae train`? A run stopped "
@@ -365,16 +385,20 @@ def read_run_config(run_dir: Path) -> Config:
     if not path.exists():
         raise CheckpointError(f"{run_dir} has no {CONFIG}; is it a run directory written by "
                               "`pyro-vae train`?")
+    open_regular(path).close()  # a pipe or a device in its place: said here, not "damaged"
     try:
-        return Config.from_toml(path)
+        with untrusted(str(path)):
+            return Config.from_toml(path)
+    except UntrustedPluginError:
+        raise
     except PluginError as error:
         raise PluginError(f"{run_dir} was trained with a plugin that is not available here: "
                           f"{error}") from None
     except ConfigError as error:
         if "registered by a plugin module" in str(error):
             raise ConfigError(f"{path} names a component that nothing registers here ({error}) "
-                              "If the run was trained with a plugin, list its module under "
-                              "plugins in that file or give --plugin MODULE.") from None
+                              "If the run was trained with a plugin you trust, give --plugin "
+                              "MODULE with the command.") from None
         raise CheckpointError(f"{path} is damaged: {error}") from None
 
 

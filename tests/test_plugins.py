@@ -92,11 +92,15 @@ def test_the_example_plugin_trains_from_a_recipe_and_every_command_runs(
 
 
 def test_a_run_whose_plugin_is_missing_names_the_module_to_install(tmp_path, capsys):
+    """A run's plugin is not imported on the run's word: the refusal gives the command that
+    trusts it; with that --plugin, a module that is not installed is named for installing."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.toml").write_text('plugins = ["no_such_vae_plugin"]\n\n[model]\n'
                                      'prior = "student_t"\n')
     code, _, err = _cli(capsys, "evaluate", run)
+    assert code == 2 and f"pyro-vae evaluate {run} --plugin no_such_vae_plugin" in err
+    code, _, err = _cli(capsys, "evaluate", run, "--plugin", "no_such_vae_plugin")
     assert code == 2 and "no_such_vae_plugin" in err and "Install" in err
     assert "damaged" not in err
 

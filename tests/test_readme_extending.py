@@ -32,7 +32,12 @@ def test_the_extending_examples_run_as_written(tmp_path):
         assert value < 0  # a log-likelihood of binary 8x8 images
     assert {p.name for p in (tmp_path / "runs").iterdir()} == {"laplace-prior",
                                                                "student-t-guide", "ppca"}
-    result = subprocess.run([sys.executable, "-m", "pyro_vae", "evaluate", "runs/ppca",
-                             "--num-samples", "10"], cwd=tmp_path, env=env,
+    # A run's factory module is imported only when the user trusts it with --plugin (a run
+    # directory may come from anyone): without the flag, the refusal gives the command.
+    command = [sys.executable, "-m", "pyro_vae", "evaluate", "runs/ppca", "--num-samples", "10"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pyro-vae evaluate runs/ppca --num-samples 10 --plugin mymodels" in result.stderr
+    result = subprocess.run([*command, "--plugin", "mymodels"], cwd=tmp_path, env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0 and "log p(x)" in result.stdout, result.stderr[-2000:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 from typing import Sequence
@@ -65,6 +66,15 @@ def _early_plugins(argv: Sequence[str]) -> list[str]:
     return known.plugin
 
 
+def _trust_command(error: PyroVAEError, argv: Sequence[str]) -> str:
+    """For a run that names plugins not trusted yet: the command line that trusts them."""
+    modules = [m for m in getattr(error, "modules", ()) if m not in _early_plugins(argv)]
+    if not modules:
+        return ""
+    flags = [flag for module in modules for flag in ("--plugin", module)]
+    return f" The command that trusts it: pyro-vae {shlex.join([*argv, *flags])}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -78,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Under torchrun every process meets the same error; the first one of each node says it.
         if rank == "0" or os.environ.get("LOCAL_RANK") == "0":
             who = "pyro-vae" if rank == "0" else f"pyro-vae (process {rank})"
-            print(f"{who}: error: {error}", file=sys.stderr)
+            print(f"{who}: error: {error}{_trust_command(error, argv)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("\npyro-vae: interrupted; nothing was left half-written.", file=sys.stderr)

@@ -59,7 +59,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
 
 #: What may change when a run is continued with --resume.
 RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
-                   "latent_map", "plugin"}
+                   "latent_map", "plugin", "download"}
 
 
 def add_parser(commands) -> None:
@@ -206,8 +206,8 @@ def _train_config(args: argparse.Namespace):
         if changed:
             raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
                               "resumed run keeps its configuration (only --epochs, --device, "
-                              "--eval-samples, --data-dir, --lr and --on-nan may change). Start a new run "
-                              "with another --out instead.")
+                              "--eval-samples, --data-dir, --download, --lr and --on-nan may "
+                              "change). Start a new run with another --out instead.")
         return saved.with_overrides(overrides)
     if args.recipe:
         config = Config.from_toml(find_recipe(args.recipe))

@@ -25,6 +25,7 @@ from pyro_vae.config.evaluate import EvaluateConfig
 from pyro_vae.config.model import ModelConfig
 from pyro_vae.config.train import TrainConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.files import read_regular_bytes
 from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS,
                                OBJECTIVES, PRIORS, Registry, load_plugins, plugins_providing)
 
@@ -136,8 +137,8 @@ class Config:
     @classmethod
     def from_toml(cls, path: str | Path) -> "Config":
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is allowed
+        try:  # a regular file only: a pipe or a device would block or never end
+            text = read_regular_bytes(path, ConfigError).decode("utf-8-sig")  # BOM allowed
         except FileNotFoundError:
             raise ConfigError(f"recipe {path} does not exist; give the path of a TOML recipe "
                               "(the project's recipes are in models/).") from None
