@@ -77,7 +77,7 @@ from pyro import poutine
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, is_binary
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import _any_weights, estimate_log_likelihood
+from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train
@@ -179,7 +179,12 @@ def check_regret_supported(vae: torch.nn.Module, x: torch.Tensor) -> None:
                           "model with a Gaussian posterior; leave out --score regret.")
     with vae.scoring(), _any_weights(vae):
         trace = poutine.trace(vae.guide).get_trace(x[:1])
+        start = gaussian_start(vae, x[:1]) if hasattr(vae, "posterior") else None
     names = [site["name"] for site in _sample_sites(trace)]
+    if start is None:
+        raise ConfigError("likelihood regret re-fits a diagonal Gaussian q(z|x) per image, and "
+                          "this model's posterior(x) is neither a diagonal Gaussian nor built "
+                          "on one (a guide of guides.py); leave out --score regret.")
     if names != ["z"]:
         raise ConfigError(f"likelihood regret re-fits one latent site 'z', but this model's "
                           f"guide has the sites {names} (e.g. the two-layer model); leave out "
@@ -200,7 +205,7 @@ def _refit_elbo(vae: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, steps:
     with torch.no_grad():
         # The encoder's (μ, σ): the diagonal Gaussian that the refit starts from (the base
         # of the guide for the low-rank and IAF families of guides.py).
-        start_loc, start_scale = vae.encoder(x)
+        start_loc, start_scale = gaussian_start(vae, x)
         loc = start_loc.detach().clone().requires_grad_(True)
         log_scale = start_scale.log().detach().clone().requires_grad_(True)
     x_repeated = x.expand(draws, *x.shape).reshape(draws * batch, -1)

@@ -62,7 +62,7 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import estimate_log_likelihood
+from pyro_vae.evaluate import estimate_log_likelihood, gaussian_start
 from pyro_vae.objectives.particles import _sample_sites, log_weights, run_particles
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.runs import atomic_path
@@ -294,7 +294,13 @@ def optimize_local_posterior(vae: torch.nn.Module, x: torch.Tensor, steps: int =
     """
     _single_latent_site(vae, x)
     with torch.no_grad():
-        loc0, scale0 = vae.encoder(x)
+        start = gaussian_start(vae, x)
+    if start is None:
+        raise ConfigError("the inference gaps optimize a Gaussian q* per image, started at "
+                          "q(z|x), and this model's posterior(x) is not a diagonal Gaussian nor "
+                          "built on one (a guide of guides.py); NUTS and q(z|x) draws work for "
+                          "it, the gaps do not.")
+    loc0, scale0 = start
     loc = loc0.detach().clone().requires_grad_(True)
     log_scale = scale0.detach().log().clone().requires_grad_(True)
     guide = local_gaussian_guide(loc, log_scale, family)

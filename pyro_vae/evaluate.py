@@ -43,6 +43,8 @@ from typing import Callable
 import torch
 from pyro import poutine
 
+# Annealed importance sampling and BDMC (their own module), re-exported here.
+from pyro_vae.ais import AISEstimate, BDMCResult, ais_log_likelihood, bdmc  # noqa: F401
 from pyro_vae.objectives.particles import (_sample_sites, guide_log_density, log_weights,
                                            run_particles)
 
@@ -307,20 +309,42 @@ def _score_given(vae: torch.nn.Module, model: Callable, guide: Callable, x: torc
 
 @torch.no_grad()
 def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
-                 y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(μ(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
-    computed ``batch_size`` rows at a time. For a guide that is not a diagonal Gaussian, μ is
-    the guide's ``latent_mean`` and σ the scale of its base Gaussian."""
+                 y: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(m(x), σ(x)) of q(z|x) (of q(z|x, y) given labels ``y``) for every row of ``x``,
+    computed ``batch_size`` rows at a time, through the protocol's ``latent_mean(x)`` and
+    ``posterior(x)`` (``posterior(x, y)`` given labels, whose mean is then m). σ is the
+    standard deviation of a diagonal Gaussian q (``None`` for another family)."""
     locs, scales = [], []
-    family = getattr(vae, "family", None)  # the guide component of a VAE (guides.py)
     for start in range(0, len(x), batch_size):
-        labels = () if y is None else (y[start: start + batch_size],)
-        loc, scale = vae.encoder(x[start: start + batch_size], *labels)
-        if family is not None and not family.diagonal:  # e.g. the flow applied to μ
-            loc = family.latent_mean(loc, scale)
+        rows = x[start: start + batch_size]
+        if y is None:
+            loc, q = vae.latent_mean(rows), vae.posterior(rows)
+        else:
+            q = vae.posterior(rows, y[start: start + batch_size])
+            loc = q.mean
         locs.append(loc)
-        scales.append(scale)
-    return torch.cat(locs), torch.cat(scales)
+        scales.append(_diagonal_scale(q))
+    scale = None if any(s is None for s in scales) else torch.cat(scales)
+    return torch.cat(locs), scale
+
+
+def gaussian_start(vae: torch.nn.Module, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The diagonal Gaussian (μ(x), σ(x)) that a per-image refit of q(z|x) starts from: the
+    encoder's output for a model built from components (the base of its guide family: the
+    low-rank and IAF guides of ``guides.py`` transform it), else q(z|x) itself where it is a
+    diagonal Gaussian; ``None`` for any other q."""
+    if getattr(vae, "family", None) is not None and hasattr(vae, "encoder"):
+        return vae.encoder(x)
+    loc, scale = encode_means(vae, x)
+    return None if scale is None else (loc, scale)
+
+
+def _diagonal_scale(q: torch.distributions.Distribution) -> torch.Tensor | None:
+    """The per-dimension scale of a diagonal Gaussian ``Normal(loc, scale).to_event(1)``."""
+    base = q.base_dist if isinstance(q, torch.distributions.Independent) else None
+    return base.scale if isinstance(base, torch.distributions.Normal) else None
 
 
 @torch.no_grad()
@@ -329,14 +353,31 @@ def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16,
     """KL(q(z|x) ‖ p(z)) per row of ``x`` as (1/S) Σ_s [log q(z_s|x) − log p(z_s)], z_s ~ q.
 
     Works for any prior and for several latent sites (the two-layer model's p(z1|z2) p(z2)).
+    For a model with global latent sites G (a hyperprior, Bayesian weights) it is the KL of
+    the local code given one draw G ~ q(G): KL(q(z|x, G) ‖ p(z|G)).
     """
     args = (x,) if y is None else (x, y)
+    model, guide = vae.model, vae.guide
+    names = global_sites(vae, x, y) if len(x) else []
     with vae.scoring(), _any_weights(vae):
-        traces = run_particles(vae.model, vae.guide, num_samples, args, {}, who="the KL")
+        if names:
+            model, guide = _given_globals(vae, names, args)
+        traces = run_particles(model, guide, num_samples, args, {}, who="the KL")
     shape = (traces.num_particles, traces.batch_size)
     log_prior = sum(site["fn"].log_prob(site["value"]).expand(shape)
                     for site in _sample_sites(traces.model) if not site["is_observed"])
     return (guide_log_density(traces) - log_prior).mean(0)
+
+
+def _given_globals(vae: torch.nn.Module, names: list[str], args: tuple
+                   ) -> tuple[Callable, Callable]:
+    """Model and guide with the global sites ``names`` fixed at one draw from the guide and
+    hidden, so that what remains is local to the ``data`` plate."""
+    first = tuple(a[:1] for a in args)
+    trace = poutine.trace(vae.guide).get_trace(*first)
+    values = {name: trace.nodes[name]["value"] for name in names}
+    return (poutine.block(poutine.condition(vae.model, data=values), hide=names),
+            poutine.block(poutine.condition(vae.guide, data=values), hide=names))
 
 
 @torch.no_grad()
@@ -350,7 +391,9 @@ def latent_activity(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | Non
         return vae.latent_activity(x, y)
     loc, scale = encode_means(vae, x, y=y)
     activity = loc.var(dim=0, unbiased=True) if len(x) > 1 else torch.zeros(loc.shape[-1])
-    kl = vae.kl_per_dim(loc, scale)
+    closed_form = getattr(vae, "kl_per_dim", None)  # optional (see pyro_vae.protocol)
+    kl = None if scale is None or closed_form is None or global_sites(vae, x[:1], y) \
+        else closed_form(loc, scale)
     if kl is not None:
         total = float(kl.sum(-1).mean())
     else:

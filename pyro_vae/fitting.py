@@ -25,6 +25,8 @@ from torch import nn
 
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError
+from pyro_vae.protocol import check_model
+from pyro_vae.registry import MODEL_KINDS
 from pyro_vae.training import Progress, train
 
 
@@ -58,9 +60,12 @@ def fit(model: nn.Module | Callable[..., Any], guide: Callable[..., Any] | None 
     ``out`` (the weights come from its checkpoint).
     """
     module = _module_of(model, guide)
+    kind = factory_path(factory)
+    check_model(module, MODEL_KINDS.capabilities(kind), f"the model {type(module).__name__} "
+                f"(factory {kind})")
     config = Config().with_overrides({
         "data": {"dataset": data},
-        "model": {"kind": factory_path(factory)},
+        "model": {"kind": kind},
         "train": {"objective": objective, "epochs": epochs, "particles": particles,
                   "batch_size": batch_size, "learning_rate": learning_rate, "seed": seed},
         "evaluate": {"num_samples": eval_samples},

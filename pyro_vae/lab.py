@@ -101,13 +101,9 @@ def _variance_and_snr(draws: torch.Tensor) -> tuple[float, float]:
 
 
 def _parameter_groups(vae) -> list[list[torch.nn.Parameter]]:
-    # The inference network: the encoder and the guide component's own networks (low-rank
-    # factor, IAF layers) where the guide has any.
-    family = getattr(vae, "family", None)
-    inference = [*vae.encoder.parameters(), *(family.parameters() if family is not None else ())]
-    return [[p for p in inference if p.requires_grad],
-            [p for p in vae.decoder.parameters() if p.requires_grad]
-            + [p for p in vae.likelihood.parameters() if p.requires_grad]]
+    """The model's declared groups (capability ``estimator_lab``: ``parameter_groups()``),
+    the inference network's and the generative model's, trainable parameters only."""
+    return [[p for p in group if p.requires_grad] for group in vae.parameter_groups()]
 
 
 def exact_gradient(vae, x: torch.Tensor) -> list[torch.Tensor] | None:

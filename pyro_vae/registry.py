@@ -47,6 +47,7 @@ from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 from pyro_vae.errors import ConfigError
 
 #: Entry-point group through which installed packages register plugins.
+from pyro_vae.capabilities import check_capabilities
 ENTRY_POINT_GROUP = "pyro_vae.plugins"
 
 #: The library's modules that register its built-in entries (imported on first lookup).
@@ -162,12 +163,15 @@ class Registry(Generic[F]):
     ``where`` is how configuration errors name the setting, e.g. ``"[model] prior"``.
     """
 
-    def __init__(self, kind: str, where: str):
+    def __init__(self, kind: str, where: str,
+                 vocabulary: Callable[[Iterable[str], str], frozenset[str]] | None = None):
         self.kind = kind
         self.where = where
         self._entries: dict[str, Entry] = {}
         self._hooks: dict[str, KindHooks] = {}
 
+        #: Checks the capabilities an entry declares (``None``: any words).
+        self.vocabulary = vocabulary
     def register(self, name: str, help: str = "", capabilities: Iterable[str] = (),
                  hooks: KindHooks | None = None) -> Callable[[F], F]:
         """Decorator: register the decorated factory (a function or a class) as ``name``,
@@ -185,7 +189,10 @@ class Registry(Generic[F]):
                 raise ConfigError(f"the {self.kind} name {name!r} is registered twice (by "
                                   f"{old.module} and by {module}); choose another name.")
             doc = help or (factory.__doc__ or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, factory, doc, frozenset(capabilities), module,
+            words = frozenset([capabilities] if isinstance(capabilities, str) else capabilities)
+            if self.vocabulary is not None:
+                words = self.vocabulary(words, f"the {self.kind} {name!r}")
+            self._entries[name] = Entry(name, factory, doc, words, module,
                                         _importing[-1] if _importing else "")
             if hooks is not None:
                 self.add_hooks(name, **{f.name: getattr(hooks, f.name)
@@ -271,7 +278,7 @@ LIKELIHOODS: Registry = Registry("likelihood", "[model] likelihood")
 GUIDES: Registry = Registry("guide", "[model] guide")
 NETWORKS: Registry = Registry("network", "[model] network")
 OBJECTIVES: Registry = Registry("objective", "[train] objective")
-MODEL_KINDS: Registry = Registry("model kind", "[model] kind")
+MODEL_KINDS: Registry = Registry("model kind", "[model] kind", check_capabilities)
 DATASETS: Registry = Registry("dataset", "[data] dataset")
 
 _builtins_loaded = False

@@ -56,6 +56,17 @@ def add_parser(commands) -> None:
     parser.add_argument("--typicality-batch", type=int, default=10,
                          help="images per batch of the typicality test (default 10)")
     parser.add_argument("--data-dir")
+def _training_inputs(config, data):
+    """The training images as the model saw them: a dynamically binarized run was trained on
+    coin flips drawn from the grey levels, so the typicality test scores one fixed draw of
+    them (its likelihood, a Bernoulli, has no density at grey levels)."""
+    from pyro_vae.data import binarize_fixed
+
+    if config.binarization == "dynamic":
+        return binarize_fixed(data, ("train",)).train_x
+    return data.train_x
+
+
     parser.add_argument("--out", help="output folder (default RUN_DIR/anomaly)")
 
 
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     typicality, batch_stats = {}, {}
     if "typicality" in scores:
-        train_log_p = estimate_log_likelihood(vae, data.train_x[: args.limit],
+        train_log_p = estimate_log_likelihood(vae, _training_inputs(config, data)[: args.limit],
                                               args.num_samples).log_likelihood
         valid_log_p = estimate_log_likelihood(vae, data.valid_x[: args.limit],
                                               args.num_samples).log_likelihood

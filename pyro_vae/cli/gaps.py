@@ -72,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
     config, vae, data = load_run(args.run_dir, args.data_dir)
     refuse_kind(config, args.run_dir, "gaps", ("labels", "completions"),
                 "the gaps compare q(z|x) with the exact posterior p(z|x) of an unconditional "
+    from pyro_vae.protocol import has
+
+    if not has(config, "latent_means"):
+        raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
+                          "not declare the capability \"latent_means\" (posterior and "
+                          "latent_mean; see pyro_vae.protocol); the gaps start q* at its "
+                          "q(z|x). Measure them on a model that declares it.")
                 "VAE, which this model does not have. Measure them on a --model vae run.")
     if getattr(vae, "weight_posterior", None) is not None:
         return _gaps_of_bayesian_decoder(args, config, vae, data)

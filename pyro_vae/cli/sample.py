@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         z, output = vae.generate(args.n) if labels is None else vae.generate(args.n,
                                                                              labels=labels)
-        means = vae.likelihood.mean(output)
+        means = _means(vae, z, output, labels)
         draws = vae.likelihood(output).sample()
     columns = min(args.n, 8 if args.n <= 64 else 16)
     if labels is not None:
@@ -90,6 +90,16 @@ def run(args: argparse.Namespace) -> int:
     if labels is not None:
         print(_label_fidelity_report(args.run_dir, config, labels, means, draws))
     return 0
+
+
+def _means(vae, z, output, labels):
+    """E[x|z] of the draws: from the decoder output where the model is built from components
+    (its likelihood component's ``mean``, the same decoder pass as the draws), else the
+    protocol's ``decode(z)`` (``decode(z, y)`` for a model that takes labels)."""
+    component = getattr(vae, "likelihood", None)
+    if callable(getattr(component, "mean", None)):
+        return component.mean(output)
+    return vae.decode(z) if labels is None else vae.decode(z, labels)
 
 
 def _prior_of(vae) -> str:
@@ -141,5 +151,11 @@ def _sample_labels(args: argparse.Namespace, config, vae):
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")
 
+    if not has(config, "pictures"):
+        raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
+                          "not declare the capability \"pictures\" (generate, decode and "
+                          "likelihood; see pyro_vae.protocol), so there is nothing to draw "
+                          "images with. Add those methods and the capability to the model, or "
+                          "score it with evaluate.")
     check_label_flag(args.label, config.model.num_classes)
     return torch.full((args.n,), args.label, dtype=torch.long)

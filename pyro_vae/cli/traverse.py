@@ -37,6 +37,11 @@ def run(args: argparse.Namespace) -> int:
                 "Traverse a --model vae, cvae or m2 run.")
     if not 0 <= args.index < len(data.test_x):
         raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
+    if not (has(config, "pictures") and has(config, "latent_means")):
+        raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
+                          "not declare both capabilities \"latent_means\" and \"pictures\" "
+                          "(posterior, latent_mean and decode; see pyro_vae.protocol), which a "
+                          "traversal encodes and decodes with.")
     x = data.test_x[args.index: args.index + 1]
     labels = None
     if has(config, "labels"):  # q(z|x, y) and p(x|z, y) take the image's label

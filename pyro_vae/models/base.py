@@ -164,6 +164,13 @@ class VAE(nn.Module):
         return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
 
     def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(inference network: the encoder and the guide component's own networks, generative
+        model: the decoder and the likelihood's parameters), for the estimator lab."""
+        inference = [*self.encoder.parameters(), *self.family.parameters()]
+        generative = [*self.decoder.parameters(), *self.likelihood.parameters()]
+        return inference, generative
+
         """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form
         (a diagonal-Gaussian guide and a prior that splits over dimensions)."""
         if not self.family.diagonal:

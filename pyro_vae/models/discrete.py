@@ -142,6 +142,11 @@ class DiscreteVAE(nn.Module):
                         for k, name in enumerate(site_names(self.num_latents))]
 
     # -- outside a Pyro program ------------------------------------------------------------------
+    def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(the encoder's parameters, the decoder's and the likelihood's), for the lab."""
+        return list(self.encoder.parameters()), [*self.decoder.parameters(),
+                                                 *self.likelihood.parameters()]
+
     def decoder_output(self, z: torch.Tensor) -> torch.Tensor:
         """The likelihood's raw parameters for one-hot codes ``z`` of shape ``[..., K, C]``."""
         return self.decoder(z.reshape(*z.shape[:-2], self.num_latents * self.num_categories))

@@ -130,12 +130,14 @@ def save_samples(path: Path, vae, image_shape, count: int = 64,
     """An image grid of E[x|z], z ~ p(z); for vector data, 1,000 draws x ~ p(x) scattered
     over ``reference`` data."""
     device = next(vae.parameters()).device
-    if is_vector_shape(image_shape):
-        draws = vae.sample(max(count, 1000), device=device, mean=False)
+    if is_vector_shape(image_shape):  # the protocol's generate and likelihood (pictures)
+        _, output = vae.generate(max(count, 1000), device)
+        draws = vae.likelihood(output).sample()
         save_vector_scatter(path, draws, reference, "draws x ~ p(x) (orange) and test data "
                             "(black)" if reference is not None else "draws x ~ p(x)")
         return
-    images = vae.sample(count, device=device)
+    z, _ = vae.generate(count, device)
+    images = vae.decode(z)
     save_image_grid(path, images, image_shape, 8, "E[x|z] for z ~ p(z)")
 
 
