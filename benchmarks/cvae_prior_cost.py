@@ -1,6 +1,6 @@
 """What a label-conditional prior costs per CVAE training step, against p(z) = N(0, I).
 
-Builds the ``cvae`` of the given networks with each prior, and times training steps (the
+Writes ``benchmarks/results/cvae_prior_cost[_RECIPE].json``. Builds the ``cvae`` of the given networks with each prior, and times training steps (the
 library's ``ObjectiveModule`` ELBO, backward, Adam) on random binary MNIST-sized batches with
 random labels, in interleaved rounds in one process, on the training thread's CPU clock (so
 other jobs on the machine do not move the ratios). Run by hand, not in CI:
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -21,6 +23,9 @@ import torch
 from pyro_vae.config import Config
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 
 PRIORS = ("normal", "mixture", "vamp")
 
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
+    started = result_files.begin()
     torch.set_num_threads(1)
     base = Config.from_toml(args.recipe) if args.recipe else \
         Config().with_overrides({"model": {"kind": "cvae"}})
@@ -66,9 +72,18 @@ def main() -> None:
     reference = statistics.median(times["normal"])
     print(f"cvae {base.model.hidden_dims} z {base.model.latent_dim}, batch {batch}, "
           f"{base.model.prior_components or 500} prior components")
+    figures = {}
     for prior in PRIORS:
         median = statistics.median(times[prior])
         print(f"  prior {prior:8s} {median:7.2f} ms a step (CPU), {median / reference:.2f}x N(0, I)")
+        figures[prior] = {"step_ms": {"value": round(median, 2), "decimals": 2, "unit": "ms"},
+                          "ratio_to_normal": {"value": round(median / reference, 2),
+                                              "decimals": 2}}
+    name = "cvae_prior_cost" + ("_" + Path(args.recipe).stem if args.recipe else "")
+    path = result_files.write_result(name, figures, started=started,
+                                     details={"batch": batch, "rounds": args.rounds,
+                                              "steps": args.steps, "step_ms": times})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ drawn in turn from
 
 and lets the run's fidelity classifier (``label_classifier.pt``, refitted if missing) recognise
 them. Also prints how well a logistic regression reads the class from z ~ q(z|x, y). If own-class
-posteriors decode right and prior draws do not, the prior and the posteriors disagree (README,
-"Conditional VAEs"). Run by hand, not in CI:
+posteriors decode right and prior draws do not, the prior and the posteriors disagree (docs,
+guide/conditional.md). Writes ``benchmarks/results/fidelity_sources_RUN.json``. Run by hand,
+not in CI:
 
     OMP_NUM_THREADS=1 python benchmarks/fidelity_sources.py RUN --data-dir ../shared/data
 """
@@ -22,6 +23,7 @@ posteriors decode right and prior draws do not, the prior and the posteriors dis
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +31,9 @@ import torch
 from pyro_vae import fidelity
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 
 
 def _probe_accuracy(z: torch.Tensor, y: torch.Tensor, num_classes: int, steps: int = 300) -> float:
@@ -57,6 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
+    started = result_files.begin()
     config, vae, _ = load_trained(args.run_dir)
     if args.data_dir:
         config.data.data_dir = args.data_dir
@@ -95,15 +101,26 @@ def main() -> None:
             * torch.randn(len(labels), z.shape[1]),
             "N(0, I)": torch.randn(len(labels), z.shape[1]),
         }
+        probe = _probe_accuracy(z, y, classes)
         print(f"{args.run_dir}: classifier test accuracy "
               f"{100 * (classifier.test_accuracy or float('nan')):.1f} %; a logistic regression "
-              f"reads y from z ~ q(z|x, y) at {100 * _probe_accuracy(z, y, classes):.1f} % "
+              f"reads y from z ~ q(z|x, y) at {100 * probe:.1f} % "
               f"(chance {100 / classes:.0f} %)")
+        figures = {"classifier_test_accuracy": {
+                       "value": round(100 * (classifier.test_accuracy or float("nan")), 1),
+                       "decimals": 1, "unit": "%"},
+                   "probe_accuracy": {"value": round(100 * probe, 1), "decimals": 1, "unit": "%",
+                                      "label": "logistic regression reading y from z ~ q(z|x, y)"}}
         for name, draws in sources.items():
             means = vae.likelihood.mean(vae.decoder(draws, labels))
             share = float((classifier.predict(means) == labels).float().mean())
             error = (share * (1 - share) / len(labels)) ** 0.5
             print(f"  z from {name}: {100 * share:.1f} ± {100 * error:.1f} % recognised as y")
+            figures[name] = {"value": round(100 * share, 1), "stderr": round(100 * error, 1),
+                             "decimals": 1, "unit": "%", "label": f"z from {name}"}
+    path = result_files.write_result(f"fidelity_sources_{Path(args.run_dir).name}", figures,
+                                     started=started, details={"run_dir": str(args.run_dir)})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

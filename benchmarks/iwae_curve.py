@@ -19,7 +19,8 @@ minutes. Run by hand, not in CI, with one torch thread:
     OMP_NUM_THREADS=1 python benchmarks/iwae_curve.py --rows vae iwae_k5 --minutes 30 \\
         --data-dir ../shared/data --plot iwae_curve.png
 
-Writes benchmarks/results/iwae_curve.json (one entry per row, with its curve) and prints a
+Writes benchmarks/results/iwae_curve.json (benchmarks/results.py: the figures of each row,
+and its curve in ``details``; rows of an earlier measured file are kept) and prints a
 table beside the paper's figures.
 """
 
@@ -38,6 +39,8 @@ from pyro_vae.training import prepare_data, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from iwae_table1 import PAPER as TABLE1  # noqa: E402  (the paper's rows, written once)
+from iwae_table1 import merged_rows, row_figures  # noqa: E402
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Rows of Burda et al. (2016), Table 1, 1 stochastic layer: (recipe, the paper's test NLL).
@@ -153,14 +156,16 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "iwae_curve.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else []
+    started = result_files.begin()
     entries = []
     for row in args.rows:
         entry = run_row(row, args, out)
         entries.append(entry)
-        results.append(entry)
-        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        figures = {e["row"]: {**row_figures(e), "cpu_minutes": {"value": e["cpu_minutes"]},
+                              "wall_minutes": {"value": e["wall_train_minutes"]}}
+                   for e in entries}
+        result_files.write_result("iwae_curve", merged_rows(out, "iwae_curve", figures),
+                                  started=started, details=entries, out_dir=out)
         print(f"{row}: test NLL {entry['test_nll']:.2f} ± {entry['test_nll_stderr']:.2f} "
               f"(first {entry['final_points']} test images, K = {entry['final_samples']}) after "
               f"{entry['epochs']} passes, {entry['minutes']} {args.clock} min; paper "

@@ -10,7 +10,8 @@ of argmax q(y|x) on the 10,000 test images (evaluation time not counted). Stops 
     OMP_NUM_THREADS=1 python benchmarks/m2_accuracy.py models/mnist_m2_100.toml \\
         --data-dir ../shared/data --minutes 20
 
-Prints one line per evaluation and writes the curve as JSON (``--out``).
+Prints one line per evaluation, writes the curve as JSON (``--out``) and the last figures to
+``benchmarks/results/m2_accuracy.json`` (``--result-name`` for a variant).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import json
 import math
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.protocol import Epoch, hooks
 from pyro_vae.training import LearningRateDecay, _run_steps, prepare_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 
 
 class _OutOfTime(Exception):
@@ -94,10 +99,13 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--eval-every", type=int, default=100, help="unlabelled steps")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--result-name", default="m2_accuracy",
+                        help="the result file benchmarks/results/NAME.json (name variants apart)")
     parser.add_argument("--state", type=Path, default=None,
                         help="save the training state here at the end; resume from it if it "
                              "exists (the curve continues)")
     args = parser.parse_args()
+    started = result_files.begin()
 
     overrides = {"model": {"decoder_label": args.decoder_label},
                  "data": {"data_dir": args.data_dir, "num_labels": args.num_labels,
@@ -178,6 +186,16 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"config": config.to_dict() if hasattr(config, "to_dict")
                                         else str(config), "curve": curve.rows}, indent=1))
+    if curve.rows:
+        last = curve.rows[-1]
+        figures = {"test_accuracy": {"value": round(100 * last["test_accuracy"], 2),
+                                     "stderr": round(100 * last["stderr"], 2), "decimals": 2,
+                                     "unit": "%", "label": f"test accuracy of argmax q(y|x), "
+                                     f"{config.data.num_labels} labels"},
+                   "epochs": {"value": last["epochs"]}, "minutes": {"value": last["minutes"]}}
+        path = result_files.write_result(args.result_name, figures, started=started,
+                                         details={"curve": curve.rows})
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -11,12 +11,15 @@ no better than q(y|x), more training of the same objective cannot lift q much. R
         models/mnist_m2_100.toml --data-dir ../shared/data [--binarize grey]
 
 ELBO(x, y) = E_q(z|x,y)[log p(x|y, z)] − KL(q(z|x, y) ‖ N(0, I)) with ``--draws`` draws of z
-(the label prior log p(y) is the same for every y and cancels).
+(the label prior log p(y) is the same for every y and cancels). Writes
+``benchmarks/results/m2_model_posterior.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
@@ -24,6 +27,9 @@ from pyro_vae.config import Config
 from pyro_vae.models import build_vae
 from pyro_vae.priors import gaussian_kl_to_standard_normal
 from pyro_vae.training import prepare_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 
 
 def main() -> None:
@@ -36,6 +42,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--draws", type=int, default=8)
     args = parser.parse_args()
+    started = result_files.begin()
     overrides = {"data_dir": args.data_dir, "binarize": args.binarize}
     model = {"decoder_label": args.decoder_label} if args.decoder_label else {}
     config = Config.from_toml(args.recipe).with_overrides(
@@ -67,6 +74,18 @@ def main() -> None:
           f"the two agree on {float((guess == model_guess).float().mean()):.4f}; "
           f"ELBO(x, true y) − best wrong y: median {float(margin.median()):.2f} nats, "
           f"negative for {float((margin < 0).float().mean()):.4f}")
+    share = {"decimals": 4}
+    figures = {"classifier_accuracy": {"value": round(float((guess == y).float().mean()), 4), **share},
+               "model_posterior_accuracy": {"value": round(float((model_guess == y).float().mean()), 4),
+                                            **share},
+               "agreement": {"value": round(float((guess == model_guess).float().mean()), 4), **share},
+               "median_margin": {"value": round(float(margin.median()), 2), "decimals": 2,
+                                 "unit": "nats"},
+               "negative_margin_share": {"value": round(float((margin < 0).float().mean()), 4),
+                                         **share}}
+    path = result_files.write_result("m2_model_posterior", figures, started=started,
+                                     details={"images": n, "draws": args.draws})
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -41,14 +41,13 @@ On a CPU shared with other jobs, ``--clock cpu`` (with ``OMP_NUM_THREADS=1``) ti
 the CPU seconds of the thread that runs it (with one torch thread, forward, backward and the
 optimizer all run there) instead of the wall clock, which also counts the waits for a core.
 
-Results are printed and written to benchmarks/results/step_time.json.
+Results are printed and written to benchmarks/results/step_time.json (benchmarks/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import platform
@@ -73,6 +72,8 @@ from pyro_vae.steps import adam
 from pyro_vae.training import KLSchedule, Progress, _train_epoch, optimizer_step
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 PIXELS, HIDDEN, LATENT, NUM_DATA = 784, [400], 50, 60_000
 LEARNING_RATE = 1e-3
 
@@ -310,6 +311,22 @@ def _load_average() -> list[float] | None:
         return None
 
 
+def _figures(results: dict) -> dict:
+    """The result file's figures: medians and ratios by contender and batch size."""
+    figures: dict = {"step_ms": {}, "epoch_seconds": {}}
+    for group in ("step_ms", "epoch_seconds"):
+        for batch_size, rows in results[group].items():
+            for name, row in rows.items():
+                cell = figures[group].setdefault(name, {})
+                cell[f"B{batch_size}"] = {"value": round(row["median"], 3)}
+                cell[f"B{batch_size}_ratio"] = {"value": row["ratio_to_reference"]}
+    if "evaluation" in results:
+        figures["evaluation_samples_per_second"] = {
+            name: {"value": results["evaluation"][name]["samples_per_second"]}
+            for name in ("torch_eval", "lib_eval")}
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[128, 1024],
@@ -335,6 +352,7 @@ def main() -> int:
                         help="folder holding mnist/ (default: $PYRO_VAE_DATA_DIR)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "step_time.json"))
     args = parser.parse_args()
+    started = result_files.begin()
     device = torch.device(args.device)
     if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
         parser.error("--clock cpu measures one CPU thread: use it with --device cpu and "
@@ -372,9 +390,9 @@ def main() -> int:
                   f"{rows[name]['samples_per_second']:,} samples/s")
     results["load_average_after"] = _load_average()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    path = result_files.write_result(out.stem, _figures(results), started=started,
+                                     details=results, out_dir=out.parent)
+    print(f"wrote {path}")
     return 0
 
 

@@ -16,13 +16,12 @@ Run by hand, not in CI (note the machine's load; other jobs change the answer):
 
     python benchmarks/threads.py --threads 1 2 --rounds 3 --steps 100
 
-Results are printed and written to benchmarks/results/threads.json.
+Results are printed and written to benchmarks/results/threads.json (benchmarks/results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 MODELS = {  # name: (pixels, hidden, latent, activation, batch)
     "digits": (64, [128, 128], 8, "relu", 64),
     "burda": (784, [200, 200], 50, "tanh", 20),
@@ -82,6 +83,7 @@ def main() -> None:
     times: dict[str, dict[int, list[float]]] = {m: {t: [] for t in args.threads}
                                                 for m in args.models}
     load_before = os.getloadavg()
+    started = result_files.begin()
     for _ in range(args.rounds):
         for model in args.models:
             for threads in args.threads:
@@ -103,9 +105,13 @@ def main() -> None:
                                     "all": times[model]}
         print(f"| {model} | " + " | ".join(f"{1000 * medians[t]:.2f}" for t in args.threads)
               + " |")
-    out_dir = ROOT / "benchmarks" / "results"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "threads.json").write_text(json.dumps(results, indent=2) + "\n")
+    figures = {model: {f"threads_{t}": {"value": round(1000 * median, 2), "decimals": 2,
+                                        "unit": "ms/step"}
+                       for t, median in entry["median_seconds_per_step"].items()}
+               for model, entry in results["models"].items()}
+    path = result_files.write_result("threads", figures, started=started, details=results,
+                                     command=result_files.command_line())
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

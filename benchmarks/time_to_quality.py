@@ -24,15 +24,16 @@ test images; evaluation time is not counted). Run by hand, not in CI:
     python benchmarks/time_to_quality.py --minutes 5 --data-dir ../shared/data
 
 Prints a table of test NLL at equal minutes and writes benchmarks/results/time_to_quality.json
+(benchmarks/results.py)
 (and, with ``--plot PATH``, the curves).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.steps import adam, optimizer_step
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as result_files  # noqa: E402  (benchmarks/results.py: the result file)
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -178,6 +181,23 @@ class Contestant:
         torch.set_rng_state(saved)
 
 
+def _figures(library: list[dict], hand: list[dict]) -> tuple[dict, list[list[str]]]:
+    """The result file's figures at each mark, and the docs' table rows that quote them."""
+    figures, rows = {}, []
+    for mine, theirs in zip(library, hand):
+        key = f"minute_{mine['minutes']:g}".replace(".", "_")
+        figures[key] = {"library_nll": {"value": round(mine["test_nll"], 2), "decimals": 2},
+                        "hand_written_nll": {"value": round(theirs["test_nll"], 2), "decimals": 2},
+                        "difference": {"value": round(mine["test_nll"] - theirs["test_nll"], 2),
+                                       "decimals": 2},
+                        "library_steps": {"value": mine["steps"]},
+                        "hand_written_steps": {"value": theirs["steps"]}}
+        rows.append([f"{mine['minutes']:g}", f"{{{key}.library_nll}}",
+                     f"{{{key}.hand_written_nll}}", f"{{{key}.difference}}",
+                     f"{{{key}.library_steps}} / {{{key}.hand_written_steps}}"])
+    return figures, rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0,
@@ -200,6 +220,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--plot", default=None, help="write the curves to this PNG")
     args = parser.parse_args()
+    started = result_files.begin()
 
     config = Config.from_toml(args.recipe)
     data = load_dataset(config.data.dataset, args.data_dir, 0.0)
@@ -260,11 +281,13 @@ def main() -> int:
         "curves": {c.name: c.curve for c in contestants},
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "time_to_quality.json"
-    previous = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps(previous + [result], indent=2) + "\n")
+    figures, rows = _figures(contestants[0].curve, contestants[1].curve)
+    columns = [("training CPU minutes (each)" if args.clock == "cpu" else "training minutes (each)"),
+               "library NLL", "hand-written NLL", "difference", "steps (library / hand)"]
+    path = result_files.write_result("time_to_quality", figures, started=started,
+                                     table={"columns": columns, "rows": rows}, details=result,
+                                     out_dir=args.out)
+    print(f"wrote {path}")
     print("\n| minutes | " + " | ".join(f"{c.name} NLL (steps)" for c in contestants)
           + " | library − hand-written |")
     print("|---" * (len(contestants) + 2) + "|")
