@@ -181,7 +181,8 @@ def estimate_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, num_samples: 
     variables G, e.g. a learned hyperprior on the prior's scale) is scored the same way: the
     K samples are split over S draws G_s ~ q(G), and log p̂ = log (1/S) Σ_s p̂(x | G_s), each
     p̂(x | G_s) the per-datapoint estimate of the model and guide conditioned on G_s
-    (:func:`global_sites`).
+    (:func:`global_sites`); its Monte Carlo error is the jackknife over the S draws, as for
+    a Bayesian decoder.
 
     ``max_chunk`` (decoded images held at once) may be ``"auto"``: see :func:`resolve_max_chunk`.
     """
@@ -270,8 +271,11 @@ def _estimate_with_global_sites(vae: torch.nn.Module, x: torch.Tensor, names: li
                                 progress if draw == draws - 1 else None, y)
         log_likelihoods.append(estimate.log_likelihood)
         elbos.append(estimate.elbo)
-    log_likelihood = torch.logsumexp(torch.stack(log_likelihoods), 0) - math.log(draws)
-    return LogLikelihoodEstimate(log_likelihood, torch.stack(elbos).mean(0), draws * per_draw)
+    per_draw_estimates = torch.stack(log_likelihoods)  # [S, N]
+    log_likelihood = torch.logsumexp(per_draw_estimates, 0) - math.log(draws)
+    # All datapoints share the S draws G_s: the jackknife over them, as for Bayesian weights.
+    return LogLikelihoodEstimate(log_likelihood, torch.stack(elbos).mean(0), draws * per_draw,
+                                 _jackknife_stderr(per_draw_estimates))
 
 
 def _score_given(vae: torch.nn.Module, model: Callable, guide: Callable, x: torch.Tensor,
