@@ -253,12 +253,15 @@ class Registry(Generic[F]):
             self.add(name, factory, capabilities=getattr(factory, "capabilities", ()),
                      hooks=getattr(factory, "hooks", None))
         if name not in entries:
+            broken = "".join(f" (The installed package {package!r} declares the plugin "
+                             f"{module!r}, which failed to load: {why} Reinstall or uninstall "
+                             "that package.)" for package, module, why in _broken_entry_points)
             raise ConfigError(
                 f"{self.where} = {name!r} is not one of {', '.join(map(repr, entries))}."
                 + suggestion(name, entries)
                 + f" A {self.kind} of your own is registered by a plugin module (recipe key "
                 "plugins = [\"MODULE\"] or --plugin MODULE); see \"Extending pyro-vae\" in "
-                "the README.")
+                "the README." + broken)
         return entries[name]
 
     def get(self, name: str) -> Callable[..., Any]:
@@ -354,6 +357,9 @@ def load_plugin(module: str, who: str = "") -> None:
 def _import_plugin(module: str, who: str) -> None:
     """Import ``module`` as a plugin, for a trusted reason ``who``."""
     source = f" ({who})" if who else ""
+    if not all(part.isidentifier() for part in module.split(".")):  # e.g. a file's path
+        raise PluginError(f"the plugin {module!r}{source} is not a Python module name. "
+                          + _module_hint(module))
     _importing.append(module)
     try:
         importlib.import_module(module)
@@ -361,8 +367,7 @@ def _import_plugin(module: str, who: str) -> None:
         missing = error.name or module
         raise PluginError(
             f"the plugin module {module!r}{source} cannot be imported: Python finds no module "
-            f"named {missing!r}. Install the package that provides it (pip install it, or add "
-            "its folder to PYTHONPATH) and run the command again.") from None
+            f"named {missing!r}. " + _module_hint(module)) from None
     except ConfigError:
         raise
     except Exception as error:
@@ -374,9 +379,25 @@ def _import_plugin(module: str, who: str) -> None:
     _loaded_plugins.append(module)
 
 
+def _module_hint(module: str) -> str:
+    """What to do about a plugin module Python cannot find (a file path is not a module)."""
+    if module.endswith(".py") or "/" in module or "\\" in module:
+        path = module.replace("\\", "/")
+        folder, _, stem = path.rpartition("/")
+        return (f"A plugin is named as a Python module, not as a file: put the folder that "
+                f"holds {stem} on PYTHONPATH and give the module's name, e.g. PYTHONPATH="
+                f"{folder or '.'} pyro-vae ... --plugin {stem.removesuffix('.py')}.")
+    return ("Install the package that provides it (pip install it, or add its folder to "
+            "PYTHONPATH) and run the command again.")
+
+
 def import_object(path: str, who: str = "") -> Any:
     """The object that ``"package.module:attribute"`` names, or a :class:`PluginError` saying
-    which module to install."""
+    which module to install.
+
+    Inside :func:`untrusted` the module must be a plugin this process has already loaded, and
+    the object a function or class defined there under that name (not one the module merely
+    imported, such as ``os.system``); nothing is imported."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"{who or path}: an import path is written \"package.module:name\".")

@@ -406,6 +406,12 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
     """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if not (run_dir / CHECKPOINT).exists() and unsaved_start(run_dir):
+        raise CheckpointError(
+            f"{run_dir} holds a run that has not saved its first epoch: pyro-vae train wrote its "
+            f"{CONFIG} but no {CHECKPOINT} yet. If it is training, run this command again once "
+            "its first epoch has finished; if it was stopped, train it again with the same "
+            "--out (without --resume).")
     checkpoint = load_checkpoint(run_dir / CHECKPOINT)
     if saved_config(checkpoint, run_dir / CHECKPOINT)["model"] != config.to_dict()["model"]:
         raise CheckpointError(f"{run_dir / CHECKPOINT} was written for a different [model] "

@@ -32,6 +32,7 @@ from pyro import poutine
 from torch import nn
 
 from pyro_vae.config import ModelConfig
+from pyro_vae.errors import ConfigError
 from pyro_vae.guides import DiagonalGaussianGuide, Guide
 from pyro_vae.likelihoods import Likelihood
 from pyro_vae.networks import start_output_bias
@@ -204,5 +205,13 @@ class VAE(nn.Module):
 def build_vae(config: ModelConfig, image_shape: tuple[int, int, int],
               num_data: int | None = None) -> VAE:
     """The model that a ``[model]`` configuration describes, for images of ``image_shape``:
-    the factory registered as ``config.kind`` (built-in or from a plugin)."""
-    return MODEL_KINDS.get(config.kind)(config, image_shape, num_data)
+    the factory registered as ``config.kind`` (built-in or from a plugin), checked to have
+    returned a model (an ``nn.Module`` with ``model`` and ``guide`` methods)."""
+    vae = MODEL_KINDS.get(config.kind)(config, image_shape, num_data)
+    if not isinstance(vae, torch.nn.Module) or not all(
+            callable(getattr(vae, name, None)) for name in ("model", "guide")):
+        raise ConfigError(f"[model] kind = {config.kind!r}: its factory returned "
+                          f"{type(vae).__name__}, not a model. A model factory returns an "
+                          "nn.Module with model(x, y=None) and guide(x, y=None) methods; fix "
+                          "the factory (it must return the model it builds).")
+    return vae

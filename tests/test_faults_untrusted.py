@@ -1,0 +1,90 @@
+"""The third red-team round's reproducers other than the security cases (those are in
+tests/test_security.py): each ends in one clear paragraph with exit status 2, or in a correct
+result, with nothing lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import run_cli
+
+TINY = ["--epochs", 1, "--eval-samples", 2]
+
+
+def one_paragraph(code: int, err: str) -> str:
+    errors = [line for line in err.splitlines() if line.startswith("pyro-vae: error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err[-3000:]
+    return errors[0]
+
+
+# --- M: plugins named wrongly or broken --------------------------------------------------------
+
+def test_a_broken_installed_plugin_breaks_only_what_uses_it(tmp_path):
+    """One installed package whose pyro_vae.plugins entry point fails on import made every
+    command fail, --help and recipes included, without naming the package."""
+    site = tmp_path / "site"
+    info = site / "broken_vae_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-vae-plugin\n"
+                                   "Version: 0.1\n")
+    (info / "entry_points.txt").write_text("[pyro_vae.plugins]\nbroken = broken_vae_plugin\n")
+    (site / "broken_vae_plugin.py").write_text("raise RuntimeError('half-installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+
+    def pyro_vae(*argv):
+        result = subprocess.run([sys.executable, "-m", "pyro_vae", *map(str, argv)],
+                                cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=300)
+        return result.returncode, result.stdout, result.stderr
+
+    for argv in (["--help"], ["recipes"], ["train", "--help"]):
+        code, out, err = pyro_vae(*argv)
+        assert code == 0 and "Traceback" not in err and out, (argv, err[-2000:])
+    code, _, err = pyro_vae("train", "--prior", "broken_prior", *TINY, "--out", "run")
+    message = one_paragraph(code, err)
+    assert "'broken-vae-plugin'" in message and "half-installed" in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("given", ["plugins/my_prior.py", "my_prior.py", "./my_prior.py"])
+def test_a_plugin_given_as_a_file_is_told_to_give_a_module_name(capsys, given):
+    code, _, err = run_cli(capsys, "recipes", "--plugin", given)
+    message = one_paragraph(code, err)
+    assert "not as a file" in message and "--plugin my_prior" in message
+    assert "pip install" not in message
+
+
+# --- T: a model factory that returns no model --------------------------------------------------
+
+def test_a_factory_returning_none_is_refused_in_one_paragraph(tmp_path, capsys, monkeypatch):
+    (tmp_path / "none_factory.py").write_text(
+        "def build(config, image_shape, num_data=None):\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[model]\nkind = "none_factory:build"\n')
+    code, _, err = run_cli(capsys, "train", recipe, *TINY, "--out", tmp_path / "run")
+    message = one_paragraph(code, err)
+    assert "returned NoneType, not a model" in message
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+# --- M: a run that has not saved its first epoch ----------------------------------------------
+
+def test_a_run_before_its_first_epoch_is_said_to_be_so(tmp_path, capsys):
+    """pyro-vae train writes config.toml first; evaluate and sample on such a folder asked
+    "is this a run directory written by pyro-vae train?"."""
+    from pyro_vae.config import Config
+    from pyro_vae.runs import CONFIG_HEADER
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(CONFIG_HEADER + Config().to_toml())
+    for argv in (["evaluate", run], ["sample", run, "--out", tmp_path / "s.png"]):
+        message = one_paragraph(*run_cli(capsys, *argv)[::2])
+        assert "has not saved its first epoch" in message and "is it a run" not in message
+    assert not (tmp_path / "s.png").exists()
