@@ -251,6 +251,43 @@ def global_sites(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None =
             and not any(frame.name == "data" for frame in site["cond_indep_stack"])]
 
 
+class GlobalsFixed:
+    """A model with its global latent sites fixed at ``values`` and hidden from both programs,
+    so that every site left lies in the ``data`` plate: what the per-datapoint diagnostics
+    (the inference gaps, NUTS of p(z | x, G)) can measure. Every other attribute is the
+    model's own; ``kl_weight`` and ``num_data`` are set on it."""
+
+    def __init__(self, vae: torch.nn.Module, values: dict[str, torch.Tensor]):
+        object.__setattr__(self, "_vae", vae)
+        object.__setattr__(self, "values", values)
+        names = list(values)
+        object.__setattr__(self, "model", poutine.block(
+            poutine.condition(vae.model, data=values), hide=names))
+        object.__setattr__(self, "guide", poutine.block(
+            poutine.condition(vae.guide, data=values), hide=names))
+
+    def __getattr__(self, name: str):
+        return getattr(self._vae, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._vae, name, value)
+
+
+def fix_global_sites(vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None = None
+                     ) -> tuple[torch.nn.Module | GlobalsFixed, dict[str, float]]:
+    """``vae`` with its global latent sites (:func:`global_sites`) fixed at one draw from the
+    guide (the current torch seed), and that draw as numbers (a site with several entries by
+    its mean); ``vae`` itself and ``{}`` when it has none."""
+    names = global_sites(vae, x, y)
+    if not names:
+        return vae, {}
+    args = (x[:1],) if y is None else (x[:1], y[:1])
+    with torch.no_grad(), vae.scoring():
+        trace = poutine.trace(vae.guide).get_trace(*args)
+    values = {name: trace.nodes[name]["value"].detach() for name in names}
+    return GlobalsFixed(vae, values), {name: float(v.float().mean()) for name, v in values.items()}
+
+
 def _estimate_with_global_sites(vae: torch.nn.Module, x: torch.Tensor, names: list[str],
                                 num_samples: int, max_chunk: int,
                                 progress: Callable[[int], None] | None,

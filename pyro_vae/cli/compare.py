@@ -60,6 +60,35 @@ def _csv_list(flag: str, text: str, convert: type, allowed: Sequence[str] | None
                           f"{convert.__name__} values.") from None
     bad = [v for v in values if (allowed is not None and v not in allowed)
            or (convert is int and v <= 0)]
+def _objectives_for_global_sites(vae, x, objectives: list[str]
+                                 ) -> tuple[list[str], dict[str, str]]:
+    """The objectives that apply to ``vae`` and, by name, why the others do not: a model with
+    latent sites outside the ``data`` plate (a hyperprior, Bayesian weights) is trained only
+    by objectives that handle global latent variables; the per-datapoint bounds have no
+    per-datapoint share of a global site's KL."""
+    from pyro_vae.evaluate import global_sites
+    from pyro_vae.registry import OBJECTIVES
+
+    names = global_sites(vae, x)
+    if not names:
+        return objectives, {}
+    sites = ", ".join(repr(n) for n in names)
+    applies = [o for o in objectives if "global_latents" in OBJECTIVES.capabilities(o)]
+    skipped = {o: f"a per-datapoint bound, and the model has the global latent site(s) {sites}"
+               for o in objectives if o not in applies}
+    if not applies:
+        usable = [o for o in OBJECTIVES.choices()
+                  if "global_latents" in OBJECTIVES.capabilities(o)]
+        raise ConfigError(f"--objectives {','.join(objectives)}: none of them applies to this "
+                          f"model, whose latent site(s) {sites} lie outside the 'data' plate "
+                          "(global latent variables) and have no per-datapoint share of their "
+                          f"KL. Compare {', '.join(usable)} on it.")
+    if skipped:
+        print(f"not measured: {', '.join(skipped)} ({next(iter(skipped.values()))}); "
+              f"measuring {', '.join(applies)}", file=sys.stderr)
+    return applies, skipped
+
+
     if not values or bad:
         hint = f" (choose from {', '.join(allowed)})" if allowed else " (positive integers)"
         raise ConfigError(f"--{flag} {text!r} has invalid entries {bad}{hint}.")
@@ -123,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     done = iter(range(1, 10 ** 6))
     reports = compare_estimators(
         vae, x, objectives, particles, args.repeats, args.seed, args.alpha,
+    objectives, skipped = _objectives_for_global_sites(vae, x, objectives)
         progress=lambda name, k: print(f"[{next(done)}] {name}, K={k}", file=sys.stderr),
         temperatures=temperatures)
     make_run_dir(out)
@@ -130,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "compare.json", {
         "run_dir": args.run_dir, "dataset": config.data.dataset, "batch_size": len(x),
         "repeats": args.repeats, "seed": args.seed, "temperatures": temperatures,
-        "reports": [vars(r) for r in reports]})
+        "not_measured": skipped, "reports": [vars(r) for r in reports]})
     save_lab_plots(reports, out)
     print(reports_to_markdown(reports))
     print(f"wrote {out / 'compare.csv'}, compare.json, bound_vs_k.png and snr_vs_k.png")

@@ -2,7 +2,8 @@
 
 Importing it registers a prior (``student_t``), a label-conditional prior p(z|y)
 (``class_means``, for ``cvae`` and ``m2``), a likelihood (``laplace``) and a model kind
-(``tied_vae``, a model/guide pair of its own). Use it from a recipe::
+(``tied_vae``, a model/guide pair of its own) and a model kind with a global latent
+variable (``hyperprior_vae``: z ~ N(0, s²I) with a LogNormal hyperprior on s). Use it from a recipe::
 
     plugins = ["pyro_vae_example_plugin"]
 
@@ -13,4 +14,4 @@ or with ``--plugin pyro_vae_example_plugin`` on any command, or install the pack
 ``pyproject.toml`` declares the ``pyro_vae.plugins`` entry point).
 """
 
-from pyro_vae_example_plugin import likelihoods, models, priors  # noqa: F401 (registration)
+from pyro_vae_example_plugin import hyperprior, likelihoods, models, priors  # noqa: F401
