@@ -419,5 +419,56 @@ def _flow(config: ModelConfig, context: BuildContext) -> Prior:
 
 
 def build_prior(config: ModelConfig, context: BuildContext) -> Prior:
-    """The prior that ``config.prior`` names (any registered one, plugins included)."""
-    return PRIORS.get(config.prior)(config, context)
+    """The prior that ``config.prior`` names (any registered one, plugins included); a
+    plugin's prior is checked on entry (:func:`check_prior`)."""
+    prior = PRIORS.get(config.prior)(config, context)
+    if not PRIORS.entry(config.prior).module.startswith("pyro_vae."):
+        check_prior(prior, config.latent_dim, f"prior = \"{config.prior}\"")
+    return prior
+
+
+def check_prior(prior: Prior, latent_dim: int, who: str) -> None:
+    """Refuse, in one paragraph, a prior that is not what the model samples ``z`` from: its
+    ``forward((B,), device, dtype)`` must give a distribution of batch shape (B,) and one
+    event dimension of size D = ``latent_dim``, whose ``log_prob`` of a draw has shape (B,)
+    (one value per datapoint) and is finite. A log-density summed over the batch, or left per
+    dimension, would be accepted by the loops and give a wrong log p(x) without an error."""
+    batch = torch.Size([3])
+    fix = ("A prior's forward(batch_shape, device, dtype) returns p(z) with that batch shape "
+           f"and one event dimension of size latent_dim = {latent_dim}, e.g. "
+           "dist.Normal(loc, scale).to_event(1) with loc of shape (*batch_shape, latent_dim); "
+           "see pyro_vae.priors.")
+    try:
+        with torch.no_grad():
+            distribution = prior(batch, torch.device("cpu"), torch.float32)
+            if not isinstance(distribution, torch.distributions.Distribution):
+                raise ConfigError(f"{who}: its forward returned {type(distribution).__name__}, "
+                                  f"not a distribution. {fix}")
+            event, shape = tuple(distribution.event_shape), tuple(distribution.batch_shape)
+            if not event and shape == (*batch, latent_dim):
+                raise ConfigError(f"{who}: its distribution has no event dimension (batch shape "
+                                  f"{shape}): each latent dimension would be scored as a "
+                                  f"datapoint. Wrap it with .to_event(1). {fix}")
+            if event != (latent_dim,) or shape != tuple(batch):
+                raise ConfigError(f"{who}: for a batch of {len(batch)} it gives batch shape "
+                                  f"{shape} and event shape {event}, not {tuple(batch)} and "
+                                  f"({latent_dim},). {fix}")
+            z = distribution.sample()
+            log_prob = distribution.log_prob(z)
+    except ConfigError:
+        raise
+    except Exception as error:  # the plugin's own code failed: say which component
+        raise ConfigError(f"{who}: drawing from it failed ({type(error).__name__}: {error}). "
+                          f"{fix}") from None
+    if tuple(z.shape) != (*batch, latent_dim):
+        raise ConfigError(f"{who}: its draws have shape {tuple(z.shape)}, not "
+                          f"{(*batch, latent_dim)}. {fix}")
+    if tuple(log_prob.shape) != tuple(batch):
+        how = ("summed over the batch" if log_prob.dim() == 0 else
+               "per latent dimension (sum it over the last dimension)"
+               if tuple(log_prob.shape) == (*batch, latent_dim) else
+               f"of shape {tuple(log_prob.shape)}")
+        raise ConfigError(f"{who}: its log_prob of {len(batch)} draws is {how}, not one value "
+                          f"per datapoint (shape {tuple(batch)}); log p(x) would be wrong. {fix}")
+    if not torch.isfinite(log_prob).all():
+        raise ConfigError(f"{who}: its log_prob of its own draws is not finite. {fix}")
