@@ -439,6 +439,30 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             "exactly. Evaluate it as it is (pyro-vae evaluate), or train a new run.") from None
 
 
+def _check_decay_continues(run_dir: Path, saved: dict[str, Any], config: Config,
+                           start_epoch: int) -> None:
+    """Refuse a resume whose new ``--epochs`` would move the learning-rate decay so that the
+    rate jumps back up (a run that had decayed to 1e-5 continuing at 1e-3), unless ``--lr``
+    says at what rate to go on."""
+    before = LearningRateDecay(saved["epochs"], saved["lr_decay_epochs"], saved["lr_decay_to"])
+    after = LearningRateDecay(config.train.epochs, config.train.lr_decay_epochs,
+                              config.train.lr_decay_to)
+    if start_epoch == 0 or not before.active:
+        return
+    rate, old = config.train.learning_rate, before.factor(start_epoch - 1)
+    if after.factor(start_epoch) <= old * (1 + 1e-9):
+        return
+    span = min(after.decay_epochs, after.epochs)
+    raise ConfigError(
+        f"{run_dir} had lowered its learning rate along its decay, to {rate * old:.3g} in epoch "
+        f"{start_epoch} of {saved['epochs']}; --epochs {config.train.epochs} moves the decay to "
+        f"the last {span} epochs, so epoch {start_epoch + 1} would jump back up to "
+        f"{rate * after.factor(start_epoch):.3g} and undo it. To train on at a low rate, give "
+        f"it with --lr as well (e.g. --lr {rate * old:.3g}: the added epochs run at that rate "
+        f"and the last {span} decay from it), or train a new run with --epochs "
+        f"{config.train.epochs} from the start.")
+
+
 def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
            group: ProcessGroup | None, group_device: torch.device | None,
            model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -514,6 +538,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         saved = saved_config(checkpoint, checkpoint_path)["train"]
         if saved["learning_rate"] != config.train.learning_rate:  # --lr given on resume
             _set_learning_rate(optimizer, config.train.learning_rate)
+        else:
+            _check_decay_continues(run_dir, saved, config, start_epoch)
         baseline = checkpoint.get("objective_state", {}).get("running_baseline")
         if hasattr(module.objective, "running_baseline"):
             module.objective.running_baseline = baseline

@@ -162,3 +162,26 @@ def test_a_plugin_prior_of_the_right_shape_trains(tmp_path, capsys, bad_priors):
     code, _, err = run_cli(capsys, "train", "--plugin", bad_priors, "--prior", "bad_good",
                            "--latent-dim", 8, *TINY, "--out", tmp_path / "run")
     assert code == 0, err
+
+
+# --- M/W: --resume --epochs after a finished learning-rate decay -------------------------------
+
+def test_resuming_past_a_finished_decay_does_not_jump_back_to_the_full_rate(tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--epochs", 3, "--lr-decay-epochs", 2,
+                           "--lr-decay-to", 0.01, "--eval-samples", 2, "--out", run)
+    assert code == 0, err
+    before = (run / "checkpoint.pt").read_bytes()
+    code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--epochs", 7)
+    message = one_paragraph(code, err)
+    assert "jump back up to 0.001" in message and "--lr 1e-05" in message
+    assert (run / "checkpoint.pt").read_bytes() == before  # nothing changed
+    # With the rate given, the added epochs start there and decay over the last 2.
+    code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--epochs", 7,
+                           "--lr", "1e-5")
+    assert code == 0, err
+    rates = [json.loads(line)["learning_rate"]
+             for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rates[2] == pytest.approx(1e-5) and max(rates[3:]) <= 1e-5 * (1 + 1e-9)
