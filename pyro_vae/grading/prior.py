@@ -196,7 +196,7 @@ def _check_exact_marginal(report: Report, name: str) -> None:
         head.raw_scale.weight.zero_()
         head.raw_scale.bias.copy_(torch.log(torch.expm1(torch.diag(post_cov).sqrt())))
         exact = marginal.log_prob(toy.x)
-        torch.manual_seed(8)
+        torch.default_generator.manual_seed(8)
         try:
             log_w = log_importance_weights(toy.vae.model, toy.vae.guide, toy.x, 16)
         except Exception as error:  # the student's prior inside the Pyro model
