@@ -48,7 +48,7 @@ def fit(model: nn.Module | Callable[..., Any], guide: Callable[..., Any] | None 
         data: str = "digits", *, factory: str | Callable[..., Any], out: str | Path,
         objective: str = "elbo", epochs: int = 10, particles: int = 1,
         batch_size: int = 64, learning_rate: float = 1e-3, seed: int = 0,
-        eval_samples: int = 1000, resume: bool = False, progress: Progress | None = None,
+        eval_samples: int = 1000, resume: bool = False, progress: Progress | bool | None = None,
         options: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Train ``model`` (an ``nn.Module`` with ``model`` and ``guide`` methods, or its bound
     ``model`` method with ``guide`` its bound ``guide``) on the dataset ``data`` and write the

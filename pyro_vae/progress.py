@@ -1,4 +1,5 @@
-"""Progress output for the CLI (the library reports through :class:`~pyro_vae.training.Progress`).
+"""Progress output: the hooks the training loop reports through (:class:`Progress`) and the
+displays that fill them in for the CLI, notebooks and :func:`pyro_vae.train`.
 
 The output fits where it goes (:func:`output_mode`):
 
@@ -19,13 +20,32 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, Sequence, TextIO
+from typing import TYPE_CHECKING, Any, Sequence, TextIO
 
-import torch
+if TYPE_CHECKING:  # annotations only: the command line's parsers import this module light
+    import torch
 
-from pyro_vae.training import Progress
 
 MODES = ("bars", "lines", "notebook")
+
+
+class Progress:
+    """Hooks a display or a logger fills in to show progress and log experiments; the training
+    loop calls them and never prints itself (this base class shows nothing). ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
+    validation points) once, before the first epoch; ``end_epoch`` gets each epoch's row of
+    ``metrics.jsonl``."""
+
+    def start_epochs(self, first: int, last: int) -> None: ...
+    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+              image_shape: tuple[int, int, int]) -> None: ...
+    def start_epoch(self, epoch: int, num_batches: int) -> None: ...
+    def step(self, loss: float) -> None: ...
+    def end_epoch(self, metrics: dict[str, Any]) -> None: ...
+    def start_evaluation(self, num_datapoints: int, num_samples: int) -> None: ...
+    def evaluated(self, num_datapoints: int) -> None: ...
+    def end_evaluation(self) -> None: ...
+    def warn(self, message: str) -> None: ...
+    def note(self, message: str) -> None: ...
 
 
 def _in_notebook() -> bool:
@@ -204,6 +224,15 @@ class TqdmProgress(Progress):
         else:
             self._tqdm.write(f"warning: {message}", file=sys.stderr)
 
+    def note(self, message: str) -> None:
+        """Information that is not a warning (e.g. how long the scoring will take)."""
+        if self.quiet:
+            return
+        if self._lines:
+            self._print(message)
+        else:
+            self._tqdm.write(message, file=sys.stderr)
+
 
 class Callbacks(Progress):
     """Sends every hook to each of ``receivers`` in order (a progress display, loggers)."""
@@ -247,3 +276,8 @@ class Callbacks(Progress):
     def warn(self, message: str) -> None:
         for receiver in self.receivers:
             receiver.warn(message)
+
+    def note(self, message: str) -> None:
+        for receiver in self.receivers:
+            if hasattr(receiver, "note"):  # receivers written before the hook existed
+                receiver.note(message)

@@ -37,6 +37,7 @@ from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.plots.vae import default_pictures
+from pyro_vae.progress import Progress, TqdmProgress
 from pyro_vae.protocol import Epoch, has, hooks
 from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS
@@ -107,24 +108,6 @@ class LearningRateDecay:
         """Give every parameter group ``base`` · f(``epoch``) (nothing when inactive)."""
         if self.active:
             _set_learning_rate(optimizer, base * self.factor(epoch))
-
-
-class Progress:
-    """Hooks the CLI fills in to show progress and log experiments; the library itself never
-    prints. ``watch`` hands over the model being trained and fixed monitoring data (up to 1,000
-    validation points) once, before the first epoch; ``end_epoch`` gets each epoch's row of
-    ``metrics.jsonl``."""
-
-    def start_epochs(self, first: int, last: int) -> None: ...
-    def watch(self, vae: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None,
-              image_shape: tuple[int, int, int]) -> None: ...
-    def start_epoch(self, epoch: int, num_batches: int) -> None: ...
-    def step(self, loss: float) -> None: ...
-    def end_epoch(self, metrics: dict[str, Any]) -> None: ...
-    def start_evaluation(self, num_datapoints: int, num_samples: int) -> None: ...
-    def evaluated(self, num_datapoints: int) -> None: ...
-    def end_evaluation(self) -> None: ...
-    def warn(self, message: str) -> None: ...
 
 
 def resolve_device(name: str) -> torch.device:
@@ -352,7 +335,7 @@ def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> 
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False,
-          progress: Progress | None = None, model: torch.nn.Module | None = None
+          progress: Progress | bool | None = None, model: torch.nn.Module | None = None
           ) -> dict[str, Any]:
     """Train (or continue) the run in ``run_dir`` and return its summary.
 
@@ -366,12 +349,21 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     ``model`` is a model already built (by :func:`pyro_vae.fitting`) to train instead of the one
     ``config.model`` describes; ``config.model.kind`` must still rebuild it (an import path
     ``"package.module:factory"``) so that the run can be loaded again.
+
+    ``progress`` receives the loop's hooks. By default (``None`` or ``True``) a
+    :class:`~pyro_vae.progress.TqdmProgress` shows them where the call is made: widgets in a
+    Jupyter notebook, bars in a terminal, one line per epoch otherwise, and a warning the
+    epoch posterior collapse sets in. ``False`` trains silently.
     """
+    if progress is None or progress is True:
+        progress = TqdmProgress()
+    elif progress is False:
+        progress = Progress()
     group, group_device = distributed.start(config.train.device)
     lock = RunLock(run_dir)  # held by rank 0 for the whole run: one writer per folder
     try:
         distributed.on_main(group, lock.acquire)
-        summary = _train(config, Path(run_dir), resume, progress or Progress(), group,
+        summary = _train(config, Path(run_dir), resume, progress, group,
                          group_device, model)
         distributed.finish(group)
         return summary
@@ -524,7 +516,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     module = ObjectiveModule(vae, objective, config.train.free_bits)
     optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)
     batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
-    schedule = KLSchedule(config.train.beta, config.train.kl_warmup_epochs * batches_per_epoch)
+    schedule = KLSchedule(config.train.beta, config.train.warmup_epochs() * batches_per_epoch)
     decay = LearningRateDecay(config.train.epochs, config.train.lr_decay_epochs,
                               config.train.lr_decay_to)
 

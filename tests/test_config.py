@@ -10,10 +10,24 @@ from pyro_vae.errors import ConfigError
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
-def test_defaults_are_the_digits_recipe_but_its_warmup():
+def test_defaults_are_the_digits_recipe():
     recipe = Config.from_toml(MODELS / "digits_vae.toml")
-    assert recipe.train.kl_warmup_epochs == 20
-    assert Config().with_overrides({"train": {"kl_warmup_epochs": 20}}) == recipe
+    assert recipe == Config()
+    assert recipe.train.warmup_epochs() == 20  # "auto": a tenth of its 200 epochs
+
+
+@pytest.mark.parametrize("epochs, warmup", [(1, 0), (9, 0), (10, 1), (100, 10), (200, 20)])
+def test_auto_warmup_is_a_tenth_of_the_epochs(epochs, warmup):
+    config = Config().with_overrides({"train": {"epochs": epochs}})
+    assert config.train.kl_warmup_epochs == "auto"
+    assert config.train.warmup_epochs() == warmup
+    fixed = config.with_overrides({"train": {"kl_warmup_epochs": 3}})
+    assert fixed.train.warmup_epochs() == 3
+
+
+def test_warmup_other_than_a_number_or_auto_is_refused():
+    with pytest.raises(ConfigError, match="auto"):
+        Config().with_overrides({"train": {"kl_warmup_epochs": "half"}}).validate()
 
 
 @pytest.mark.parametrize("recipe", sorted(MODELS.glob("*.toml")), ids=lambda p: p.name)

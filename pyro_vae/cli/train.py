@@ -62,6 +62,17 @@ RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan
                    "latent_map", "plugin", "download"}
 
 
+def _warmup_epochs(text: str) -> int | str:
+    """``--kl-warmup-epochs``: a whole number of epochs or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a whole number of epochs nor 'auto'") from None
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a VAE and write a run directory",
@@ -109,8 +120,9 @@ def add_parser(commands) -> None:
     parser.add_argument("--particles", type=int, help="vectorized samples K per datapoint")
     parser.add_argument("--alpha", type=float, help="alpha of the Renyi bound (not 1)")
     parser.add_argument("--beta", type=float, help="KL weight (beta-VAE); 1 is the ELBO")
-    parser.add_argument("--kl-warmup-epochs", type=int,
-                       help="epochs of linear KL annealing from 0 to beta")
+    parser.add_argument("--kl-warmup-epochs", type=_warmup_epochs,
+                       help="epochs of linear KL annealing from 0 to beta, or 'auto' (the "
+                       "default: a tenth of the epochs)")
     parser.add_argument("--lr-decay-epochs", type=int,
                        help="lower the learning rate along a half cosine over the last N "
                        "epochs (0: constant, the default)")

@@ -33,7 +33,10 @@ class TrainConfig:
     #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
-    kl_warmup_epochs: int = 0
+    #: ``"auto"`` (the default) anneals over the first tenth of the epochs (``epochs // 10``:
+    #: none below 10 epochs, 20 of 200): with the decoder's output bias starting at the data's
+    #: mean image, an unannealed ELBO collapses the digits' code to it (0 of 8 active units).
+    kl_warmup_epochs: int | str = "auto"
     #: The last ``lr_decay_epochs`` epochs lower the learning rate along a half cosine to
     #: ``lr_decay_to`` × ``learning_rate`` in the final epoch (0: a constant rate). Set per
     #: epoch from the epoch number, so a resumed run continues the same schedule.
@@ -67,6 +70,12 @@ class TrainConfig:
     temperature_min: float = 0.5
     temperature_decay: float = 0.0
 
+    def warmup_epochs(self) -> int:
+        """The number of KL warm-up epochs, with ``"auto"`` resolved (``epochs // 10``)."""
+        if self.kl_warmup_epochs == "auto":
+            return self.epochs // 10
+        return int(self.kl_warmup_epochs)
+
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
         _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
@@ -93,7 +102,13 @@ class TrainConfig:
             raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
                               "that small vanishes in float32 arithmetic (the loss is then the "
                               f"reconstruction term alone). Use beta ≥ {MIN_BETA:g}.")
-        _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
+        if isinstance(self.kl_warmup_epochs, str):
+            if self.kl_warmup_epochs != "auto":
+                raise ConfigError(
+                    f"[train] kl_warmup_epochs = {self.kl_warmup_epochs!r} must be a "
+                    "non-negative number of epochs, or \"auto\" (a tenth of the epochs).")
+        else:
+            _positive("train", "kl_warmup_epochs", self.kl_warmup_epochs, allow_zero=True)
         _positive("train", "free_bits", self.free_bits, allow_zero=True)
         _positive("train", "lr_decay_epochs", self.lr_decay_epochs, allow_zero=True)
         if not (isinstance(self.lr_decay_to, (int, float)) and 0.0 < self.lr_decay_to <= 1.0):
