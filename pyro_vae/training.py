@@ -34,6 +34,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood, latent_activity
 from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
+from pyro_vae.model_checks import check_given_model
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
 from pyro_vae.plots.vae import default_pictures
@@ -483,6 +484,8 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     else:
         vae = model.to(device)
         vae.num_data = len(data.train_x)
+        # fit's model: its guide samples every latent site; its factory rebuilds it.
+        check_given_model(vae, config, data.train_x, data.image_shape, len(data.train_x))
     likelihood = getattr(vae, "likelihood", None)
     if config.model.standardize and hasattr(likelihood, "initialize_from"):
         likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units

@@ -164,6 +164,78 @@ def test_a_plugin_prior_of_the_right_shape_trains(tmp_path, capsys, bad_priors):
     assert code == 0, err
 
 
+# --- W: fit's model checked on entry -----------------------------------------------------------
+
+FIT_MODELS = '''
+import contextlib
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+
+class NoZGuide(nn.Module):
+    """A model with a latent z and a guide that never samples it."""
+
+    def __init__(self, latent_dim=2):
+        super().__init__()
+        self.latent_dim = latent_dim
+        self.decoder = nn.Linear(latent_dim, 64)
+        self.encoder = nn.Linear(64, latent_dim)
+        self.kl_weight, self.num_data = 1.0, None
+
+    def model(self, x, y=None):
+        pyro.module("nozguide", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], self.latent_dim),
+                                             1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, y=None):
+        pyro.module("nozguide", self)
+        self.encoder(x)  # computes a code, but samples nothing
+
+    def scoring(self):
+        return contextlib.nullcontext(self)
+
+
+def build(config, image_shape, num_data=None):
+    return NoZGuide(config.latent_dim)
+'''
+
+
+def test_fit_refuses_a_guide_that_never_samples_a_latent_site(tmp_path, monkeypatch):
+    import pyro_vae
+    from pyro_vae.errors import ConfigError
+
+    (tmp_path / "fit_models.py").write_text(FIT_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fit_models
+
+    model = fit_models.build(pyro_vae.Config().model.__class__(latent_dim=2), (1, 8, 8))
+    with pytest.raises(ConfigError, match="never samples the latent site.*'z'"):
+        pyro_vae.fit(model, factory=fit_models.build, out=tmp_path / "run", epochs=1,
+                     eval_samples=2, progress=False, options={"model": {"latent_dim": 2}})
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_fit_refuses_a_factory_that_rebuilds_another_model(tmp_path, monkeypatch):
+    """latent_dim 4 trained, the default 8 recorded: every command would refuse the run."""
+    import pyro_vae
+    from pyro_vae.errors import ConfigError
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "pyro_vae_example_plugin"
+    monkeypatch.syspath_prepend(str(examples))
+    from pyro_vae_example_plugin.models import build
+
+    model = build(pyro_vae.Config().model.__class__(latent_dim=4, hidden_dims=[16]), (1, 8, 8))
+    with pytest.raises(ConfigError, match="rebuilds a different model"):
+        pyro_vae.fit(model, factory=build, out=tmp_path / "run", epochs=1, eval_samples=2,
+                     progress=False, options={"model": {"hidden_dims": [16]}})
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 # --- M/W: --resume --epochs after a finished learning-rate decay -------------------------------
 
 def test_resuming_past_a_finished_decay_does_not_jump_back_to_the_full_rate(tmp_path, capsys):
