@@ -28,6 +28,8 @@ form).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
@@ -148,5 +150,7 @@ def _iaf(config: ModelConfig, context: BuildContext) -> Guide:
 
 
 def build_guide(config: ModelConfig, context: BuildContext) -> Guide:
-    """The guide component that ``config.guide`` names (any registered one)."""
+    """The guide component that ``config.guide`` names (any registered one), given its
+    options in ``context.options``."""
+    context = dataclasses.replace(context, options=config.options_of("guide"))
     return GUIDES.get(config.guide)(config, context)

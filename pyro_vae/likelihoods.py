@@ -238,7 +238,11 @@ def _gaussian(config: ModelConfig) -> Likelihood:
     return GaussianLikelihood(None if scale == "learned" else float(scale))
 
 
-def build_likelihood(name: str, gaussian_scale: float | str = "learned") -> Likelihood:
+def build_likelihood(name: str, gaussian_scale: float | str = "learned",
+                     options: dict | None = None) -> Likelihood:
     """The likelihood registered as ``name`` (built-in: ``bernoulli``, ``continuous_bernoulli``,
-    ``gaussian``; plugins may add more)."""
-    return LIKELIHOODS.get(name)(ModelConfig(likelihood=name, gaussian_scale=gaussian_scale))
+    ``gaussian``; plugins may add more). Its factory is given a ``[model]`` table whose
+    ``options_of("likelihood")`` are ``options`` (the recipe's ``[likelihood]`` table)."""
+    config = ModelConfig(likelihood=name, gaussian_scale=gaussian_scale,
+                         options={"likelihood": dict(options or {})})
+    return LIKELIHOODS.get(name)(config)

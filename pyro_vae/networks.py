@@ -188,12 +188,13 @@ def _conv_pair(image_shape: tuple[int, int, int], latent_dim: int, hidden_dims: 
 
 
 def build_networks(network: str, image_shape: tuple[int, int, int], latent_dim: int,
-                   hidden_dims: list[int], activation: str, encoder_scale: str
-                   ) -> tuple[nn.Module, nn.Module]:
+                   hidden_dims: list[int], activation: str, encoder_scale: str,
+                   options: dict | None = None) -> tuple[nn.Module, nn.Module]:
     """The (encoder, decoder) pair registered as ``network`` (built-in: ``mlp``, ``conv``).
 
     A network factory takes these same arguments and returns an encoder ``x ↦ (μ, σ)`` and a
-    decoder ``z ↦`` the likelihood's raw parameters.
+    decoder ``z ↦`` the likelihood's raw parameters. The options it declares (the recipe's
+    ``[network]`` table) come as further keyword arguments.
     """
     return NETWORKS.get(network)(image_shape, latent_dim, hidden_dims, activation,
-                                 encoder_scale)
+                                 encoder_scale, **(options or {}))

@@ -28,6 +28,8 @@ Burda et al. (a hierarchical prior p(z1|z2) p(z2)) lives in ``hierarchical.py``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pyro.distributions as dist
@@ -421,6 +423,7 @@ def _flow(config: ModelConfig, context: BuildContext) -> Prior:
 def build_prior(config: ModelConfig, context: BuildContext) -> Prior:
     """The prior that ``config.prior`` names (any registered one, plugins included); a
     plugin's prior is checked on entry (:func:`check_prior`)."""
+    context = dataclasses.replace(context, options=config.options_of("prior"))
     prior = PRIORS.get(config.prior)(config, context)
     if not PRIORS.entry(config.prior).module.startswith("pyro_vae."):
         check_prior(prior, config.latent_dim, f"prior = \"{config.prior}\"")

@@ -42,7 +42,8 @@ import importlib
 import importlib.metadata
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
 from pyro_vae.errors import ConfigError
 
@@ -78,6 +79,9 @@ class BuildContext:
     num_classes: int | None = None
 
     @property
+    #: The options of the component being built (declared at its registration, set in the
+    #: recipe's table of its role, e.g. ``[prior] df = 5``; see :mod:`pyro_vae.options`).
+    options: Mapping[str, Any] = field(default_factory=dict)
     def num_pixels(self) -> int:
         channels, height, width = self.image_shape
         return channels * height * width
@@ -157,6 +161,8 @@ class Entry:
     plugin: str = ""
 
 
+    #: The options it declares: name -> :class:`pyro_vae.options.Option`.
+    options: Mapping[str, Any] = field(default_factory=dict)
 class Registry(Generic[F]):
     """Names → factories for one kind of component (``kind`` is e.g. ``"prior"``).
 
@@ -173,9 +179,11 @@ class Registry(Generic[F]):
         #: Checks the capabilities an entry declares (``None``: any words).
         self.vocabulary = vocabulary
     def register(self, name: str, help: str = "", capabilities: Iterable[str] = (),
-                 hooks: KindHooks | None = None) -> Callable[[F], F]:
+                 hooks: KindHooks | None = None,
+                 options: Mapping[str, Any] | None = None) -> Callable[[F], F]:
         """Decorator: register the decorated factory (a function or a class) as ``name``,
-        with its capabilities and (model kinds) its :class:`KindHooks`.
+        with its capabilities, (model kinds) its :class:`KindHooks` and the options it
+        declares (name -> :class:`pyro_vae.options.Option`; see :mod:`pyro_vae.options`).
 
         Registering a name twice from different code is refused (a plugin cannot silently
         replace a built-in); re-importing the same module re-registers harmlessly.
@@ -193,7 +201,8 @@ class Registry(Generic[F]):
             if self.vocabulary is not None:
                 words = self.vocabulary(words, f"the {self.kind} {name!r}")
             self._entries[name] = Entry(name, factory, doc, words, module,
-                                        _importing[-1] if _importing else "")
+                                        _importing[-1] if _importing else "",
+                                        dict(options or {}))
             if hooks is not None:
                 self.add_hooks(name, **{f.name: getattr(hooks, f.name)
                                         for f in dataclasses.fields(hooks)
@@ -203,9 +212,10 @@ class Registry(Generic[F]):
         return decorate
 
     def add(self, name: str, factory: Callable[..., Any], help: str = "",
-            capabilities: Iterable[str] = (), hooks: KindHooks | None = None) -> None:
+            capabilities: Iterable[str] = (), hooks: KindHooks | None = None,
+            options: Mapping[str, Any] | None = None) -> None:
         """Register ``factory`` as ``name`` (the non-decorator form)."""
-        self.register(name, help, capabilities, hooks)(factory)
+        self.register(name, help, capabilities, hooks, options)(factory)
 
     def add_hooks(self, name: str, **hooks: Any) -> None:
         """Give the registered ``name`` these hooks (fields of :class:`KindHooks`), keeping
@@ -251,7 +261,8 @@ class Registry(Generic[F]):
         if name not in entries and ":" in name:
             factory = import_object(name, f"{self.where} = {name!r}")
             self.add(name, factory, capabilities=getattr(factory, "capabilities", ()),
-                     hooks=getattr(factory, "hooks", None))
+                     hooks=getattr(factory, "hooks", None),
+                     options=getattr(factory, "options", None))
         if name not in entries:
             broken = "".join(f" (The installed package {package!r} declares the plugin "
                              f"{module!r}, which failed to load: {why} Reinstall or uninstall "

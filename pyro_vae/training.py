@@ -500,7 +500,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
                                       config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, config.model.bayesian_decoder == "none",
-                               temperature)
+                               temperature, config.options.get("objective"))
     kind = hooks(config)
     state = None  # what the kind's prepare hook hands to its batches hook
     if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split

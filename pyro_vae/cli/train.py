@@ -180,6 +180,10 @@ def add_parser(commands) -> None:
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     overrides: dict[str, dict[str, Any]] = {}
+    parser.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
+                        help="set any recipe value, a component's option included: --set "
+                        "prior.df=5 (an option of the prior the run uses), --set "
+                        "model.latent_dim=2; repeat for several")
     for flag, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
@@ -192,6 +196,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _fresh_run_dir(dataset: str) -> Path:
+    from pyro_vae.options import assignments
+
+    for table, values in assignments(getattr(args, "set", None)).items():
+        overrides.setdefault(table, {}).update(values)
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset.removeprefix("file:")).stem).strip("-")
     base = Path("runs") / f"{name or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, suffix = base, 1
@@ -221,6 +229,10 @@ def _train_config(args: argparse.Namespace):
                               "--eval-samples, --data-dir, --download, --lr and --on-nan may "
                               "change). Start a new run with another --out instead.")
         return saved.with_overrides(overrides)
+        if getattr(args, "set", None):
+            raise ConfigError(f"--set {args.set[0]} cannot change a run when resuming: a "
+                              "resumed run keeps its configuration. Start a new run with "
+                              "another --out instead.")
     if args.recipe:
         config = Config.from_toml(find_recipe(args.recipe))
     elif args.dataset in (None, "digits"):

@@ -73,6 +73,14 @@ class ModelConfig:
     #: ``cvae`` and ``m2`` MLP decoders: ``every_layer`` feeds one_hot(y) to every layer
     #: (a class template at the output); ``input`` only to the first, with z (Pyro's SS-VAE).
     decoder_label: str = "every_layer"
+    #: The options of the model's components, by role (``prior``, ``guide``, ``likelihood``,
+    #: ``network``, ``kind``), set from the recipe's tables of those names and checked against
+    #: what each component declares (:mod:`pyro_vae.options`); not a key of ``[model]``.
+    options: dict[str, dict] = field(default_factory=dict, compare=False)
+
+    def options_of(self, role: str) -> dict:
+        """The options of the component in ``role`` (``{}`` where it declares none)."""
+        return dict(self.options.get(role, {}))
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)

@@ -25,6 +25,7 @@ from pyro_vae.config.evaluate import EvaluateConfig
 from pyro_vae.config.model import ModelConfig
 from pyro_vae.config.train import TrainConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.options import resolve_options
 from pyro_vae.files import read_regular_bytes
 from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS,
                                OBJECTIVES, PRIORS, Registry, load_plugins, plugins_providing)
@@ -59,6 +60,17 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateConfig,
 }
 
+#: The tables of component options: role -> (its registry, the section and key naming the
+#: component the run uses). ``[prior] df = 5`` sets the option ``df`` of ``[model] prior``.
+ROLES: dict[str, tuple[Registry, str, str]] = {
+    "prior": (PRIORS, "model", "prior"),
+    "guide": (GUIDES, "model", "guide"),
+    "likelihood": (LIKELIHOODS, "model", "likelihood"),
+    "network": (NETWORKS, "model", "network"),
+    "kind": (MODEL_KINDS, "model", "kind"),
+    "objective": (OBJECTIVES, "train", "objective"),
+}
+
 
 @dataclass
 class Config:
@@ -71,6 +83,10 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     #: Plugin modules imported before the tables are checked (their names become valid).
     plugins: list[str] = field(default_factory=list)
+    #: The options of the components the run uses, by role (the recipe's ``[prior]``,
+    #: ``[guide]``, ``[likelihood]``, ``[network]``, ``[kind]`` and ``[objective]`` tables),
+    #: checked against what each declares and completed with the defaults by ``validate``.
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def binarization(self) -> str:
@@ -91,10 +107,11 @@ class Config:
         extra = [m for m in plugins_providing(used) if m not in self.plugins]
         return dataclasses.replace(self, plugins=[*self.plugins, *extra]) if extra else self
 
-    def validate(self) -> "Config":
+    def validate(self, source: str = "recipe") -> "Config":
         load_plugins(self.plugins, "listed under plugins in the run's configuration")
         for name in SECTIONS:
             getattr(self, name).validate()
+        self._resolve_options(source)
         binary = "binary_data" in LIKELIHOODS.capabilities(self.model.likelihood)
         if self.data.binarize in ("dynamic", "static") and not binary:
             raise ConfigError(
@@ -112,18 +129,38 @@ class Config:
         check_compatible(self)
         return self
 
+    def _resolve_options(self, source: str) -> None:
+        """Check every role's table against the options its component declares, fill the
+        defaults in, and hand the model's to ``[model]`` (where factories read them)."""
+        unused = [role for role in self.options if role not in ROLES]
+        if unused:
+            raise ConfigError(f"{source}: [{unused[0]}] is not a table of component options; "
+                              f"those are {', '.join('[' + r + ']' for r in ROLES)}.")
+        resolved = {}
+        for role, (registry, section, key) in ROLES.items():
+            name = getattr(getattr(self, section), key)
+            declared = registry.entry(name).options
+            values = resolve_options(declared, self.options.get(role, {}), role, name, source)
+            if values:
+                resolved[role] = values
+        self.options = resolved
+        self.model.options = {role: dict(values) for role, values in resolved.items()
+                              if ROLES[role][1] == "model"}
+
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe") -> "Config":
         mapping = dict(mapping)
         plugins = _coerce(mapping.pop("plugins", []), list[str], "plugins", source)
         load_plugins(plugins, f"listed under plugins in {source}")
+        options = {role: mapping.pop(role) for role in list(mapping) if role in ROLES}
         unknown = [key for key in mapping if key not in SECTIONS]
         if unknown:
             key = unknown[0]
             raise ConfigError(
                 f"{source}: unknown table [{key}]; the tables are "
-                f"{', '.join('[' + s + ']' for s in SECTIONS)} (and the top-level key "
-                f"plugins).{_suggestion(key, [*SECTIONS, 'plugins'])}"
+                f"{', '.join('[' + s + ']' for s in SECTIONS)}, the tables of component "
+                f"options {', '.join('[' + r + ']' for r in ROLES)} (and the top-level key "
+                f"plugins).{_suggestion(key, [*SECTIONS, *ROLES, 'plugins'])}"
             )
         mapping = _with_kind_defaults(mapping)
         sections = {}
@@ -132,7 +169,7 @@ class Config:
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{source}: [{name}] must be a table of keys, not {values!r}.")
             sections[name] = _section_from_dict(section_cls, name, values, source)
-        return cls(**sections, plugins=plugins).validate()
+        return cls(**sections, plugins=plugins, options=options).validate(source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Config":
@@ -154,6 +191,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         tables: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name))
                                   for name in SECTIONS}
+        tables["model"].pop("options", None)  # written as the tables of their roles
+        tables.update({role: dict(values) for role, values in self.options.items()})
         if self.plugins:
             tables["plugins"] = list(self.plugins)
         return tables
@@ -178,6 +217,11 @@ class Config:
             merged["model"] = {key: value for key, value in merged["model"].items()
                                if value != getattr(fresh, key)
                                and not (key in inherited and inherited[key] == value)}
+        for role, (_, section, key) in ROLES.items():
+            # Another component in a role: the old one's options do not carry over.
+            old = getattr(getattr(self, section), key)
+            if overrides.get(section, {}).get(key, old) != old and role not in overrides:
+                merged.pop(role, None)
         for section, values in overrides.items():
             if section == "plugins":  # plugins given on the command line join the recipe's
                 merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
@@ -334,7 +378,7 @@ def _priors_with(capability: str) -> str:
 def _section_from_dict(section_cls: type, name: str, values: Mapping[str, Any],
                        source: str) -> Any:
     hints = typing.get_type_hints(section_cls)
-    names = [f.name for f in dataclasses.fields(section_cls)]
+    names = [f.name for f in dataclasses.fields(section_cls) if f.name != "options"]
     kwargs = {}
     for key, value in values.items():
         if key not in names:

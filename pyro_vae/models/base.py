@@ -109,11 +109,18 @@ class VAE(nn.Module):
     def latent_dim(self) -> int:
         return self.prior.latent_dim
 
-    def _data_plate(self, x: torch.Tensor) -> pyro.plate:
+    def data_plate(self, x: torch.Tensor) -> pyro.plate:
+        """The ``data`` plate over the batch ``x`` (scaled by N/B while training): a model of
+        one's own subclassing :class:`VAE` runs its local sites in it."""
         return data_plate(x, self.num_data)
 
-    def _kl_scale(self) -> contextlib.AbstractContextManager:
+    def kl_scale(self) -> contextlib.AbstractContextManager:
+        """``poutine.scale`` by the KL weight the training loop sets, for the latent sites."""
         return kl_scale(self.kl_weight)
+
+    # The names of earlier releases, kept for subclasses that use them.
+    _data_plate = data_plate
+    _kl_scale = kl_scale
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """p(z) p(x|z) with ``x`` observed; ``y`` is accepted and ignored (unconditional)."""
@@ -164,7 +171,6 @@ class VAE(nn.Module):
         _, output = self.generate(num_samples, device)
         return self.likelihood.mean(output) if mean else self.likelihood(output).sample()
 
-    def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(inference network: the encoder and the guide component's own networks, generative
         model: the decoder and the likelihood's parameters), for the estimator lab."""
@@ -172,6 +178,7 @@ class VAE(nn.Module):
         generative = [*self.decoder.parameters(), *self.likelihood.parameters()]
         return inference, generative
 
+    def kl_per_dim(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor | None:
         """KL(q(z|x) ‖ p(z)) per latent dimension and datapoint, where it has a closed form
         (a diagonal-Gaussian guide and a prior that splits over dimensions)."""
         if not self.family.diagonal:

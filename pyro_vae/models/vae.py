@@ -27,8 +27,10 @@ def build_plain_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     """The VAE of kind ``vae``: networks, likelihood, prior and guide from the registries
     (two stochastic layers or a Bayesian decoder where the configuration asks for them)."""
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
-                                      config.hidden_dims, config.activation, config.encoder_scale)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+                                      config.hidden_dims, config.activation, config.encoder_scale,
+                                      config.options_of("network"))
+    likelihood = build_likelihood(config.likelihood, config.gaussian_scale,
+                                  config.options_of("likelihood"))
     if config.stochastic_layers == 2:
         return HierarchicalVAE.build(encoder, decoder, likelihood, config, num_data)
     context = BuildContext(tuple(image_shape), num_data, encoder)

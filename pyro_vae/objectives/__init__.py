@@ -175,16 +175,19 @@ def is_lower_bound(name: str, alpha: float = 0.5, beta: float = 1.0) -> bool:
 
 def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
                    vectorize: bool = True,
-                   temperature: TemperatureSchedule | float = 1.0) -> ELBO:
+                   temperature: TemperatureSchedule | float = 1.0,
+                   options: dict | None = None) -> ELBO:
     """The objective registered as ``name`` (see the table above) with ``particles`` samples.
 
     ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
     ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
     after another (for models whose global sites cannot take a particle dimension, like a
-    Bayesian decoder). An objective factory takes these same keyword arguments.
+    Bayesian decoder). An objective factory takes these same keyword arguments, and the
+    options it declares (the recipe's ``[objective]`` table, :mod:`pyro_vae.options`) as
+    further keyword arguments.
     """
     return REGISTRY.get(name)(particles=particles, alpha=alpha, vectorize=vectorize,
-                              temperature=temperature)
+                              temperature=temperature, **(options or {}))
 
 
 class ObjectiveModule(nn.Module):

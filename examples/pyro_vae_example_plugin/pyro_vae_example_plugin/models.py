@@ -54,17 +54,17 @@ class TiedVAE(VAE):
 
     def model(self, x, y=None):
         pyro.module("tied_vae", self)
-        with self._data_plate(x):
-            with self._kl_scale():
+        with self.data_plate(x):
+            with self.kl_scale():
                 z = pyro.sample("z", self.prior(x.shape[:1], x.device, x.dtype))
             logits = self.decoder(z)
             return pyro.sample("x", self.likelihood(logits), obs=x)
 
     def guide(self, x, y=None):
         pyro.module("tied_vae", self)
-        with self._data_plate(x):
+        with self.data_plate(x):
             loc, scale = self.encoder(x)
-            with self._kl_scale():
+            with self.kl_scale():
                 return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
 

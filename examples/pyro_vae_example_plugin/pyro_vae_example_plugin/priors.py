@@ -8,26 +8,37 @@ import torch
 from torch import nn
 
 from pyro_vae.errors import ConfigError
+from pyro_vae.options import Option
 from pyro_vae.priors import Prior
 from pyro_vae.registry import PRIORS
 
 
 class StudentTPrior(Prior):
-    """p(z) = Π_d StudentT(z_d; ν, 0, 1) with learned degrees of freedom ν = 1 + softplus(a)."""
+    """p(z) = Π_d StudentT(z_d; ν, 0, 1): ν fixed, or learned as ν = 1 + softplus(a)."""
 
-    def __init__(self, latent_dim: int):
+    def __init__(self, latent_dim: int, df: float = 3.0, learn_df: bool = True):
         super().__init__(latent_dim)
-        self.raw_df = nn.Parameter(torch.tensor(2.0))
+        raw = torch.log(torch.expm1(torch.tensor(float(df) - 1.0)))  # ν = 1 + softplus(a)
+        if learn_df:
+            self.raw_df = nn.Parameter(raw)
+        else:
+            self.register_buffer("raw_df", raw)
+
+    @property
+    def df(self) -> torch.Tensor:
+        return 1.0 + nn.functional.softplus(self.raw_df)
 
     def forward(self, batch_shape, device, dtype):
-        df = 1.0 + nn.functional.softplus(self.raw_df)
         zeros = torch.zeros(*batch_shape, self.latent_dim, device=device, dtype=dtype)
-        return dist.StudentT(df.to(dtype), zeros, 1.0).to_event(1)
+        return dist.StudentT(self.df.to(dtype), zeros, 1.0).to_event(1)
 
 
-@PRIORS.register("student_t", help="Student-t with learned degrees of freedom")
+@PRIORS.register("student_t", help="Student-t with learned degrees of freedom", options={
+    "df": Option(3.0, "degrees of freedom ν (where it starts, when learned)",
+                 check=lambda df: None if df > 1 else "ν must exceed 1 (a finite mean)"),
+    "learn_df": Option(True, "learn ν by gradient (false: keep it fixed)")})
 def build(config, context):
-    return StudentTPrior(config.latent_dim)
+    return StudentTPrior(config.latent_dim, context.options["df"], context.options["learn_df"])
 
 
 class ClassMeansPrior(Prior):
