@@ -13,6 +13,7 @@ from pyro_vae.evaluate import estimate_log_likelihood, latent_activity, log_impo
 from pyro_vae.models import VAE, build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.training import train
+from pyro_vae.explorer import explore
 from pyro_vae.fitting import fit
 from pyro_vae.protocol import Model
 from pyro_vae.registry import (DATASETS, GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES,
@@ -24,5 +25,5 @@ __all__ = [
     "PyroVAEError", "TrainingError", "estimate_log_likelihood", "latent_activity",
     "log_importance_weights", "VAE", "build_vae", "ObjectiveModule", "make_objective", "train",
     "fit", "Model", "DATASETS", "GUIDES", "LIKELIHOODS", "MODEL_KINDS", "NETWORKS", "OBJECTIVES",
-    "PRIORS",
+    "PRIORS", "explore",
 ]

@@ -10,8 +10,8 @@ import signal
 import sys
 from typing import Sequence
 
-from pyro_vae.cli import (anomaly, compare, evaluate, gaps, impute, probe, recipes, sample, train,
-                          traverse)
+from pyro_vae.cli import (anomaly, compare, evaluate, explore, gaps, impute, probe, recipes,
+                          sample, train, traverse)
 from pyro_vae.cli.common import apply_threads
 from pyro_vae.errors import PyroVAEError
 from pyro_vae.faults import is_out_of_memory, out_of_memory_error
@@ -28,13 +28,14 @@ EPILOG = """examples:
   pyro-vae anomaly RUN_DIR --against fashion-mnist --data-dir ../shared/data
   pyro-vae impute RUN_DIR --mask box ; pyro-vae probe RUN_A RUN_B ; pyro-vae traverse RUN_DIR
   pyro-vae gaps RUN_DIR --n 100         # approximation/amortization gaps, NUTS vs q(z|x)
+  pyro-vae explore RUN_DIR --out explorer.html     # interactive latent map: one offline page
 """
 
 #: The commands, in the order of ``pyro-vae --help``: each module has ``add_parser(commands)``
 #: and ``run(args) -> exit status``.
 COMMANDS = {"train": train, "recipes": recipes, "evaluate": evaluate, "sample": sample,
             "compare": compare, "anomaly": anomaly, "impute": impute, "probe": probe,
-            "traverse": traverse, "gaps": gaps}
+            "traverse": traverse, "gaps": gaps, "explore": explore}
 
 
 def build_parser() -> argparse.ArgumentParser:
