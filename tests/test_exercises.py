@@ -101,6 +101,12 @@ def _graded_notebooks() -> list[Path]:
     return sorted(GRADED.glob("*.ipynb"))
 
 
+def test_there_are_notebooks_to_grade():
+    """An empty or mistyped PYRO_VAE_EXERCISES folder fails here instead of grading nothing."""
+    assert len(_graded_notebooks()) >= 5 or os.environ.get("PYRO_VAE_EXERCISES"), GRADED
+    assert _graded_notebooks(), f"no notebooks in {GRADED}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", _graded_notebooks(), ids=lambda p: p.stem)
 def test_the_notebook_executes_and_its_graders_pass(path, tmp_path, monkeypatch):
