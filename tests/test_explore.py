@@ -28,8 +28,9 @@ import torch
 
 from pyro_vae.config import Config
 from pyro_vae.errors import ConfigError, PyroVAEError
+from pyro_vae.data import load_dataset
 from pyro_vae.explorer import (Explorer, check_explorable, decoder_program, explore,
-                               output_transform, run_program)
+                               output_transform, page_data, run_program)
 from pyro_vae.models import build_vae
 from pyro_vae.runs import load_trained
 from pyro_vae.training import train
@@ -140,6 +141,18 @@ def test_what_the_page_does_not_compute_is_left_to_the_grid():
     vae = build_vae(Config().with_overrides({"model": {
         "likelihood": "continuous_bernoulli"}}).model, (1, 8, 8))
     assert decoder_program(vae.decoder) is not None and output_transform(vae.likelihood) is None
+
+
+def test_more_than_16_dimensions_get_sliders_in_the_maps_plane():
+    data = load_dataset("digits")
+    config = Config().with_overrides({"model": {"hidden_dims": [16], "latent_dim": 20}})
+    vae = build_vae(config.model, data.image_shape).eval()
+    page = page_data(vae, config, data.test_x[:100], data.test_y[:100], data.image_shape, "t")
+    assert page["decoder"]["kind"] == "mlp" and page["sliders"] == "plane"
+    assert page["plane"]["names"] == ["PC1", "PC2"] and len(page["slider_ranges"]) == 2
+    assert any("D = 20" in note and "plane" in note for note in page["notes"])
+    axes = np.array(page["plane"]["axes"])
+    assert np.allclose(axes @ axes.T, np.eye(2), atol=1e-9)  # orthonormal: u, w are lengths in z
 
 
 # -- the command and the library ----------------------------------------------------------------
@@ -432,6 +445,26 @@ def test_the_label_selector_of_a_conditional_run(runs, browser, tmp_path):
 
 
 @pytest.mark.slow
+def test_the_notebook_view_runs_the_same_page(runs, browser, tmp_path):
+    """What Jupyter shows (``_repr_html_``: an iframe whose srcdoc is the page) runs in the
+    browser as the saved page does."""
+    explorer = explore(runs["vae"], points=200)
+    notebook_cell = tmp_path / "cell.html"
+    notebook_cell.write_text(f"<!DOCTYPE html><html><body>{explorer._repr_html_()}</body></html>",
+                             encoding="utf-8")
+    browser.get(notebook_cell.as_uri())
+    browser.switch_to.frame(browser.find_element("tag name", "iframe"))
+    try:
+        state = _state(browser)
+        _, vae, _ = load_trained(runs["vae"])
+        assert state["point"] == 0 and state["decoder"] == "mlp"
+        assert np.abs(np.array(state["pixels"]) - _torch_decode(vae, state["z"])).max() \
+            < PIXEL_TOLERANCE
+    finally:
+        browser.switch_to.default_content()
+    assert _errors(browser.get_log("browser")) == []
+
+
 def test_the_grid_fallback_in_the_browser(runs, browser, tmp_path):
     explorer = explore(runs["conv"], points=200, grid_size=12)
     log = _open(browser, explorer, tmp_path / "conv.html")
