@@ -22,15 +22,22 @@ from __future__ import annotations
 
 import contextlib
 import linecache
+import os
 import textwrap
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pyro
 import torch
 
 #: Metadata key under which a displayed result carries its checks (see ``grade_notebook``).
 METADATA_KEY = "pyro_vae_grade"
+#: Folders whose frames are not the student's code (this package, torch, pyro).
+_LIBRARIES = tuple(f"{folder}{os.sep}" for folder in (
+    Path(__file__).resolve().parent.parent, *(Path(m.__file__).resolve().parent
+                                              for m in (torch, pyro))))
 
 
 @dataclass(frozen=True)
@@ -128,8 +135,7 @@ def _student_line(error: BaseException) -> str:
     """`` (line N: `code`)`` for the innermost frame of the student's code, if it can be
     found (a frame outside the library and torch), else ""."""
     frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if "pyro_vae" not in f.filename and "/torch/" not in f.filename
-              and "/pyro/" not in f.filename]
+              if not f.filename.startswith(_LIBRARIES)]
     if not frames:
         return ""
     frame = frames[-1]
