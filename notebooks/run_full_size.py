@@ -1,0 +1,106 @@
+"""Run the notebooks at full size and record what they print: ``notebooks/results/NAME.json``.
+
+    python notebooks/run_full_size.py                  # every notebook (about 20 CPU-minutes)
+    python notebooks/run_full_size.py 02_training_a_vae
+
+Each notebook runs in a fresh Jupyter kernel with one torch thread and ``PYRO_VAE_SMOKE`` unset
+(its full size). The result file holds every code cell's printed text, the time it took, the
+commit and the machine's load, so that the figures a notebook's text quotes ("At full size ...")
+can be checked against what it printed (``tests/test_notebook_figures.py``). The notebooks
+themselves stay committed without outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cell_texts(notebook: nbformat.NotebookNode) -> list[str]:
+    """The printed text of every code cell (stream output and text/plain results), in order."""
+    texts = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        parts = []
+        for output in cell.outputs:
+            if output.get("output_type") == "stream":
+                parts.append(output.get("text", ""))
+            elif "data" in output and "text/plain" in output["data"] \
+                    and "image/png" not in output["data"]:
+                parts.append(output["data"]["text/plain"])
+        texts.append("".join(parts))
+    return texts
+
+
+def run(path: Path) -> dict:
+    env_before = {k: os.environ.get(k) for k in ("PYRO_VAE_SMOKE", "OMP_NUM_THREADS", "MPLBACKEND")}
+    os.environ.pop("PYRO_VAE_SMOKE", None)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MPLBACKEND"] = "Agg"
+    try:
+        notebook = nbformat.read(path, as_version=4)
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as workdir:
+            NotebookClient(notebook, timeout=1800, kernel_name="python3",
+                           resources={"metadata": {"path": workdir}}).execute()
+        seconds = time.perf_counter() - started
+    finally:
+        for key, value in env_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return {
+        "notebook": path.name,
+        "command": f"python notebooks/run_full_size.py {path.stem}",
+        "commit": _commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "threads": 1,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "seconds": round(seconds, 1),
+        "outputs": cell_texts(notebook),
+    }
+
+
+def main(argv: list[str]) -> int:
+    names = argv or sorted(p.stem for p in HERE.glob("[0-9]*.ipynb"))
+    RESULTS.mkdir(exist_ok=True)
+    for name in names:
+        path = HERE / f"{Path(name).stem}.ipynb"
+        if not path.is_file():
+            print(f"no notebook {path.name} in {HERE.name}/", file=sys.stderr)
+            return 2
+        print(f"running {path.name} at full size ...", flush=True)
+        result = run(path)
+        target = RESULTS / f"{path.stem}.json"
+        target.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n",
+                          encoding="utf-8")
+        print(f"  {result['seconds']:.0f} s -> {target.relative_to(HERE.parent)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
