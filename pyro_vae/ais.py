@@ -8,7 +8,7 @@ The geometric path
     f_β(z) = π₀(z)^{1−β} p(x, z)^β,      0 = β_0 < β_1 < … < β_T = 1,
 
 runs from π₀ (normalizer 1) to the unnormalized posterior (normalizer p(x)). A chain draws
-z_0 ~ π₀ and, for t = 1 … T,
+z_0 ~ π₀ and, for t = 1 … T::
 
     log w += log f_{β_t}(z_{t−1}) − log f_{β_{t−1}}(z_{t−1})
            = (β_t − β_{t−1}) [log p(x, z_{t−1}) − log π₀(z_{t−1})]

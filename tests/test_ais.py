@@ -190,7 +190,7 @@ def test_cli_bdmc_and_limit_for_importance_sampling(digits_run, capsys, tmp_path
     code, out, err = run_cli(capsys, "evaluate", digits_run, "--estimator", "bdmc", "--limit",
                              3, "--ais-steps", 10, "--ais-chains", 2, "--ais-leapfrog", 2,
                              "--per-datapoint", target, "--json")
-    assert code == 0 and "BDMC" in err  # the progress report
+    assert code == 0 and "BDMC" in err and "s left" in err  # the progress report, with ETA
     summary = json.loads(out)
     assert summary["num_simulated_datapoints"] == 3 and summary["bdmc_lower"] < 0
     assert summary["bdmc_gap"] == pytest.approx(summary["bdmc_upper"] - summary["bdmc_lower"],
@@ -207,3 +207,15 @@ def test_cli_refuses_bad_flags_in_one_paragraph(digits_run, capsys):
     assert code == 2 and "--ais-steps must be a positive integer" in err
     code, _, err = run_cli(capsys, "evaluate", digits_run, "--limit", -1)
     assert code == 2 and "--limit" in err
+
+
+def test_cli_ctrl_c_stops_cleanly_and_writes_nothing(digits_run, capsys, monkeypatch, tmp_path):
+    from pyro_vae.cli import evaluate as command
+
+    def interrupt(self, datapoint_steps):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(command.AnnealingProgress, "advance", interrupt)
+    target = tmp_path / "never.csv"
+    code, _, err = run_cli(capsys, "evaluate", digits_run, "--estimator", "ais", "--limit", 2,
+                           "--ais-steps", 5, "--per-datapoint", target)
+    assert code == 130 and "interrupted" in err and not target.exists()
