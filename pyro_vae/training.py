@@ -281,12 +281,12 @@ def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:
         return None
     return (f"posterior collapse after epoch {epoch}: KL(q(z|x) || p(z)) = {activity['kl']:.4f} "
             f"nats per datapoint and {activity['active_units']} active latent units, so the "
-            "decoder ignores z. What to try: a decoder that starts at the data (train() starts "
-            "the output bias at the mean training image; call vae.start_output_bias(train_x) "
-            "on a model you train yourself), which alone kept the MNIST VampPrior from "
-            "collapsing where KL warm-up, a lower learning rate and other encoder scales did "
-            "not; then --free-bits 0.1 (a KL floor per dimension), --kl-warmup-epochs 5, "
-            "--beta below 1, or a smaller decoder.")
+            "decoder ignores z. What to try: a longer KL warm-up (--kl-warmup-epochs N, "
+            "[train] kl_warmup_epochs; a quarter to a half of the epochs for short runs, where "
+            "the default of a tenth is too short), --free-bits 0.1 (a KL floor per dimension), "
+            "--beta below 1, or a smaller decoder. On a model you train yourself, start the "
+            "decoder's output at the data (vae.start_output_bias(train_x), as train() does): "
+            "it kept the MNIST VampPrior from collapsing where warm-up alone did not.")
 
 
 def _checkpoint_payload(config: Config, data: ImageData, vae: VAE,
