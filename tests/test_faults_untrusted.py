@@ -257,3 +257,23 @@ def test_resuming_past_a_finished_decay_does_not_jump_back_to_the_full_rate(tmp_
     rates = [json.loads(line)["learning_rate"]
              for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rates[2] == pytest.approx(1e-5) and max(rates[3:]) <= 1e-5 * (1 + 1e-9)
+
+
+# --- T and fragile: commands that failed late or with a traceback ------------------------------
+
+
+def test_a_data_dir_whose_name_is_not_utf8_is_refused(tmp_path, capsys):
+    folder = str(tmp_path) + "/data-\udcff"  # how Python passes an undecodable byte
+    code, _, err = run_cli(capsys, "train", *TINY, "--data-dir", folder,
+                           "--out", tmp_path / "run")
+    assert "not valid UTF-8" in one_paragraph(code, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_integer_beyond_64_bits_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", *TINY, "--lr-decay-epochs", 10 ** 20,
+                           "--out", tmp_path / "run")
+    assert "64-bit" in one_paragraph(code, err)
+    assert not (tmp_path / "run").exists()
+
+

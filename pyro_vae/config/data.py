@@ -35,6 +35,13 @@ class DataConfig:
 
     def validate(self) -> None:
         _positive("data", "num_labels", self.num_labels, allow_zero=True)
+        for key in ("dataset", "data_dir"):  # a run's config.toml records them as UTF-8 text
+            value = getattr(self, key)
+            if value is not None and not _is_utf8(value):
+                raise ConfigError(
+                    f"[data] {key} = {value!r} is a path whose name is not valid UTF-8 text, "
+                    "which the run's config.toml (UTF-8, as TOML requires) cannot record. "
+                    "Rename the folder or file, or give a link to it with a UTF-8 name.")
         if not self.dataset.startswith("file:"):
             _registered(DATASETS, self.dataset)
         _choice("data", "binarize", self.binarize, BINARIZATIONS)
@@ -42,3 +49,12 @@ class DataConfig:
             raise ConfigError(
                 f"[data] validation_fraction = {self.validation_fraction!r} must lie in [0, 1)."
             )
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a path's undecodable bytes arrive as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

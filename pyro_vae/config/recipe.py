@@ -409,6 +409,10 @@ def _coerce(value: Any, hint: Any, where: str, source: str) -> Any:
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
+            if not -2 ** 63 <= value < 2 ** 63:  # TOML's integers are 64-bit
+                raise ConfigError(f"{source}: {where} = {value} is beyond the 64-bit integers "
+                                  "a TOML file can hold (|value| < 2**63); give a smaller "
+                                  "number.")
             return value
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
