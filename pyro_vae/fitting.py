@@ -60,6 +60,12 @@ def fit(model: nn.Module | Callable[..., Any], guide: Callable[..., Any] | None 
     ``out`` (the weights come from its checkpoint).
     """
     module = _module_of(model, guide)
+    if not isinstance(data, str):
+        raise ConfigError(
+            f"fit's data names a dataset; it was given a {type(data).__name__}. Pass a "
+            "registered dataset's name (\"digits\", \"mnist\", \"fashion-mnist\", ...) or "
+            "\"file:PATH.npz\" for arrays of your own: save them first with numpy.savez(PATH, "
+            "x=images, y=labels) (optional x_test, y_test; uint8 or values in [0, 1]).")
     kind = factory_path(factory)
     check_model(module, MODEL_KINDS.capabilities(kind), f"the model {type(module).__name__} "
                 f"(factory {kind})")

@@ -277,3 +277,21 @@ def test_an_integer_beyond_64_bits_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_fit_given_arrays_says_what_to_pass_in_a_short_message(tmp_path, monkeypatch):
+    import torch
+
+    import pyro_vae
+    from pyro_vae.errors import ConfigError
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "pyro_vae_example_plugin"
+    monkeypatch.syspath_prepend(str(examples))
+    from pyro_vae_example_plugin.models import build
+
+    model = build(pyro_vae.Config().model.__class__(latent_dim=2, hidden_dims=[16]), (1, 8, 8))
+    for data in (torch.rand(5000, 64), [[0.5] * 64] * 100):
+        with pytest.raises(ConfigError, match="file:PATH.npz") as raised:
+            pyro_vae.fit(model, data=data, factory=build, out=tmp_path / "run", epochs=1)
+        assert len(str(raised.value)) < 600 and "0.5" not in str(raised.value)
+    assert not (tmp_path / "run").exists()
+
+
