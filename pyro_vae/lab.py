@@ -228,12 +228,19 @@ def save_lab_plots(reports: Sequence[EstimatorReport], out_dir: Path) -> None:
 
     figure, axes = subplots(1, 2, figsize=(9.5, 3.8), sharex=True)
     for axis, part in zip(axes, ("encoder", "decoder")):
+        plotted = False
         for name in names:
             rows = [r for r in reports if r.objective == name]
-            axis.plot([r.particles for r in rows], [getattr(r, f"{part}_snr") for r in rows],
-                      label=name, **styles[name])
+            # An exact gradient (enumerate) has no noise: its SNR is infinite, not a point.
+            shown = [r for r in rows if math.isfinite(getattr(r, f"{part}_snr"))
+                     and getattr(r, f"{part}_snr") > 0]
+            label = name if shown else f"{name} (exact: no noise, SNR ∞)"
+            axis.plot([r.particles for r in shown], [getattr(r, f"{part}_snr") for r in shown],
+                      label=label, **styles[name])
+            plotted = plotted or bool(shown)
         axis.set_xscale("log")
-        axis.set_yscale("log")
+        if plotted:  # a log axis needs a positive finite value
+            axis.set_yscale("log")
         axis.set_xlabel("K (particles)")
         axis.set_title(f"{part} gradient SNR", fontsize=10)
         axis.grid(alpha=0.3, which="both")

@@ -261,6 +261,43 @@ def test_resuming_past_a_finished_decay_does_not_jump_back_to_the_full_rate(tmp_
 
 # --- T and fragile: commands that failed late or with a traceback ------------------------------
 
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    from pyro_vae.cli import main
+
+    run = tmp_path_factory.mktemp("digits") / "run"
+    assert main([str(a) for a in ("train", *TINY, "--out", run)]) == 0
+    return run
+
+
+def test_gaps_with_too_few_draws_is_refused_before_the_slow_part(digits_run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "gaps", digits_run, "--n", 2, "--num-samples", 8,
+                           "--steps", 2, "--nuts-points", 1, "--chains", 2, "--draws", 3,
+                           "--out", tmp_path / "gaps")
+    assert "--draws 3" in one_paragraph(code, err) and "nuts" not in err
+    assert not (tmp_path / "gaps").exists()
+
+
+def test_compare_vimco_with_one_particle_is_refused_before_the_work(digits_run, tmp_path,
+                                                                    capsys):
+    code, _, err = run_cli(capsys, "compare", digits_run, "--objectives", "vimco",
+                           "--particles", 1, "--repeats", 2, "--batch-size", 8,
+                           "--out", tmp_path / "lab")
+    assert "--particles of 2 or more" in one_paragraph(code, err)
+    assert not (tmp_path / "lab").exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "probe"])
+def test_an_unwritable_out_is_refused_before_the_work(digits_run, tmp_path, capsys, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder\n")
+    extra = ["--objectives", "elbo", "--particles", 2, "--repeats", 2, "--batch-size", 8] \
+        if command == "compare" else []
+    code, out, err = run_cli(capsys, command, digits_run, *extra, "--out", blocker / "out")
+    assert "cannot be created" in one_paragraph(code, err)
+    assert "accuracy" not in out and "[1]" not in err  # nothing was computed first
+    assert blocker.read_text() == "not a folder\n"
+
 
 def test_a_data_dir_whose_name_is_not_utf8_is_refused(tmp_path, capsys):
     folder = str(tmp_path) + "/data-\udcff"  # how Python passes an undecodable byte
@@ -295,3 +332,31 @@ def test_fit_given_arrays_says_what_to_pass_in_a_short_message(tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+def test_compare_on_a_discrete_run_leaves_out_an_enumeration_too_large(tmp_path, capsys):
+    """The default discrete run has 10^20 codes: enumerate overflowed after the other
+    objectives' work; asked for by name it is refused, by default it is left out."""
+    run = tmp_path / "discrete"
+    code, _, err = run_cli(capsys, "train", "--model", "discrete", "--objective", "concrete",
+                           *TINY, "--out", run)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "compare", run, "--objectives", "enumerate",
+                           "--particles", 2, "--repeats", 2, "--batch-size", 4,
+                           "--out", tmp_path / "lab")
+    assert "more than the 1024" in one_paragraph(code, err)
+    assert not (tmp_path / "lab").exists()
+    code, _, err = run_cli(capsys, "compare", run, "--particles", 2, "--repeats", 2,
+                           "--batch-size", 4, "--out", tmp_path / "lab")
+    assert code == 0 and "enumerate left out" in err, err[-2000:]
+    assert "enumerate" not in (tmp_path / "lab" / "compare.csv").read_text()
+
+
+def test_compare_plots_an_exact_enumeration_without_failing(tmp_path, capsys):
+    """enumerate's gradient is exact (SNR infinite), which the log-scale plot could not show."""
+    run = tmp_path / "small"
+    code, _, err = run_cli(capsys, "train", "digits_discrete", *TINY, "--out", run)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "compare", run, "--objectives", "enumerate",
+                           "--particles", "1,2", "--repeats", 2, "--batch-size", 4,
+                           "--out", tmp_path / "lab")
+    assert code == 0, err[-2000:]
+    assert (tmp_path / "lab" / "snr_vs_k.png").stat().st_size > 0

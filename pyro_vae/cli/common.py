@@ -44,6 +44,24 @@ def refuse_kind(config, run_dir: str, command: str, capabilities: tuple[str, ...
                           f"(--model {config.model.kind}); {why}")
 
 
+def check_out_folder(out: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written: a file
+    of that name, or a nearest existing folder above it that is not writable (the folder
+    itself is created only when the results are written)."""
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out.")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--out {out} cannot be created: {existing} is a file; choose "
+                          "another --out.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} cannot be written: {existing} is not writable; choose "
+                          "another --out (checked before the work, so nothing was computed).")
+
+
 def positive_flag(name: str, value: int | None) -> None:
     """Refuse a non-positive count given as ``--name``."""
     if value is not None and value <= 0:

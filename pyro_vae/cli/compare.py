@@ -12,8 +12,10 @@ from typing import Sequence
 
 import torch
 
-from pyro_vae.cli.common import check_same_shape, positive_flag, seed_flag
+from pyro_vae.cli.common import (check_out_folder, check_same_shape, positive_flag,
+                                 seed_flag)
 from pyro_vae.config import Config
+from pyro_vae.config.checks import MAX_ENUMERATED_CODES
 from pyro_vae.errors import ConfigError
 from pyro_vae.faults import check_memory, decoded_bytes
 from pyro_vae.lab import compare_estimators, reports_to_csv, reports_to_markdown, save_lab_plots
@@ -128,6 +130,21 @@ def run(args: argparse.Namespace) -> int:
     if relaxed and not discrete:
         raise ConfigError(f"--objectives {relaxed[0]} is for discrete latent variables; give "
                           "the run directory of a --model discrete run.")
+    if "vimco" in objectives and max(particles) < 2:
+        raise ConfigError("--objectives vimco leaves one of K samples out for each baseline, "
+                          "so it needs --particles of 2 or more (e.g. --particles 2,5,50).")
+    codes = config.model.categories ** config.model.categorical_latents
+    if discrete and "enumerate" in objectives and codes > MAX_ENUMERATED_CODES:
+        if args.objectives:
+            raise ConfigError(
+                f"--objectives enumerate sums over all C^K = {config.model.categories}^"
+                f"{config.model.categorical_latents} codes of this run, more than the "
+                f"{MAX_ENUMERATED_CODES} it allows; leave it out (the other discrete "
+                "objectives sample the code).")
+        objectives = [name for name in objectives if name != "enumerate"]
+        print(f"note: enumerate left out: this run has {config.model.categories}^"
+              f"{config.model.categorical_latents} codes, more than the "
+              f"{MAX_ENUMERATED_CODES} it sums over.", file=sys.stderr)
     if "renyi" in objectives and args.alpha == 1.0:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")
     if not math.isfinite(args.alpha):
@@ -136,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
+    check_out_folder(out)  # before the work, not after it
     data = prepare_data(config)
     if args.run_dir:
         check_same_shape(config, data, checkpoint)

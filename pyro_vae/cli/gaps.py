@@ -67,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if args.chains < 2:
         raise ConfigError(f"--chains {args.chains}: R-hat compares chains, so NUTS needs at "
                           "least 2.")
+    if args.draws < 4:  # split R-hat halves each chain's draws, and needs two of each half
+        raise ConfigError(f"--draws {args.draws}: the split R-hat that checks NUTS needs at "
+                          "least 4 draws per chain; give --draws 4 or more (500 by default).")
     if not (args.lr > 0 and math.isfinite(args.lr)):
         raise ConfigError(f"--lr {args.lr} must be a finite positive number.")
     config, vae, data = load_run(args.run_dir, args.data_dir)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from pyro_vae.applications import linear_probe_accuracy
-from pyro_vae.cli.common import load_run, refuse_kind
+from pyro_vae.cli.common import check_out_folder, load_run, refuse_kind
 from pyro_vae.errors import ConfigError
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.protocol import has
@@ -25,6 +25,8 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "probe"
+    check_out_folder(out)  # before the work, not after it
     rows = []
     for run_dir in args.run_dirs:
         config, vae, data = load_run(run_dir, args.data_dir)
@@ -44,7 +46,6 @@ def run(args: argparse.Namespace) -> int:
                      "test_accuracy": accuracy})
         print(f"{run_dir}: latent size {config.model.latent_dim}, linear-probe test accuracy "
               f"{accuracy:.4f}")
-    out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "probe"
     make_run_dir(out)
     write_json(out / "probe.json", rows)
     if len(rows) > 1:
