@@ -502,17 +502,21 @@ def simulate(vae: torch.nn.Module, example: torch.Tensor, num_datapoints: int,
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(x, z) drawn from the model: z ~ p(z), x ~ p(x|z), for ``num_datapoints`` rows shaped
     like the rows of ``example`` (given labels ``y``, one per row, for a conditional model)."""
+    latent = {site.name for site in latent_sites(vae, example, y)}
     template = torch.zeros((num_datapoints, *example.shape[1:]), device=example.device,
                            dtype=example.dtype)
     args = (template,) if y is None else (template, y[:num_datapoints])
     with vae.scoring():
         trace = poutine.trace(poutine.uncondition(vae.model)).get_trace(*args)
-    observed = [site for site in _sample_sites(trace)
-                if site["name"] not in {s.name for s in latent_sites(vae, example, y)}]
-    x = observed[0]["value"].detach()
-    z = {site["name"]: site["value"].detach() for site in _sample_sites(trace)
-         if site not in observed}
-    return x, z
+    sites = _sample_sites(trace)
+    observed = [site for site in sites if site["name"] not in latent]
+    if len(observed) != 1:
+        raise ConfigError(
+            f"BDMC simulates the data from the model's one observed site, but this model "
+            f"observes {len(observed)} ({', '.join(s['name'] for s in observed) or 'none'}); "
+            "score it with --estimator ais or is.")
+    z = {site["name"]: site["value"].detach() for site in sites if site["name"] in latent}
+    return observed[0]["value"].detach(), z
 
 
 @torch.no_grad()
