@@ -360,3 +360,35 @@ def test_compare_plots_an_exact_enumeration_without_failing(tmp_path, capsys):
                            "--out", tmp_path / "lab")
     assert code == 0, err[-2000:]
     assert (tmp_path / "lab" / "snr_vs_k.png").stat().st_size > 0
+
+
+# --- M and fragile: anomaly's background model and its data sets -----------------------------
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_an_interrupted_background_model_is_named_as_such(digits_run, tmp_path, capsys,
+                                                          damage):
+    """kill -9 after the background model's last checkpoint but before perturbation.json: the
+    rerun said it was "trained with other settings (None)"."""
+    out = tmp_path / "anomaly"
+    argv = ["anomaly", digits_run, "--against", "digits", "--score", "likelihood-ratio",
+            "--background-epochs", 1, "--limit", 20, "--num-samples", 2, "--out", out]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    stamp = out / "background" / "perturbation.json"
+    if damage == "missing":
+        stamp.unlink()
+    else:
+        stamp.write_text('{"dataset": "dig')
+    message = one_paragraph(*run_cli(capsys, *argv)[::2])
+    assert "did not finish" in message and "None" not in message
+
+
+def test_scoring_a_dataset_against_itself_warns(digits_run, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "anomaly"
+    code, _, err = run_cli(capsys, "anomaly", digits_run, "--against", "digits", "--score",
+                           "log-likelihood", "--limit", 20, "--num-samples", 2, "--out", out)
+    assert code == 0 and "run's own dataset" in err, err[-2000:]
+    assert any("run's own dataset" in w
+               for w in json.loads((out / "anomaly.json").read_text())["warnings"])

@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
                for name, other in others.items()}
     table = anomaly.metrics_table(normal, against)
     warnings = []
+    for name in against:
+        if name == config.data.dataset:
+            warnings.append(
+                f"--against {name} is the run's own dataset: its test images were scored "
+                "against themselves, so every AUROC is 0.5 by construction; name another "
+                "dataset to measure detection.")
     for name, scored in against.items():
         by_log_p = anomaly.detection_metrics(-normal["_log_p"], -scored["_log_p"]).auroc
         if by_log_p < 0.5:
@@ -200,7 +206,14 @@ def _background_model(config, data, run_dir: Path, settings):
     stamp = {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
              "seed": config.train.seed}
     if (run_dir / "checkpoint.pt").exists():
-        saved = json.loads(stamp_path.read_text()) if stamp_path.exists() else None
+        try:
+            saved = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # written last: missing after a kill, or damaged
+            raise ConfigError(
+                f"{run_dir} holds a background model whose training did not finish (its "
+                f"{stamp_path.name}, written when it ends, is missing or damaged: the run was "
+                "interrupted, e.g. killed); remove that folder and run again to train it "
+                "anew.") from None
         if saved != stamp:
             raise ConfigError(f"{run_dir} holds a background model trained with other "
                               f"settings ({saved}); remove that folder or choose another --out "
