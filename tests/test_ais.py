@@ -93,7 +93,10 @@ def test_the_bdmc_interval_contains_the_exact_log_px(toy):
     lower, upper = result.lower, result.upper
     assert lower.mean_log_likelihood - 3 * lower.log_likelihood_mc_stderr <= exact
     assert exact <= upper.mean_log_likelihood + 3 * upper.log_likelihood_mc_stderr
-    assert 0 <= float(result.gap.mean()) < 0.1
+    # The gap is ≥ 0 in expectation, and small at 300 steps (0.10 ± 0.06 at 100 steps and
+    # 0.03 ± 0.02 at 1,000 in benchmarks/results/ais_linear_gaussian.json).
+    gap, gap_stderr = float(result.gap.mean()), float(result.gap.std() / 40 ** 0.5)
+    assert -3 * gap_stderr <= gap <= 0.1 + 3 * gap_stderr
 
 
 def test_bdmc_on_given_data_sandwiches_the_exact_value():
