@@ -392,3 +392,12 @@ def test_scoring_a_dataset_against_itself_warns(digits_run, tmp_path, capsys):
     assert code == 0 and "run's own dataset" in err, err[-2000:]
     assert any("run's own dataset" in w
                for w in json.loads((out / "anomaly.json").read_text())["warnings"])
+
+
+def test_a_discrete_code_too_large_to_build_is_refused_before_allocating(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "discrete", "--objective", "concrete",
+                           "--categorical-latents", 100000, "--categories", 100000, *TINY,
+                           "--out", tmp_path / "run")
+    message = one_paragraph(code, err)
+    assert "100000 × 100000" in message and "out of memory" not in message
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,9 @@ ACTIVATIONS = ("relu", "tanh", "elu", "softplus", "leaky_relu", "gelu")
 ENCODER_SCALES = ("softplus", "logvar")
 #: Largest number of codes C^K that objective ``enumerate`` sums over.
 MAX_ENUMERATED_CODES = 1024
+#: Largest K·C one-hot units of a discrete code: the encoder outputs them and the decoder reads
+#: them, hidden × K·C weights each (100,000 units at 512 hidden: 400 MB of float32 weights).
+MAX_CODE_UNITS = 100_000
 DEVICES = ("cpu", "cuda")
 #: The smallest KL weight β accepted: below it β·KL is lost beside the likelihood in float32.
 MIN_BETA = 1e-10

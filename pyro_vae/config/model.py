@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyro_vae.config.checks import ACTIVATIONS, ENCODER_SCALES, _choice, _positive, _registered
+from pyro_vae.config.checks import (ACTIVATIONS, ENCODER_SCALES, MAX_CODE_UNITS, _choice,
+                                    _positive, _registered)
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, PRIORS
 
@@ -91,6 +92,14 @@ class ModelConfig:
         if self.categories < 2:
             raise ConfigError(f"[model] categories = {self.categories!r}: a categorical "
                               "variable needs at least 2 classes (2 is a Bernoulli latent).")
+        units = self.categorical_latents * self.categories
+        if "categorical_latents" in kind and units > MAX_CODE_UNITS:
+            raise ConfigError(
+                f"[model] categorical_latents × categories = {self.categorical_latents} × "
+                f"{self.categories} = {units} one-hot units, more than the {MAX_CODE_UNITS} "
+                "a discrete model is built for: its encoder outputs every unit and its decoder "
+                "reads them, with a weight per unit and hidden unit each. Use fewer latents or "
+                "categories.")
         _choice("model", "discrete_prior", self.discrete_prior, ("uniform", "learned"))
         if self.quadrants not in (1, 2, 3):
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
