@@ -401,3 +401,25 @@ def test_a_discrete_code_too_large_to_build_is_refused_before_allocating(tmp_pat
     message = one_paragraph(code, err)
     assert "100000 × 100000" in message and "out of memory" not in message
     assert not (tmp_path / "run").exists()
+
+
+def test_a_half_trained_run_is_said_to_be_unfinished(digits_run, tmp_path, capsys):
+    """A run stopped at epoch 1 of 3 was scored without a word about it."""
+    import re
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    text = (run / "config.toml").read_text()
+    assert re.search(r"(?m)^epochs = 1$", text)
+    (run / "config.toml").write_text(re.sub(r"(?m)^epochs = 1$", "epochs = 3", text))
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["train"]["epochs"] = 3
+    torch.save(checkpoint, run / "checkpoint.pt")
+    code, _, err = run_cli(capsys, "evaluate", run, "--num-samples", 2)
+    assert code == 0 and "trained for 1 of its 3 epochs" in err, err[-2000:]
+    assert f"pyro-vae train --out {run} --resume" in err
+    code, _, err = run_cli(capsys, "evaluate", digits_run, "--num-samples", 2)
+    assert code == 0 and "of its" not in err

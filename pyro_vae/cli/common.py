@@ -4,6 +4,7 @@ and refusals of their flags, in the user's terms."""
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -15,6 +16,9 @@ from pyro_vae.training import prepare_data
 
 def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
     config, vae, checkpoint = load_trained(run_dir)
+    note = unfinished_note(run_dir, config, checkpoint)
+    if note:
+        print(note, file=sys.stderr)
     if has(config, "categorical_latents"):
         raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
                           "in a continuous latent space (encodings, gradients in z). Use it on a "
@@ -25,6 +29,17 @@ def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
     data = prepare_data(config)
     check_same_shape(config, data, checkpoint)
     return config, vae, data
+
+
+def unfinished_note(run_dir, config, checkpoint) -> str | None:
+    """A note for a run whose checkpoint holds fewer epochs than it was set to train (its
+    training was stopped, or still runs): the results are those of an unfinished model."""
+    done, planned = checkpoint["epoch"], config.train.epochs
+    if done >= planned:
+        return None
+    return (f"note: {run_dir} is trained for {done} of its {planned} epochs (its training was "
+            "stopped, or still runs), so these results are those of an unfinished model; "
+            f"continue it with: pyro-vae train --out {run_dir} --resume")
 
 
 def check_same_shape(config, data, checkpoint) -> None:

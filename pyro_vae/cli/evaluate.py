@@ -9,11 +9,13 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyro_vae.cli.common import check_same_shape, positive_flag, refuse_kind
+from pyro_vae.cli.common import (check_same_shape, positive_flag, refuse_kind,
+                                 unfinished_note)
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.progress import TqdmProgress
 
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         positive_flag(flag, getattr(args, flag.replace("-", "_")))
     device = resolve_device(args.device)
     config, vae, checkpoint = load_trained(args.run_dir, device)
+    if note := unfinished_note(args.run_dir, config, checkpoint):
+        print(note, file=sys.stderr)
     if args.dataset or args.data_dir:
         config = config.with_overrides({"data": {
             k: v for k, v in (("dataset", args.dataset), ("data_dir", args.data_dir)) if v}})
