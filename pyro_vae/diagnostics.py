@@ -61,7 +61,7 @@ import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 from pyro_vae.evaluate import estimate_log_likelihood, gaussian_start
 from pyro_vae.objectives.particles import _sample_sites, log_weights, run_particles
 from pyro_vae.plots import save_figure, subplots
@@ -113,9 +113,20 @@ def inference_data_from_draws(draws: Mapping[str, torch.Tensor | np.ndarray],
 
 
 def save_inference_data(data: az.InferenceData, path: str | Path) -> None:
-    """Write ``data`` as netCDF all-or-nothing (a temporary file in the folder, then rename)."""
-    with atomic_path(path) as temp:
-        data.to_netcdf(str(temp))
+    """Write ``data`` as netCDF all-or-nothing (a temporary file in the folder, then rename).
+
+    The netCDF writer (h5py) reports a full disk or an unwritable folder with errors of its
+    own types, not always an :class:`OSError`: every failure of the write becomes one
+    paragraph, the temporary file removed."""
+    try:
+        with atomic_path(path) as temp:
+            data.to_netcdf(str(temp))
+    except PyroVAEError:
+        raise
+    except Exception as error:  # h5py / netCDF4 raise many types
+        raise PyroVAEError(f"cannot write {path} ({type(error).__name__}: {error}). Check that "
+                           "the disk has space and the folder is writable; no partial file was "
+                           "left.") from None
 
 
 # --- q(z|x) and p(z|x) ---------------------------------------------------------------------------
