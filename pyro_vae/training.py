@@ -479,11 +479,10 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         group if config.data.download else None, lambda: prepare_data(config, device))
     check_training_memory(config, data.image_shape, len(data.test_x), device,
                           None if data.train_y is None else len(torch.unique(data.train_y)))
-    if model is None:
-        vae = build_vae(config.model, data.image_shape, num_data=len(data.train_x)).to(device)
-    else:
-        vae = model.to(device)
-        vae.num_data = len(data.train_x)
+    vae = (build_vae(config.model, data.image_shape, num_data=len(data.train_x))
+           if model is None else model).to(device)
+    vae.num_data = len(data.train_x)  # the protocol: the loop sets it (a factory may not)
+    if model is not None:
         # fit's model: its guide samples every latent site; its factory rebuilds it.
         check_given_model(vae, config, data.train_x, data.image_shape, len(data.train_x))
     likelihood = getattr(vae, "likelihood", None)
