@@ -42,6 +42,13 @@ out-of-distribution detection")
     population-level statistics (background pixels, stroke density) but not the semantics, so
     the ratio cancels what makes simple images likely everywhere. Trains a second model: only
     on request.
+``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
+estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
+on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
+``fisher`` — Fisher's combination (the default verdict): T(x) = −2 Σ_j log p_j(x) over the
+in-distribution tail probabilities p_j of the run's scores among :data:`FISHER_PARTS`
+(both tails for log p(x)), calibrated on the other half of the validation images
+(:mod:`pyro_vae.fisher`).
 ``typicality`` — a typicality test on batches (Nalisnick et al. 2019b, "Detecting
 out-of-distribution inputs to deep generative models using typicality"), a *batch-level*
 decision: for a batch x_1..x_M,
@@ -76,14 +83,24 @@ from pyro import poutine
 
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, is_binary
+from pyro_vae.dose import DoSE, summary_statistics
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
+from pyro_vae.fisher import FisherCombination, tail_p
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train
 
 #: Per-image scores, in the order of the table and the figure.
-PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio")
+PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
+                    "dose", "fisher")
+#: Scores fitted on the run's held-out in-distribution (validation) images.
+FITTED_SCORES = ("dose", "fisher")
+#: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
+#: for the likelihood (the ELBO is nearly the same score), each correction enters once.
+FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "dose")
+#: The default verdict.
+DEFAULT_VERDICT = "fisher"
 #: Every score, batch-level typicality last.
 SCORES = (*PER_IMAGE_SCORES, "typicality")
 #: What ``pyro-vae anomaly`` computes without ``--score`` (the likelihood ratio trains a second
@@ -96,6 +113,8 @@ SCORE_LABELS = {
     "regret": "likelihood regret",
     "complexity": "−log p(x) − L(x)",
     "likelihood-ratio": "log p_bg(x) − log p(x)",
+    "dose": "DoSE −log ρ̂(t(x))",
+    "fisher": "Fisher T = −2 Σ log p_j",
     "typicality": "typicality ε̂ (batches)",
 }
 
@@ -406,7 +425,7 @@ def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, 
         raise ConfigError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}.")
     estimate = estimate_log_likelihood(vae, x, settings.num_samples)
     log_p = estimate.log_likelihood.double()
-    result: dict[str, torch.Tensor] = {"_log_p": log_p}
+    result: dict[str, torch.Tensor] = {"_log_p": log_p, "_elbo": estimate.elbo.double()}
     if "log-likelihood" in scores:
         result["log-likelihood"] = -log_p
     if "elbo" in scores:
@@ -432,6 +451,99 @@ def metrics_table(normal: dict[str, torch.Tensor], others: dict[str, dict[str, t
     return {name: {score: asdict(detection_metrics(normal[score], scores[score]))
                    for score in PER_IMAGE_SCORES if score in normal}
             for name, scores in others.items()}
+
+
+# --- scores fitted on held-out in-distribution images ------------------------------------------
+
+@dataclass
+class Reference:
+    """What the fitted scores learned from the run's validation images: the DoSE density (fitted
+    on the first half), Fisher's combination and every score's reference values (the second)."""
+
+    dose: DoSE | None
+    fisher: FisherCombination | None
+    scores: dict[str, torch.Tensor]
+
+
+def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
+                         sets: dict[str, torch.Tensor], image_shape: tuple[int, int, int],
+                         scores: tuple[str, ...], settings: ScoreSettings,
+                         background: torch.nn.Module | None = None, seed: int = 0
+                         ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
+    """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
+    (``dose``, ``fisher``) included, and the :class:`Reference` they were fitted on.
+
+    ``reference_x`` are held-out in-distribution images (the validation split), split in
+    halves by a fixed permutation: DoSE's density is fitted on the first; the tail
+    probabilities and Fisher's calibration, and the reference values that
+    :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
+    :data:`FISHER_PARTS` that ``scores`` names.
+    """
+    plain = tuple(s for s in scores if s not in FITTED_SCORES)
+    wanted = {**sets, "_reference": reference_x}
+    scored = {name: score_images(vae, x, image_shape, plain, settings, background)
+              for name, x in wanted.items()}
+    order = torch.randperm(len(reference_x), generator=torch.Generator().manual_seed(seed))
+    fit_half, reference_half = order[: len(order) // 2], order[len(order) // 2:]
+    dose = None
+    if "dose" in scores:
+        statistics = {name: summary_statistics(vae, wanted[name], values["_log_p"],
+                                               values["_elbo"])[0]
+                      for name, values in scored.items()}
+        dose = DoSE(seed=seed).fit(statistics["_reference"][fit_half])
+        for name, values in scored.items():
+            values["dose"] = dose.score(statistics[name])
+    reference = {score: values[reference_half] for score, values in scored["_reference"].items()
+                 if not score.startswith("_")}
+    fisher = None
+    if "fisher" in scores:
+        parts = {s: reference[s] for s in FISHER_PARTS if s in reference}
+        fisher = FisherCombination().fit(parts, seed=seed)
+        for values in scored.values():
+            values["fisher"] = fisher.statistic(values)
+            values["_fisher_p"] = fisher.combined_p(values)
+        reference["fisher"] = scored["_reference"]["fisher"][reference_half]
+    scored.pop("_reference")
+    return scored, Reference(dose, fisher, reference)
+
+
+def flagged(reference: Reference, score: str, values: dict[str, torch.Tensor],
+            alpha: float) -> torch.Tensor:
+    """The verdict of one score per image: its in-distribution tail probability below
+    ``alpha`` (for ``fisher``, the combined p-value)."""
+    if score == "fisher" and reference.fisher is not None:
+        return values["_fisher_p"] < alpha
+    return tail_p(reference.scores[score], values[score], score in ("log-likelihood", "elbo")
+                  ) < alpha
+
+
+def calibration(reference: Reference, normal: dict[str, torch.Tensor], alpha: float = 0.05
+                ) -> dict[str, dict[str, float | bool]]:
+    """Each score's false-positive rate on in-distribution images that it was not fitted on
+    (the run's test images) at level ``alpha``, and whether that is within three binomial
+    standard errors (plus the reference's granularity 1/(n+1)) of ``alpha``: *reliable*."""
+    report = {}
+    for score in reference.scores:
+        rate = float(flagged(reference, score, normal, alpha).double().mean())
+        count = len(normal[score])
+        tolerance = (3.0 * math.sqrt(alpha * (1 - alpha) / count)
+                     + 1.0 / (len(reference.scores[score]) + 1))
+        report[score] = {"alpha": alpha, "false_positive_rate": rate, "tolerance": tolerance,
+                         "reliable": abs(rate - alpha) <= tolerance}
+    return report
+
+
+def disagreements(reference: Reference, others: dict[str, dict[str, torch.Tensor]],
+                  alpha: float = 0.05, gap: float = 0.5) -> dict[str, dict[str, float]]:
+    """The share of each other dataset flagged by each score, for the datasets on which the
+    scores' verdicts disagree: one score flags at least ``gap`` more of it than another."""
+    found = {}
+    for name, values in others.items():
+        shares = {score: float(flagged(reference, score, values, alpha).double().mean())
+                  for score in reference.scores}
+        if max(shares.values()) - min(shares.values()) >= gap:
+            found[name] = shares
+    return found
 
 
 # --- the figure --------------------------------------------------------------------------------

@@ -1,0 +1,212 @@
+"""AUROC of every per-image anomaly score on many distribution shifts, for an MNIST and a
+Fashion-MNIST VAE (issue 33).
+
+For each in-distribution dataset the default recipe (MLP 784-128-128-8, Bernoulli, dynamic
+binarization, KL warm-up "auto") is trained with the library's ``train`` for ``--epochs``
+epochs (default 3), batch 100, seed 0, as ``pyro-vae train --dataset D --epochs 3
+--batch-size 100 --seed 0`` does. The scores' reference images are the run's *validation*
+split (``--reference`` of them); DoSE's density and Fisher's calibration are fitted there
+(:func:`pyro_vae.anomaly.score_with_reference`), never on a shift. Then ``--images`` test images
+of the in-distribution dataset are scored against ``--images`` images of each shift:
+
+- ``other``: the other dataset's test images (MNIST ↔ Fashion-MNIST, both directions);
+- ``inverted``: 1 − x; ``rotated``: 90° counter-clockwise; ``upside-down``: flipped top to
+  bottom (chosen here); ``pixel-shuffled``: each image's pixels in a random order, the same
+  ink, no shape (chosen here);
+- ``noise``: uniform grey levels; ``constant``: all pixels 0 or all 1 (half each);
+- ``crops``: a random 14×14 crop enlarged ×2 (nearest neighbour); ``mixtures``: the mean of
+  two test images;
+- ``digits-8x8``: scikit-learn's 8×8 digits enlarged to 28×28 (bilinear).
+
+Shifts are built from the grey test images (the in-distribution dataset's, not the reference
+images) and binarized by one fixed Bernoulli draw, as the run's own test images are (constant
+images stay constant). Score settings (fixed in advance, not tuned on any shift): K = 100
+importance samples; likelihood regret with 20 Adam steps on 8 common draws (the CLI's default
+is 50 on 32; cut for time); PNG input complexity; DoSE's bandwidth by 5-fold cross-validated
+likelihood on the reference images; Fisher's method over log p(x) (two-sided), regret,
+complexity and DoSE — the CLI's default verdict. The likelihood ratio (needs a background
+model: ``--background``) and the batch-level typicality test are left out.
+
+Run by hand, not in CI (one thread; about 15-25 minutes on a busy 2-core machine):
+
+    OMP_NUM_THREADS=1 python benchmarks/ood_shifts.py --data-dir ../shared/data
+
+Writes benchmarks/results/ood_shifts.json and docs/images/ood_shifts.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.results import begin, write_result  # noqa: E402
+from pyro_vae import anomaly  # noqa: E402
+from pyro_vae.config import Config  # noqa: E402
+from pyro_vae.data import binarize  # noqa: E402
+from pyro_vae.plots import save_figure, subplots  # noqa: E402
+from pyro_vae.runs import load_trained  # noqa: E402
+from pyro_vae.training import prepare_data, train  # noqa: E402
+
+DATASETS = ("mnist", "fashion-mnist")
+SHIFTS = ("other", "inverted", "rotated", "upside-down", "pixel-shuffled", "noise", "constant",
+          "crops", "mixtures", "digits-8x8")
+SCORES = ("log-likelihood", "elbo", "regret", "complexity", "dose", "fisher")
+SIDE = 28
+
+
+def _digits_8x8(count: int, generator: torch.Generator) -> torch.Tensor:
+    from sklearn.datasets import load_digits
+
+    images = torch.tensor(load_digits().images / 16.0, dtype=torch.float32)
+    index = torch.randint(len(images), (count,), generator=generator)
+    enlarged = torch.nn.functional.interpolate(images[index, None], size=(SIDE, SIDE),
+                                               mode="bilinear", align_corners=False)
+    return enlarged.clamp(0, 1).reshape(count, -1)
+
+
+def build_shifts(grey: torch.Tensor, other: torch.Tensor, seed: int = 0
+                 ) -> dict[str, torch.Tensor]:
+    """The shifted image sets (flattened, in [0, 1], binarized), from the grey test images
+    ``grey`` of the in-distribution dataset and the other dataset's binarized test images."""
+    generator = torch.Generator().manual_seed(seed)
+    count = len(grey)
+    square = grey.reshape(count, SIDE, SIDE)
+    crops = torch.empty_like(square)
+    corners = torch.randint(SIDE // 2 + 1, (count, 2), generator=generator)
+    for n, (row, column) in enumerate(corners.tolist()):
+        patch = square[n, row: row + SIDE // 2, column: column + SIDE // 2]
+        crops[n] = patch.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    partner = torch.randperm(count, generator=generator)
+    shuffled = torch.stack([image[torch.randperm(SIDE * SIDE, generator=generator)]
+                            for image in grey])
+    grey_sets = {
+        "inverted": 1.0 - grey,
+        "rotated": torch.rot90(square, 1, (1, 2)).reshape(count, -1),
+        "upside-down": torch.flip(square, (1,)).reshape(count, -1),
+        "pixel-shuffled": shuffled,
+        "noise": torch.rand(count, SIDE * SIDE, generator=generator),
+        "constant": (torch.arange(count) % 2).float()[:, None].expand(count, SIDE * SIDE),
+        "crops": crops.reshape(count, -1),
+        "mixtures": 0.5 * (grey + grey[partner]),
+        "digits-8x8": _digits_8x8(count, generator),
+    }
+    shifts = {"other": other[:count]}
+    shifts.update({name: binarize(images.contiguous(), generator)
+                   for name, images in grey_sets.items()})
+    return {name: shifts[name] for name in SHIFTS}
+
+
+def run_one(dataset: str, args: argparse.Namespace, folder: Path) -> dict:
+    """Train the model of ``dataset``, score everything; AUROC by shift and score."""
+    config = Config().with_overrides({
+        "data": {"dataset": dataset, "data_dir": args.data_dir},
+        "train": {"epochs": args.epochs, "batch_size": 100, "seed": 0},
+        "evaluate": {"num_samples": 10}})
+    clock = time.perf_counter()
+    train(config, folder / dataset, progress=None)
+    train_seconds = time.perf_counter() - clock
+    config, vae, _ = load_trained(folder / dataset)
+    data = prepare_data(config)
+    other_name = next(d for d in DATASETS if d != dataset)
+    other = prepare_data(config.with_overrides({"data": {"dataset": other_name}}))
+    grey = data.intensities["test"][: args.images]
+    sets = {"_normal": data.test_x[: args.images],
+            **build_shifts(grey, other.test_x[: args.images], seed=0)}
+    settings = anomaly.ScoreSettings(num_samples=args.num_samples, regret_steps=args.regret_steps,
+                                     regret_draws=args.regret_draws, compressor="png")
+    clock = time.perf_counter()
+    torch.manual_seed(0)
+    scored, reference = anomaly.score_with_reference(
+        vae, data.valid_x[: args.reference], sets, data.image_shape, SCORES, settings)
+    score_seconds = time.perf_counter() - clock
+    normal = scored.pop("_normal")
+    table = anomaly.metrics_table(normal, scored)
+    calibration = anomaly.calibration(reference, normal, 0.05)
+    flagged = {name: {score: float(anomaly.flagged(reference, score, values, 0.05)
+                                   .double().mean()) for score in SCORES}
+               for name, values in scored.items()}
+    return {"auroc": {shift: {score: table[shift][score]["auroc"] for score in SCORES}
+                      for shift in SHIFTS},
+            "fpr_at_95_tpr": {shift: {score: table[shift][score]["fpr_at_95_tpr"]
+                                      for score in SCORES} for shift in SHIFTS},
+            "flagged_share_at_0.05": flagged, "calibration": calibration,
+            "dose_bandwidth": reference.dose.bandwidth,
+            "dose_bandwidth_selection": reference.dose.selection,
+            "other": other_name, "train_seconds": round(train_seconds, 1),
+            "score_seconds": round(score_seconds, 1)}
+
+
+def save_heatmap(path: Path, results: dict) -> None:
+    figure, axes = subplots(1, len(results), figsize=(5.2 * len(results), 5.0), squeeze=False)
+    for axis, (dataset, result) in zip(axes.flat, results.items()):
+        rows = [f"{result['other']}" if s == "other" else s for s in SHIFTS]
+        values = np.array([[result["auroc"][shift][score] for score in SCORES]
+                           for shift in SHIFTS])
+        image = axis.imshow(values, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
+            axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                      fontweight="bold" if value >= 0.95 else "normal")
+        axis.set_xticks(range(len(SCORES)), SCORES, rotation=40, ha="right", fontsize=8)
+        axis.set_yticks(range(len(SHIFTS)), rows, fontsize=8)
+        axis.set_title(f"{dataset} model ({result['epochs']} epochs): AUROC", fontsize=9)
+    figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2000, help="images per set")
+    parser.add_argument("--reference", type=int, default=2000, help="validation images")
+    parser.add_argument("--num-samples", type=int, default=100)
+    parser.add_argument("--regret-steps", type=int, default=20)
+    parser.add_argument("--regret-draws", type=int, default=8)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--out", default=None, help="result folder (default benchmarks/results)")
+    parser.add_argument("--figure", default=str(ROOT / "docs" / "images" / "ood_shifts.png"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = begin()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for dataset in args.datasets:
+            results[dataset] = {**run_one(dataset, args, Path(folder)), "epochs": args.epochs}
+            print(dataset, {s: {k: round(v, 3) for k, v in r.items()}
+                            for s, r in results[dataset]["auroc"].items()}, flush=True)
+    figures = {dataset.replace("-", "_"): {
+        shift: {score: {"value": round(result["auroc"][shift][score], 3), "decimals": 3,
+                        "label": f"AUROC of {score}, {dataset} model vs {shift}"}
+                for score in SCORES} for shift in SHIFTS}
+        for dataset, result in results.items()}
+    for dataset, result in results.items():
+        key = dataset.replace("-", "_")
+        figures[key]["default_verdict_min_auroc"] = {
+            "value": round(min(result["auroc"][s]["fisher"] for s in SHIFTS), 3), "decimals": 3,
+            "label": f"lowest AUROC of the default verdict (fisher), {dataset} model"}
+    rows = [[f"{dataset} model", result["other"] if shift == "other" else shift,
+             *[f"{{{dataset.replace('-', '_')}.{shift}.{score}}}" for score in SCORES]]
+            for dataset, result in results.items() for shift in SHIFTS]
+    table = {"columns": ["in-distribution", "shift", *SCORES], "rows": rows}
+    details = {"settings": {k: v for k, v in vars(args).items() if k not in ("data_dir", "out",
+                                                                              "figure")},
+               **{dataset: {k: v for k, v in result.items() if k != "auroc"}
+                  for dataset, result in results.items()}}
+    path = write_result("ood_shifts", figures, started=started, table=table, details=details,
+                        out_dir=args.out)
+    Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
+    save_heatmap(Path(args.figure), results)
+    print(f"wrote {path} and {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
