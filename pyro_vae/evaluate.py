@@ -399,8 +399,9 @@ def monte_carlo_kl(vae: torch.nn.Module, x: torch.Tensor, num_samples: int = 16,
     """
     args = (x,) if y is None else (x, y)
     model, guide = vae.model, vae.guide
-    names = global_sites(vae, x, y) if len(x) else []
     with vae.scoring(), _any_weights(vae):
+        # inside _any_weights: a Bayesian decoder's weights are fixed there, not global sites
+        names = global_sites(vae, x, y) if len(x) else []
         if names:
             model, guide = _given_globals(vae, names, args)
         traces = run_particles(model, guide, num_samples, args, {}, who="the KL")
