@@ -35,20 +35,22 @@ first time a registry is asked for its names.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import difflib
 import importlib
+import functools
 import importlib.metadata
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, Mapping, TypeVar
 
+from pyro_vae.capabilities import check_capabilities
 from pyro_vae.errors import ConfigError
 
 #: Entry-point group through which installed packages register plugins.
-from pyro_vae.capabilities import check_capabilities
 ENTRY_POINT_GROUP = "pyro_vae.plugins"
 
 #: The library's modules that register its built-in entries (imported on first lookup).
@@ -77,11 +79,11 @@ class BuildContext:
     num_data: int | None = None
     encoder: Any = None
     num_classes: int | None = None
-
-    @property
     #: The options of the component being built (declared at its registration, set in the
     #: recipe's table of its role, e.g. ``[prior] df = 5``; see :mod:`pyro_vae.options`).
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
     def num_pixels(self) -> int:
         channels, height, width = self.image_shape
         return channels * height * width
@@ -159,10 +161,10 @@ class Entry:
     #: The plugin module whose import registered this entry ("" for the library's own and
     #: for entries registered by the user's script): what a run must import to rebuild it.
     plugin: str = ""
-
-
     #: The options it declares: name -> :class:`pyro_vae.options.Option`.
     options: Mapping[str, Any] = field(default_factory=dict)
+
+
 class Registry(Generic[F]):
     """Names → factories for one kind of component (``kind`` is e.g. ``"prior"``).
 
@@ -173,11 +175,11 @@ class Registry(Generic[F]):
                  vocabulary: Callable[[Iterable[str], str], frozenset[str]] | None = None):
         self.kind = kind
         self.where = where
+        #: Checks the capabilities an entry declares (``None``: any words).
+        self.vocabulary = vocabulary
         self._entries: dict[str, Entry] = {}
         self._hooks: dict[str, KindHooks] = {}
 
-        #: Checks the capabilities an entry declares (``None``: any words).
-        self.vocabulary = vocabulary
     def register(self, name: str, help: str = "", capabilities: Iterable[str] = (),
                  hooks: KindHooks | None = None,
                  options: Mapping[str, Any] | None = None) -> Callable[[F], F]:
@@ -283,7 +285,17 @@ class Registry(Generic[F]):
         return self.entry(name).capabilities
 
     def help_text(self) -> str:
-        """``name1 | name2 | ...`` for command-line help."""
+        """``name1 | name2 | ...`` for command-line help, without importing the built-in
+        modules where it can (they import torch, and ``pyro-vae train --help`` must not take
+        seconds): the names registered so far once the built-ins are loaded, else the names
+        the built-in modules' source registers (:func:`declared_builtin_names`). Installed
+        plugins (entry points) are loaded to list theirs."""
+        if not _builtins_loaded and not _has_entry_points():
+            try:
+                declared = declared_builtin_names()[self.kind]
+            except (OSError, SyntaxError):  # no source to read (a bytecode-only install)
+                return " | ".join(self.choices())
+            return " | ".join([*declared, *(n for n in self._entries if n not in declared)])
         return " | ".join(self.choices())
 
 
@@ -347,6 +359,56 @@ def load_builtins() -> None:
         _builtins_loaded = False
         raise
     load_entry_points()
+
+
+def _has_entry_points() -> bool:
+    """Whether any installed package declares a ``pyro_vae.plugins`` entry point."""
+    return bool(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _source_file(module: str) -> Path:
+    """The source file of the library's own ``module``, found without importing it."""
+    folder = Path(__file__).resolve().parent.joinpath(*module.split(".")[1:])
+    return folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
+
+
+@functools.lru_cache(maxsize=None)
+def declared_builtin_names() -> dict[str, tuple[str, ...]]:
+    """Registry kind -> the names that :data:`BUILTIN_MODULES` register, read from their
+    source (each ``REGISTRY.register("name", ...)`` or ``REGISTRY.add("name", ...)`` call,
+    the registry imported from this module under any alias) without importing them.
+
+    Only the command line's help reads this; every lookup loads the modules themselves. The
+    modules remain the one place that names the built-ins (tests/test_cli_speed.py checks
+    that this reading finds exactly the names that loading them registers)."""
+    registries = {name: value.kind for name, value in globals().items()
+                  if isinstance(value, Registry)}
+    names: dict[str, list[str]] = {kind: [] for kind in registries.values()}
+    for module in BUILTIN_MODULES:
+        tree = ast.parse(_source_file(module).read_text(encoding="utf-8"))
+        local: dict[str, str] = {}  # name in the module -> registry kind
+        calls: list[tuple[tuple[int, int], ast.Call]] = []
+        for node in tree.body:  # the built-ins register at their modules' top level
+            if isinstance(node, ast.ImportFrom) and node.module == __name__:
+                local.update({alias.asname or alias.name: registries[alias.name]
+                              for alias in node.names if alias.name in registries})
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                # Stacked decorators apply from the innermost out.
+                calls += [((node.decorator_list[0].lineno, -place), decorator)
+                          for place, decorator in enumerate(node.decorator_list)
+                          if isinstance(decorator, ast.Call)]
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                calls.append(((node.lineno, node.col_offset), node.value))
+        for _, call in sorted(calls, key=lambda pair: pair[0]):
+            func = call.func
+            if isinstance(func, ast.Attribute) and func.attr in ("register", "add") \
+                    and isinstance(func.value, ast.Name) and func.value.id in local \
+                    and call.args and isinstance(call.args[0], ast.Constant) \
+                    and isinstance(call.args[0].value, str):
+                found = names[local[func.value.id]]
+                if call.args[0].value not in found:
+                    found.append(call.args[0].value)
+    return {kind: tuple(found) for kind, found in names.items()}
 
 
 def load_plugin(module: str, who: str = "") -> None:

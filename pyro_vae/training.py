@@ -46,6 +46,7 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
                            saved_config, set_rng_state, unsaved_start, write_json, write_metrics)
+from pyro_vae.scoring import first_test_images, plan_final_scoring
 from pyro_vae.summary import model_labels, split_scores
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
@@ -617,15 +618,24 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
 
 def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: list[dict],
             train_seconds: float, progress: Progress) -> dict[str, Any]:
-    """Score the test split, write ``summary.json`` and the pictures (the kind's hook)."""
+    """Score the test split (as much of it as ``[evaluate] scoring`` asks for:
+    :mod:`pyro_vae.scoring`), write ``summary.json`` and the pictures (the kind's hook)."""
     started = time.perf_counter()
-    scores = split_scores(config, vae, data, "test", config.evaluate.num_samples, progress)
+    plan = plan_final_scoring(vae, data.test_x, model_labels(vae, data.test_y),
+                              config.evaluate.num_samples, config.evaluate.scoring,
+                              config.evaluate.max_chunk, train_seconds)
+    message = plan.message(train_seconds, str(run_dir))
+    if message is not None and hasattr(progress, "note"):  # a display of its own may lack it
+        progress.note(message)
+    scored = first_test_images(data, plan.num_datapoints) if plan.reduced else data
+    scores = split_scores(config, vae, scored, "test", plan.num_samples, progress)
     summary = {
         "dataset": config.data.dataset,
         "epochs": len(history),
         "steps": history[-1]["step"] if history else 0,
         "objective": config.train.objective,
         **scores,
+        **plan.summary_entries(),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
         **(fidelity.evaluate_label_fidelity(vae, data, run_dir,
                                             config.evaluate.label_fidelity_samples,

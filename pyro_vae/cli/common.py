@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 import sys
 
-import torch
-
 from pyro_vae.errors import ConfigError
-from pyro_vae.protocol import display_name, has
-from pyro_vae.runs import load_trained
-from pyro_vae.training import prepare_data
+
+# torch and the library's heavy modules are imported inside the functions that need them:
+# every command's parser imports this module, and `pyro-vae --help` must not import torch.
 
 
 def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
+    from pyro_vae.protocol import has
+    from pyro_vae.runs import load_trained
+    from pyro_vae.training import prepare_data
+
     config, vae, checkpoint = load_trained(run_dir)
     note = unfinished_note(run_dir, config, checkpoint)
     if note:
@@ -54,6 +56,8 @@ def refuse_kind(config, run_dir: str, command: str, capabilities: tuple[str, ...
                 why: str) -> None:
     """Refuse, in the user's terms, a run whose model kind declares any of ``capabilities``
     (those that ``command`` does not work with)."""
+    from pyro_vae.protocol import display_name, has
+
     if any(has(config, capability) for capability in capabilities):
         raise ConfigError(f"{run_dir} holds a {display_name(config)} "
                           f"(--model {config.model.kind}); {why}")
@@ -98,6 +102,8 @@ MAX_THREADS = 1024
 
 def apply_threads(requested: int | None) -> int:
     """Set torch's thread count: ``requested`` if positive, else $OMP_NUM_THREADS, else 1."""
+    import torch
+
     if requested is not None and requested < 0:
         raise ConfigError(f"--threads {requested}: give a positive number of threads, or 0 "
                           "for the default ($OMP_NUM_THREADS, else 1).")

@@ -10,21 +10,15 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from pyro_vae.cli.common import (check_out_folder, check_same_shape, positive_flag,
                                  seed_flag)
 from pyro_vae.config import Config
 from pyro_vae.config.checks import MAX_ENUMERATED_CODES
 from pyro_vae.errors import ConfigError
-from pyro_vae.faults import check_memory, decoded_bytes
-from pyro_vae.lab import compare_estimators, reports_to_csv, reports_to_markdown, save_lab_plots
-from pyro_vae.models import build_vae
-from pyro_vae.objectives import DISCRETE_OBJECTIVES
-from pyro_vae.protocol import has
 from pyro_vae.registry import OBJECTIVES
-from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
-from pyro_vae.training import prepare_data
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -62,6 +56,12 @@ def _csv_list(flag: str, text: str, convert: type, allowed: Sequence[str] | None
                           f"{convert.__name__} values.") from None
     bad = [v for v in values if (allowed is not None and v not in allowed)
            or (convert is int and v <= 0)]
+    if not values or bad:
+        hint = f" (choose from {', '.join(allowed)})" if allowed else " (positive integers)"
+        raise ConfigError(f"--{flag} {text!r} has invalid entries {bad}{hint}.")
+    return values
+
+
 def _objectives_for_global_sites(vae, x, objectives: list[str]
                                  ) -> tuple[list[str], dict[str, str]]:
     """The objectives that apply to ``vae`` and, by name, why the others do not: a model with
@@ -91,13 +91,16 @@ def _objectives_for_global_sites(vae, x, objectives: list[str]
     return applies, skipped
 
 
-    if not values or bad:
-        hint = f" (choose from {', '.join(allowed)})" if allowed else " (positive integers)"
-        raise ConfigError(f"--{flag} {text!r} has invalid entries {bad}{hint}.")
-    return values
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from pyro_vae.faults import check_memory, decoded_bytes
+    from pyro_vae.lab import compare_estimators, reports_to_csv, reports_to_markdown, save_lab_plots
+    from pyro_vae.models import build_vae
+    from pyro_vae.objectives import DISCRETE_OBJECTIVES
+    from pyro_vae.protocol import has
+    from pyro_vae.runs import atomic_write_text, load_trained, make_run_dir, write_json
+    from pyro_vae.training import prepare_data
+
     particles = _csv_list("particles", args.particles, int)
     temperatures = _csv_list("temperatures", args.temperatures, float)
     seed_flag(args.seed)
@@ -167,10 +170,10 @@ def run(args: argparse.Namespace) -> int:
                  2 * decoded_bytes(len(x) * max(particles), data.image_shape,
                                    config.model.latent_dim), "cpu",
                  "lower the largest --particles (or --batch-size).")
+    objectives, skipped = _objectives_for_global_sites(vae, x, objectives)
     done = iter(range(1, 10 ** 6))
     reports = compare_estimators(
         vae, x, objectives, particles, args.repeats, args.seed, args.alpha,
-    objectives, skipped = _objectives_for_global_sites(vae, x, objectives)
         progress=lambda name, k: print(f"[{next(done)}] {name}, K={k}", file=sys.stderr),
         temperatures=temperatures)
     make_run_dir(out)

@@ -8,12 +8,11 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind, seed_flag
 from pyro_vae.errors import ConfigError
-from pyro_vae.models.bayesian import weight_posterior_draws
-from pyro_vae.runs import make_run_dir, write_json
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -75,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     config, vae, data = load_run(args.run_dir, args.data_dir)
     refuse_kind(config, args.run_dir, "gaps", ("labels", "completions"),
                 "the gaps compare q(z|x) with the exact posterior p(z|x) of an unconditional "
+                "VAE, which this model does not have. Measure them on a --model vae run.")
     from pyro_vae.protocol import has
 
     if not has(config, "latent_means"):
@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
                           "not declare the capability \"latent_means\" (posterior and "
                           "latent_mean; see pyro_vae.protocol); the gaps start q* at its "
                           "q(z|x). Measure them on a model that declares it.")
-                "VAE, which this model does not have. Measure them on a --model vae run.")
     if getattr(vae, "weight_posterior", None) is not None:
         return _gaps_of_bayesian_decoder(args, config, vae, data)
     return _gaps(args, config, vae, data)
+
 
 def _local_part(args: argparse.Namespace, vae, x):
     """The model as the gaps measure it: a model with global latent sites (a hyperprior) has
@@ -106,10 +106,12 @@ def _local_part(args: argparse.Namespace, vae, x):
     return local, fixed
 
 
-
 def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> int:
     """The gaps of a Bayesian decoder are those of its posterior-mean decoder; q(W) is written
     beside them as ``posterior_weights.nc``."""
+    import torch
+    from pyro_vae.models.bayesian import weight_posterior_draws
+
     # pyro_vae.diagnostics imports arviz, which takes about as long to import as torch; only
     # this command needs it, so it is imported here rather than on every start of pyro-vae.
     from pyro_vae.diagnostics import inference_data_from_draws, save_inference_data
@@ -128,6 +130,9 @@ def _gaps_of_bayesian_decoder(args: argparse.Namespace, config, vae, data) -> in
 
 
 def _gaps(args: argparse.Namespace, config, vae, data) -> int:
+    import torch
+    from pyro_vae.runs import make_run_dir, write_json
+
     from pyro_vae.diagnostics import (amortized_posterior_draws, exact_posterior_draws,
                                       inference_gaps, log_likelihood_inference_data,
                                       save_inference_data, save_posterior_comparison)  # arviz
@@ -137,12 +142,12 @@ def _gaps(args: argparse.Namespace, config, vae, data) -> int:
         raise ConfigError(f"--nuts-points {args.nuts_points} is more than the {len(x)} test "
                           "images scored (--n).")
     out = Path(args.out) if args.out else Path(args.run_dir)
+    vae, fixed = _local_part(args, vae, x)
     make_run_dir(out)
     bars = _Bars()
     torch.manual_seed(args.seed)
     gaps = inference_gaps(vae, x, args.num_samples, args.steps, args.lr, progress=bars)
     chosen = x[: args.nuts_points]
-    vae, fixed = _local_part(args, vae, x)
     nuts = exact_posterior_draws(vae, chosen, args.chains, args.draws, args.draws, args.seed,
                                  progress=bars)
     torch.manual_seed(args.seed)
@@ -160,12 +165,12 @@ def _gaps(args: argparse.Namespace, config, vae, data) -> int:
         "run_dir": str(args.run_dir), "dataset": config.data.dataset, "num_test_images": len(x),
         "num_samples": args.num_samples, "steps": args.steps, "learning_rate": args.lr,
         "seed": args.seed, **gaps.summary(),
+        **({"given_global_sites": fixed} if fixed else {}),
         "nuts": {"datapoints": args.nuts_points, "chains": args.chains, "draws": args.draws,
                  "warmup_steps": args.draws, "max_r_hat": float(summary["r_hat"].max()),
                  "min_ess_bulk": float(summary["ess_bulk"].min()),
                  "divergences": int(nuts.sample_stats["diverging"].sum())},
     }
-        **({"given_global_sites": fixed} if fixed else {}),
     write_json(out / "gaps.json", report)
     print(format_gaps(report))
     print(f"wrote {out / 'gaps.json'}, posterior_nuts.nc, posterior_q.nc, log_likelihood.nc "

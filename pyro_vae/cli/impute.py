@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from pyro_vae.applications import imputation_error, impute, make_mask, save_imputation_picture
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError
-from pyro_vae.runs import make_run_dir, write_json
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -31,6 +30,10 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from pyro_vae.applications import imputation_error, impute, make_mask, save_imputation_picture
+    from pyro_vae.runs import make_run_dir, write_json
+
     positive_flag("num-samples", args.num_samples)
     positive_flag("limit", args.limit)
     config, vae, data = load_run(args.run_dir, args.data_dir)

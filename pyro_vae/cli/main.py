@@ -4,17 +4,15 @@ command, turning the library's errors into one paragraph and exit status 2."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shlex
 import signal
 import sys
 from typing import Sequence
 
-from pyro_vae.cli import (anomaly, compare, evaluate, explore, gaps, impute, probe, recipes,
-                          sample, train, traverse)
 from pyro_vae.cli.common import apply_threads
 from pyro_vae.errors import PyroVAEError
-from pyro_vae.faults import is_out_of_memory, out_of_memory_error
 from pyro_vae.registry import load_plugins
 
 EPILOG = """examples:
@@ -31,11 +29,24 @@ EPILOG = """examples:
   pyro-vae explore RUN_DIR --out explorer.html     # interactive latent map: one offline page
 """
 
-#: The commands, in the order of ``pyro-vae --help``: each module has ``add_parser(commands)``
-#: and ``run(args) -> exit status``.
-COMMANDS = {"train": train, "recipes": recipes, "evaluate": evaluate, "sample": sample,
-            "compare": compare, "anomaly": anomaly, "impute": impute, "probe": probe,
-            "traverse": traverse, "gaps": gaps, "explore": explore}
+#: The commands, in the order of ``pyro-vae --help``: name -> the module that defines
+#: ``add_parser(commands)`` and ``run(args) -> exit status``. Adding a command is one entry.
+#: A command module imports only light modules at its top (argparse, the standard library,
+#: pyro_vae.errors, .config, .registry, .cli.common) and imports torch, Pyro and the library's
+#: heavy modules inside ``run``, so that ``pyro-vae --help`` and ``pyro-vae COMMAND --help``
+#: parse without importing torch (tests/test_cli_speed.py holds them under 0.5 CPU-seconds).
+COMMANDS = {"train": "pyro_vae.cli.train", "recipes": "pyro_vae.cli.recipes",
+            "evaluate": "pyro_vae.cli.evaluate", "sample": "pyro_vae.cli.sample",
+            "compare": "pyro_vae.cli.compare", "anomaly": "pyro_vae.cli.anomaly",
+            "impute": "pyro_vae.cli.impute", "probe": "pyro_vae.cli.probe",
+            "traverse": "pyro_vae.cli.traverse", "gaps": "pyro_vae.cli.gaps",
+            "explore": "pyro_vae.cli.explore"}
+
+
+def command_module(name: str):
+    """The module of the command ``name`` (imported by name: the dispatcher's one lazy
+    import, of a command module, never of the library)."""
+    return importlib.import_module(COMMANDS[name])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    for command in COMMANDS.values():
-        command.add_parser(commands)
+    for name in COMMANDS:
+        command_module(name).add_parser(commands)
     for command in commands.choices.values():
         command.add_argument("--threads", type=int, metavar="N",
                              help="torch threads (default: $OMP_NUM_THREADS, else 1: fastest "
@@ -83,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command != "recipes":  # train applies its recipe's value once it has read it
             apply_threads(args.threads)
-        return COMMANDS[args.command].run(args)
+        return command_module(args.command).run(args)
     except PyroVAEError as error:
         rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
         # Under torchrun every process meets the same error; the first one of each node says it.
@@ -101,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except (RuntimeError, MemoryError) as error:
+        # Imported here: it imports torch, which a command raising this has loaded already.
+        from pyro_vae.faults import is_out_of_memory, out_of_memory_error
+
         if not is_out_of_memory(error):
             raise
         print(f"pyro-vae: error: {out_of_memory_error(error, args.command)}", file=sys.stderr)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae.applications import linear_probe_accuracy
 from pyro_vae.cli.common import check_out_folder, load_run, refuse_kind
 from pyro_vae.errors import ConfigError
-from pyro_vae.plots import save_figure, subplots
-from pyro_vae.protocol import has
-from pyro_vae.runs import make_run_dir, write_json
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -25,6 +24,11 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vae.applications import linear_probe_accuracy
+    from pyro_vae.plots import save_figure, subplots
+    from pyro_vae.protocol import has
+    from pyro_vae.runs import make_run_dir, write_json
+
     out = Path(args.out) if args.out else Path(args.run_dirs[0]) / "probe"
     check_out_folder(out)  # before the work, not after it
     rows = []

@@ -6,19 +6,11 @@ import argparse
 import io
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from pyro_vae import fidelity
 from pyro_vae.cli.common import positive_flag, seed_flag
-from pyro_vae.data import data_shape, is_vector_shape
 from pyro_vae.errors import ConfigError, PyroVAEError
-from pyro_vae.faults import check_memory, decoded_bytes
-from pyro_vae.models.conditional import check_label_flag
-from pyro_vae.plots import save_image_grid, save_vector_scatter
-from pyro_vae.protocol import has
-from pyro_vae.runs import atomic_write_bytes, load_trained
-from pyro_vae.training import prepare_data
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -37,6 +29,14 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from pyro_vae.data import data_shape, is_vector_shape
+    from pyro_vae.faults import check_memory, decoded_bytes
+    from pyro_vae.plots import save_image_grid, save_vector_scatter
+    from pyro_vae.protocol import has
+    from pyro_vae.runs import atomic_write_bytes, load_trained
+
     positive_flag("n", args.n)
     seed_flag(args.seed)
     out = Path(args.out) if args.out else Path(args.run_dir) / f"samples-{args.n}.png"
@@ -110,6 +110,9 @@ def _prior_of(vae) -> str:
 
 def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
     """How many of the ``--label`` samples the run's classifier recognises as that label."""
+    from pyro_vae import fidelity
+    from pyro_vae.training import prepare_data
+
     path = Path(run_dir) / fidelity.CLASSIFIER_FILE
     if path.exists():
         try:
@@ -140,10 +143,20 @@ def _label_fidelity_report(run_dir: str, config, labels, means, draws) -> str:
 
 def _sample_labels(args: argparse.Namespace, config, vae):
     """The labels ``--label`` asks for (``None`` without it); checked against the model."""
+    import torch
+    from pyro_vae.models.conditional import check_label_flag
+    from pyro_vae.protocol import has
+
     if has(config, "completions"):
         raise ConfigError(f"{args.run_dir} holds a {config.model.kind} model, which completes "
                           "given quadrants rather than drawing images from nothing; its "
                           f"completions are in {Path(args.run_dir) / 'completions.png'}.")
+    if not has(config, "pictures"):
+        raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
+                          "not declare the capability \"pictures\" (generate, decode and "
+                          "likelihood; see pyro_vae.protocol), so there is nothing to draw "
+                          "images with. Add those methods and the capability to the model, or "
+                          "score it with evaluate.")
     if args.label is None:
         return None
     if not has(config, "labels"):
@@ -151,11 +164,5 @@ def _sample_labels(args: argparse.Namespace, config, vae):
                           "which draws x ~ p(x) with no label. Train one with --model cvae to "
                           "draw from p(x|y), or leave out --label.")
 
-    if not has(config, "pictures"):
-        raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
-                          "not declare the capability \"pictures\" (generate, decode and "
-                          "likelihood; see pyro_vae.protocol), so there is nothing to draw "
-                          "images with. Add those methods and the capability to the model, or "
-                          "score it with evaluate.")
     check_label_flag(args.label, config.model.num_classes)
     return torch.full((args.n,), args.label, dtype=torch.long)

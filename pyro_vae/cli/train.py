@@ -12,16 +12,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from pyro_vae import training
 from pyro_vae.cli.common import apply_threads
-from pyro_vae.cli.evaluate import format_summary
 from pyro_vae.config import Config, find_recipe
-from pyro_vae.distributed import launched_by_torchrun
 from pyro_vae.errors import ConfigError
-from pyro_vae.loggers import make_loggers
-from pyro_vae.progress import Callbacks, TqdmProgress
 from pyro_vae.registry import GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, OBJECTIVES, PRIORS
-from pyro_vae.runs import read_run_config
+
+# The training loop, loggers and progress bars import torch: they are imported in the functions
+# that use them, so that `pyro-vae train --help` parses without torch (see cli/main.py).
 
 
 #: What `pyro-vae train` runs with no recipe on the digits (models/digits_vae.toml).
@@ -43,7 +40,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "free_bits": ("train", "free_bits"),
     "lr_decay_epochs": ("train", "lr_decay_epochs"), "lr_decay_to": ("train", "lr_decay_to"),
     "seed": ("train", "seed"), "device": ("train", "device"),
-    "eval_samples": ("evaluate", "num_samples"),
+    "eval_samples": ("evaluate", "num_samples"), "scoring": ("evaluate", "scoring"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
     "baseline_run": ("model", "baseline_run"),
@@ -58,7 +55,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
 
 
 #: What may change when a run is continued with --resume.
-RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "data_dir", "lr", "on_nan", "threads",
+RESUMABLE_FLAGS = {"epochs", "device", "eval_samples", "scoring", "data_dir", "lr", "on_nan", "threads",
                    "latent_map", "plugin", "download"}
 
 
@@ -140,7 +137,14 @@ def add_parser(commands) -> None:
                        help="latent.png for codes of more than 2 dimensions: t-SNE of 1,000 "
                        "test encodings (default) or the first two principal components (fast)")
     parser.add_argument("--eval-samples", type=int,
-                       help="importance samples K for the final test log p(x) (default 5000)")
+                       help="importance samples K for the final test log p(x) (default 5000; "
+                       "see --scoring)")
+    parser.add_argument("--scoring", choices=["auto", "full"],
+                       help="the final scoring of the test images: auto (default) costs about "
+                       "the training's time or less (fewer samples K, then the first test "
+                       "images only, where K on all would take longer); full: every test "
+                       "image with K, the papers' protocol, with the time it will take said "
+                       "first")
     parser.add_argument("--model",
                        help=f"{MODEL_KINDS.help_text()}. vae; cvae: label-conditional p(x|z, y); "
                        "m2: semi-supervised M2; quadrant_baseline / quadrant_cvae: complete "
@@ -176,14 +180,14 @@ def add_parser(commands) -> None:
                        "extra: pip install \"pyro-vae[tensorboard]\" or \"pyro-vae[mlflow]\"")
     parser.add_argument("--resume", action="store_true",
                        help="continue the run in --out from its last complete epoch")
-
-
-def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    overrides: dict[str, dict[str, Any]] = {}
     parser.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
                         help="set any recipe value, a component's option included: --set "
                         "prior.df=5 (an option of the prior the run uses), --set "
                         "model.latent_dim=2; repeat for several")
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
     for flag, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is None:
@@ -192,14 +196,14 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             overrides["plugins"] = value
         else:
             overrides.setdefault(section, {})[key] = value
-    return overrides
-
-
-def _fresh_run_dir(dataset: str) -> Path:
     from pyro_vae.options import assignments
 
     for table, values in assignments(getattr(args, "set", None)).items():
         overrides.setdefault(table, {}).update(values)
+    return overrides
+
+
+def _fresh_run_dir(dataset: str) -> Path:
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset.removeprefix("file:")).stem).strip("-")
     base = Path("runs") / f"{name or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
     candidate, suffix = base, 1
@@ -217,22 +221,24 @@ def _train_config(args: argparse.Namespace):
         if args.recipe:
             raise ConfigError("--resume takes its recipe from RUN_DIR/config.toml; leave out "
                               f"{args.recipe}.")
+        from pyro_vae.runs import read_run_config
+
         saved = read_run_config(Path(args.out))
         settings = saved.to_dict()
         # A flag that repeats the saved value changes nothing, so it is accepted.
         changed = sorted(f for f in TRAIN_FLAGS if getattr(args, f) is not None
                          and f not in RESUMABLE_FLAGS
                          and getattr(args, f) != settings[TRAIN_FLAGS[f][0]][TRAIN_FLAGS[f][1]])
-        if changed:
-            raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
-                              "resumed run keeps its configuration (only --epochs, --device, "
-                              "--eval-samples, --data-dir, --download, --lr and --on-nan may "
-                              "change). Start a new run with another --out instead.")
-        return saved.with_overrides(overrides)
         if getattr(args, "set", None):
             raise ConfigError(f"--set {args.set[0]} cannot change a run when resuming: a "
                               "resumed run keeps its configuration. Start a new run with "
                               "another --out instead.")
+        if changed:
+            raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming: a "
+                              "resumed run keeps its configuration (only --epochs, --device, "
+                              "--eval-samples, --scoring, --data-dir, --download, --lr and --on-nan may "
+                              "change). Start a new run with another --out instead.")
+        return saved.with_overrides(overrides)
     if args.recipe:
         config = Config.from_toml(find_recipe(args.recipe))
     elif args.dataset in (None, "digits"):
@@ -245,6 +251,12 @@ def _train_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vae import training
+    from pyro_vae.cli.evaluate import format_summary
+    from pyro_vae.distributed import launched_by_torchrun
+    from pyro_vae.loggers import make_loggers
+    from pyro_vae.progress import Callbacks, TqdmProgress
+
     config = _train_config(args)
     apply_threads(config.train.threads)
     main_process = not launched_by_torchrun() or os.environ["RANK"] == "0"

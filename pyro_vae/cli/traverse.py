@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from pyro_vae.applications import save_traversals
 from pyro_vae.cli.common import load_run, refuse_kind
 from pyro_vae.errors import ConfigError
-from pyro_vae.protocol import display_name, has
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -25,6 +24,9 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vae.applications import save_traversals
+    from pyro_vae.protocol import display_name, has
+
     out = Path(args.out) if args.out else Path(args.run_dir) / "traversals.png"
     if out.suffix.lower() != ".png":
         raise ConfigError(f"--out {out}: traversals are a PNG picture; give a file name "
@@ -35,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
                 "code of a whole image to sweep; its completions are in "
                 f"{Path(args.run_dir) / 'completions.png'}. "
                 "Traverse a --model vae, cvae or m2 run.")
-    if not 0 <= args.index < len(data.test_x):
-        raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
     if not (has(config, "pictures") and has(config, "latent_means")):
         raise ConfigError(f"{args.run_dir} holds a model whose kind ({config.model.kind}) does "
                           "not declare both capabilities \"latent_means\" and \"pictures\" "
                           "(posterior, latent_mean and decode; see pyro_vae.protocol), which a "
                           "traversal encodes and decodes with.")
+    if not 0 <= args.index < len(data.test_x):
+        raise ConfigError(f"--index {args.index} is outside the {len(data.test_x)} test images.")
     x = data.test_x[args.index: args.index + 1]
     labels = None
     if has(config, "labels"):  # q(z|x, y) and p(x|z, y) take the image's label
@@ -62,4 +64,6 @@ def run(args: argparse.Namespace) -> int:
 
 def torch_cat_first(first, rest):
     """The chosen image first, then the test set (whose spread ranks the dimensions)."""
+    import torch
+
     return torch.cat([first, rest[:2000]])

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from pyro_vae.config.checks import _choice, _positive
 
+#: ``[evaluate] scoring``: how much of the test split the end of training scores
+#: (:mod:`pyro_vae.scoring`).
+SCORING_MODES = ("auto", "full")
+
 
 @dataclass
 class EvaluateConfig:
@@ -13,6 +17,11 @@ class EvaluateConfig:
 
     #: Importance samples K per datapoint for log p(x).
     num_samples: int = 5000
+    #: How much the final scoring of a training run does (:mod:`pyro_vae.scoring`): ``auto``
+    #: keeps its cost to about the training's time (fewer samples, then the first test images
+    #: only, where num_samples on every test image would take longer); ``full`` scores every
+    #: test image with num_samples, the papers' protocol, and says first how long it will take.
+    scoring: str = "auto"
     #: Largest number of decoded samples held in memory at once (K × datapoints per chunk);
     #: "auto" fills half the free memory of a CUDA device (20,000 on a CPU).
     max_chunk: int | str = 20_000
@@ -28,6 +37,7 @@ class EvaluateConfig:
         _positive("evaluate", "label_fidelity_samples", self.label_fidelity_samples,
                   allow_zero=True)
         _choice("evaluate", "latent_map", self.latent_map, ("tsne", "pca"))
+        _choice("evaluate", "scoring", self.scoring, SCORING_MODES)
         if isinstance(self.max_chunk, str):
             _choice("evaluate", "max_chunk", self.max_chunk, ("auto",))
         else:
