@@ -24,6 +24,7 @@ def one_paragraph(code: int, err: str) -> str:
 
 # --- M: plugins named wrongly or broken --------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_broken_installed_plugin_breaks_only_what_uses_it(tmp_path):
     """One installed package whose pyro_vae.plugins entry point fails on import made every
     command fail, --help and recipes included, without naming the package."""
@@ -238,6 +239,7 @@ def test_fit_refuses_a_factory_that_rebuilds_another_model(tmp_path, monkeypatch
 
 # --- M/W: --resume --epochs after a finished learning-rate decay -------------------------------
 
+@pytest.mark.slow
 def test_resuming_past_a_finished_decay_does_not_jump_back_to_the_full_rate(tmp_path, capsys):
     import json
 
@@ -332,6 +334,7 @@ def test_fit_given_arrays_says_what_to_pass_in_a_short_message(tmp_path, monkeyp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_compare_on_a_discrete_run_leaves_out_an_enumeration_too_large(tmp_path, capsys):
     """The default discrete run has 10^20 codes: enumerate overflowed after the other
     objectives' work; asked for by name it is refused, by default it is left out."""
@@ -350,6 +353,7 @@ def test_compare_on_a_discrete_run_leaves_out_an_enumeration_too_large(tmp_path,
     assert "enumerate" not in (tmp_path / "lab" / "compare.csv").read_text()
 
 
+@pytest.mark.slow
 def test_compare_plots_an_exact_enumeration_without_failing(tmp_path, capsys):
     """enumerate's gradient is exact (SNR infinite), which the log-scale plot could not show."""
     run = tmp_path / "small"
@@ -364,6 +368,7 @@ def test_compare_plots_an_exact_enumeration_without_failing(tmp_path, capsys):
 
 # --- M and fragile: anomaly's background model and its data sets -----------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["missing", "damaged"])
 def test_an_interrupted_background_model_is_named_as_such(digits_run, tmp_path, capsys,
                                                           damage):
@@ -425,6 +430,7 @@ def test_a_half_trained_run_is_said_to_be_unfinished(digits_run, tmp_path, capsy
     assert code == 0 and "of its" not in err
 
 
+@pytest.mark.slow
 def test_regret_of_a_non_diagonal_guide_says_what_it_measures(tmp_path, capsys):
     """Audit: regret of lowrank and IAF guides is measured from the encoder's diagonal base."""
     run = tmp_path / "lowrank"

@@ -83,6 +83,7 @@ def set_config(run: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["evaluate", "RUN", "--num-samples", 2],
                                      ["sample", "RUN", "--n", 4, "--out", "s.npz"],
                                      ["train", "--out", "RUN", "--resume", "--epochs", 2]])
@@ -102,6 +103,7 @@ def test_a_runs_plugin_list_imports_nothing(attack, command):
         assert marker.read_text() == "ran on import"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ['plugins = ["RUN.payload"]\n\n[data]',
                                      'kind = "RUN.payload:build"'])
 def test_code_shipped_inside_the_run_directory_never_runs(attack, setting):
@@ -114,6 +116,7 @@ def test_code_shipped_inside_the_run_directory_never_runs(attack, setting):
     assert not marker.exists() and not (folder / "s.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", [{"plugins": ["marker_plugin"]},
                                     {"model": "marker_plugin:build"}])
 def test_the_configuration_saved_in_a_checkpoint_imports_nothing(attack, change):
@@ -132,6 +135,7 @@ def test_the_configuration_saved_in_a_checkpoint_imports_nothing(attack, change)
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_module_attribute_kind_is_neither_imported_nor_called(attack):
     folder, run, marker, env = attack
     set_config(run, 'kind = "vae"', 'kind = "marker_plugin:build"')
@@ -206,6 +210,7 @@ def test_a_lock_file_that_is_a_link_or_a_pipe_is_refused_and_nothing_is_overwrit
     assert (run / "checkpoint.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kind", [("checkpoint.pt", "fifo"), ("config.toml", "fifo"),
                                         ("checkpoint.pt", "device")])
 def test_a_pipe_or_device_in_place_of_a_run_file_is_refused_not_waited_on(
