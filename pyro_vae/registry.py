@@ -62,6 +62,8 @@ BUILTIN_MODULES = (
     # The kinds' pictures hooks (models hold maths; pictures live in pyro_vae.plots).
     "pyro_vae.plots.conditional", "pyro_vae.plots.quadrants", "pyro_vae.plots.discrete",
     "pyro_vae.plots.semisupervised",
+    # What kinds add to their objective (models import no objective).
+    "pyro_vae.kind_objectives",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

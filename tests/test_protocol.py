@@ -180,3 +180,17 @@ def test_an_unknown_capability_is_refused_at_registration():
     with pytest.raises(ConfigError, match="Did you mean 'pictures'"):
         MODEL_KINDS.add("misspelled_kind", build, capabilities={"picture"})
     assert "misspelled_kind" not in MODEL_KINDS.registered_names()
+
+
+def test_models_import_no_objective():
+    """Layering: a model is maths (model and guide); objectives come from above
+    (pyro_vae.kind_objectives wires the cvae's penalty, pyro_vae.plates holds the plates)."""
+    import ast
+    from pathlib import Path
+
+    models = Path(pyro_vae.__file__).parent / "models"
+    for path in models.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not any(n.startswith("pyro_vae.objectives") for n in names), path.name

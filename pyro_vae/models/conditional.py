@@ -36,7 +36,6 @@ from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
-from pyro_vae.objectives.label_independence import with_label_independence
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior, build_prior
 from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
@@ -259,13 +258,11 @@ def check_data_labels(config: "Config", data: "ImageData") -> None:
 
 def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective: ELBO
             ) -> tuple[ELBO, None]:
-    """The ``prepare`` hook of the kind ``cvae``: the data must have labels; the objective
-    is the one configured, with the label-independence penalty added where ``[model]
-    label_independence`` asks for it."""
+    """The kind ``cvae``'s own preparation: the data must have labels; the objective is the
+    one configured. (:mod:`pyro_vae.kind_objectives` adds the label-independence penalty to
+    it: models import no objective.)"""
     check_data_labels(config, data)
-    return with_label_independence(objective, config.model.label_independence,
-                                   config.model.label_independence_weight, vae.prior,
-                                   config.model.num_classes), None
+    return objective, None
 
 
 def model_defaults(model: "Mapping[str, Any]") -> dict[str, Any]:

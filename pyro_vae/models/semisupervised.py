@@ -62,7 +62,7 @@ from pyro_vae.models.conditional import (ConditionalVAE, build_label_prior, chec
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.objectives.particles import MAX_PLATE_NESTING
+from pyro_vae.plates import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
 from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 

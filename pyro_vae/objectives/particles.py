@@ -33,9 +33,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives.recorder import RecordedTrace, SiteRecorder
-
-#: Plates the library's models nest: ``data`` at dim -1. Particles go at dim -2.
-MAX_PLATE_NESTING = 1
+from pyro_vae.plates import MAX_PLATE_NESTING  # ``data`` at dim -1; particles at dim -2
 
 
 class ParticleTraces(NamedTuple):
