@@ -62,8 +62,9 @@ BUILTIN_MODULES = (
     # The kinds' pictures hooks (models hold maths; pictures live in pyro_vae.plots).
     "pyro_vae.plots.conditional", "pyro_vae.plots.quadrants", "pyro_vae.plots.discrete",
     "pyro_vae.plots.semisupervised",
-    # What kinds add to their objective (models import no objective).
-    "pyro_vae.kind_objectives",
+    # What kinds add to their objective (models import no objective) and to the summary at
+    # the end of training (the loop imports no application).
+    "pyro_vae.kind_objectives", "pyro_vae.kind_summaries",
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -133,6 +134,9 @@ class KindHooks:
       kind declares ``labels``, shared out under torchrun]).
     * ``test_summary(model, data, config) -> dict``: the kind's own entries of ``summary.json``
       ([none]).
+    * ``run_summary(model, data, run_dir, config) -> dict``: entries of ``summary.json`` that
+      the end of training measures with files kept in the run directory (the labelled kinds'
+      label fidelity and its classifier; :mod:`pyro_vae.kind_summaries`) ([none]).
     * ``pictures(model, data, run_dir, history, config)``: writes the run's pictures ([samples,
       reconstructions, interpolation and latent map for a kind declaring ``pictures``, the
       ELBO curve otherwise]).
@@ -147,6 +151,7 @@ class KindHooks:
     initialize: Callable[..., Any] | None = None
     batches: Callable[..., Any] | None = None
     test_summary: Callable[..., Any] | None = None
+    run_summary: Callable[..., Any] | None = None
     pictures: Callable[..., Any] | None = None
     model_defaults: Callable[..., Any] | None = None
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import pyro
 import torch
 
-from pyro_vae import distributed, fidelity
+from pyro_vae import distributed
 from pyro_vae.config import Config
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
@@ -637,10 +637,8 @@ def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: l
         **scores,
         **plan.summary_entries(),
         "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
-        **(fidelity.evaluate_label_fidelity(vae, data, run_dir,
-                                            config.evaluate.label_fidelity_samples,
-                                            config.train.seed)
-           if has(config, "labels") and config.evaluate.label_fidelity_samples else {}),
+        **(hooks(config).run_summary(vae, data, run_dir, config)
+           if hooks(config).run_summary is not None else {}),
         "train_seconds": round(train_seconds, 2),
         "evaluate_seconds": round(time.perf_counter() - started, 2),
     }

@@ -194,3 +194,24 @@ def test_models_import_no_objective():
             names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
                      [a.name for a in node.names] if isinstance(node, ast.Import) else [])
             assert not any(n.startswith("pyro_vae.objectives") for n in names), path.name
+
+
+def test_the_training_loop_imports_no_application():
+    """Layering: the loop (training.py) imports neither fidelity nor anomaly nor applications;
+    the labelled kinds' label fidelity reaches summary.json through their run_summary hook."""
+    import ast
+    from pathlib import Path
+
+    from pyro_vae.protocol import hooks
+
+    source = (Path(pyro_vae.__file__).parent / "training.py").read_text(encoding="utf-8")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {node.module or ""} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+    for application in ("fidelity", "anomaly", "applications"):
+        assert f"pyro_vae.{application}" not in imported
+    config = pyro_vae.Config().with_overrides({"model": {"kind": "cvae"}})
+    assert hooks(config).run_summary is not None
