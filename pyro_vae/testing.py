@@ -423,7 +423,7 @@ COMMANDS = (
     ("evaluate", "--num-samples", "4"),
     ("sample", "--n", "4", "--out", "{run}/s.npz"),
     ("traverse",),
-    ("anomaly", "--against", "digits", "--num-samples", "4", "--limit", "20",
+    ("anomaly", "--against", "digits", "--num-samples", "4", "--limit", "60",
      "--regret-steps", "2"),
     ("compare", "--particles", "2", "--repeats", "2", "--batch-size", "8", "--out",
      "{run}/lab"),

@@ -457,6 +457,39 @@ def _check_decay_continues(run_dir: Path, saved: dict[str, Any], config: Config,
         f"{config.train.epochs} from the start.")
 
 
+def _start_model(config: Config, data: ImageData, device: torch.device,
+                 model: torch.nn.Module | None) -> torch.nn.Module:
+    """The model a run starts from: built from ``config.model`` (or ``fit``'s ``model``,
+    checked), on ``device``, with ``num_data`` set (the protocol's promise) and its output
+    started at the training data (a resumed run then loads its trained weights over it)."""
+    vae = (build_vae(config.model, data.image_shape, num_data=len(data.train_x))
+           if model is None else model).to(device)
+    vae.num_data = len(data.train_x)  # the protocol: the loop sets it (a factory may not)
+    if model is not None:
+        # fit's model: its guide samples every latent site; its factory rebuilds it.
+        check_given_model(vae, config, data.train_x, data.image_shape, len(data.train_x))
+    likelihood = getattr(vae, "likelihood", None)
+    if config.model.standardize and hasattr(likelihood, "initialize_from"):
+        likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
+    if hasattr(likelihood, "start_scale"):  # a learned Gaussian σ: its best value at the start
+        likelihood.start_scale(data.train_x)
+    # p(x|z) starts at the data's mean image.
+    if hasattr(vae, "start_output_bias"):
+        vae.start_output_bias(data.train_x)
+    elif hasattr(vae, "initialize_from_data") and config.model.likelihood == "bernoulli":
+        vae.initialize_from_data(data.train_x)
+    return vae
+
+
+def _monitor_data(data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fixed points of the per-epoch collapse diagnostics: up to ``MONITOR_POINTS``
+    validation images (training images where there is no validation split)."""
+    x, y = data.valid_x, data.valid_y
+    if not len(x):
+        x, y = data.train_x, data.train_y
+    return x[:MONITOR_POINTS], None if y is None else y[:MONITOR_POINTS]
+
+
 def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
            group: ProcessGroup | None, group_device: torch.device | None,
            model: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -480,22 +513,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
         group if config.data.download else None, lambda: prepare_data(config, device))
     check_training_memory(config, data.image_shape, len(data.test_x), device,
                           None if data.train_y is None else len(torch.unique(data.train_y)))
-    vae = (build_vae(config.model, data.image_shape, num_data=len(data.train_x))
-           if model is None else model).to(device)
-    vae.num_data = len(data.train_x)  # the protocol: the loop sets it (a factory may not)
-    if model is not None:
-        # fit's model: its guide samples every latent site; its factory rebuilds it.
-        check_given_model(vae, config, data.train_x, data.image_shape, len(data.train_x))
-    likelihood = getattr(vae, "likelihood", None)
-    if config.model.standardize and hasattr(likelihood, "initialize_from"):
-        likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
-    if hasattr(likelihood, "start_scale"):  # a learned Gaussian σ: its best value at the start
-        likelihood.start_scale(data.train_x)
-    # p(x|z) starts at the data's mean image (a resumed run then loads its trained weights).
-    if hasattr(vae, "start_output_bias"):
-        vae.start_output_bias(data.train_x)
-    elif hasattr(vae, "initialize_from_data") and config.model.likelihood == "bernoulli":
-        vae.initialize_from_data(data.train_x)
+    vae = _start_model(config, data, device, model)
     temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
                                       config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
@@ -551,11 +569,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     rollbacks = history[-1].get("rollbacks", 0) if history else 0
 
     # Collapse diagnostics each epoch on up to 1,000 fixed points (validation, else training).
-    monitor_x, monitor_y = data.valid_x, data.valid_y
-    if not len(monitor_x):
-        monitor_x, monitor_y = data.train_x, data.train_y
-    monitor_x = monitor_x[:MONITOR_POINTS]
-    monitor_y = None if monitor_y is None else monitor_y[:MONITOR_POINTS]
+    monitor_x, monitor_y = _monitor_data(data)
     progress.start_epochs(start_epoch, config.train.epochs)
     progress.watch(vae, monitor_x, monitor_y, data.image_shape)
     epoch = start_epoch

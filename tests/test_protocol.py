@@ -133,7 +133,7 @@ def test_a_plain_pyro_model_trains_with_fit_and_every_command_works(plain, tmp_p
     code, _, err = _cli(capsys, "sample", run, "--n", 4, "--out", run / "s.npz", *trusted)
     assert code == 0, err
     for argv in (("traverse", run),
-                 ("anomaly", run, "--against", "digits", "--num-samples", 4, "--limit", 20,
+                 ("anomaly", run, "--against", "digits", "--num-samples", 4, "--limit", 60,
                   "--regret-steps", 2, "--out", run / "anomaly"),
                  ("compare", run, "--objectives", "elbo,iwae", "--particles", 2, "--repeats", 2,
                   "--batch-size", 8, "--out", run / "lab"),
