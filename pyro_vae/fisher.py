@@ -40,7 +40,7 @@ def upper_tail_p(reference: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """p⁺ = (1 + #{reference ≥ s}) / (n + 1) for every entry of ``scores``."""
     ordered = torch.sort(reference.double()).values
     below = torch.searchsorted(ordered, scores.double(), right=False)  # #{ref < s}
-    return (1.0 + len(ordered) - below) / (len(ordered) + 1.0)
+    return (1.0 + len(ordered) - below.double()) / (len(ordered) + 1.0)
 
 
 def tail_p(reference: torch.Tensor, scores: torch.Tensor, two_sided: bool) -> torch.Tensor:

@@ -8,14 +8,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
-from pyro_vae import anomaly
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError
-from pyro_vae.protocol import has
-from pyro_vae.evaluate import estimate_log_likelihood
-from pyro_vae.runs import load_trained, make_run_dir, write_json
+
+# torch and the library's heavy modules are imported inside the functions that use them,
+# so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
 
 def add_parser(commands) -> None:
@@ -33,8 +30,9 @@ def add_parser(commands) -> None:
                          "fashion-mnist")
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
-                         "regret, complexity, likelihood-ratio, typicality (default: all but "
-                         "likelihood-ratio, which --background adds)")
+                         "regret, complexity, likelihood-ratio, dose, fisher, typicality "
+                         "(default: all but likelihood-ratio, which --background adds; fisher, "
+                         "the default verdict, adds the scores it combines)")
     parser.add_argument("--background", action="store_true",
                          help="train a background model on perturbed training images for the "
                          "likelihood ratio (kept in OUT/background and reused)")
@@ -53,9 +51,15 @@ def add_parser(commands) -> None:
     parser.add_argument("--compressor", default="png",
                          help="lossless compressor for the input complexity L(x): png "
                          "(default) or zlib (raw 8-bit pixels)")
+    parser.add_argument("--alpha", type=float, default=0.05,
+                         help="level of each score's verdict: an image is flagged when its "
+                         "in-distribution tail probability is below ALPHA (default 0.05)")
     parser.add_argument("--typicality-batch", type=int, default=10,
                          help="images per batch of the typicality test (default 10)")
     parser.add_argument("--data-dir")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/anomaly)")
+
+
 def _training_inputs(config, data):
     """The training images as the model saw them: a dynamically binarized run was trained on
     coin flips drawn from the grey levels, so the typicality test scores one fixed draw of
@@ -67,14 +71,18 @@ def _training_inputs(config, data):
     return data.train_x
 
 
-    parser.add_argument("--out", help="output folder (default RUN_DIR/anomaly)")
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from pyro_vae import anomaly
+    from pyro_vae.evaluate import estimate_log_likelihood
+    from pyro_vae.protocol import has
+    from pyro_vae.runs import make_run_dir, write_json
 
     for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch"):
         positive_flag(name, getattr(args, name.replace("-", "_")))
     scores = tuple(dict.fromkeys(args.score or anomaly.DEFAULT_SCORES))
+    if not 0.0 < args.alpha < 1.0:
+        raise ConfigError(f"--alpha {args.alpha} must lie strictly between 0 and 1 (e.g. 0.05).")
     for score in scores:
         if score not in anomaly.SCORES:
             raise ConfigError(f"--score {score!r} is not a score; choose from "
@@ -84,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
                           f"{', '.join(anomaly.COMPRESSORS)}.")
     if args.background and "likelihood-ratio" not in scores:
         scores = (*scores, "likelihood-ratio")
+    if "fisher" in scores:  # the default verdict needs the scores it combines
+        scores = tuple(dict.fromkeys(
+            (*scores, *(s for s in anomaly.FISHER_PARTS if s != "likelihood-ratio"))))
     settings = anomaly.BackgroundSettings(rate=args.background_rate,
                                           epochs=args.background_epochs)
     settings.validate()
@@ -101,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             anomaly.check_regret_supported(vae, data.test_x[:1])
         except ConfigError as error:
-            if args.score:  # asked for by name: say why not
+            if "regret" in (args.score or ()):  # asked for by name: say why not
                 raise
             scores = tuple(s for s in scores if s != "regret")
             print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
@@ -125,13 +136,24 @@ def run(args: argparse.Namespace) -> int:
                                            compressor=args.compressor)
     per_image = tuple(s for s in scores if s in anomaly.PER_IMAGE_SCORES)
     torch.manual_seed(0)
-    normal = anomaly.score_images(vae, data.test_x[: args.limit], data.image_shape, per_image,
-                                  score_settings, background)
-    against = {name: anomaly.score_images(vae, other.test_x[: args.limit], data.image_shape,
-                                          per_image, score_settings, background)
-               for name, other in others.items()}
+    sets = {"_normal": data.test_x[: args.limit],
+            **{name: other.test_x[: args.limit] for name, other in others.items()}}
+    against, reference = anomaly.score_with_reference(
+        vae, data.valid_x[: args.limit], sets, data.image_shape, per_image, score_settings,
+        background)
+    normal = against.pop("_normal")
     table = anomaly.metrics_table(normal, against)
+    calibration = anomaly.calibration(reference, normal, args.alpha)
+    disagreeing = anomaly.disagreements(reference, against, args.alpha)
     warnings = []
+    for name, shares in disagreeing.items():
+        listed = ", ".join(f"{score} {share:.0%}" for score, share in shares.items())
+        verdict = (f"; the default verdict ({anomaly.DEFAULT_VERDICT}) flags "
+                   f"{shares[anomaly.DEFAULT_VERDICT]:.0%}"
+                   if anomaly.DEFAULT_VERDICT in shares else "")
+        warnings.append(f"the scores disagree on {name}: share of its images flagged at "
+                        f"α = {args.alpha} by {listed}{verdict}. Trust the scores marked "
+                        "reliable above, and prefer the default verdict to any single score.")
     if "regret" in scores and config.model.guide != "diagonal":
         warnings.append(
             f"regret with guide = \"{config.model.guide}\" is measured from the encoder's "
@@ -174,6 +196,15 @@ def run(args: argparse.Namespace) -> int:
         "num_samples": args.num_samples, "num_images": len(normal["_log_p"]),
         "num_images_against": {name: len(s["_log_p"]) for name, s in against.items()},
         "metrics": table, "typicality": typicality,
+        "default_verdict": anomaly.DEFAULT_VERDICT if "fisher" in scores else None,
+        "alpha": args.alpha, "calibration": calibration,
+        "num_reference_images": len(data.valid_x[: args.limit]),
+        "dose_bandwidth": reference.dose.bandwidth if reference.dose is not None else None,
+        "fisher_parts": list(reference.fisher.parts) if reference.fisher is not None else None,
+        "flagged_share": {name: {score: float(anomaly.flagged(reference, score, scored,
+                                                              args.alpha).double().mean())
+                                 for score in reference.scores}
+                          for name, scored in against.items()},
         "mean_log_likelihood": float(normal["_log_p"].mean()),
         "mean_log_likelihood_against": {name: float(s["_log_p"].mean())
                                         for name, s in against.items()},
@@ -198,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / "anomaly.json", report)
     anomaly.save_histograms(out / "anomaly.png", panels, config.data.dataset)
     print(_anomaly_table(config.data.dataset, report))
+    print(_calibration_table(report))
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {out / 'anomaly.json'} and {out / 'anomaly.png'}")
@@ -207,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
 def _background_model(config, data, run_dir: Path, settings):
     """The background model of the likelihood ratio: reused from ``run_dir`` when it was
     trained there with the same settings, else trained now."""
-
+    from pyro_vae import anomaly
+    from pyro_vae.runs import load_trained, write_json
 
     stamp_path = run_dir / "perturbation.json"
     stamp = {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
@@ -263,4 +296,19 @@ def _anomaly_table(dataset: str, report: dict) -> str:
                      f"batches, false alarms {result['false_alarm_rate']:.2f} of "
                      f"{result['num_batches_normal']} (α = {result['alpha']}), batch AUROC "
                      f"{result['batch_auroc']:.4f}")
+    return "\n".join(lines)
+
+
+def _calibration_table(report: dict) -> str:
+    """Which scores are reliable for this run: each score's false-positive rate on the run's
+    in-distribution test images at the level fitted on its validation images."""
+    alpha = report["alpha"]
+    lines = [f"in-distribution calibration at α = {alpha} (thresholds from "
+             f"{report['num_reference_images']} validation images; false positives on the "
+             f"{report['num_images']} test images; reliable = within 3 standard errors of α)"]
+    for score, result in report["calibration"].items():
+        mark = "reliable" if result["reliable"] else "NOT reliable"
+        default = "  (default verdict)" if score == report["default_verdict"] else ""
+        lines.append(f"  {score:<18} false-positive rate {result['false_positive_rate']:.3f} "
+                     f"± {result['tolerance']:.3f}: {mark}{default}")
     return "\n".join(lines)
