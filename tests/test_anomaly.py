@@ -62,6 +62,7 @@ def test_compressed_length_is_the_compressed_size_in_nats():
         compressed_length(constant, shape, "gzip")
 
 
+@pytest.mark.slow
 def test_likelihood_regret_is_the_amortization_gap_on_the_linear_gaussian():
     toy = LinearGaussian()
     toy.set_encoder(loc_error=torch.tensor([1.0, -0.5]), scale_factor=1.5)
@@ -142,6 +143,7 @@ def speckle_run(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_hard_direction_is_detected_where_log_likelihood_is_inverted(speckle_run, capsys):
     run, out = speckle_run / "run", speckle_run / "out"
     blank, dense = f"file:{speckle_run / 'blank.npz'}", f"file:{speckle_run / 'dense.npz'}"
@@ -174,6 +176,7 @@ def test_hard_direction_is_detected_where_log_likelihood_is_inverted(speckle_run
     assert list(report["metrics"][blank]) == ["likelihood-ratio"]
 
 
+@pytest.mark.slow
 def test_bad_score_settings_are_refused(speckle_run, capsys):
     run = str(speckle_run / "run")
     blank = f"file:{speckle_run / 'blank.npz'}"

@@ -9,6 +9,7 @@ from pyro_vae import Config, build_vae, estimate_log_likelihood, load_dataset
 
 
 @pytest.mark.parametrize("objective", [Trace_ELBO, TraceMeanField_ELBO])
+@pytest.mark.slow
 def test_stock_svi_trains_the_vae(objective):
     data = load_dataset("digits")
     vae = build_vae(Config().model, data.image_shape, num_data=len(data.train_x))

@@ -76,6 +76,7 @@ def test_probe_and_traversals_from_the_cli(mnist_run, data_dir, tmp_path, capsys
     assert (tmp_path / "imp" / "imputation.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_probe_needs_labels_and_anomaly_needs_the_same_shape(tmp_path, capsys, data_dir):
     run = tmp_path / "digits"
     train(Config().with_overrides({"model": {"hidden_dims": [16], "latent_dim": 2},

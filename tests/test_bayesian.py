@@ -86,6 +86,7 @@ def test_elbo_trains_the_weight_posterior_with_several_particles():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_predictive_draws_weights_from_the_guide_and_images_from_the_model():
     vae, _ = _bayesian("last")
     with torch.no_grad():
@@ -115,6 +116,7 @@ def test_fixed_weights_make_a_plain_vae_and_decode_uses_the_posterior_mean():
     assert torch.allclose(vae.decode(z), vae.decode(z))  # no weight noise outside a model
 
 
+@pytest.mark.slow
 def test_posterior_predictive_log_likelihood_matches_the_exact_linear_gaussian_answer():
     """Linear-Gaussian VAE with a Bayesian decoder bias: with q(b) = N(b̂, τ²I) and the weights
     fixed (σ(W) = 1e-6), the posterior predictive is exactly
@@ -149,6 +151,7 @@ def test_posterior_predictive_log_likelihood_matches_the_exact_linear_gaussian_a
     assert abs(float(means.mean()) - exact(SIGMA ** 2)) > 10 * stderr
 
 
+@pytest.mark.slow
 def test_gaps_command_exports_weight_posterior_draws_for_arviz(tmp_path, capsys):
     import arviz as az
 

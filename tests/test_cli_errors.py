@@ -10,14 +10,10 @@ from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.training import train
 
-
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
+from helpers import run_cli
 
 
+@pytest.mark.slow
 def test_unknown_dataset_from_a_real_process(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pyro_vae", "train", "--dataset", "mnsit",
                              "--out", str(tmp_path / "r")], capture_output=True, text=True)
@@ -28,28 +24,28 @@ def test_unknown_dataset_from_a_real_process(tmp_path):
 
 
 def test_missing_data_dir(tmp_path, capsys):
-    code, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir",
-                        str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--dataset", "mnist", "--data-dir",
+                           str(tmp_path / "missing"), "--out", str(tmp_path / "r"))
     assert code == 2 and "--data-dir" in err and "--download" in err
 
 
 def test_wrong_recipe_key(tmp_path, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text("[model]\nlatent_dims = 4\n")
-    code, err = run_cli(capsys, "train", str(recipe), "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", str(recipe), "--out", str(tmp_path / "r"))
     assert code == 2 and "latent_dims" in err and "latent_dim" in err
 
 
 def test_pixels_outside_unit_interval_for_bernoulli(tmp_path, capsys):
     path = tmp_path / "big.npz"
     np.savez(path, x=np.linspace(0, 2, 40 * 16, dtype=np.float32).reshape(40, 16))
-    code, err = run_cli(capsys, "train", "--dataset", f"file:{path}", "--binarize", "none",
-                        "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--dataset", f"file:{path}", "--binarize", "none",
+                           "--out", str(tmp_path / "r"))
     assert code == 2 and "[0, 1]" in err and not (tmp_path / "r").exists()
 
 
 def test_grey_pixels_for_bernoulli_without_binarization(capsys, tmp_path):
-    code, err = run_cli(capsys, "train", "--binarize", "none", "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--binarize", "none", "--out", str(tmp_path / "r"))
     assert code == 2 and "binarize" in err and "continuous_bernoulli" in err
 
 
@@ -61,57 +57,62 @@ def trained_run(tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint(trained_run, capsys):
     checkpoint = trained_run / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     for argv in (["evaluate", str(trained_run)], ["sample", str(trained_run)],
                  ["train", "--out", str(trained_run), "--resume"]):
-        code, err = run_cli(capsys, *argv)
+        code, _, err = run_cli(capsys, *argv)
         assert code == 2 and "truncated, corrupt" in err
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model(trained_run, capsys):
     config = trained_run / "config.toml"
     config.write_text(config.read_text().replace("latent_dim = 2", "latent_dim = 3"))
-    code, err = run_cli(capsys, "evaluate", str(trained_run))
+    code, _, err = run_cli(capsys, "evaluate", str(trained_run))
     assert code == 2 and "different [model]" in err
 
 
+@pytest.mark.slow
 def test_resume_cannot_change_the_model(trained_run, capsys):
-    code, err = run_cli(capsys, "train", "--out", str(trained_run), "--resume",
-                        "--latent-dim", "5")
+    code, _, err = run_cli(capsys, "train", "--out", str(trained_run), "--resume",
+                           "--latent-dim", "5")
     assert code == 2 and "cannot change when resuming" in err
 
 
+@pytest.mark.slow
 def test_evaluate_on_data_of_another_shape(trained_run, capsys, data_dir):
-    code, err = run_cli(capsys, "evaluate", str(trained_run), "--dataset", "mnist",
-                        "--data-dir", str(data_dir))
+    code, _, err = run_cli(capsys, "evaluate", str(trained_run), "--dataset", "mnist",
+                           "--data-dir", str(data_dir))
     assert code == 2 and "shape" in err
 
 
 def test_not_a_run_directory(tmp_path, capsys):
-    code, err = run_cli(capsys, "evaluate", str(tmp_path))
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
     assert code == 2 and "config.toml" in err
 
 
 def test_cuda_when_there_is_none(tmp_path, capsys, monkeypatch):
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, err = run_cli(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "r"))
     assert code == 2 and "--device cpu" in err
 
 
 def test_nonpositive_flags(tmp_path, capsys):
-    code, err = run_cli(capsys, "train", "--epochs", "0", "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--epochs", "0", "--out", str(tmp_path / "r"))
     assert code == 2 and "epochs" in err
 
 
 def test_renyi_alpha_one_is_refused(tmp_path, capsys):
-    code, err = run_cli(capsys, "train", "--objective", "renyi", "--alpha", "1",
-                        "--out", str(tmp_path / "r"))
+    code, _, err = run_cli(capsys, "train", "--objective", "renyi", "--alpha", "1",
+                           "--out", str(tmp_path / "r"))
     assert code == 2 and "alpha = 1" in err
 
 
+@pytest.mark.slow
 def test_checkpoints_from_before_a_new_config_key_still_load(trained_run, capsys):
     """A key added to [model] later (with its default) must not orphan older runs."""
     import torch
@@ -121,7 +122,7 @@ def test_checkpoints_from_before_a_new_config_key_still_load(trained_run, capsys
     for key in ("stochastic_layers", "top_latent_dim", "top_hidden_dims"):
         del checkpoint["config"]["model"][key]
     torch.save(checkpoint, trained_run / "checkpoint.pt")
-    code, err = run_cli(capsys, "evaluate", str(trained_run), "--num-samples", "4")
+    code, _, err = run_cli(capsys, "evaluate", str(trained_run), "--num-samples", "4")
     assert code == 0, err
 
 

@@ -66,8 +66,8 @@ def test_building_the_parser_imports_no_torch():
 
 def test_the_help_lists_the_same_names_as_the_loaded_registries():
     """``train --help`` names the built-in priors, guides, ... read from the built-in modules'
-    source without importing them; loading them registers exactly those names, in that
-    order."""
+    source without importing them; loading them registers exactly those names (their order is
+    the order the modules happen to be imported in, so only the sets are compared)."""
     from pyro_vae import registry
 
     declared = registry.declared_builtin_names()
@@ -75,10 +75,11 @@ def test_the_help_lists_the_same_names_as_the_loaded_registries():
     for kind_registry in (registry.PRIORS, registry.LIKELIHOODS, registry.GUIDES,
                           registry.NETWORKS, registry.OBJECTIVES, registry.MODEL_KINDS,
                           registry.DATASETS):
+        # What the built-in modules registered (not what tests or plugins added since).
         builtin = tuple(name for name in kind_registry.choices()
-                        if not kind_registry.entry(name).plugin and ":" not in name
-                        and kind_registry.entry(name).module.startswith("pyro_vae."))
-        assert declared[kind_registry.kind] == builtin, kind_registry.kind
+                        if kind_registry.entry(name).module in registry.BUILTIN_MODULES)
+        assert len(set(declared[kind_registry.kind])) == len(declared[kind_registry.kind])
+        assert set(declared[kind_registry.kind]) == set(builtin), kind_registry.kind
 
 
 def test_every_command_is_one_entry_that_names_its_module():

@@ -21,14 +21,9 @@ from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data, train
 
+from helpers import run_cli
+
 CVAE = ModelConfig(kind="cvae", latent_dim=3, hidden_dims=[16], num_classes=4)
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return code, err
 
 
 def test_shapes_with_vectorized_particles():
@@ -100,6 +95,7 @@ def test_importance_sampling_with_the_exact_posterior_is_exact():
     assert torch.allclose(estimate.elbo, exact, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_importance_sampling_with_a_wide_proposal_approaches_the_exact_value():
     vae, b, marginal = _linear_gaussian_cvae()
     vae.encoder.encoder.scale = vae.encoder.encoder.scale * 2.0  # a worse, wider q
@@ -124,12 +120,14 @@ def trained_cvae(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_cvae_run_has_the_plain_vae_outputs(trained_cvae):
     for name in ("config.toml", "checkpoint.pt", "metrics.jsonl", "summary.json",
                  "samples.png", "reconstructions.png", "elbo.png"):
         assert (trained_cvae / name).exists(), name
 
 
+@pytest.mark.slow
 def test_conditional_samples_show_the_requested_label(trained_cvae):
     """A logistic regression fitted to the real digits recognises the label we asked for.
 
@@ -150,49 +148,54 @@ def test_conditional_samples_show_the_requested_label(trained_cvae):
     assert accuracy > 0.6
 
 
+@pytest.mark.slow
 def test_resume_continues_a_cvae_run(trained_cvae, capsys, tmp_path):
     import shutil
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_cvae, run_dir)
-    code, _ = run_cli(capsys, "train", "--out", run_dir, "--resume", "--epochs", 11)
+    code, _, _ = run_cli(capsys, "train", "--out", run_dir, "--resume", "--epochs", 11)
     assert code == 0
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 11
 
 
+@pytest.mark.slow
 def test_sample_cli_label_and_grid(trained_cvae, capsys, tmp_path):
-    code, _ = run_cli(capsys, "sample", trained_cvae, "--label", 7, "--n", 4,
-                      "--out", tmp_path / "seven.npz")
+    code, _, _ = run_cli(capsys, "sample", trained_cvae, "--label", 7, "--n", 4,
+                         "--out", tmp_path / "seven.npz")
     assert code == 0
     assert np.load(tmp_path / "seven.npz")["x"].shape == (4, 1, 8, 8)
-    code, _ = run_cli(capsys, "sample", trained_cvae, "--n", 30, "--out", tmp_path / "g.png")
+    code, _, _ = run_cli(capsys, "sample", trained_cvae, "--n", 30, "--out", tmp_path / "g.png")
     assert code == 0 and (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow
 def test_label_out_of_range(trained_cvae, capsys):
-    code, err = run_cli(capsys, "sample", trained_cvae, "--label", 12)
+    code, _, err = run_cli(capsys, "sample", trained_cvae, "--label", 12)
     assert code == 2 and "labels are 0..9" in err
 
 
+@pytest.mark.slow
 def test_label_on_an_unconditional_model(tmp_path, capsys):
     train(Config().with_overrides({"train": {"epochs": 1}, "evaluate": {"num_samples": 2}}),
           tmp_path / "vae")
-    code, err = run_cli(capsys, "sample", tmp_path / "vae", "--label", 3)
+    code, _, err = run_cli(capsys, "sample", tmp_path / "vae", "--label", 3)
     assert code == 2 and "unconditional" in err
 
 
 def test_cvae_on_a_dataset_without_labels(tmp_path, capsys):
     np.savez(tmp_path / "nolabels.npz", x=np.random.default_rng(0).integers(
         0, 2, (40, 4, 4)).astype(np.float32))
-    code, err = run_cli(capsys, "train", "--model", "cvae", "--dataset",
-                        f"file:{tmp_path / 'nolabels.npz'}", "--out", tmp_path / "r")
+    code, _, err = run_cli(capsys, "train", "--model", "cvae", "--dataset",
+                           f"file:{tmp_path / 'nolabels.npz'}", "--out", tmp_path / "r")
     assert code == 2 and "has no labels" in err and "kind = \"vae\"" in err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow
 def test_cvae_on_binarized_mnist(tmp_path, capsys, data_dir):
-    code, err = run_cli(capsys, "train", "--model", "cvae", "--dataset", "binarized-mnist",
-                        "--data-dir", data_dir, "--out", tmp_path / "r")
+    code, _, err = run_cli(capsys, "train", "--model", "cvae", "--dataset", "binarized-mnist",
+                           "--data-dir", data_dir, "--out", tmp_path / "r")
     assert code == 2 and "'binarized-mnist' (train split) has no labels" in err
 
 
@@ -203,6 +206,7 @@ def test_model_kind_typo_suggests():
         Config.from_dict({"model": {"kind": "cvae", "network": "conv"}})
 
 
+@pytest.mark.slow
 def test_evaluate_cli_scores_log_p_x_given_y(trained_cvae, capsys):
     import json
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from pyro_vae import plots
-from pyro_vae.cli import main
 from pyro_vae.config import Config
 from pyro_vae.data import is_vector_shape, load_dataset
 from pyro_vae.errors import ConfigError, DataError
@@ -19,12 +18,7 @@ from pyro_vae.objectives import IWAE, RenyiBound, is_lower_bound
 from pyro_vae.toy import LinearGaussian
 from pyro_vae.training import prepare_data
 
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.out, captured.err
+from helpers import run_cli
 
 
 def config_for(path, likelihood="bernoulli", binarize="auto"):
@@ -130,6 +124,7 @@ def test_two_channel_pictures_show_channels_side_by_side(tmp_path):
     assert (tmp_path / "two.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_vector_data_stay_vectors(tmp_path, capsys, monkeypatch):
     rng = np.random.default_rng(2)
     path = tmp_path / "vectors.npz"
@@ -157,6 +152,7 @@ def test_vector_data_stay_vectors(tmp_path, capsys, monkeypatch):
 
 # --- honest error bars ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_monte_carlo_error_of_log_px_matches_the_spread_of_repeated_estimates():
     lg = LinearGaussian(num_points=40)
     lg.set_encoder(loc_error=torch.tensor([0.5, -0.4]), scale_factor=1.7)
@@ -180,6 +176,7 @@ def per_datapoint_mean(objective, lg, repeats):
     return float(draws.mean()), float(draws.std() / math.sqrt(repeats))
 
 
+@pytest.mark.slow
 def test_orderings_that_hold_and_objectives_that_exceed_log_px():
     lg = LinearGaussian(num_points=8)
     lg.set_encoder(loc_error=torch.tensor([0.4, -0.3]), scale_factor=1.6)
@@ -207,6 +204,7 @@ def test_compare_table_marks_what_is_not_a_lower_bound():
     assert "not a lower bound" in rows[0] and "not a lower bound" not in rows[1]
 
 
+@pytest.mark.slow
 def test_monte_carlo_error_with_a_bayesian_decoder_carries_the_shared_weight_draws():
     from pyro_vae.models.bayesian import BayesianVAE
 

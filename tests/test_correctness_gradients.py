@@ -101,6 +101,7 @@ def test_dreg_gradient_follows_minibatch_scaling_and_beta():
     assert z_scores(difference, torch.zeros(4)).abs().max() < 4.5
 
 
+@pytest.mark.slow
 def test_dreg_during_kl_warmup_on_a_vae():
     """The project's VAE at a warm-up step of KLSchedule: DReG's encoder gradient is IWAE's."""
     lg = LinearGaussian(num_points=6)

@@ -11,6 +11,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from pyro_vae.cli import main
@@ -18,6 +19,7 @@ from pyro_vae.cli import main
 DIMS, SIGMA = 4, 0.3
 
 
+@pytest.mark.slow
 def test_default_gaussian_vae_on_ppca_data_comes_within_a_quarter_nat(tmp_path, capsys):
     rng = np.random.default_rng(0)
     weight = rng.normal(size=(DIMS, 1))

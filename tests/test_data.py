@@ -21,6 +21,7 @@ def test_digits_are_embedded_and_split():
 
 @pytest.mark.parametrize("name,mean_train,mean_test", [
     ("mnist", 33.318, 33.791), ("fashion-mnist", 72.94, 73.147)])
+@pytest.mark.slow
 def test_idx_datasets_match_published_statistics(data_dir, name, mean_train, mean_test):
     data = load_dataset(name, str(data_dir), validation_fraction=0.0)
     assert data.train_x.shape == (60000, 784) and data.test_x.shape == (10000, 784)
@@ -34,6 +35,7 @@ def test_validation_split_is_held_out_from_train(data_dir):
     assert (len(data.train_x), len(data.valid_x)) == (50000, 10000)
 
 
+@pytest.mark.slow
 def test_binarized_mnist_uses_the_official_splits(data_dir):
     data = load_dataset("binarized-mnist", str(data_dir))
     assert (len(data.train_x), len(data.valid_x), len(data.test_x)) == (50000, 10000, 10000)

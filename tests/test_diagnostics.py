@@ -59,6 +59,7 @@ def nuts_on_toy():
 
 # --- ArviZ export -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inference_data_round_trips_through_netcdf(tmp_path, nuts_on_toy):
     lg, x, posterior = nuts_on_toy
     amortized = amortized_posterior_draws(lg.vae, x, 200, datapoints=[10, 11, 12])
@@ -79,6 +80,7 @@ def test_inference_data_round_trips_through_netcdf(tmp_path, nuts_on_toy):
 
 # --- NUTS against the exact posterior -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_nuts_matches_the_exact_posterior_within_monte_carlo_error(nuts_on_toy):
     lg, x, posterior = nuts_on_toy
     summary = az.summary(posterior, var_names=["z"])
@@ -100,6 +102,7 @@ def test_nuts_matches_the_exact_posterior_within_monte_carlo_error(nuts_on_toy):
     assert ((q_mean - exact_mean).abs() > 10 * mcse_mean).all()
 
 
+@pytest.mark.slow
 def test_posterior_comparison_picture(tmp_path, nuts_on_toy):
     lg, x, posterior = nuts_on_toy
     amortized = amortized_posterior_draws(lg.vae, x, 500, datapoints=[10, 11, 12])
@@ -107,6 +110,7 @@ def test_posterior_comparison_picture(tmp_path, nuts_on_toy):
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_two_layer_model_is_sampled_at_both_sites_and_refused_for_gaps():
     from pyro_vae.models import build_vae
 
@@ -127,6 +131,7 @@ def test_two_layer_model_is_sampled_at_both_sites_and_refused_for_gaps():
 
 # --- inference gaps -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gaps_vanish_when_the_encoder_is_the_exact_posterior():
     lg = LinearGaussian()
     lg.set_encoder()
@@ -139,6 +144,7 @@ def test_gaps_vanish_when_the_encoder_is_the_exact_posterior():
         assert abs(summary[gap]) < 4 * summary[f"{gap}_stderr"] + 1e-4, summary
 
 
+@pytest.mark.slow
 def test_optimized_q_recovers_the_posterior_and_the_amortization_gap_is_the_kl():
     lg = LinearGaussian()
     lg.set_encoder(loc_error=LOC_ERROR, scale_factor=SCALE_FACTOR)
@@ -218,6 +224,7 @@ FAST = ["--n", "6", "--num-samples", "50", "--steps", "20", "--nuts-points", "2"
         "--chains", "2", "--draws", "30"]
 
 
+@pytest.mark.slow
 def test_gaps_command_writes_its_files(tiny_run, tmp_path, capsys):
     out = tmp_path / "gaps"
     assert main(["gaps", str(tiny_run), *FAST, "--out", str(out)]) == 0
@@ -240,6 +247,7 @@ def test_gaps_command_writes_its_files(tiny_run, tmp_path, capsys):
     (["--nuts-points", "7", "--n", "6"], "more than the 6 test images"),
     (["--lr", "0"], "--lr 0"),
 ])
+@pytest.mark.slow
 def test_gaps_command_refuses_bad_counts(tiny_run, tmp_path, capsys, argv, message):
     assert main(["gaps", str(tiny_run), *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
@@ -247,6 +255,7 @@ def test_gaps_command_refuses_bad_counts(tiny_run, tmp_path, capsys, argv, messa
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_gaps_command_on_a_missing_or_corrupt_run(tiny_run, tmp_path, capsys):
     assert main(["gaps", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -100,12 +100,14 @@ def test_exact_log_likelihood_against_importance_sampling(small):
     ("score", 2, _exact_negative_elbo_grad),
     ("vimco", 2, _exact_negative_iwae2_grad),
 ])
+@pytest.mark.slow
 def test_score_function_gradients_are_unbiased(small, name, particles, exact_grad):
     vae, x = small
     t = _t_statistics(_draws(vae, x, make_objective(name, particles)), exact_grad(vae, x), vae)
     assert max(abs(value) for value in t) < 4.0, t
 
 
+@pytest.mark.slow
 def test_the_unbiasedness_check_catches_a_missing_score_term(small):
     """The same statistic on the score-function estimator *without* its score term (samples
     detached, gradient of log w only: the encoder then learns nothing about x's likelihood)."""
@@ -126,6 +128,7 @@ def _squared_bias(draws: torch.Tensor, exact: torch.Tensor) -> float:
     return float(((draws.mean(0) - exact) ** 2).sum() - draws.var(0).sum() / len(draws))
 
 
+@pytest.mark.slow
 def test_relaxed_gradient_bias_shrinks_as_the_temperature_falls(small):
     vae, x = small
     exact = _exact_negative_elbo_grad(vae, x)
@@ -137,6 +140,7 @@ def test_relaxed_gradient_bias_shrinks_as_the_temperature_falls(small):
     assert _squared_bias(cold, exact) < 0.25 * _squared_bias(hot, exact)
 
 
+@pytest.mark.slow
 def test_relaxed_objective_reports_the_discrete_elbo(small):
     vae, x = small
     objective = make_objective("concrete", temperature=2.0)
@@ -148,6 +152,7 @@ def test_relaxed_objective_reports_the_discrete_elbo(small):
     assert objective.last_relaxed_bound is not None
 
 
+@pytest.mark.slow
 def test_lab_bias_column_uses_the_exact_gradient(small):
     vae, x = small
     reports = compare_estimators(vae, x, ["enumerate", "score", "vimco"], [1, 2], repeats=3)
@@ -170,6 +175,7 @@ def test_config_refuses_mismatched_estimators(overrides, words):
         Config().with_overrides(overrides)
 
 
+@pytest.mark.slow
 def test_train_and_compare_from_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "models/digits_discrete.toml", "--epochs", "1", "--objective",

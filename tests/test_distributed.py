@@ -86,6 +86,7 @@ def test_one_share_draws_exactly_what_one_process_draws(kind, objective, particl
     ("vae", "elbo", 1), ("vae", "meanfield", 1), ("vae", "iwae", 5), ("vae", "dreg", 4),
     ("two_layer", "elbo", 2), ("cvae", "elbo", 1)])
 @pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.slow
 def test_averaged_share_gradients_are_the_whole_batch_gradient(kind, objective, particles,
                                                                 world_size):
     """What DDP computes (the mean over processes of the weighted share gradients) equals the

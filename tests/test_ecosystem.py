@@ -75,6 +75,7 @@ def test_output_mode_follows_the_stream():
     assert TqdmProgress(stream=Terminal()).mode == "bars"
 
 
+@pytest.mark.slow
 def test_piped_output_is_one_line_per_epoch(tmp_path):
     """A log file or CI gets plain lines: no carriage returns, one line per epoch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -88,6 +89,7 @@ def test_piped_output_is_one_line_per_epoch(tmp_path):
             for line in epoch_lines] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_recipes_are_listed_and_found_by_name(tmp_path, capsys):
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out.split("\n")
@@ -98,6 +100,7 @@ def test_recipes_are_listed_and_found_by_name(tmp_path, capsys):
     assert "Did you mean 'mnist_vae_burda'?" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_wheel_installed_outside_the_repository_trains_a_packaged_recipe(tmp_path):
     """Build a wheel from a copy of the project, install it into a fresh virtualenv (which
     borrows this environment's packages through a .pth file: torch is not installed again)
@@ -143,6 +146,7 @@ def _tiny_recipe(tmp_path: Path) -> Path:
     return recipe
 
 
+@pytest.mark.slow
 def test_loggers_write_what_tensorboard_and_mlflow_read_back(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -199,6 +203,7 @@ def test_a_logger_whose_package_is_missing_is_a_clear_error(tmp_path, monkeypatc
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_tsne_map_separates_clusters_that_pca_overlaps():
     """Ten clusters at the corners of a 10-d simplex: no 2-d linear projection keeps them
     apart, t-SNE does. Measured by 5-nearest-neighbour label agreement in the 2-d map."""

@@ -112,6 +112,7 @@ def test_conditional_vae_matches_pyro(name):
     assert_same_as_pyro(vae, name, (batch(), torch.tensor([0, 1, 2, 0, 1, 2])))
 
 
+@pytest.mark.slow
 def test_bayesian_decoder_goes_through_pyro():
     # Global weight sites lie outside the data plate: never recorded, Pyro's numbers.
     vae = small_vae(num_data=100, bayesian_decoder="last")
@@ -225,6 +226,7 @@ def test_a_changed_structure_falls_back_to_pyro():
     assert torch.equal(loss, expected)
 
 
+@pytest.mark.slow
 def test_training_with_the_fast_path_follows_pyro_step_for_step():
     # Ten Adam steps through ObjectiveModule and through Pyro's Trace_ELBO end at the same
     # weights: the recorded path changes nothing along a whole run.

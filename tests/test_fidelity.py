@@ -43,12 +43,14 @@ class _Sampler:
         return z, self.rule(z, labels)
 
 
+@pytest.mark.slow
 def test_the_classifier_reads_real_test_digits(classifier):
     # Its own test accuracy is reported beside every fidelity figure; a linear model scores
     # about 0.84 on these binarized 8x8 test digits, chance 0.1.
     assert classifier.test_accuracy > 0.8
 
 
+@pytest.mark.slow
 def test_a_model_that_ignores_the_label_scores_chance(digits, classifier):
     """Samples that are training images picked regardless of y.
 
@@ -66,6 +68,7 @@ def test_a_model_that_ignores_the_label_scores_chance(digits, classifier):
     assert [sum(row) for row in means.confusion] == [PER_LABEL] * NUM_CLASSES
 
 
+@pytest.mark.slow
 def test_a_model_that_copies_class_prototypes_scores_near_one(digits, classifier):
     """Samples whose mean is the class's mean training image: recognised almost always."""
     prototypes = torch.stack([digits.train_x[digits.train_y == c].mean(0)
@@ -79,6 +82,7 @@ def test_a_model_that_copies_class_prototypes_scores_near_one(digits, classifier
     assert draws.overall > 0.8
 
 
+@pytest.mark.slow
 def test_the_report_counts_requested_against_recognised(classifier):
     images = torch.zeros(6, 64)
     requested = torch.tensor([3, 3, 3, 5, 5, 5])
@@ -92,6 +96,7 @@ def test_the_report_counts_requested_against_recognised(classifier):
     assert "label fidelity (means)" in fidelity.describe(report)
 
 
+@pytest.mark.slow
 def test_the_classifier_survives_a_round_trip(classifier, digits, tmp_path):
     fidelity.save_label_classifier(tmp_path / "c.pt", classifier)
     loaded = fidelity.load_label_classifier(tmp_path / "c.pt")
@@ -107,6 +112,7 @@ def cvae_run(tmp_path_factory):
     return run_dir, train(config, run_dir)
 
 
+@pytest.mark.slow
 def test_a_short_cvae_training_follows_the_label(cvae_run):
     """10 epochs on the 8x8 digits (210 steps): far above the chance level 0.1, whose
     standard error over the 1,000 samples is 0.0095."""
@@ -121,6 +127,7 @@ def test_a_short_cvae_training_follows_the_label(cvae_run):
     assert (run_dir / fidelity.CLASSIFIER_FILE).exists()
 
 
+@pytest.mark.slow
 def test_sample_with_a_label_reports_its_fidelity(cvae_run, capsys, tmp_path):
     run_dir, _ = cvae_run
     assert main(["sample", str(run_dir), "--label", "4", "--n", "50",
@@ -130,6 +137,7 @@ def test_sample_with_a_label_reports_its_fidelity(cvae_run, capsys, tmp_path):
     assert "per label (%): 4:" in out
 
 
+@pytest.mark.slow
 def test_m2_reports_the_fidelity_of_its_conditional_generation(tmp_path):
     config = Config().with_overrides({"model": {"kind": "m2"}, "data": {"num_labels": 100},
                                       "train": {"epochs": 2},

@@ -101,6 +101,7 @@ num_samples = 20
 """
 
 
+@pytest.mark.slow
 def test_a_hyperprior_kind_trains_under_elbo_and_every_command_handles_its_global_site(
         tmp_path, capsys, monkeypatch):
     """z ~ N(0, s^2 I), s ~ LogNormal global with its own q(s) (the example plugin's

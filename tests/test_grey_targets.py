@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +39,7 @@ def test_baseline_grey_score_is_the_tutorials_masked_cross_entropy():
         assert not torch.allclose(estimate_log_likelihood(baseline, binary, 1).elbo, expected)
 
 
+@pytest.mark.slow
 def test_cli_grey_targets_on_a_quadrant_run_and_a_clear_error_elsewhere(tmp_path, capsys):
     run = tmp_path / "baseline"
     assert main(["train", "--model", "quadrant_baseline", "--quadrants", "1", "--epochs", "1",
@@ -66,6 +68,7 @@ def test_cli_grey_targets_on_a_quadrant_run_and_a_clear_error_elsewhere(tmp_path
     assert "--targets grey" in err and "'gaussian'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_run_trained_on_grey_levels_is_scored_on_the_dynamic_runs_binary_test_set(
         tmp_path, capsys):
     """``--targets binary`` scores a grey-trained run on the fixed binary draw of the test

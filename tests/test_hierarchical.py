@@ -60,6 +60,7 @@ def _set_guide_near_posterior(vae, a_matrix, a_bias, s, w, b, cov_z1, widen=1.3)
             head.raw_scale.bias.copy_(_softplus_inverse(widen * torch.diag(cov).sqrt()))
 
 
+@pytest.mark.slow
 def test_importance_sampling_matches_the_exact_two_layer_marginal():
     vae, x, exact = linear_chain()
     torch.manual_seed(1)
@@ -72,6 +73,7 @@ def test_importance_sampling_matches_the_exact_two_layer_marginal():
     assert (estimate.elbo < exact).all()
 
 
+@pytest.mark.slow
 def test_two_layer_model_trains_and_writes_a_run(tmp_path):
     config = Config().with_overrides({
         "model": {"stochastic_layers": 2, "hidden_dims": [32], "latent_dim": 8,

@@ -3,6 +3,7 @@
 import math
 
 import pyro.distributions as dist
+import pytest
 import torch
 from torch.distributions import kl_divergence
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
@@ -52,6 +53,7 @@ def _batch_means(objective_cls, vae, x, repeats=40, particles=100):
                              for _ in range(repeats)])
 
 
+@pytest.mark.slow
 def test_trace_and_meanfield_elbo_agree_in_expectation():
     torch.manual_seed(2)
     vae, x = _small_vae()

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from pyro_vae import Config, build_vae, load_dataset
@@ -10,6 +11,7 @@ from pyro_vae.data import binarize_fixed
 from pyro_vae.lab import compare_estimators
 
 
+@pytest.mark.slow
 def test_snr_trends_on_a_fresh_digits_model():
     data = binarize_fixed(load_dataset("digits"), ("test",))
     torch.manual_seed(0)
@@ -27,6 +29,7 @@ def test_snr_trends_on_a_fresh_digits_model():
     assert abs(row["iwae", 1].bound - row["elbo", 1].bound) < 1e-3
 
 
+@pytest.mark.slow
 def test_compare_command_writes_table_and_plots(tmp_path, capsys):
     out = tmp_path / "lab"
     assert main(["compare", "--objectives", "iwae,renyi", "--particles", "1,3",

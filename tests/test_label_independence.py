@@ -143,6 +143,7 @@ def _probe_accuracy(vae, data) -> tuple[float, int]:
     return probe.score(z_test.numpy(), data.test_y.numpy()), len(data.test_y)
 
 
+@pytest.mark.slow
 def test_a_cvae_with_the_penalty_keeps_the_label_out_of_z(digits, tmp_path, one_thread):
     """5 epochs on the 8x8 digits with KL weight β = 0.1, which lets the encoder put more into
     z, the class included (the MNIST failure, magnified on small data): without the penalty a

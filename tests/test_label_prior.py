@@ -140,6 +140,7 @@ def test_the_configuration_accepts_a_label_conditional_prior_and_refuses_the_res
         _cvae(prior="vamp", label_independence="mmd")
 
 
+@pytest.mark.slow
 def test_a_cvae_with_it_trains_scores_and_follows_the_label(tmp_path):
     """On the 8×8 digits: the run's fidelity is far above chance, the KL diagnostics take the
     labels (they once called q(z|x, y) without y), and the label grid has a row per label."""

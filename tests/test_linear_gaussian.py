@@ -26,6 +26,7 @@ def test_exact_posterior_gives_exact_log_likelihood(linear_gaussian):
     assert torch.allclose(estimate.elbo, exact, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_importance_sampling_matches_exact_within_standard_error(linear_gaussian):
     lg, vae, x, exact = linear_gaussian
     lg.set_encoder(loc_error=torch.tensor([0.4, -0.3]), scale_factor=1.6)

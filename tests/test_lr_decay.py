@@ -13,7 +13,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import LearningRateDecay, Progress, train
 
-from test_faults import poison_decoder
+from helpers import poison_decoder
 
 
 def small(**train_options):
@@ -52,6 +52,7 @@ def test_no_decay_leaves_the_optimizer_alone():
     assert optimizer.param_groups[0]["lr"] == 0.123
 
 
+@pytest.mark.slow
 def test_training_records_the_decayed_rate_each_epoch(tmp_path):
     train(small(lr_decay_epochs=2, lr_decay_to=0.1), tmp_path / "run")
     rates = [row["learning_rate"] for row in rows(tmp_path / "run")]
@@ -60,6 +61,7 @@ def test_training_records_the_decayed_rate_each_epoch(tmp_path):
     assert rates[0] == rates[1] == pytest.approx(1e-3) and rates[3] == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_a_decayed_run_trains_differently_from_a_constant_one(tmp_path):
     constant = train(small(), tmp_path / "a")
     decayed = train(small(lr_decay_epochs=2, lr_decay_to=0.1), tmp_path / "b")
@@ -81,6 +83,7 @@ class _StopAfter(Progress):
             raise _Interrupted
 
 
+@pytest.mark.slow
 def test_an_interrupted_decaying_run_resumes_exactly(tmp_path):
     straight = small(lr_decay_epochs=3, lr_decay_to=0.05)
     train(straight, tmp_path / "straight")
@@ -97,6 +100,7 @@ def test_an_interrupted_decaying_run_resumes_exactly(tmp_path):
         [r["learning_rate"] for r in rows(tmp_path / "resumed")]
 
 
+@pytest.mark.slow
 def test_a_rollback_halves_the_rate_the_decay_starts_from(tmp_path, monkeypatch):
     poison_decoder(monkeypatch, at_call=10, times=1)  # epoch 2 (6 steps an epoch + checks)
     train(small(epochs=3, lr_decay_epochs=2, lr_decay_to=0.1, on_nan="rollback"),

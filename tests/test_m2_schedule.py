@@ -135,6 +135,7 @@ def test_config_checks_the_schedule():
 
 
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
+@pytest.mark.slow
 def test_interleaved_m2_on_digits_with_100_labels_classifies_far_above_chance(one_thread):
     """Five epochs, 100 of the 1,438 training digits labelled, a labelled batch every 2nd step.
     Chance is 0.1 with standard error sqrt(0.1·0.9/359) = 0.016 on the 359 test digits; 0.4 is

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
 
+from pyro_vae.config import Config
 from pyro_vae.toy import LinearGaussian
 from pyro_vae.errors import ConfigError
 from pyro_vae.objectives import (DReG, IWAE, STL, ObjectiveModule, RenyiBound,
@@ -39,6 +40,7 @@ def mean_and_stderr(draws):
 @pytest.mark.parametrize("make", [
     lambda k: IWAE(k), lambda k: DReG(k), lambda k: RenyiBound(0.5, k), lambda k: STL(k),
     lambda k: ScoreFunctionELBO(k)], ids=["iwae", "dreg", "renyi", "stl", "score"])
+@pytest.mark.slow
 def test_every_bound_lies_between_the_elbo_and_log_px(lg, make):
     torch.manual_seed(0)
     exact_elbo = lg.exact_elbo(lg.x).detach()
@@ -47,6 +49,7 @@ def test_every_bound_lies_between_the_elbo_and_log_px(lg, make):
     assert (mean <= lg.log_px + 4 * stderr).all()
 
 
+@pytest.mark.slow
 def test_iwae_rises_toward_log_px_with_k(lg):
     torch.manual_seed(1)
     means, errors = [], []
@@ -64,6 +67,7 @@ def test_iwae_rises_toward_log_px_with_k(lg):
     assert abs(float(means[0] - lg.exact_elbo(lg.x).detach().mean())) < 4 * float(errors[0])
 
 
+@pytest.mark.slow
 def test_renyi_limits(lg):
     # α = 0 is exactly IWAE, draw for draw.
     torch.manual_seed(2)
@@ -95,6 +99,7 @@ def test_per_datapoint_reduction_does_not_mix_datapoints(lg):
     assert not torch.equal(first[1], second[1])
 
 
+@pytest.mark.slow
 def test_batch_of_b_and_b_batches_of_one_give_the_same_bound(lg):
     torch.manual_seed(6)
     batch, stderr = mean_and_stderr(bound_draws(IWAE(10), lg, 200))
@@ -138,6 +143,7 @@ def assert_unbiased(draws, reference, sigmas=4.5):
 
 
 @pytest.mark.parametrize("objective", ["elbo", "meanfield", "stl", "score"])
+@pytest.mark.slow
 def test_elbo_gradients_are_unbiased_against_the_closed_form(lg, objective):
     torch.manual_seed(8)
     params = [p for group in encoder_and_decoder(lg) for p in group]
@@ -150,6 +156,7 @@ def test_elbo_gradients_are_unbiased_against_the_closed_form(lg, objective):
     assert_unbiased(draws, exact)
 
 
+@pytest.mark.slow
 def test_dreg_and_iwae_gradients_agree_in_expectation(lg):
     torch.manual_seed(9)
     encoder, decoder = encoder_and_decoder(lg)
@@ -167,6 +174,7 @@ def test_dreg_and_iwae_gradients_agree_in_expectation(lg):
 
 
 @pytest.mark.parametrize("objective", ["stl", "dreg"])
+@pytest.mark.slow
 def test_encoder_gradient_is_exactly_zero_at_the_true_posterior(objective):
     lg = LinearGaussian(num_points=8)
     lg.set_encoder()  # q = p(z|x)
@@ -219,3 +227,30 @@ def test_stock_trace_elbo_matches_iwae_with_one_particle(lg):
     trace = torch.tensor([-Trace_ELBO().loss(lg.vae.model, lg.vae.guide, lg.x)
                           for _ in range(400)]).mean() / len(lg.x)
     assert abs(float(iwae - trace)) < 0.1
+
+
+@pytest.mark.slow
+def test_meanfield_with_a_prior_that_has_no_closed_form_kl_falls_back_to_monte_carlo():
+    import pyro.distributions as dist
+
+    from pyro_vae.models import build_vae
+    from pyro_vae.objectives import make_objective
+    from pyro_vae.priors import Prior
+
+    class LaplacePrior(Prior):
+        def forward(self, batch_shape, device, dtype):
+            zeros = torch.zeros(*batch_shape, self.latent_dim, device=device, dtype=dtype)
+            return dist.Laplace(zeros, 1.0).to_event(1)
+
+    vae = build_vae(Config().model, (1, 8, 8))
+    vae.prior = LaplacePrior(vae.latent_dim)
+    x = torch.bernoulli(torch.full((16, 64), 0.3))
+    torch.manual_seed(0)
+    meanfield = torch.stack([make_objective("meanfield").differentiable_loss(
+        vae.model, vae.guide, x) for _ in range(200)]).detach()
+    torch.manual_seed(1)
+    trace = torch.stack([make_objective("elbo").differentiable_loss(
+        vae.model, vae.guide, x) for _ in range(200)]).detach()
+    stderr = (meanfield.var() / 200 + trace.var() / 200).sqrt()
+    assert torch.isfinite(meanfield).all()
+    assert abs(meanfield.mean() - trace.mean()) < 4 * stderr

@@ -71,6 +71,7 @@ def _commands_work(capsys, run, *plugin):
     ('likelihood = "laplace"', 'binarize = "none"', True),
     ('kind = "tied_vae"', "", False),
 ])
+@pytest.mark.slow
 def test_the_example_plugin_trains_from_a_recipe_and_every_command_runs(
         tmp_path, capsys, model, data, via_flag):
     head = "" if via_flag else f'plugins = ["{PLUGIN}"]\n'
@@ -128,6 +129,7 @@ def _tied_model():
                         (1, 8, 8))
 
 
+@pytest.mark.slow
 def test_fit_trains_a_python_built_model_into_a_run_the_cli_loads(tmp_path, capsys):
     build, model = _tied_model()
     torch.manual_seed(0)
@@ -147,6 +149,7 @@ def test_fit_trains_a_python_built_model_into_a_run_the_cli_loads(tmp_path, caps
     assert again["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_fit_refuses_a_factory_the_commands_could_not_import(tmp_path):
     _, model = _tied_model()
     with pytest.raises(ConfigError, match="importable"):
@@ -176,6 +179,7 @@ def test_a_factory_named_by_import_path_brings_its_hooks(tmp_path, monkeypatch):
         MODEL_KINDS.add_hooks("no_such_kind", display_name="x")
 
 
+@pytest.mark.slow
 def test_a_prior_from_an_installed_packages_entry_point_is_recorded_in_the_run(
         tmp_path, capsys, monkeypatch):
     """An installed package declares a plugin in the ``pyro_vae.plugins`` entry-point group
@@ -213,6 +217,7 @@ def test_a_prior_from_an_installed_packages_entry_point_is_recorded_in_the_run(
     assert code == 0, err
 
 
+@pytest.mark.slow
 def test_a_label_conditional_plugin_prior_serves_the_cvae_and_m2(tmp_path, capsys):
     """The example plugin's ``class_means`` prior, p(z|y) = N(m_y, I), declared only by its
     registration's ``label_conditional`` capability: a CVAE trains with it and scores its z

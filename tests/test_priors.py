@@ -68,6 +68,7 @@ def test_prior_density_integrates_to_one(name):
 
 
 @pytest.mark.parametrize("name", ["mixture", "vamp", "flow"])
+@pytest.mark.slow
 def test_prior_samples_match_its_density(name):
     """Moments of 100,000 draws agree with the same moments integrated against the density,
     within 5 standard errors of the sample means."""
@@ -142,6 +143,7 @@ def test_every_objective_trains_with_every_prior(prior):
 
 
 @pytest.mark.parametrize("prior", ["mixture", "vamp", "flow"])
+@pytest.mark.slow
 def test_meanfield_falls_back_to_monte_carlo_kl_and_estimates_the_same_elbo(prior):
     """No closed-form KL exists for these priors: TraceMeanField_ELBO must run without error
     and estimate the same ELBO as Trace_ELBO (means of 50 losses of 20 vectorized draws each

@@ -28,6 +28,7 @@ def small(**sections) -> Config:
     return Config().with_overrides(base)
 
 
+@pytest.mark.slow
 def test_adam_beta1_reaches_the_optimizer_of_a_run(tmp_path):
     train(small(train={"adam_beta1": 0.95}), tmp_path / "run")
     saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
@@ -41,6 +42,7 @@ def test_adam_beta1_outside_0_1_is_refused_with_a_clear_message(value):
         small(train={"adam_beta1": value})
 
 
+@pytest.mark.slow
 def test_grey_targets_keep_the_grey_levels_for_the_bernoulli_likelihood():
     grey = prepare_data(small(data={"binarize": "grey"}))
     assert not bool(((grey.train_x == 0) | (grey.train_x == 1)).all())  # grey levels kept
@@ -51,6 +53,7 @@ def test_grey_targets_keep_the_grey_levels_for_the_bernoulli_likelihood():
         prepare_data(small(data={"binarize": "none"}))
 
 
+@pytest.mark.slow
 def test_a_run_on_grey_targets_does_not_call_its_score_a_likelihood(tmp_path):
     summary = train(small(data={"binarize": "grey"}), tmp_path / "grey")
     assert summary["score_name"].startswith("log p(x) on grey levels")

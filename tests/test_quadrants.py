@@ -64,6 +64,7 @@ def test_cvae_trains_and_scores_with_vectorized_particles():
     assert torch.equal(cvae.predict(x, 2)[:, :, cvae.given], x[:, cvae.given].expand(2, 6, -1))
 
 
+@pytest.mark.slow
 def test_quadrant_runs_write_completions(tmp_path):
     config = Config().with_overrides({"model": {"kind": "quadrant_cvae", "quadrants": 3},
                                       "train": {"epochs": 1}, "evaluate": {"num_samples": 5}})
@@ -80,6 +81,7 @@ def test_bad_quadrant_count(tmp_path, capsys):
     assert "give 1, 2 or 3 quadrants" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tutorial_cvae_reads_a_frozen_trained_baseline(tmp_path, capsys):
     """Pyro's tutorial CVAE: the prior network reads the given pixels with the trained
     baseline's prediction in the missing ones, the generation network reads z only. The
@@ -115,6 +117,7 @@ def test_tutorial_cvae_reads_a_frozen_trained_baseline(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "cvae"), "--num-samples", "5"]) == 0
 
 
+@pytest.mark.slow
 def test_tutorial_cvae_options_are_checked(tmp_path, capsys):
     with pytest.raises(ConfigError, match="quadrant-completion CVAE"):
         Config.from_dict({"model": {"kind": "vae", "quadrant_generation": "z"}})

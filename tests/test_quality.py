@@ -116,6 +116,7 @@ def test_conv_decoder_starts_its_channel_bias_at_the_mean_logit():
     assert torch.allclose(vae.start_output_bias(x), torch.logit(x.mean()).reshape(1))
 
 
+@pytest.mark.slow
 def test_training_starts_at_the_data_and_resumes_exactly(tmp_path, no_pictures):
     np.savez(tmp_path / "data.npz", x=_binary_data().numpy())
     config = Config().with_overrides({
@@ -155,6 +156,7 @@ def test_collapse_warning_flags_a_tiny_kl_or_no_active_unit():
     assert collapse_warning(1, {"kl": COLLAPSE_KL, "active_units": 1}) is None
 
 
+@pytest.mark.slow
 def test_collapsed_run_warns_on_the_cli_and_records_it_in_the_metrics(tmp_path, capsys,
                                                                       no_pictures):
     # Identical images: E_q[z|x] cannot vary with x, so no unit is active after epoch 1.
@@ -227,6 +229,7 @@ def test_m2_classifier_reads_the_grey_images_and_data_keep_them():
 
 # --- the VampPrior keeps its code ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_vamp_prior_keeps_active_units_on_mnist(data_dir, one_thread):
     """200 steps (batch 50) on 1,000 MNIST digits, 8 latents, 20 pseudo-inputs.
 

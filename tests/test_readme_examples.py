@@ -84,6 +84,7 @@ def test_the_readme_and_the_guide_have_python_examples_outside_extending():
 
 @pytest.mark.parametrize("index", [i for i, _ in CASES],
                          ids=[f"{i}-{section}" for i, section in CASES])
+@pytest.mark.slow
 def test_a_readme_python_example_runs_as_written(index, folder):
     program = _program(index)
     for line in program.splitlines():

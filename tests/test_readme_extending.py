@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "source" / "guide" / "extending_components.md"
 
 
@@ -16,6 +18,7 @@ def _examples() -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
+@pytest.mark.slow
 def test_the_extending_examples_run_as_written(tmp_path):
     blocks = _examples()
     assert len(blocks) == 4  # prior, guide, the model's module, training it

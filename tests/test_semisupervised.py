@@ -125,6 +125,7 @@ def test_m2_config_checks():
         Config.from_dict({"data": {"num_labels": 100}})
 
 
+@pytest.mark.slow
 def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path, capsys):
     """Two epochs with 100 of 1,294 labels. Chance is 0.1, with standard error
     sqrt(0.1·0.9/359) = 0.016 on the 359 test digits; 0.4 is over 18 standard errors above."""
@@ -153,6 +154,7 @@ def test_m2_on_digits_with_100_labels_learns_to_classify(tmp_path, capsys):
     assert report["metrics"][other]["log-likelihood"]["auroc"] > 0.9
 
 
+@pytest.mark.slow
 def test_resumed_m2_run_matches_the_uninterrupted_one(tmp_path):
     from pyro_vae.runs import load_checkpoint
 
@@ -170,6 +172,7 @@ def test_resumed_m2_run_matches_the_uninterrupted_one(tmp_path):
         assert torch.equal(tensor, b[name]), name
 
 
+@pytest.mark.slow
 def test_m2_with_every_label_and_no_aux_term_is_refused(tmp_path):
     """Nothing would train q(y|x): no unlabelled ELBO and no labelled classification term."""
     config = Config().with_overrides({"model": {"kind": "m2", "hidden_dims": [8]},

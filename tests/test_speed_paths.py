@@ -2,6 +2,7 @@
 the shared batch indices of the data plate."""
 
 import pyro
+import pytest
 import torch
 from pyro import poutine
 from torch import nn
@@ -16,6 +17,7 @@ def _net(seed: int) -> nn.Module:
     return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
 
 
+@pytest.mark.slow
 def test_adam_is_fused_on_a_cpu_and_steps_as_the_default_adam():
     fused, default = _net(0), _net(0)
     optimizers = [adam(fused.parameters(), 1e-2), torch.optim.Adam(default.parameters(), 1e-2)]

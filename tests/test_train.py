@@ -23,6 +23,7 @@ def small(**train):
     })
 
 
+@pytest.mark.slow
 def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--epochs", "3", "--eval-samples", "100", "--out", str(run),
@@ -45,6 +46,7 @@ def test_cli_train_writes_a_complete_run_directory(tmp_path, capsys):
     assert Config.from_toml(run / "config.toml").train.epochs == 3
 
 
+@pytest.mark.slow
 def test_training_improves_the_elbo(tmp_path):
     summary = train(small(epochs=15, batch_size=64, learning_rate=3e-3), tmp_path / "run")
     history = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["history"]
@@ -55,6 +57,7 @@ def test_training_improves_the_elbo(tmp_path):
     assert summary["active_units"] >= 1
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
     straight = train(small(epochs=3), tmp_path / "straight")
     train(small(epochs=2), tmp_path / "resumed")
@@ -74,6 +77,7 @@ def test_resume_reproduces_the_uninterrupted_run_exactly(tmp_path):
         assert straight[key] == resumed[key], key
 
 
+@pytest.mark.slow
 def test_fresh_run_refuses_to_overwrite(tmp_path):
     train(small(epochs=1), tmp_path / "run")
     assert main(["train", "--out", str(tmp_path / "run"), "--epochs", "1"]) == 2
@@ -104,6 +108,7 @@ def test_fresh_run_refuses_to_overwrite(tmp_path):
         "gaussian-fixed-logvar", "beta-annealed", "iwae", "dreg", "stl", "renyi", "score",
         "iwae-beta", "mixture-prior", "vamp-prior-dreg", "flow-prior", "free-bits",
         "bayesian-last", "bayesian-all"])
+@pytest.mark.slow
 def test_each_option_trains(tmp_path, overrides):
     summary = train(small(epochs=2).with_overrides(overrides), tmp_path / "run")
     assert np.isfinite(summary["test_log_likelihood"])
@@ -116,6 +121,7 @@ def test_kl_schedule_is_linear_to_beta():
     assert KLSchedule(beta=2.0).weight(0) == 2.0
 
 
+@pytest.mark.slow
 def test_evaluate_and_sample_commands(tmp_path, capsys):
     run = tmp_path / "run"
     train(small(epochs=2), run)
