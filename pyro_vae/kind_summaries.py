@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pyro_vae import fidelity
+from pyro_vae.models import conditional, semisupervised  # register the kinds given hooks
 from pyro_vae.registry import MODEL_KINDS
 
 

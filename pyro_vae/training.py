@@ -602,7 +602,9 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
             train_seconds += time.perf_counter() - started
             vae.eval()
             activity = _collapse_diagnostics(config, vae, monitor_x, monitor_y)
-            warning = collapse_warning(epoch + 1, activity)
+            # Not while the KL is still warming up: a code that looks unused then may not be.
+            warning = (collapse_warning(epoch + 1, activity)
+                       if epoch + 1 >= config.train.warmup_epochs() else None)
             row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
                    "validation_elbo": _validation_elbo(vae, data.valid_x,
                                                        config.evaluate.max_chunk,
