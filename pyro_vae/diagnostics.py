@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,12 +113,35 @@ def inference_data_from_draws(draws: Mapping[str, torch.Tensor | np.ndarray],
                         attrs=attrs)
 
 
+#: Room asked for beyond the arrays' own bytes: netCDF headers, HDF5 metadata and chunking.
+NETCDF_OVERHEAD_BYTES = 4 * 2 ** 20
+
+
+def _check_room_for(data: az.InferenceData, path: Path) -> None:
+    """Refuse, in one paragraph, to write ``data`` where the disk has no room for it."""
+    needed = 2 * sum(getattr(data, group).nbytes for group in data.groups()) \
+        + NETCDF_OVERHEAD_BYTES
+    folder = path.parent if path.parent.exists() else Path(".")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the write itself will report the folder
+    if free < needed:
+        raise PyroVAEError(
+            f"cannot write {path}: it needs about {needed / 2 ** 20:.0f} MB and the disk has "
+            f"{free / 2 ** 20:.0f} MB free. Free some space (or write to another disk with "
+            "--out) and run the command again; nothing was written.")
+
+
 def save_inference_data(data: az.InferenceData, path: str | Path) -> None:
     """Write ``data`` as netCDF all-or-nothing (a temporary file in the folder, then rename).
 
     The netCDF writer (h5py) reports a full disk or an unwritable folder with errors of its
     own types, not always an :class:`OSError`: every failure of the write becomes one
-    paragraph, the temporary file removed."""
+    paragraph, the temporary file removed. A disk without room for it is refused before the
+    write starts: on a full disk the HDF5 library underneath can crash the process outright
+    (a segmentation fault no Python code can catch)."""
+    _check_room_for(data, Path(path))
     try:
         with atomic_path(path) as temp:
             data.to_netcdf(str(temp))

@@ -462,3 +462,29 @@ def test_a_failing_netcdf_write_is_one_paragraph_and_leaves_no_temporary_file(tm
     with pytest.raises(PyroVAEError, match="No space left"):
         save_inference_data(data, tmp_path / "posterior.nc")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_without_room_is_refused_before_the_netcdf_write(tmp_path, monkeypatch):
+    """On a full disk the HDF5 library could crash the process (exit 139) mid-write, leaving a
+    temporary file; the free space is checked first."""
+    import shutil
+
+    import arviz as az
+    import numpy as np
+
+    from pyro_vae import diagnostics
+    from pyro_vae.errors import PyroVAEError
+
+    data = az.from_dict(posterior={"z": np.zeros((1, 4, 2))})
+    wrote = []
+    monkeypatch.setattr(az.InferenceData, "to_netcdf",
+                        lambda self, path, *a, **k: wrote.append(path))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(diagnostics.shutil, "disk_usage",
+                        lambda folder: usage._replace(free=2 ** 20))
+    with pytest.raises(PyroVAEError, match="MB free"):
+        diagnostics.save_inference_data(data, tmp_path / "posterior.nc")
+    assert wrote == [] and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(diagnostics.shutil, "disk_usage", lambda folder: usage)
+    diagnostics.save_inference_data(data, tmp_path / "posterior.nc")  # room enough: written
+    assert len(wrote) == 1
