@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # what the lazy names below are, for type checkers and reader
     from pyro_vae.training import train
     from pyro_vae.explorer import explore
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: Public name -> the module that defines it.
 _SOURCES = {
