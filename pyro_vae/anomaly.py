@@ -86,7 +86,7 @@ from pyro_vae.data import ImageData, is_binary
 from pyro_vae.dose import DoSE, summary_statistics
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
-from pyro_vae.fisher import FisherCombination, tail_p
+from pyro_vae.fisher import MIN_CALIBRATION_IMAGES, FisherCombination, tail_p
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train

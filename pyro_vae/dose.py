@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluate import encode_means, gaussian_start, monte_carlo_kl
+from pyro_vae.evaluate import (encode_means, gaussian_start, has_labelled_encoder,
+                               monte_carlo_kl)
 
 #: The columns of t(x), in order (``entropy`` is dropped for a posterior without one).
 STATISTICS = ("log_p", "rate", "distortion", "entropy", "mean_norm")
@@ -50,7 +51,9 @@ def summary_statistics(vae: torch.nn.Module, x: torch.Tensor, log_p: torch.Tenso
         rate = monte_carlo_kl(vae, x, kl_samples).double().cpu()
         with vae.scoring():
             start = gaussian_start(vae, x)
-            loc = start[0] if start is not None else encode_means(vae, x)[0]
+            # q(z|x, y) (M2) has no encoding from x alone: no entropy and no ‖μ‖ column then.
+            loc = start[0] if start is not None else \
+                None if has_labelled_encoder(vae) else encode_means(vae, x)[0]
     columns = [log_p.double().cpu(), rate, elbo.double().cpu() + rate]
     names = ["log_p", "rate", "distortion"]
     if start is not None:
@@ -58,8 +61,9 @@ def summary_statistics(vae: torch.nn.Module, x: torch.Tensor, log_p: torch.Tenso
         entropy = (scale.log() + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
         columns.append(entropy)
         names.append("entropy")
-    columns.append(loc.detach().double().cpu().reshape(len(x), -1).norm(dim=-1))
-    names.append("mean_norm")
+    if loc is not None:
+        columns.append(loc.detach().double().cpu().reshape(len(x), -1).norm(dim=-1))
+        names.append("mean_norm")
     return torch.stack(columns, dim=-1), tuple(names)
 
 

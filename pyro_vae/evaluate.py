@@ -36,6 +36,7 @@ Cov_x(E_{q(z|x)}[z_u]) > 0.01.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -370,6 +371,18 @@ def encode_means(vae: torch.nn.Module, x: torch.Tensor, batch_size: int = 1000,
     return torch.cat(locs), scale
 
 
+def has_labelled_encoder(vae: torch.nn.Module) -> bool:
+    """Whether the model's encoder takes the label too, ``encoder(x, y)`` (q(z|x, y))."""
+    encoder = getattr(vae, "encoder", None)
+    forward = getattr(encoder, "forward", None)
+    if forward is None:
+        return False
+    parameters = [p for p in inspect.signature(forward).parameters.values()
+                  if p.default is inspect.Parameter.empty
+                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(parameters) >= 2
+
+
 def gaussian_start(vae: torch.nn.Module, x: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The diagonal Gaussian (μ(x), σ(x)) that a per-image refit of q(z|x) starts from: the
@@ -377,6 +390,8 @@ def gaussian_start(vae: torch.nn.Module, x: torch.Tensor
     low-rank and IAF guides of ``guides.py`` transform it), else q(z|x) itself where it is a
     diagonal Gaussian; ``None`` for any other q."""
     if getattr(vae, "family", None) is not None and hasattr(vae, "encoder"):
+        if has_labelled_encoder(vae):  # q(z|x, y) (M2, the CVAE): no start from x alone
+            return None
         return vae.encoder(x)
     loc, scale = encode_means(vae, x)
     return None if scale is None else (loc, scale)

@@ -52,6 +52,10 @@ def tail_p(reference: torch.Tensor, scores: torch.Tensor, two_sided: bool) -> to
     return torch.clamp(2.0 * torch.minimum(upper, lower), max=1.0)
 
 
+#: The fewest held-out in-distribution images the combination calibrates on.
+MIN_CALIBRATION_IMAGES = 20
+
+
 @dataclass
 class FisherCombination:
     """Fisher's method over named scores, calibrated on in-distribution reference scores."""
@@ -66,8 +70,9 @@ class FisherCombination:
         if not reference:
             raise ConfigError("Fisher's combination needs at least one score to combine.")
         count = len(next(iter(reference.values())))
-        if count < 20:
-            raise ConfigError(f"Fisher's combination calibrates on at least 20 in-distribution "
+        if count < MIN_CALIBRATION_IMAGES:
+            raise ConfigError(f"Fisher's combination calibrates on at least "
+                              f"{MIN_CALIBRATION_IMAGES} in-distribution "
                               f"images, but got {count}; raise --limit.")
         order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
         half_a, half_b = order[: count // 2], order[count // 2:]
