@@ -7,11 +7,13 @@ Each notebook runs in a fresh Jupyter kernel with one torch thread and ``PYRO_VA
 (its full size). The result file holds every code cell's printed text, the time it took, the
 commit and the machine's load, so that the figures a notebook's text quotes ("At full size ...")
 can be checked against what it printed (``tests/test_notebook_figures.py``). The notebooks
-themselves stay committed without outputs.
+themselves stay committed without outputs; the executed copy, pictures included, is written to
+``notebooks/executed/NAME.ipynb``, which the docs render as the tutorials.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -27,6 +29,10 @@ from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+EXECUTED = HERE / "executed"
+#: Output types the executed copy keeps (a progress widget's state is not saved, so its
+#: widget view is dropped and its text shown).
+WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
 def _commit() -> str:
@@ -54,7 +60,22 @@ def cell_texts(notebook: nbformat.NotebookNode) -> list[str]:
     return texts
 
 
-def run(path: Path) -> dict:
+def for_the_docs(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The executed notebook without widget views (their state is not saved) and without
+    per-cell execution timings, so that the docs render it as it ran."""
+    notebook = copy.deepcopy(notebook)
+    for cell in notebook.cells:
+        cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop(WIDGET, None)
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.outputs
+                            if o.get("output_type") != "display_data" or o.get("data")]
+    notebook.metadata.pop("widgets", None)
+    return notebook
+
+
+def run(path: Path) -> tuple[dict, nbformat.NotebookNode]:
     env_before = {k: os.environ.get(k) for k in ("PYRO_VAE_SMOKE", "OMP_NUM_THREADS", "MPLBACKEND")}
     os.environ.pop("PYRO_VAE_SMOKE", None)
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -82,7 +103,7 @@ def run(path: Path) -> dict:
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "seconds": round(seconds, 1),
         "outputs": cell_texts(notebook),
-    }
+    }, notebook
 
 
 def main(argv: list[str]) -> int:
@@ -94,7 +115,9 @@ def main(argv: list[str]) -> int:
             print(f"no notebook {path.name} in {HERE.name}/", file=sys.stderr)
             return 2
         print(f"running {path.name} at full size ...", flush=True)
-        result = run(path)
+        result, executed = run(path)
+        EXECUTED.mkdir(exist_ok=True)
+        nbformat.write(for_the_docs(executed), EXECUTED / path.name)
         target = RESULTS / f"{path.stem}.json"
         target.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n",
                           encoding="utf-8")

@@ -32,6 +32,11 @@ def test_the_docs_build_with_warnings_as_errors(tmp_path):
     assert notebooks
     for name in notebooks:
         assert (out / "tutorials" / "notebooks" / f"{name}.html").exists(), name
+    # Rendered with the outputs of their last full-size run (notebooks/executed/): what the
+    # training printed and its pictures.
+    page = (out / "tutorials" / "notebooks" / "02_training_a_vae.html").read_text(
+        encoding="utf-8")
+    assert "active units" in page and "<img" in page
     for page in ("guide/quickstart", "guide/extending_components", "benchmarks/results",
                  "changelog", "development/contributing"):
         assert (out / f"{page}.html").exists(), page

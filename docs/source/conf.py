@@ -63,13 +63,16 @@ html_static_path: list[str] = []
 
 
 def _copy_notebooks() -> None:
-    """Copy notebooks/*.ipynb into tutorials/notebooks/ (a build product, git-ignored)."""
+    """Copy notebooks/*.ipynb into tutorials/notebooks/ (a build product, git-ignored): the
+    executed copy of its last full-size run (``notebooks/executed/``, outputs and pictures
+    included, written by ``notebooks/run_full_size.py``) where there is one."""
     target = SOURCE / "tutorials" / "notebooks"
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        shutil.copy2(notebook, target / notebook.name)
+        executed = ROOT / "notebooks" / "executed" / notebook.name
+        shutil.copy2(executed if executed.is_file() else notebook, target / notebook.name)
 
 
 def _public_modules() -> list[str]:
