@@ -455,6 +455,13 @@ def _batch_size(num_datapoints: int, rows_per_datapoint: int, max_rows: int) -> 
 
 
 @torch.no_grad()
+def _row_batches(x: torch.Tensor, y: torch.Tensor | None, size: int
+                 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """(first row, rows, their labels) of ``x`` in batches of ``size`` rows."""
+    for first in range(0, len(x), size):
+        yield first, x[first: first + size], None if y is None else y[first: first + size]
+
+
 def ais_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, steps: int = 1000,
                        chains: int = 16, *, y: torch.Tensor | None = None,
                        leapfrog_steps: int = 10, adapt_chains: int = 4,
@@ -482,9 +489,7 @@ def ais_log_likelihood(vae: torch.nn.Module, x: torch.Tensor, steps: int = 1000,
     log_likelihoods, variances, step_sizes, acceptances = [], [], [], []
     with vae.scoring(), _frozen_parameters(vae):
         size = _batch_size(len(x), chains + adapt_chains, max_rows)
-        for first in range(0, len(x), size):
-            batch = x[first: first + size]
-            labels = None if y is None else y[first: first + size]
+        for _, batch, labels in _row_batches(x, y, size):
             log_w, used, acceptance = _anneal(vae, sites, batch, labels, settings,
                                               progress=progress)
             estimate, variance = _log_mean_exp(log_w)
@@ -543,9 +548,7 @@ def bdmc(vae: torch.nn.Module, num_datapoints: int, steps: int = 1000, chains: i
     lower, upper = [], []
     with vae.scoring(), _frozen_parameters(vae):
         size = _batch_size(len(x), chains + adapt_chains, max_rows)
-        for first in range(0, len(x), size):
-            batch = x[first: first + size]
-            labels = None if labels_all is None else labels_all[first: first + size]
+        for first, batch, labels in _row_batches(x, labels_all, size):
             log_w, used, accept = _anneal(vae, sites, batch, labels, settings,
                                           progress=progress)
             reverse_w, _, reverse_accept = _anneal(vae, sites, batch, labels, settings,
