@@ -22,7 +22,7 @@ from pyro_vae.errors import ConfigError
 #: Word -> what a model kind declaring it promises (and which commands rely on it).
 MODEL_CAPABILITIES: dict[str, str] = {
     "components": "built from a registered prior, guide, likelihood and networks, so the "
-                  "[model] options prior, guide, bayesian_decoder and free_bits apply",
+                  "[model] options prior and guide and [train] free_bits apply",
     "pictures": "draws and decodes images (train's pictures, sample, traverse)",
     "latent_means": "has an amortized posterior q(z|x) with a representative point "
                     "(active units, the collapse check, latent maps, probe, traverse)",

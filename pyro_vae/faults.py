@@ -154,7 +154,8 @@ def check_memory(what: str, needed: float, device: torch.device | str, advice: s
 def _prior_components(model: "ModelConfig") -> int:
     if model.prior not in ("mixture", "vamp"):
         return 0
-    return model.prior_components or (10 if model.prior == "mixture" else 500)
+    return model.options_of("prior").get("components") or (10 if model.prior == "mixture"
+                                                            else 500)
 
 
 def model_parameter_count(model: "ModelConfig", image_shape: tuple[int, ...]) -> int:

@@ -7,9 +7,9 @@ The encoder maps x to (μ(x), σ(x)); the guide component builds q(z|x) from the
 ``diagonal``  q(z|x) = N(μ, diag σ²), z = μ + σ ⊙ ε (the classic VAE; closed-form KL per
               dimension against N(0, I), so free bits and the analytic KL apply)
 ``lowrank``   q(z|x) = N(μ, diag σ² + F Fᵀ), F = F(μ, log σ) a D × r factor from a small
-              network (``guide_rank`` r, default 2); ``dist.LowRankMultivariateNormal``
+              network (``[guide] rank`` r, default 2); ``dist.LowRankMultivariateNormal``
 ``iaf``       an inverse autoregressive flow (Kingma et al. 2016): ε ~ N(μ, diag σ²), then
-              ``flow_layers`` affine autoregressive layers z ← m(z; h) + s(z; h) ⊙ z whose
+              ``[guide] layers`` affine autoregressive layers z ← m(z; h) + s(z; h) ⊙ z whose
               networks see the context h = (μ, log σ); ``pyro.distributions.transforms.
               conditional_affine_autoregressive``, with the coordinates reversed between
               layers (and back), each layer starting at the identity
@@ -37,6 +37,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError
+from pyro_vae.options import Option, positive
 from pyro_vae.registry import GUIDES, BuildContext
 
 
@@ -138,15 +139,19 @@ def _diagonal(config: ModelConfig, context: BuildContext) -> Guide:
     return DiagonalGaussianGuide()
 
 
-@GUIDES.register("lowrank", help="N(mu, diag sigma^2 + F F^T), rank guide_rank")
+@GUIDES.register("lowrank", help="N(mu, diag sigma^2 + F F^T), rank [guide] rank (default 2)",
+                 options={"rank": Option(2, "rank r of the covariance factor F",
+                                         check=positive, legacy="guide_rank")})
 def _lowrank(config: ModelConfig, context: BuildContext) -> Guide:
-    return LowRankGaussianGuide(config.latent_dim, config.guide_rank)
+    return LowRankGaussianGuide(config.latent_dim, context.options.get("rank", 2))
 
 
-@GUIDES.register("iaf", help="inverse autoregressive flow, flow_layers layers",
-                 capabilities={"flow_layers", "min_latent_dim_2"})
+@GUIDES.register("iaf", help="inverse autoregressive flow of [guide] layers (default 4)",
+                 capabilities={"flow_layers", "min_latent_dim_2"},
+                 options={"layers": Option(4, "autoregressive layers", check=positive,
+                                           legacy="flow_layers")})
 def _iaf(config: ModelConfig, context: BuildContext) -> Guide:
-    return IAFGuide(config.latent_dim, config.flow_layers)
+    return IAFGuide(config.latent_dim, context.options.get("layers", 4))
 
 
 def build_guide(config: ModelConfig, context: BuildContext) -> Guide:

@@ -8,6 +8,8 @@ one built from probabilities and is numerically safer.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 
 import pyro.distributions as dist
@@ -18,7 +20,8 @@ from torch import nn
 from pyro_vae.distributions import BernoulliPixels
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import DataError
-from pyro_vae.registry import LIKELIHOODS
+from pyro_vae.options import Option
+from pyro_vae.registry import LIKELIHOODS, BuildContext
 
 #: The mean pixel is clamped to [ε, 1 − ε] before a logit is taken (|logit| ≤ 6.9), so a
 #: pixel that is never on in the training data starts far from p = 0.5 but finite.
@@ -151,9 +154,11 @@ class GaussianLikelihood(Likelihood):
     (m = 0, s = 1) nothing changes.
     """
 
-    def __init__(self, scale: float | None = None, min_scale: float = 1e-2):
+    def __init__(self, scale: float | None = None, min_scale: float = 1e-2,
+                 standardize: bool = True):
         super().__init__()
         self.fixed_scale = scale
+        self.standardize = standardize
         self.min_scale = min_scale
         if scale is None:
             self.raw_scale = nn.Parameter(torch.tensor(math.log(math.expm1(0.1 - min_scale))))
@@ -162,7 +167,10 @@ class GaussianLikelihood(Likelihood):
 
     def initialize_from(self, x: torch.Tensor) -> None:
         """Standardize by the per-pixel mean and the overall standard deviation of ``x``
-        (one spread for every pixel keeps one shared σ a shared σ in the data's units)."""
+        (one spread for every pixel keeps one shared σ a shared σ in the data's units);
+        nothing with ``[likelihood] standardize = false``."""
+        if not self.standardize:
+            return
         shift = x.mean(0)
         spread = (x - shift).pow(2).mean().sqrt().clamp_min(1e-6)
         self.shift = shift.detach().clone()
@@ -223,26 +231,59 @@ class GaussianLikelihood(Likelihood):
 
 @LIKELIHOODS.register("bernoulli", help="binary pixels, decoder logits",
                      capabilities={"binary_data"})
-def _bernoulli(config: ModelConfig) -> Likelihood:
+def _bernoulli(config: ModelConfig, context: BuildContext) -> Likelihood:
     return BernoulliLikelihood()
 
 
 @LIKELIHOODS.register("continuous_bernoulli", help="intensities in [0, 1]")
-def _continuous_bernoulli(config: ModelConfig) -> Likelihood:
+def _continuous_bernoulli(config: ModelConfig, context: BuildContext) -> Likelihood:
     return ContinuousBernoulliLikelihood()
 
 
-@LIKELIHOODS.register("gaussian", help="N(mean, s^2), s fixed or learned (gaussian_scale)")
-def _gaussian(config: ModelConfig) -> Likelihood:
-    scale = config.gaussian_scale
-    return GaussianLikelihood(None if scale == "learned" else float(scale))
+def _scale_check(value: float | str) -> str | None:
+    if isinstance(value, str):
+        return None if value == "learned" else 'give a positive number or "learned".'
+    return None if value > 0 else "a standard deviation must be positive."
 
 
-def build_likelihood(name: str, gaussian_scale: float | str = "learned",
-                     options: dict | None = None) -> Likelihood:
-    """The likelihood registered as ``name`` (built-in: ``bernoulli``, ``continuous_bernoulli``,
-    ``gaussian``; plugins may add more). Its factory is given a ``[model]`` table whose
-    ``options_of("likelihood")`` are ``options`` (the recipe's ``[likelihood]`` table)."""
-    config = ModelConfig(likelihood=name, gaussian_scale=gaussian_scale,
-                         options={"likelihood": dict(options or {})})
-    return LIKELIHOODS.get(name)(config)
+@LIKELIHOODS.register(
+    "gaussian", help="N(mean, s^2), s fixed or learned ([likelihood] scale)",
+    options={"scale": Option("learned", "standard deviation s: a positive number (in "
+                             "standardized units) or \"learned\"", type=(float, str),
+                             check=_scale_check, legacy="gaussian_scale"),
+             "standardize": Option(True, "decode in standardized units (the training split's "
+                                   "per-pixel mean and overall standard deviation, saved with "
+                                   "the weights); log p(x) stays in data units",
+                                   legacy="standardize")})
+def _gaussian(config: ModelConfig, context: BuildContext) -> Likelihood:
+    scale = context.options.get("scale", "learned")
+    return GaussianLikelihood(None if scale == "learned" else float(scale),
+                              standardize=context.options.get("standardize", True))
+
+
+def build_likelihood(config: ModelConfig | str, context: BuildContext | None = None
+                     ) -> Likelihood:
+    """The likelihood that ``config.likelihood`` names (built-in: ``bernoulli``,
+    ``continuous_bernoulli``, ``gaussian``; plugins may add more), built for images of
+    ``context.image_shape`` with the options of the recipe's ``[likelihood]`` table in
+    ``context.options``. A factory is called ``factory(config, context)``; one written for
+    version 0.2 takes ``config`` alone and is called so. ``build_likelihood("gaussian")``
+    builds a likelihood with its defaults and no image shape."""
+    if isinstance(config, str):
+        config = ModelConfig(likelihood=config)
+    context = dataclasses.replace(context or BuildContext(image_shape=()),
+                                  options=config.options_of("likelihood"))
+    factory = LIKELIHOODS.get(config.likelihood)
+    if _takes_one_argument(factory):
+        return factory(config)
+    return factory(config, context)
+
+
+def _takes_one_argument(factory) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    return len(positional) == 1 and positional[0].kind is not inspect.Parameter.VAR_POSITIONAL

@@ -35,32 +35,39 @@ from pyro_vae.errors import ConfigError
 @dataclass(frozen=True)
 class Option:
     """One option: its ``default`` (whose type is the option's type unless ``type`` is
-    given: ``bool``, ``int``, ``float`` or ``str``), a one-line ``help`` and, optionally, the
-    ``choices`` it must be one of or a ``check(value)`` returning an error text or None."""
+    given: ``bool``, ``int``, ``float``, ``str``, ``list`` or a tuple of these for either),
+    a one-line ``help`` and, optionally, the ``choices`` it must be one of, a
+    ``check(value)`` returning an error text or None, the type of a list's ``items``, and
+    the ``legacy`` key of ``[model]`` that set it before components owned their options
+    (a recipe or a saved run that still writes ``[model] prior_components = 50`` sets the
+    option ``components`` of the prior in use)."""
 
     default: Any
     help: str = ""
-    type: type | None = None
+    type: type | tuple[type, ...] | None = None
     choices: tuple[Any, ...] = ()
     check: Callable[[Any], str | None] | None = None
+    items: type | None = None
+    legacy: str = ""
 
     @property
-    def kind(self) -> type:
+    def kind(self) -> type | tuple[type, ...]:
         return self.type or type(self.default)
 
     def coerce(self, value: Any, where: str) -> Any:
         """``value`` as this option's type, or a :class:`ConfigError` naming ``where``."""
-        kind = self.kind
-        ok = (isinstance(value, bool) if kind is bool else
-              isinstance(value, int) and not isinstance(value, bool) if kind is int else
-              isinstance(value, (int, float)) and not isinstance(value, bool)
-              if kind is float else isinstance(value, kind))
-        if not ok:
-            raise ConfigError(f"{where} = {value!r} should be {_type_words(kind)} (default "
+        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        matched = next((kind for kind in kinds if _is(value, kind)), None)
+        if matched is None:
+            raise ConfigError(f"{where} = {value!r} should be "
+                              f"{' or '.join(_type_words(kind) for kind in kinds)} (default "
                               f"{self.default!r}: {self.help or 'no help given'}).")
-        value = float(value) if kind is float else value
-        if kind is float and not math.isfinite(value):
+        value = float(value) if matched is float else value
+        if matched is float and not math.isfinite(value):
             raise ConfigError(f"{where} = {value!r} must be a finite number.")
+        if matched is list:
+            value = [Option(None, self.help, type=self.items).coerce(item, f"{where}[{i}]")
+                     if self.items is not None else item for i, item in enumerate(value)]
         if self.choices and value not in self.choices:
             raise ConfigError(f"{where} = {value!r} is not one of "
                               f"{', '.join(map(repr, self.choices))}."
@@ -71,9 +78,25 @@ class Option:
         return value
 
 
+def _is(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def positive(value: Any) -> str | None:
+    """An option ``check``: the value (or every item of a list) must be above zero."""
+    values = value if isinstance(value, list) else [value]
+    return None if all(v > 0 for v in values) else "must be positive."
+
+
 def _type_words(kind: type) -> str:
     return {bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(kind, kind.__name__)
+            str: "a string", list: "a list"}.get(kind, kind.__name__)
 
 
 def did_you_mean(word: str, options) -> str:
@@ -96,8 +119,9 @@ def resolve_options(declared: Mapping[str, Option], given: Mapping[str, Any], ro
                 f"{source}: [{role}] {key} is not an option of the {role} {name!r} ({has})."
                 + did_you_mean(key, declared)
                 + f" The [{role}] table sets options of the {role} the run uses.")
-    return {key: option.coerce(given[key], f"[{role}] {key}") if key in given
-            else option.default for key, option in declared.items()}
+    return {key: option.coerce(given[key], f"[{role}] {key}")
+            if given.get(key) is not None else option.default
+            for key, option in declared.items()}
 
 
 def parse_assignment(text: str) -> tuple[str, str, Any]:

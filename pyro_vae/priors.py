@@ -40,6 +40,7 @@ from torch import nn
 from pyro_vae.config import ModelConfig
 from pyro_vae.distributions import StandardNormal
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.options import Option, positive
 from pyro_vae.registry import PRIORS, BuildContext
 
 
@@ -220,7 +221,7 @@ class LabelConditionalMixture(Prior):
     def __init__(self, latent_dim: int, num_classes: int, components: int, what: str):
         super().__init__(latent_dim)
         if components < num_classes or components % num_classes:
-            raise ConfigError(f"[model] prior_components = {components}: the label-conditional "
+            raise ConfigError(f"[prior] components = {components}: the label-conditional "
                               f"{what} splits its components evenly over the {num_classes} "
                               f"classes; give a multiple of {num_classes}.")
         self.num_classes = num_classes
@@ -317,11 +318,11 @@ class LabelledVampPrior(LabelConditionalMixture):
         fewest = int(counts.argmin())
         have = int(counts[fewest])
         if have < self.per_class:
-            fix = (f"Use prior_components = {self.num_classes * have} or less (a multiple of "
+            fix = (f"Use [prior] components = {self.num_classes * have} or less (a multiple of "
                    f"{self.num_classes})" if have else f"Give every class {what} ({remedy})")
             raise DataError(
                 f"class {fewest} has {have} {what}, but the label-conditional VampPrior starts "
-                f"each of its {self.per_class} pseudo-inputs per class (prior_components = "
+                f"each of its {self.per_class} pseudo-inputs per class ([prior] components = "
                 f"{len(self.pseudo_inputs)} over {self.num_classes} classes) at a distinct image "
                 f"of that class. {fix}, or use prior = \"mixture\", which needs no images.")
         for c in range(self.num_classes):
@@ -378,7 +379,7 @@ class FlowPrior(Prior):
 def labelled_components(num_classes: int, total: int = 500) -> int:
     """The default size of a label-conditional prior: ``total`` components rounded down to a
     multiple of the classes (at least one per class), so that any ``num_classes`` works
-    without ``prior_components`` (500 = 50 per class for 10 classes; 498 for 3)."""
+    without ``[prior] components`` (500 = 50 per class for 10 classes; 498 for 3)."""
     return max(1, total // num_classes) * num_classes
 
 
@@ -387,37 +388,48 @@ def _normal(config: ModelConfig, context: BuildContext) -> Prior:
     return StandardNormalPrior(config.latent_dim)
 
 
-@PRIORS.register("mixture", help="learned mixture of Gaussians (prior_components, default 10); "
-                 "for a cvae one mixture per class, p(z|y) (default 500 in all, rounded down to "
-                 "a multiple of the classes)",
-                 capabilities={"components", "label_conditional"})
+def _components(default: int) -> Option:
+    return Option(None, f"mixture components (default {default}; with a label-conditional "
+                  "kind 500 in all, rounded down to a multiple of the classes, the components "
+                  "split evenly over them)", type=int, check=positive,
+                  legacy="prior_components")
+
+
+@PRIORS.register("mixture", help="learned mixture of Gaussians ([prior] components, default "
+                 "10); for a cvae one mixture per class, p(z|y) (default 500 in all, rounded "
+                 "down to a multiple of the classes)",
+                 capabilities={"components", "label_conditional"},
+                 options={"components": _components(10)})
 def _mixture(config: ModelConfig, context: BuildContext) -> Prior:
+    components = context.options.get("components")
     if context.num_classes is not None:
         return LabelledMixturePrior(config.latent_dim, context.num_classes,
-                                    config.prior_components
-                                    or labelled_components(context.num_classes))
-    return MixturePrior(config.latent_dim, config.prior_components or 10)
+                                    components or labelled_components(context.num_classes))
+    return MixturePrior(config.latent_dim, components or 10)
 
 
-@PRIORS.register("vamp", help="VampPrior: pseudo-inputs through the encoder (prior_components, "
-                 "default 500); for a cvae one mixture per class, p(z|y)",
-                 capabilities={"components", "pseudo_inputs", "label_conditional"})
+@PRIORS.register("vamp", help="VampPrior: pseudo-inputs through the encoder ([prior] "
+                 "components, default 500); for a cvae one mixture per class, p(z|y)",
+                 capabilities={"components", "pseudo_inputs", "label_conditional"},
+                 options={"components": _components(500)})
 def _vamp(config: ModelConfig, context: BuildContext) -> Prior:
     if context.encoder is None:
         raise ConfigError("prior = \"vamp\" passes pseudo-inputs through the model's encoder, "
                           "and this model has none; choose another prior.")
+    components = context.options.get("components")
     if context.num_classes is not None:
         return LabelledVampPrior(config.latent_dim, context.encoder, context.num_pixels,
-                                 context.num_classes, config.prior_components
-                                 or labelled_components(context.num_classes))
-    return VampPrior(config.latent_dim, context.encoder, context.num_pixels,
-                     config.prior_components or 500)
+                                 context.num_classes,
+                                 components or labelled_components(context.num_classes))
+    return VampPrior(config.latent_dim, context.encoder, context.num_pixels, components or 500)
 
 
-@PRIORS.register("flow", help="affine-coupling flow (flow_layers, default 4)",
-                 capabilities={"flow_layers", "min_latent_dim_2"})
+@PRIORS.register("flow", help="affine-coupling flow ([prior] layers, default 4)",
+                 capabilities={"flow_layers", "min_latent_dim_2"},
+                 options={"layers": Option(4, "affine coupling layers", check=positive,
+                                           legacy="flow_layers")})
 def _flow(config: ModelConfig, context: BuildContext) -> Prior:
-    return FlowPrior(config.latent_dim, config.flow_layers)
+    return FlowPrior(config.latent_dim, context.options.get("layers", 4))
 
 
 def build_prior(config: ModelConfig, context: BuildContext) -> Prior:

@@ -37,7 +37,10 @@ capability           methods the library calls (and the commands that call them)
 Optional methods, used where present and documented here: ``kl_per_dim(loc, scale)`` (the
 closed-form KL per latent dimension, for a diagonal Gaussian q; else the KL is Monte Carlo),
 ``latent_activity(x, y)`` (a model with its own kind of code, e.g. a discrete one),
-``start_output_bias(train_x)`` (the decoder's bias started at the data).
+``start_output_bias(train_x)`` (the decoder's bias started at the data); the attribute
+``vectorize_particles`` (``False`` for a model whose global sites cannot take a particle
+dimension, like a Bayesian decoder's weights: the objective then draws its particles one
+after another).
 
 A model whose guide has latent sites outside the ``data`` plate (global latent variables such
 as a hyperprior's scale or Bayesian decoder weights) needs nothing more: scores, active units

@@ -140,13 +140,18 @@ class KindHooks:
     * ``pictures(model, data, run_dir, history, config)``: writes the run's pictures ([samples,
       reconstructions, interpolation and latent map for a kind declaring ``pictures``, the
       ELBO curve otherwise]).
-    * ``model_defaults(model_table) -> dict``: the kind's own values for ``[model]`` keys that a
-      recipe (with its command-line flags) leaves out, given the table as written ([the
-      ``ModelConfig`` defaults]). A run's ``config.toml`` records every key, so a saved run
+    * ``check(config)``: the kind's own checks of a whole configuration (its ``[kind]``
+      options against the prior, guide, network and objective), raising
+      :class:`~pyro_vae.errors.ConfigError` in one paragraph ([none]).
+    * ``model_defaults(recipe) -> dict``: the kind's own values for ``[model]`` keys that a
+      recipe (with its command-line flags) leaves out, given the recipe's tables as written
+      (``recipe["model"]``, ``recipe.get("kind", {})``, ...) ([the ``ModelConfig``
+      defaults]). A run's ``config.toml`` records every key, so a saved run
       reads back the same.
     """
 
     display_name: str = ""
+    check: Callable[..., Any] | None = None
     prepare: Callable[..., Any] | None = None
     initialize: Callable[..., Any] | None = None
     batches: Callable[..., Any] | None = None

@@ -83,7 +83,7 @@ def _build(role: str, registry, thing: Any, options: dict | None
         if role == "likelihood":
             from pyro_vae.likelihoods import build_likelihood
 
-            return build_likelihood(name, config.gaussian_scale, config.options_of(role))
+            return build_likelihood(config, _context(config, config.options_of(role)))
         context = _context(config, config.options_of(role))
         try:
             return registry.get(name)(config, context)

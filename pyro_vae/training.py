@@ -41,7 +41,7 @@ from pyro_vae.plots.vae import default_pictures
 from pyro_vae.progress import Progress, TqdmProgress
 from pyro_vae.protocol import Epoch, has, hooks
 from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
-from pyro_vae.registry import OBJECTIVES, PRIORS
+from pyro_vae.registry import OBJECTIVES, PRIORS, BuildContext
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
@@ -133,7 +133,7 @@ def prepare_data(config: Config, device: torch.device | str = "cpu",
     elif binarization == "static":
         data = binarize_fixed(data, ("train", "validation", "test"))
     if check:
-        likelihood = build_likelihood(config.model.likelihood, config.model.gaussian_scale)
+        likelihood = build_likelihood(config.model, BuildContext(tuple(data.image_shape)))
         if binarization not in ("dynamic", "grey"):  # dynamic: drawn per epoch from [0, 1]
             likelihood.check_data(data.train_x, f"{source} (train split)")
         if binarization != "grey":  # grey: Bernoulli targets in [0, 1], checked above
@@ -238,7 +238,7 @@ def _validation_elbo(vae: VAE, x: torch.Tensor, max_chunk: int,
 def _initialize_pseudo_inputs(vae: VAE, data: ImageData) -> None:
     components = len(vae.prior.pseudo_inputs)
     if components > len(data.train_x):
-        raise ConfigError(f"[model] prior_components = {components} pseudo-inputs start at "
+        raise ConfigError(f"[prior] components = {components} pseudo-inputs start at "
                           f"training images, but there are only {len(data.train_x)}; use at "
                           f"most {len(data.train_x)}.")
     vae.prior.initialize_from(data.train_x, data.train_y)
@@ -469,8 +469,8 @@ def _start_model(config: Config, data: ImageData, device: torch.device,
         # fit's model: its guide samples every latent site; its factory rebuilds it.
         check_given_model(vae, config, data.train_x, data.image_shape, len(data.train_x))
     likelihood = getattr(vae, "likelihood", None)
-    if config.model.standardize and hasattr(likelihood, "initialize_from"):
-        likelihood.initialize_from(data.train_x)  # Gaussian: decode in standardized units
+    if hasattr(likelihood, "initialize_from"):  # Gaussian: decode in standardized units
+        likelihood.initialize_from(data.train_x)
     if hasattr(likelihood, "start_scale"):  # a learned Gaussian σ: its best value at the start
         likelihood.start_scale(data.train_x)
     # p(x|z) starts at the data's mean image.
@@ -517,7 +517,7 @@ def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
     temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
                                       config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
-                               config.train.alpha, config.model.bayesian_decoder == "none",
+                               config.train.alpha, getattr(vae, "vectorize_particles", True),
                                temperature, config.options.get("objective"))
     kind = hooks(config)
     state = None  # what the kind's prepare hook hands to its batches hook

@@ -76,3 +76,11 @@ def poison_decoder(monkeypatch, at_call, times=None):
         return out * float("nan") if poisoned else out
 
     monkeypatch.setattr(networks.MLPDecoder, "forward", forward)
+
+
+def model_config(**model):
+    """A checked ``[model]`` table from keys written the way a recipe writes them, the old
+    ``[model]`` keys of a component's options included (``stochastic_layers = 2`` goes to the
+    kind's own table): ``Config.from_dict({"model": model}).model``."""
+    options = model.pop("options", {})
+    return Config.from_dict({"model": model, **options}).model

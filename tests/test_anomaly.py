@@ -20,6 +20,7 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.models import build_vae
 from pyro_vae.toy import LinearGaussian
 from pyro_vae.training import train
+from helpers import model_config
 
 
 def test_metrics_on_hand_cases_and_against_sklearn():
@@ -77,8 +78,8 @@ def test_likelihood_regret_is_the_amortization_gap_on_the_linear_gaussian():
     toy.set_encoder()  # the encoder is the exact posterior: nothing left to gain
     regret = likelihood_regret(toy.vae, toy.x, steps=100, draws=64, learning_rate=0.05)
     assert (regret >= 0).all() and float(regret.mean()) < 0.1 * float(gap.mean())
-    two_layers = build_vae(ModelConfig(stochastic_layers=2, hidden_dims=[8], latent_dim=2,
-                                       top_latent_dim=2, top_hidden_dims=[4]), (1, 4, 4))
+    two_layers = build_vae(model_config(stochastic_layers=2, hidden_dims=[8], latent_dim=2,
+                                        top_latent_dim=2, top_hidden_dims=[4]), (1, 4, 4))
     with pytest.raises(ConfigError, match="one latent site"):
         likelihood_regret(two_layers, torch.zeros(3, 16))
 

@@ -15,13 +15,14 @@ from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_trained
+from helpers import model_config
 
 PIXELS = 16
 
 
 def _bayesian(layers="all", num_data=None, seed=0):
     torch.manual_seed(seed)
-    config = ModelConfig(latent_dim=3, hidden_dims=[12], bayesian_decoder=layers)
+    config = model_config(latent_dim=3, hidden_dims=[12], bayesian_decoder=layers)
     vae = build_vae(config, (1, 4, 4), num_data=num_data)
     x = torch.rand(8, PIXELS).round()
     return vae, x

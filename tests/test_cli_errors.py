@@ -120,7 +120,7 @@ def test_checkpoints_from_before_a_new_config_key_still_load(trained_run, capsys
     from pyro_vae.runs import load_checkpoint
     checkpoint = load_checkpoint(trained_run / "checkpoint.pt")
     for key in ("stochastic_layers", "top_latent_dim", "top_hidden_dims"):
-        del checkpoint["config"]["model"][key]
+        del checkpoint["config"]["kind"][key]
     torch.save(checkpoint, trained_run / "checkpoint.pt")
     code, _, err = run_cli(capsys, "evaluate", str(trained_run), "--num-samples", "4")
     assert code == 0, err

@@ -93,9 +93,10 @@ def test_the_cli_refuses_a_bad_set_in_one_paragraph(tmp_path, capsys):
 def test_likelihood_and_objective_options_reach_their_factories():
     seen = {}
 
-    def bernoulli_with_option_factory(config):
-        seen["likelihood"] = config.options_of("likelihood")
-        return LIKELIHOODS.get("bernoulli")(config)
+    def bernoulli_with_option_factory(config, context):
+        seen["likelihood"] = dict(context.options)
+        seen["image_shape"] = context.image_shape
+        return LIKELIHOODS.get("bernoulli")(config, context)
 
     LIKELIHOODS.add("bernoulli_with_option", bernoulli_with_option_factory,
                     capabilities={"binary_data"},
@@ -117,6 +118,7 @@ def test_likelihood_and_objective_options_reach_their_factories():
 
     build_vae(config.model, (1, 8, 8))
     assert seen["likelihood"] == {"sharpness": 2.0}
+    assert seen["image_shape"] == (1, 8, 8)  # the factory knows the images it models
     make_objective(config.train.objective, options=config.options.get("objective"))
     assert seen["objective"] == 0.5
     assert tomllib.loads(config.to_toml())["objective"] == {"scale": 0.5}

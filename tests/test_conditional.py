@@ -78,7 +78,9 @@ def _linear_gaussian_cvae(num_pixels=5, latent_dim=2, num_classes=3, noise=0.5):
     posterior = _LinearPosterior(covariance @ w.T / noise ** 2, b, covariance.diagonal().sqrt())
     vae = ConditionalVAE(LabelledEncoder(posterior, num_classes),
                          LabelledDecoder(linear, num_classes), StandardNormalPrior(latent_dim),
-                         build_likelihood("gaussian", noise), num_classes)
+                         build_likelihood(ModelConfig(likelihood="gaussian",
+                                                      options={"likelihood": {"scale": noise}})),
+                         num_classes)
     marginal = torch.distributions.MultivariateNormal(
         torch.zeros(num_pixels), w @ w.T + noise ** 2 * torch.eye(num_pixels))
     return vae, b, marginal

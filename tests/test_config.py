@@ -12,7 +12,7 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 
 def test_defaults_are_the_digits_recipe():
     recipe = Config.from_toml(MODELS / "digits_vae.toml")
-    assert recipe == Config()
+    assert recipe == Config().validate()  # validated: the components' options filled in
     assert recipe.train.warmup_epochs() == 20  # "auto": a tenth of its 200 epochs
 
 

@@ -22,11 +22,12 @@ from pyro_vae.models import build_vae
 from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import _check_distributable
+from helpers import model_config
 
 NUM_DATA, BATCH = 1000, 13
 MODELS = {
     "vae": ModelConfig(latent_dim=3, hidden_dims=[16]),
-    "two_layer": ModelConfig(latent_dim=3, hidden_dims=[16], stochastic_layers=2),
+    "two_layer": model_config(latent_dim=3, hidden_dims=[16], stochastic_layers=2),
     "cvae": ModelConfig(latent_dim=3, hidden_dims=[16], kind="cvae"),
 }
 

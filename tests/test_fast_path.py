@@ -28,6 +28,7 @@ from pyro_vae.objectives import (
 )
 from pyro_vae.objectives.fast_elbo import Structure
 from pyro_vae.params import parameters_owned, register_module
+from helpers import model_config
 
 IMAGE = (1, 4, 5)
 PIXELS = 20
@@ -35,7 +36,7 @@ PYRO_CLASSES = {"elbo": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
 
 
 def small_vae(num_data=None, **model):
-    config = ModelConfig(latent_dim=3, hidden_dims=[8], **model)
+    config = model_config(latent_dim=3, hidden_dims=[8], **model)
     torch.manual_seed(1)
     return build_vae(config, IMAGE, num_data=num_data)
 
@@ -102,7 +103,7 @@ def test_several_particles_match_pyro(name, vectorize):
 
 def test_mixture_prior_has_no_closed_form_kl_and_matches_pyro():
     # TraceMeanField_ELBO falls back to log q − log p at the site: so must the recorded path.
-    assert_same_as_pyro(small_vae(prior="mixture", prior_components=3), "meanfield",
+    assert_same_as_pyro(small_vae(prior="mixture", options={"prior": {"components": 3}}), "meanfield",
                         (batch(),))
 
 

@@ -12,15 +12,16 @@ from pyro_vae.evaluate import estimate_log_likelihood, log_importance_weights
 from pyro_vae.models.hierarchical import HierarchicalVAE
 from pyro_vae.models import build_vae
 from pyro_vae.training import train
+from helpers import model_config
 
 TOP, MIDDLE, PIXELS, SIGMA = 2, 3, 5, 0.4
 
 
 def linear_chain():
     """z2 ~ N(0, I), z1 | z2 ~ N(A z2 + a, diag s²), x | z1 ~ N(W z1 + b, σ² I)."""
-    config = ModelConfig(latent_dim=MIDDLE, hidden_dims=[], likelihood="gaussian",
-                         gaussian_scale=SIGMA, stochastic_layers=2, top_latent_dim=TOP,
-                         top_hidden_dims=[])
+    config = model_config(latent_dim=MIDDLE, hidden_dims=[], likelihood="gaussian",
+                          gaussian_scale=SIGMA, stochastic_layers=2, top_latent_dim=TOP,
+                          top_hidden_dims=[])
     torch.manual_seed(0)
     vae = build_vae(config, (1, 1, PIXELS))
     assert isinstance(vae, HierarchicalVAE)

@@ -24,7 +24,7 @@ from helpers import QUICK_TRAIN, QUICK_TRAIN_PCA, digits_npz, run_cli
 # --- the label-conditional VampPrior's start ----------------------------------------------------
 
 @pytest.mark.parametrize("keep,needle", [
-    (lambda y: (y != 7) | (np.arange(len(y)) % 30 == 0), "Use prior_components = 40 or less"),
+    (lambda y: (y != 7) | (np.arange(len(y)) % 30 == 0), "Use [prior] components = 40 or less"),
     (lambda y: y != 7, "class 7 has 0 training images"),
 ])
 def test_a_class_with_too_few_images_for_its_pseudo_inputs(tmp_path, capsys, keep, needle):
@@ -66,7 +66,7 @@ def test_m2_starts_its_labelled_vamp_prior_at_its_labelled_images_only():
     assert torch.equal(data.train_y[labelled][nearest], vae.prior.component_labels)
     more = config.with_overrides({"model": {"prior_components": 50}})
     vae = build_vae(more.model, data.image_shape, num_data=len(data.train_x))
-    with pytest.raises(DataError, match="2 labelled training images.*prior_components = 20"):
+    with pytest.raises(DataError, match="2 labelled training images.*\\[prior\\] components = 20"):
         prepare_m2(more, data, vae, None)
 
 

@@ -102,7 +102,8 @@ def test_vamp_prior_is_the_mixture_of_encoder_posteriors_at_its_pseudo_inputs():
 
 
 def test_vamp_prior_shares_the_encoder_without_storing_it_twice():
-    config = ModelConfig(latent_dim=3, hidden_dims=[12], prior="vamp", prior_components=4)
+    config = ModelConfig(latent_dim=3, hidden_dims=[12], prior="vamp",
+                         options={"prior": {"components": 4}})
     vae = build_vae(config, (1, 4, 4))
     assert vae.prior.encoder is vae.encoder
     assert not [key for key in vae.state_dict() if key.startswith("prior.encoder")]
@@ -119,8 +120,10 @@ def test_flow_prior_starts_as_the_standard_normal():
 
 def _small(prior: str, num_data: int = 32, seed: int = 0):
     torch.manual_seed(seed)
-    config = ModelConfig(latent_dim=3, hidden_dims=[12], prior=prior, prior_components=4,
-                         flow_layers=2)
+    config = ModelConfig(latent_dim=3, hidden_dims=[12], prior=prior,
+                         options={"prior": {"mixture": {"components": 4},
+                                            "vamp": {"components": 4},
+                                            "flow": {"layers": 2}}.get(prior, {})})
     vae = build_vae(config, (1, 4, 4), num_data=num_data)
     x = torch.rand(num_data, PIXELS).round()
     return vae, x
@@ -215,8 +218,12 @@ def test_free_bits_stop_pushing_dimensions_below_the_floor_towards_the_prior():
     ({"train": {"free_bits": 0.5, "objective": "iwae"}}, "free_bits"),
     ({"train": {"free_bits": 0.5}, "model": {"prior": "vamp"}}, "splits over dimensions"),
     ({"train": {"free_bits": -1.0}}, "non-negative"),
-    ({"model": {"prior_components": 5}}, "prior_components is only used"),
-    ({"model": {"prior": "mixture", "flow_layers": 2}}, "flow_layers is only used"),
+    ({"model": {"prior_components": 5}}, "prior_components is the option 'components' of "
+                                         "prior = \"mixture\" or prior = \"vamp\""),
+    ({"model": {"prior": "mixture", "flow_layers": 2}}, "flow_layers is the option 'layers'"),
+    ({"model": {"prior": "mixture"}, "prior": {"components": 0}}, "must be positive"),
+    ({"model": {"prior": "flow"}, "prior": {"layer": 2}}, "Did you mean 'layers'"),
+    ({"model": {"guide": "lowrank"}, "guide": {"rank": 1.5}}, "should be an integer"),
     ({"model": {"weight_prior_scale": 0.5}}, "weight_prior_scale is only used"),
 ])
 def test_bad_prior_settings_are_explained(overrides, words):

@@ -25,6 +25,7 @@ from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.models.semisupervised import build_m2
 from pyro_vae.training import COLLAPSE_KL, collapse_warning, prepare_data, train
+from helpers import model_config
 
 IMAGE = (1, 4, 4)
 #: The training module (``pyro_vae.train`` is the function it defines).
@@ -60,15 +61,16 @@ def _mean_logit(x: torch.Tensor) -> torch.Tensor:
 
 MODELS = {
     "vae": ModelConfig(hidden_dims=[8], latent_dim=2),
-    "two_layer": ModelConfig(hidden_dims=[8], latent_dim=3, stochastic_layers=2,
-                             top_hidden_dims=[6], top_latent_dim=2),
+    "two_layer": model_config(hidden_dims=[8], latent_dim=3, stochastic_layers=2,
+                              top_hidden_dims=[6], top_latent_dim=2),
     "cvae": ModelConfig(kind="cvae", hidden_dims=[8], latent_dim=2, num_classes=3),
     "m2": ModelConfig(kind="m2", hidden_dims=[8], latent_dim=2, num_classes=3),
     "quadrant_cvae": ModelConfig(kind="quadrant_cvae", hidden_dims=[8], latent_dim=2),
     "quadrant_baseline": ModelConfig(kind="quadrant_baseline", hidden_dims=[8]),
-    "bayesian_all": ModelConfig(hidden_dims=[8], latent_dim=2, bayesian_decoder="all"),
-    "bayesian_last": ModelConfig(hidden_dims=[8], latent_dim=2, bayesian_decoder="last"),
-    "vamp": ModelConfig(hidden_dims=[8], latent_dim=2, prior="vamp", prior_components=4),
+    "bayesian_all": model_config(hidden_dims=[8], latent_dim=2, bayesian_decoder="all"),
+    "bayesian_last": model_config(hidden_dims=[8], latent_dim=2, bayesian_decoder="last"),
+    "vamp": ModelConfig(hidden_dims=[8], latent_dim=2, prior="vamp",
+                        options={"prior": {"components": 4}}),
 }
 
 
@@ -241,7 +243,8 @@ def test_vamp_prior_keeps_active_units_on_mnist(data_dir, one_thread):
     data = load_dataset("mnist", str(data_dir), 0.0)
     x_train, x_check = data.train_x[:1000], data.test_x[:300]
     config = ModelConfig(latent_dim=8, hidden_dims=[64], activation="tanh",
-                         encoder_scale="logvar", prior="vamp", prior_components=20)
+                         encoder_scale="logvar", prior="vamp",
+                         options={"prior": {"components": 20}})
     vae = build_vae(config, (1, 28, 28), num_data=len(x_train))
     vae.prior.initialize_from(x_train)
     vae.start_output_bias(x_train)

@@ -25,7 +25,7 @@ def _m2(prior: str = "normal"):
         return build_m2(M2_CONFIG, (1, 2, 2))
     torch.manual_seed(1)
     vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
-                               prior=prior, prior_components=6), (1, 2, 2))
+                               prior=prior, options={"prior": {"components": 6}}), (1, 2, 2))
     with torch.no_grad():  # classes' mixtures well apart, so p(z|y) matters
         vae.prior.loc.copy_(3 * torch.randn_like(vae.prior.loc))
     return vae

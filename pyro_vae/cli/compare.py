@@ -113,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
     positive_flag("batch-size", args.batch_size)
     if args.run_dir:
         config, vae, checkpoint = load_trained(args.run_dir)
-        if config.model.bayesian_decoder != "none" or not has(config, "estimator_lab"):
+        if not getattr(vae, "vectorize_particles", True) or not has(config, "estimator_lab"):
             raise ConfigError(
-                f"{args.run_dir} is not a plain VAE (bayesian_decoder = "
-                f"\"{config.model.bayesian_decoder}\", kind = \"{config.model.kind}\"); the "
+                f"{args.run_dir} is not a plain VAE (kind = \"{config.model.kind}\" with "
+                f"[kind] options {config.model.options_of('kind')}); the "
                 "lab compares estimators on the same model/guide pair with point-estimated "
                 "weights, which a Bayesian decoder's global weights or a conditional model do "
                 "not give every estimator. Run compare on a plain VAE run.")

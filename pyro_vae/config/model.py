@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pyro_vae.config.checks import (ACTIVATIONS, ENCODER_SCALES, MAX_CODE_UNITS, _choice,
                                     _positive, _registered)
 from pyro_vae.errors import ConfigError
+from pyro_vae.options import resolve_options
 from pyro_vae.registry import GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, PRIORS
+
+#: The roles of the ``[model]`` table whose components may own options, with their registries;
+#: the key of ``[model]`` naming the component is the role's name.
+MODEL_ROLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS,
+               "network": NETWORKS, "kind": MODEL_KINDS}
 
 
 @dataclass
@@ -22,32 +28,15 @@ class ModelConfig:
     activation: str = "relu"
     #: How the encoder's second head becomes a standard deviation: ``softplus`` or ``logvar``.
     encoder_scale: str = "softplus"
+    #: p(x|z): ``bernoulli``, ``continuous_bernoulli`` or ``gaussian`` (whose options,
+    #: ``scale`` and ``standardize``, go in the ``[likelihood]`` table); plugins may add more.
     likelihood: str = "bernoulli"
-    #: Standard deviation of the Gaussian likelihood: a positive number, or ``"learned"``.
-    gaussian_scale: float | str = "learned"
-    #: Gaussian likelihood: decode in standardized units (the training split's per-pixel mean
-    #: and overall standard deviation, saved with the weights); log p(x) stays in data units.
-    standardize: bool = True
-    #: 1, or 2 for the hierarchical model z2 → z1 → x of Burda et al. (2016): ``latent_dim``
-    #: is then the size of z1 and the two keys below describe z2 and the nets between them.
-    stochastic_layers: int = 1
-    top_latent_dim: int = 50
-    top_hidden_dims: list[int] = field(default_factory=lambda: [50, 50])
-    #: p(z): ``normal`` N(0, I), ``mixture`` of Gaussians, ``vamp`` (VampPrior) or ``flow``.
+    #: p(z): ``normal`` N(0, I), ``mixture`` of Gaussians, ``vamp`` (VampPrior) or ``flow``;
+    #: their options (``components``, ``layers``) go in the ``[prior]`` table.
     prior: str = "normal"
-    #: Mixture components, or VampPrior pseudo-inputs; absent: 10 (mixture), 500 (vamp).
-    prior_components: int | None = None
-    #: Affine coupling layers of the flow prior, or autoregressive layers of the IAF guide.
-    flow_layers: int = 4
-    #: q(z|x): ``diagonal`` Gaussian, ``lowrank`` Gaussian (rank ``guide_rank``) or ``iaf``
-    #: (inverse autoregressive flow of ``flow_layers`` layers); plugins may add more.
+    #: q(z|x): ``diagonal`` Gaussian, ``lowrank`` Gaussian (``[guide] rank``) or ``iaf``
+    #: (inverse autoregressive flow of ``[guide] layers`` layers); plugins may add more.
     guide: str = "diagonal"
-    #: Rank r of the low-rank guide's covariance factor.
-    guide_rank: int = 2
-    #: Priors on decoder weights with a mean-field guide: ``none``, ``last`` layer or ``all``.
-    bayesian_decoder: str = "none"
-    #: Standard deviation s of the N(0, s²) prior on each Bayesian decoder weight.
-    weight_prior_scale: float = 1.0
     #: ``vae``, ``cvae`` (label-conditional, needs labels) or ``m2`` (semi-supervised).
     kind: str = "vae"
     #: Number of labels 0..C−1 of ``cvae`` and ``m2`` models.
@@ -80,8 +69,16 @@ class ModelConfig:
     options: dict[str, dict] = field(default_factory=dict, compare=False)
 
     def options_of(self, role: str) -> dict:
-        """The options of the component in ``role`` (``{}`` where it declares none)."""
-        return dict(self.options.get(role, {}))
+        """The options of the component in ``role`` (``prior``, ``guide``, ``likelihood``,
+        ``network`` or ``kind``): those set in the recipe's table of that role, checked
+        against what the component declares, with its defaults filled in (``{}`` where it
+        declares none)."""
+        registry = MODEL_ROLES[role]
+        name = getattr(self, role)
+        if name not in registry:
+            return dict(self.options.get(role, {}))
+        return resolve_options(registry.entry(name).options, self.options.get(role, {}), role,
+                               name)
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
@@ -105,9 +102,9 @@ class ModelConfig:
             raise ConfigError(f"[model] quadrants = {self.quadrants!r}: give 1, 2 or 3 "
                               "quadrants; the model predicts the other 4 − quadrants.")
         _positive("model", "num_classes", self.num_classes)
-        if "components" not in kind and (self.network != "mlp" or self.stochastic_layers != 1):
-            raise ConfigError(f"[model] kind = \"{self.kind}\" is built from one stochastic "
-                              "layer of MLPs; set network = \"mlp\" and stochastic_layers = 1.")
+        if "components" not in kind and self.network != "mlp":
+            raise ConfigError(f"[model] kind = \"{self.kind}\" is built from MLPs; set network "
+                              "= \"mlp\".")
         _positive("model", "latent_dim", self.latent_dim)
         _registered(NETWORKS, self.network)
         for size in self.hidden_dims:
@@ -115,25 +112,8 @@ class ModelConfig:
         _choice("model", "activation", self.activation, ACTIVATIONS)
         _choice("model", "encoder_scale", self.encoder_scale, ENCODER_SCALES)
         _registered(LIKELIHOODS, self.likelihood)
-        _choice("model", "stochastic_layers", str(self.stochastic_layers), ("1", "2"))
-        _positive("model", "top_latent_dim", self.top_latent_dim)
-        for size in self.top_hidden_dims:
-            _positive("model", "top_hidden_dims", size)
-        if self.stochastic_layers == 2 and self.network != "mlp":
-            raise ConfigError("[model] stochastic_layers = 2 is built from MLPs; set network = "
-                              "\"mlp\".")
         prior = _registered(PRIORS, self.prior)
         guide = _registered(GUIDES, self.guide)
-        _positive("model", "guide_rank", self.guide_rank)
-        if self.prior_components is not None:
-            _positive("model", "prior_components", self.prior_components)
-        _positive("model", "flow_layers", self.flow_layers)
-        _choice("model", "bayesian_decoder", self.bayesian_decoder, ("none", "last", "all"))
-        self._check_unused_options()
-        _positive("model", "weight_prior_scale", self.weight_prior_scale)
-        if self.bayesian_decoder != "none" and self.stochastic_layers != 1:
-            raise ConfigError("[model] bayesian_decoder is built for the one-layer model; set "
-                              "stochastic_layers = 1 or bayesian_decoder = \"none\".")
         if "min_latent_dim_2" in prior and self.latent_dim < 2:
             raise ConfigError(f"[model] prior = \"{self.prior}\" is built from coupling layers "
                               "that need latent_dim ≥ 2; use prior = \"mixture\" for a 1-d code.")
@@ -141,20 +121,6 @@ class ModelConfig:
             raise ConfigError(f"[model] guide = \"{self.guide}\" is a flow over the latent "
                               "dimensions and needs latent_dim ≥ 2; use guide = \"diagonal\" for "
                               "a 1-d code.")
-        if self.stochastic_layers == 2 and self.guide != "diagonal":
-            raise ConfigError(f"[model] guide = \"{self.guide}\" is for the one-layer model; "
-                              "with stochastic_layers = 2 the guide is q(z1|x) q(z2|z1) of "
-                              "diagonal Gaussians. Set guide = \"diagonal\" or stochastic_layers "
-                              "= 1.")
-        if self.stochastic_layers == 2 and self.prior != "normal":
-            raise ConfigError(
-                f"[model] prior = \"{self.prior}\" is for the one-layer model; with "
-                "stochastic_layers = 2 the prior is already hierarchical, p(z1|z2) p(z2) with "
-                "p(z2) = N(0, I). Set prior = \"normal\" or stochastic_layers = 1.")
-        if isinstance(self.gaussian_scale, str):
-            _choice("model", "gaussian_scale", self.gaussian_scale, ("learned",))
-        else:
-            _positive("model", "gaussian_scale", self.gaussian_scale)
 
 
     def _check_quadrant_options(self) -> None:
@@ -179,24 +145,3 @@ class ModelConfig:
             raise ConfigError("[model] label_independence_weight is only used with "
                               "label_independence = \"mmd\", which this recipe does not set; "
                               "remove the weight or set label_independence = \"mmd\".")
-
-    def _check_unused_options(self) -> None:
-        """Options of one prior given with another would be ignored: say so instead."""
-        unused = []
-        users = {key: [f"{what} = \"{name}\"" for what, registry in (("prior", PRIORS),
-                                                                     ("guide", GUIDES))
-                       for name in registry.choices() if key in registry.capabilities(name)]
-                 for key in ("components", "flow_layers")}
-        prior, guide = PRIORS.capabilities(self.prior), GUIDES.capabilities(self.guide)
-        if self.prior_components is not None and "components" not in prior:
-            unused.append(("prior_components", " or ".join(users["components"])))
-        if self.flow_layers != 4 and "flow_layers" not in prior | guide:
-            unused.append(("flow_layers", " or ".join(users["flow_layers"])))
-        if self.guide_rank != 2 and self.guide != "lowrank":
-            unused.append(("guide_rank", "guide = \"lowrank\""))
-        if self.weight_prior_scale != 1.0 and self.bayesian_decoder == "none":
-            unused.append(("weight_prior_scale", "bayesian_decoder = \"last\" or \"all\""))
-        if unused:
-            key, needs = unused[0]
-            raise ConfigError(f"[model] {key} is only used with {needs}, which this recipe does "
-                              f"not set; remove {key} or set the option it belongs to.")

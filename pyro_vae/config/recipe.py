@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from pyro_vae.config.checks import MAX_ENUMERATED_CODES, _suggestion
 from pyro_vae.config.data import DataConfig
 from pyro_vae.config.evaluate import EvaluateConfig
+from pyro_vae.config.legacy import move_legacy_keys, section_fields
 from pyro_vae.config.model import ModelConfig
 from pyro_vae.config.train import TrainConfig
 from pyro_vae.errors import ConfigError
@@ -152,6 +153,9 @@ class Config:
         mapping = dict(mapping)
         plugins = _coerce(mapping.pop("plugins", []), list[str], "plugins", source)
         load_plugins(plugins, f"listed under plugins in {source}")
+        mapping = _with_kind_defaults(mapping)
+        mapping = move_legacy_keys(mapping, _legacy_roles(), {
+            "model": section_fields(ModelConfig), "train": section_fields(TrainConfig)}, source)
         options = {role: mapping.pop(role) for role in list(mapping) if role in ROLES}
         unknown = [key for key in mapping if key not in SECTIONS]
         if unknown:
@@ -162,7 +166,6 @@ class Config:
                 f"options {', '.join('[' + r + ']' for r in ROLES)} (and the top-level key "
                 f"plugins).{_suggestion(key, [*SECTIONS, *ROLES, 'plugins'])}"
             )
-        mapping = _with_kind_defaults(mapping)
         sections = {}
         for name, section_cls in SECTIONS.items():
             values = mapping.get(name, {})
@@ -213,21 +216,28 @@ class Config:
             # defaults (its ``model_defaults`` hook) apply to them.
             fresh = ModelConfig()
             old_defaults = MODEL_KINDS.hooks(self.model.kind).model_defaults
-            inherited = old_defaults(merged["model"]) if old_defaults else {}
+            inherited = old_defaults(merged) if old_defaults else {}
             merged["model"] = {key: value for key, value in merged["model"].items()
                                if value != getattr(fresh, key)
                                and not (key in inherited and inherited[key] == value)}
-        for role, (_, section, key) in ROLES.items():
-            # Another component in a role: the old one's options do not carry over.
-            old = getattr(getattr(self, section), key)
-            if overrides.get(section, {}).get(key, old) != old and role not in overrides:
-                merged.pop(role, None)
         for section, values in overrides.items():
             if section == "plugins":  # plugins given on the command line join the recipe's
                 merged["plugins"] = list(dict.fromkeys([*merged.get("plugins", []), *values]))
                 continue
             merged.setdefault(section, {}).update(values)
+        named = _with_kind_defaults(merged)
+        for role, (_, section, key) in ROLES.items():
+            # Another component in a role: the old one's options do not carry over.
+            old = getattr(getattr(self, section), key)
+            new = named.get(section, {}).get(key, getattr(SECTIONS[section](), key))
+            if new != old and role not in overrides:
+                merged.pop(role, None)
         return Config.from_dict(merged, source="command line")
+
+
+def _legacy_roles() -> list[tuple[str, Registry, str, str, str]]:
+    return [(role, registry, section, key, getattr(SECTIONS[section](), key))
+            for role, (registry, section, key) in ROLES.items()]
 
 
 def _with_kind_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +253,7 @@ def _with_kind_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
     defaults = MODEL_KINDS.hooks(kind).model_defaults
     if defaults is None:
         return mapping
-    return {**mapping, "model": {**defaults(model), **model}}
+    return {**mapping, "model": {**defaults(mapping), **model}}
 
 
 def check_compatible(config: Config) -> None:
@@ -270,38 +280,24 @@ def check_compatible(config: Config) -> None:
             "= \"none\").")
     own_prior = model.prior != "normal" and "label_priors" not in kind
     if "components" not in kind and (own_prior or model.guide != "diagonal"
-                                     or model.bayesian_decoder != "none"
                                      or train.free_bits > 0):
         raise ConfigError(
             f"[model] kind = \"{model.kind}\" has its own fixed prior, guide and decoder; "
-            "prior, guide, bayesian_decoder and free_bits are options of kinds built from "
-            "components (kind = \"vae\"). Leave them at their defaults (prior = \"normal\", "
-            "guide = \"diagonal\", bayesian_decoder = \"none\", free_bits = 0) or use kind = "
-            "\"vae\".")
-    if model.stochastic_layers == 2 and "needs_independent_latents" in objective:
-        raise ConfigError(
-            f"{name} needs a guide whose latent sites do not depend on one another, but the "
-            "two-layer model's q(z2|z1) depends on z1. Use an objective without that need "
-            f"({_objectives_without('needs_independent_latents')}) with stochastic_layers = 2.")
+            "prior, guide and free_bits are options of kinds built from components (kind = "
+            "\"vae\"). Leave them at their defaults (prior = \"normal\", guide = "
+            "\"diagonal\", free_bits = 0) or use kind = \"vae\".")
     if train.free_bits > 0:
         if "separate_kl" not in objective:
             raise ConfigError(
                 f"[train] free_bits needs the ELBO's separate KL term, which objective "
                 f"\"{train.objective}\" does not have; use objective = "
                 f"{_objectives_with('separate_kl')}, or free_bits = 0.")
-        if "closed_form_kl" not in prior or "diagonal" not in guide \
-                or model.stochastic_layers != 1:
+        if "closed_form_kl" not in prior or "diagonal" not in guide:
             raise ConfigError(
                 "[train] free_bits works per latent dimension, which needs a KL that splits "
                 "over dimensions: the one-layer model with prior = \"normal\" and guide = "
                 "\"diagonal\". Use beta or kl_warmup_epochs against collapse with other "
                 "priors and guides, or free_bits = 0.")
-    if model.bayesian_decoder != "none" and "global_latents" not in objective:
-        raise ConfigError(
-            f"{name} is reduced per datapoint, but this model's Bayesian decoder weights are "
-            "one global latent variable shared by all datapoints, with no per-datapoint share "
-            f"of its KL. Use objective = {_objectives_with('global_latents')}, or "
-            "bayesian_decoder = \"none\".")
     if "discrete_latents" in kind and "enumerates_discrete" not in objective:
         raise ConfigError(
             f"{name}: the {model.kind} model sums its discrete label out with TraceEnum_ELBO; "
@@ -331,6 +327,9 @@ def check_compatible(config: Config) -> None:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                           f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
     _check_unused_kind_options(config, kind)
+    own_check = MODEL_KINDS.hooks(model.kind).check
+    if own_check is not None:
+        own_check(config)
 
 
 def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:

@@ -103,6 +103,8 @@ class BayesianVAE(VAE):
                 delattr(layer, attribute)
                 setattr(layer, attribute, PyroSample(self._weight_prior(name)))
         self.weight_prior_scale = weight_prior_scale
+        #: Its global weight sites take no particle dimension (the protocol's attribute).
+        self.vectorize_particles = False
         self.weight_posterior = WeightPosterior(initial)
         self.fixed_weights: dict[str, torch.Tensor] | None = None
 

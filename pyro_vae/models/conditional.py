@@ -22,7 +22,7 @@ and the importance-sampled estimate of :func:`pyro_vae.evaluate.estimate_log_lik
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pyro
 import pyro.distributions as dist
@@ -41,8 +41,6 @@ from pyro_vae.priors import Prior, build_prior
 from pyro_vae.registry import MODEL_KINDS, PRIORS, BuildContext, KindHooks
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from pyro_vae.config import Config
     from pyro_vae.data import ImageData
 
@@ -265,7 +263,7 @@ def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective:
     return objective, None
 
 
-def model_defaults(model: "Mapping[str, Any]") -> dict[str, Any]:
+def model_defaults(recipe: "Mapping[str, Any]") -> dict[str, Any]:
     """The ``model_defaults`` hook of the kind ``cvae``: a Gaussian mixture per label, p(z|y),
     unless the recipe asks for the label-independence penalty, which needs N(0, I).
 
@@ -274,7 +272,9 @@ def model_defaults(model: "Mapping[str, Any]") -> dict[str, Any]:
     the class's own region (97 % on MNIST) at no cost in log p(x|y). The mixture rather than
     the per-label VampPrior: the same fidelity and log p(x|y) within a standard error, at
     1.2-1.3x the step of N(0, I) against 2.6-2.9x (README, "Conditional VAEs")."""
-    if model.get("label_independence", "none") != "none":
+    tables = [recipe.get("model"), recipe.get("kind")]
+    if any(isinstance(table, Mapping) and table.get("label_independence", "none") != "none"
+           for table in tables):
         return {}
     return {"prior": "mixture"}
 
@@ -290,7 +290,7 @@ def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int]
     ``[model] prior``: ``normal`` p(z) = N(0, I), or a ``label_conditional`` prior's p(z|y)
     (``vamp``: one mixture of posteriors per class)."""
     encoder, decoder = labelled_networks(config, image_shape)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
     prior = build_label_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
                                                    num_classes=config.num_classes))
     return ConditionalVAE(encoder, decoder, prior, likelihood, config.num_classes, num_data)

@@ -44,7 +44,7 @@ from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.models.base import data_plate, kl_scale, true_model
 from pyro_vae.networks import mlp
 from pyro_vae.params import register_module
-from pyro_vae.registry import MODEL_KINDS, KindHooks
+from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
 
 #: Largest number of codes C^K that the exact sums (log p(x), ELBO) enumerate.
@@ -302,6 +302,6 @@ def build_discrete_vae(config: ModelConfig, image_shape: tuple[int, int, int],
     size = config.categorical_latents * config.categories
     encoder = mlp([num_pixels, *config.hidden_dims, size], config.activation)
     decoder = mlp([size, *reversed(config.hidden_dims), num_pixels], config.activation)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
     return DiscreteVAE(encoder, decoder, likelihood, config.categorical_latents,
                        config.categories, config.discrete_prior == "learned", num_data)

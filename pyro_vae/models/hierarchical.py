@@ -48,15 +48,16 @@ class HierarchicalVAE(VAE):
 
     @classmethod
     def build(cls, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
-              config: ModelConfig, num_data: int | None = None) -> "HierarchicalVAE":
-        """The z1–z2 nets from ``config.top_hidden_dims`` and ``config.top_latent_dim``."""
-        upper_encoder = MLPEncoder(config.latent_dim, config.top_latent_dim,
-                                   config.top_hidden_dims, config.activation,
-                                   config.encoder_scale)
-        upper_decoder = MLPEncoder(config.top_latent_dim, config.latent_dim,
-                                   list(reversed(config.top_hidden_dims)), config.activation,
-                                   config.encoder_scale)
-        return cls(encoder, decoder, upper_encoder, upper_decoder, config.top_latent_dim,
+              config: ModelConfig, num_data: int | None = None, top_latent_dim: int = 50,
+              top_hidden_dims: list[int] | None = None) -> "HierarchicalVAE":
+        """The z1–z2 nets of ``top_hidden_dims`` ([50, 50]) around a z2 of
+        ``top_latent_dim``, with ``config``'s activation and encoder scale."""
+        hidden = list(top_hidden_dims if top_hidden_dims is not None else [50, 50])
+        upper_encoder = MLPEncoder(config.latent_dim, top_latent_dim, hidden,
+                                   config.activation, config.encoder_scale)
+        upper_decoder = MLPEncoder(top_latent_dim, config.latent_dim, list(reversed(hidden)),
+                                   config.activation, config.encoder_scale)
+        return cls(encoder, decoder, upper_encoder, upper_decoder, top_latent_dim,
                    likelihood, num_data)
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

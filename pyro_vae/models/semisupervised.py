@@ -186,7 +186,7 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     encoder, decoder = labelled_networks(config, image_shape)
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
     classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    likelihood = build_likelihood(config, BuildContext(tuple(image_shape)))
     prior = build_label_prior(config, BuildContext(image_shape, encoder=encoder,
                                                    num_classes=config.num_classes))
     return M2(classifier, encoder, decoder, prior, likelihood, config.num_classes,

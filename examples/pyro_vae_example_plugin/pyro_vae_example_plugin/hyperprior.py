@@ -72,7 +72,7 @@ def build(config, image_shape, num_data=None):
     encoder, decoder = build_networks(config.network, image_shape, config.latent_dim,
                                       config.hidden_dims, config.activation,
                                       config.encoder_scale)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
     family = build_guide(config, BuildContext(tuple(image_shape), num_data, encoder))
     return HyperpriorVAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
                          num_data, family)

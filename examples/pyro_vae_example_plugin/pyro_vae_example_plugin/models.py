@@ -22,7 +22,7 @@ from pyro_vae.models import VAE
 from pyro_vae.plots import save_image_grid
 from pyro_vae.plots.vae import default_pictures
 from pyro_vae.priors import StandardNormalPrior
-from pyro_vae.registry import MODEL_KINDS, KindHooks
+from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
 
 class TiedEncoder(nn.Module):
@@ -93,6 +93,6 @@ def build(config, image_shape, num_data=None):
     hidden = config.hidden_dims[0] if config.hidden_dims else 64
     encoder = TiedEncoder(num_pixels, hidden, config.latent_dim)
     decoder = TiedDecoder(encoder, config.latent_dim, hidden, num_pixels)
-    likelihood = build_likelihood(config.likelihood, config.gaussian_scale)
+    likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
     return TiedVAE(encoder, decoder, StandardNormalPrior(config.latent_dim), likelihood,
                    num_data)
