@@ -17,7 +17,7 @@ point's −log q(y|x) relative to one point's −ELBO in a step (Pyro's ``aux_lo
 Under Adam a factor common to all steps changes nothing, so only these ratios and how often the
 labelled batches come matter.
 
-``k`` (``[train] labelled_every``): 0 spreads the labelled batches evenly through the epoch,
+``k`` (``[kind] labelled_every``): 0 spreads the labelled batches evenly through the epoch,
 each seen once, as Pyro's example does (at 100 labels and B = 200: one labelled step in 300);
 a positive k inserts the next labelled batch (cycling through the labelled split) every k
 steps, so the labels come more often than once an epoch.
@@ -46,6 +46,9 @@ from pyro.infer import Trace_ELBO
 
 from pyro_vae.data import minibatches
 from pyro_vae.params import parameters_owned, register_module
+
+#: How M2 alternates its labelled and unlabelled batches (``[kind] m2_schedule``).
+M2_SCHEDULES = ("paired", "interleaved")
 
 
 def classification_model(vae, x: torch.Tensor, y: torch.Tensor,

@@ -79,8 +79,9 @@ def poison_decoder(monkeypatch, at_call, times=None):
 
 
 def model_config(**model):
-    """A checked ``[model]`` table from keys written the way a recipe writes them, the old
-    ``[model]`` keys of a component's options included (``stochastic_layers = 2`` goes to the
-    kind's own table): ``Config.from_dict({"model": model}).model``."""
-    options = model.pop("options", {})
-    return Config.from_dict({"model": model, **options}).model
+    """A ``[model]`` table from keys written the way a recipe writes them, the old ``[model]``
+    keys of a component's options included (``stochastic_layers = 2`` goes to the kind's own
+    table): ``ModelConfig.from_table(model)``."""
+    from pyro_vae.config import ModelConfig
+
+    return ModelConfig.from_table(model)

@@ -21,9 +21,9 @@ from pyro_vae.priors import StandardNormalPrior
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data, train
 
-from helpers import run_cli
+from helpers import run_cli, model_config
 
-CVAE = ModelConfig(kind="cvae", latent_dim=3, hidden_dims=[16], num_classes=4)
+CVAE = model_config(kind="cvae", latent_dim=3, hidden_dims=[16], num_classes=4)
 
 
 def test_shapes_with_vectorized_particles():

@@ -25,6 +25,7 @@ from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.lab import compare_estimators
 from pyro_vae.objectives import make_objective
 from pyro_vae.objectives.particles import log_weights, run_particles
+from helpers import model_config
 
 DRAWS = 150
 
@@ -32,7 +33,7 @@ DRAWS = 150
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(1)
-    config = ModelConfig(kind="discrete", categorical_latents=2, categories=3, hidden_dims=[8])
+    config = model_config(kind="discrete", categorical_latents=2, categories=3, hidden_dims=[8])
     vae = build_discrete_vae(config, (1, 4, 4))
     x = (torch.rand(3, 16) < 0.4).float()
     return vae, x

@@ -13,6 +13,7 @@ from pyro_vae.grey_targets import binary_targets
 from pyro_vae.models.quadrants import build_quadrant_model
 from pyro_vae.runs import load_trained
 from pyro_vae.training import prepare_data
+from helpers import model_config
 
 
 def _tutorial_masked_bce(model, grey: torch.Tensor) -> torch.Tensor:
@@ -25,7 +26,7 @@ def _tutorial_masked_bce(model, grey: torch.Tensor) -> torch.Tensor:
 
 
 def test_baseline_grey_score_is_the_tutorials_masked_cross_entropy():
-    config = ModelConfig(kind="quadrant_baseline", quadrants=2, latent_dim=3, hidden_dims=[16])
+    config = model_config(kind="quadrant_baseline", quadrants=2, latent_dim=3, hidden_dims=[16])
     baseline = build_quadrant_model(config, (1, 4, 4))
     grey = torch.rand(7, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

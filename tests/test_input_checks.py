@@ -65,12 +65,17 @@ def test_a_recipe_with_a_byte_order_mark(tmp_path):
 # --- options that a kind or schedule would ignore -------------------------------------------------
 
 @pytest.mark.parametrize("kind,section,key,value,needle", [
-    ("vae", "train", "aux_loss_weight", 5.0, "aux_loss_weight is only used with kind = \"m2\""),
-    ("cvae", "train", "m2_schedule", "interleaved", "m2_schedule is only used with kind"),
-    ("vae", "train", "labelled_every", 3, "labelled_every is only used with kind"),
+    ("vae", "train", "aux_loss_weight", 5.0,
+     "[train] aux_loss_weight is the option 'aux_loss_weight' of kind = \"m2\""),
+    ("cvae", "train", "m2_schedule", "interleaved", "m2_schedule is the option 'm2_schedule' of "
+                                                    "kind = \"m2\", which this recipe does not use"),
+    ("vae", "train", "labelled_every", 3, "labelled_every is the option 'labelled_every' of kind"),
     ("m2", "train", "labelled_every", 3, "only used with m2_schedule = \"interleaved\""),
-    ("vae", "model", "decoder_label", "input", "decoder_label is only used with kind = \"cvae\""),
-    ("quadrant_cvae", "model", "decoder_label", "input", "decoder_label is only used"),
+    ("m2", "kind", "labelled_every", 3, "only used with m2_schedule = \"interleaved\""),
+    ("vae", "model", "decoder_label", "input",
+     "decoder_label is the option 'decoder_label' of kind = \"cvae\" or kind = \"m2\""),
+    ("quadrant_cvae", "kind", "decoder_label", "input",
+     "[kind] decoder_label is not an option of the kind 'quadrant_cvae'"),
     ("vae", "evaluate", "label_fidelity_samples", 50, "label_fidelity_samples is only used"),
 ])
 def test_an_option_another_kind_would_ignore_is_refused(tmp_path, capsys, kind, section, key,

@@ -22,8 +22,9 @@ from pyro_vae.objectives import ObjectiveModule
 from pyro_vae.models.semisupervised import batches, build_m2
 from pyro_vae.protocol import Epoch
 from pyro_vae.training import _run_steps
+from helpers import model_config
 
-M2_CONFIG = ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3)
+M2_CONFIG = model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3)
 
 
 def test_labelled_batches_come_once_an_epoch_spread_evenly_or_every_k_steps():

@@ -17,6 +17,7 @@ from pyro_vae.models.semisupervised import build_m2
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.runs import load_checkpoint
 from pyro_vae.training import prepare_data, train
+from helpers import model_config
 
 
 def small(**sections) -> Config:
@@ -83,9 +84,9 @@ def test_grey_targets_outside_0_1_are_refused_before_training(tmp_path):
 
 
 def test_decoder_label_input_feeds_the_label_to_the_first_layer_only():
-    every = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+    every = build_m2(model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
                      (1, 2, 2))
-    first = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
+    first = build_m2(model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
                                  decoder_label="input"), (1, 2, 2))
     assert isinstance(every.decoder, LabelledMLPDecoder)  # the default
     assert isinstance(first.decoder, LabelledDecoder)

@@ -10,12 +10,13 @@ from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.models.quadrants import build_quadrant_model, given_mask
 from pyro_vae.training import train
+from helpers import model_config
 
 SHAPE = (1, 4, 4)
 
 
 def _model(kind, quadrants=1):
-    config = ModelConfig(kind=kind, quadrants=quadrants, latent_dim=3, hidden_dims=[16])
+    config = model_config(kind=kind, quadrants=quadrants, latent_dim=3, hidden_dims=[16])
     return build_quadrant_model(config, SHAPE)
 
 
@@ -146,7 +147,7 @@ def test_only_the_generation_network_that_reads_the_given_pixels_starts_at_the_m
     """p(y|z) keeps its zero output bias: starting at the mean image collapsed it on MNIST."""
     x = (torch.rand(50, 16) < 0.2).float()
     for generation, starts in (("given_and_z", True), ("z", False)):
-        cvae = build_quadrant_model(ModelConfig(kind="quadrant_cvae", latent_dim=3,
+        cvae = build_quadrant_model(model_config(kind="quadrant_cvae", latent_dim=3,
                                                 hidden_dims=[16],
                                                 quadrant_generation=generation), SHAPE)
         bias = cvae.decoder.net[-1].bias

@@ -63,8 +63,8 @@ MODELS = {
     "vae": ModelConfig(hidden_dims=[8], latent_dim=2),
     "two_layer": model_config(hidden_dims=[8], latent_dim=3, stochastic_layers=2,
                               top_hidden_dims=[6], top_latent_dim=2),
-    "cvae": ModelConfig(kind="cvae", hidden_dims=[8], latent_dim=2, num_classes=3),
-    "m2": ModelConfig(kind="m2", hidden_dims=[8], latent_dim=2, num_classes=3),
+    "cvae": model_config(kind="cvae", hidden_dims=[8], latent_dim=2, num_classes=3),
+    "m2": model_config(kind="m2", hidden_dims=[8], latent_dim=2, num_classes=3),
     "quadrant_cvae": ModelConfig(kind="quadrant_cvae", hidden_dims=[8], latent_dim=2),
     "quadrant_baseline": ModelConfig(kind="quadrant_baseline", hidden_dims=[8]),
     "bayesian_all": model_config(hidden_dims=[8], latent_dim=2, bayesian_decoder="all"),
@@ -184,7 +184,7 @@ def _classifier_grads(vae, loss: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.filterwarnings("ignore:TraceEnum_ELBO found no sample sites")
 def test_m2_aux_weight_is_alpha_unlabelled_points_per_labelled_point_in_a_step():
     alpha, num_labelled, num_unlabelled, batch = 5.0, 10, 990, 30
-    vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+    vae = build_m2(model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
                    (1, 2, 2), aux_loss_weight=alpha)
     vae.set_split_sizes(num_labelled, num_unlabelled, batch)
     module = ObjectiveModule(vae, TraceEnum_ELBO(max_plate_nesting=1))
@@ -212,7 +212,7 @@ def test_m2_aux_weight_is_alpha_unlabelled_points_per_labelled_point_in_a_step()
 
 
 def test_m2_classifier_reads_the_grey_images_and_data_keep_them():
-    vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
+    vae = build_m2(model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3),
                    (1, 2, 2))
     vae.set_split_sizes(10, 90, 5)
     grey = torch.rand(5, 4, generator=torch.Generator().manual_seed(6))

@@ -16,15 +16,16 @@ from pyro_vae.evaluate import log_importance_weights
 from pyro_vae.objectives import ObjectiveModule
 from pyro_vae.models.semisupervised import build_m2, labelled_subset
 from pyro_vae.training import train
+from helpers import model_config
 
-M2_CONFIG = ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3)
+M2_CONFIG = model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3)
 
 
 def _m2(prior: str = "normal"):
     if prior == "normal":
         return build_m2(M2_CONFIG, (1, 2, 2))
     torch.manual_seed(1)
-    vae = build_m2(ModelConfig(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
+    vae = build_m2(model_config(kind="m2", latent_dim=2, hidden_dims=[8], num_classes=3,
                                prior=prior, options={"prior": {"components": 6}}), (1, 2, 2))
     with torch.no_grad():  # classes' mixtures well apart, so p(z|y) matters
         vae.prior.loc.copy_(3 * torch.randn_like(vae.prior.loc))

@@ -136,17 +136,19 @@ def run(args: argparse.Namespace) -> int:
     if "vimco" in objectives and max(particles) < 2:
         raise ConfigError("--objectives vimco leaves one of K samples out for each baseline, "
                           "so it needs --particles of 2 or more (e.g. --particles 2,5,50).")
-    codes = config.model.categories ** config.model.categorical_latents
+    code = config.model.options_of("kind")
+    categories, latents = code.get("categories", 1), code.get("categorical_latents", 1)
+    codes = categories ** latents
     if discrete and "enumerate" in objectives and codes > MAX_ENUMERATED_CODES:
         if args.objectives:
             raise ConfigError(
-                f"--objectives enumerate sums over all C^K = {config.model.categories}^"
-                f"{config.model.categorical_latents} codes of this run, more than the "
+                f"--objectives enumerate sums over all C^K = {categories}^{latents} codes of "
+                "this run, more than the "
                 f"{MAX_ENUMERATED_CODES} it allows; leave it out (the other discrete "
                 "objectives sample the code).")
         objectives = [name for name in objectives if name != "enumerate"]
-        print(f"note: enumerate left out: this run has {config.model.categories}^"
-              f"{config.model.categorical_latents} codes, more than the "
+        print(f"note: enumerate left out: this run has {categories}^{latents} codes, more "
+              "than the "
               f"{MAX_ENUMERATED_CODES} it sums over.", file=sys.stderr)
     if "renyi" in objectives and args.alpha == 1.0:
         raise ConfigError("--alpha 1 makes the Renyi bound the ELBO itself; choose another.")

@@ -31,8 +31,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "binarize": ("data", "binarize"), "download": ("data", "download"),
     "latent_dim": ("model", "latent_dim"), "network": ("model", "network"),
     "likelihood": ("model", "likelihood"), "prior": ("model", "prior"),
-    "prior_components": ("model", "prior_components"),
-    "bayesian_decoder": ("model", "bayesian_decoder"), "epochs": ("train", "epochs"),
+    "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
     "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
@@ -42,15 +41,20 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "seed": ("train", "seed"), "device": ("train", "device"),
     "eval_samples": ("evaluate", "num_samples"), "scoring": ("evaluate", "scoring"),
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
-    "aux_loss_weight": ("train", "aux_loss_weight"), "quadrants": ("model", "quadrants"),
-    "baseline_run": ("model", "baseline_run"),
-    "quadrant_generation": ("model", "quadrant_generation"),
-    "m2_schedule": ("train", "m2_schedule"), "labelled_every": ("train", "labelled_every"),
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
-    "guide": ("model", "guide"), "guide_rank": ("model", "guide_rank"),
-    "flow_layers": ("model", "flow_layers"), "plugin": ("plugins", ""),
-    "categorical_latents": ("model", "categorical_latents"),
-    "categories": ("model", "categories"), "temperature": ("train", "temperature"),
+    "guide": ("model", "guide"), "plugin": ("plugins", ""),
+    "temperature": ("train", "temperature"),
+    # Shortcuts for the options of built-in components (each is --set ROLE.OPTION=VALUE):
+    "prior_components": ("prior", "components"), "guide_rank": ("guide", "rank"),
+    # the flow prior's and the IAF guide's layers: the old [model] key, which goes to
+    # whichever of the two the run uses (pyro_vae/config/legacy.py)
+    "flow_layers": ("model", "flow_layers"),
+    "bayesian_decoder": ("kind", "bayesian_decoder"),
+    "categorical_latents": ("kind", "categorical_latents"), "categories": ("kind", "categories"),
+    "quadrants": ("kind", "quadrants"), "baseline_run": ("kind", "baseline_run"),
+    "quadrant_generation": ("kind", "generation"),
+    "aux_loss_weight": ("kind", "aux_loss_weight"), "m2_schedule": ("kind", "m2_schedule"),
+    "labelled_every": ("kind", "labelled_every"),
 }
 
 
@@ -99,11 +103,14 @@ def add_parser(commands) -> None:
                        "affine couplings)")
     parser.add_argument("--guide", help=f"q(z|x): {GUIDES.help_text()} (diagonal Gaussian; "
                        "low-rank Gaussian; inverse autoregressive flow)")
-    parser.add_argument("--guide-rank", type=int, help="rank of the lowrank guide (default 2)")
+    parser.add_argument("--guide-rank", type=int, help="rank of the lowrank guide (default 2; = --set "
+                       "guide.rank=R)")
     parser.add_argument("--flow-layers", type=int,
-                       help="layers of the flow prior / the iaf guide (default 4)")
+                       help="layers of the flow prior / the iaf guide (default 4; = --set "
+                       "prior.layers=L or guide.layers=L)")
     parser.add_argument("--prior-components", type=int,
-                       help="mixture components / VampPrior pseudo-inputs (10 / 500)")
+                       help="mixture components / VampPrior pseudo-inputs (10 / 500; = --set "
+                       "prior.components=N)")
     parser.add_argument("--bayesian-decoder", choices=["none", "last", "all"],
                        help="priors on the decoder's weights (last layer or all) with a "
                        "mean-field guide; objectives elbo and meanfield")
@@ -228,7 +235,8 @@ def _train_config(args: argparse.Namespace):
         # A flag that repeats the saved value changes nothing, so it is accepted.
         changed = sorted(f for f in TRAIN_FLAGS if getattr(args, f) is not None
                          and f not in RESUMABLE_FLAGS
-                         and getattr(args, f) != settings[TRAIN_FLAGS[f][0]][TRAIN_FLAGS[f][1]])
+                         and getattr(args, f) != settings.get(TRAIN_FLAGS[f][0], {}).get(
+                             TRAIN_FLAGS[f][1]))
         if getattr(args, "set", None):
             raise ConfigError(f"--set {args.set[0]} cannot change a run when resuming: a "
                               "resumed run keeps its configuration. Start a new run with "

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from pyro_vae.config.checks import MAX_ENUMERATED_CODES, _suggestion
+from pyro_vae.config.checks import _suggestion
 from pyro_vae.config.data import DataConfig
 from pyro_vae.config.evaluate import EvaluateConfig
 from pyro_vae.config.legacy import move_legacy_keys, section_fields
@@ -230,8 +230,10 @@ class Config:
             # Another component in a role: the old one's options do not carry over.
             old = getattr(getattr(self, section), key)
             new = named.get(section, {}).get(key, getattr(SECTIONS[section](), key))
-            if new != old and role not in overrides:
+            if new != old:  # only the options given now, for the new component
                 merged.pop(role, None)
+                if role in overrides:
+                    merged[role] = dict(overrides[role])
         return Config.from_dict(merged, source="command line")
 
 
@@ -271,13 +273,6 @@ def check_compatible(config: Config) -> None:
             f"[model] prior = \"{model.prior}\" has no label-conditional form p(z|y), which a "
             f"{model.kind} model needs of a prior other than N(0, I). Use prior = \"normal\" or "
             f"{_priors_with('label_conditional')}.")
-    if "label_priors" in kind and model.prior != "normal" and model.label_independence != "none":
-        raise ConfigError(
-            f"[model] label_independence = \"{model.label_independence}\" pulls every class's "
-            f"posterior onto N(0, I), and prior = \"{model.prior}\" fits a prior to every "
-            "class's posterior instead: they undo each other. Use one of the two (prior = "
-            "\"normal\" with the penalty, or the label-conditional prior with label_independence "
-            "= \"none\").")
     own_prior = model.prior != "normal" and "label_priors" not in kind
     if "components" not in kind and (own_prior or model.guide != "diagonal"
                                      or train.free_bits > 0):
@@ -315,14 +310,6 @@ def check_compatible(config: Config) -> None:
     if train.objective == "vimco" and train.particles < 2:
         raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
                           "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
-    codes = model.categories ** model.categorical_latents
-    if train.objective == "enumerate" and codes > MAX_ENUMERATED_CODES:
-        raise ConfigError(
-            f"[train] objective = \"enumerate\" sums over all C^K = "
-            f"{model.categories}^{model.categorical_latents} codes, more than "
-            f"the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass per "
-            "datapoint). Use fewer categorical_latents or categories, or a sampling "
-            "objective (score, vimco, concrete, straight_through).")
     if config.data.num_labels and "semi_supervised" not in kind:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
                           f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
@@ -333,24 +320,13 @@ def check_compatible(config: Config) -> None:
 
 
 def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:
-    """Options of one model kind (or M2 schedule) given with another would be ignored: say
-    so instead."""
-    model, train, fresh = config.model, config.train, TrainConfig()
-    unused = []
-    if model.decoder_label != ModelConfig.decoder_label and "labels" not in kind:
-        unused.append(("[model] decoder_label", f"kind = {_kinds_with('labels')}"))
-    for key in ("aux_loss_weight", "m2_schedule", "labelled_every"):
-        if getattr(train, key) != getattr(fresh, key) and "semi_supervised" not in kind:
-            unused.append((f"[train] {key}", f"kind = {_kinds_with('semi_supervised')}"))
+    """An evaluation option of labelled kinds given with another would be ignored: say so
+    instead (a kind's own options are checked against what it declares)."""
     if config.evaluate.label_fidelity_samples not in (0, EvaluateConfig.label_fidelity_samples) \
             and "labels" not in kind:
-        unused.append(("[evaluate] label_fidelity_samples", f"kind = {_kinds_with('labels')}"))
-    if train.labelled_every != fresh.labelled_every and train.m2_schedule != "interleaved":
-        unused.append(("[train] labelled_every", "m2_schedule = \"interleaved\""))
-    if unused:
-        key, needs = unused[0]
-        raise ConfigError(f"{key} is only used with {needs}, which this recipe does not "
-                          f"set; remove {key.split()[-1]} or set the option it belongs to.")
+        raise ConfigError(f"[evaluate] label_fidelity_samples is only used with kind = "
+                          f"{_kinds_with('labels')}, which this recipe does not set; remove "
+                          "label_fidelity_samples or set the option it belongs to.")
 
 
 def _names_with(registry: Registry, capability: str, present: bool = True) -> str:

@@ -9,9 +9,6 @@ from pyro_vae.config.checks import DEVICES, MIN_BETA, _choice, _positive, _regis
 from pyro_vae.errors import ConfigError
 from pyro_vae.registry import OBJECTIVES
 
-#: How M2 alternates its labelled and unlabelled batches ([train] m2_schedule).
-M2_SCHEDULES = ("paired", "interleaved")
-
 
 @dataclass
 class TrainConfig:
@@ -50,17 +47,6 @@ class TrainConfig:
     #: On a NaN/inf loss or gradient: ``stop`` with a message, or ``rollback`` to the last good
     #: state with half the learning rate (up to 3 times).
     on_nan: str = "stop"
-    #: M2's weight α on −log q(y|x) per labelled datapoint (Kingma et al. 2014, eq. 9).
-    aux_loss_weight: float = 50.0
-    #: How M2 alternates labelled and unlabelled data: ``paired`` (a labelled and an
-    #: unlabelled batch in every step, the classification term inside the model) or
-    #: ``interleaved`` (Pyro's example: unlabelled steps, a labelled batch every
-    #: ``labelled_every`` steps with the classification term as its own step; see
-    #: pyro_vae/m2_schedule.py).
-    m2_schedule: str = "paired"
-    #: ``interleaved``: a labelled batch every k unlabelled steps; 0 = each labelled batch
-    #: once an epoch, spread evenly (Pyro's example).
-    labelled_every: int = 0
     #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
     #: set, else 1, the fastest for these models on a machine shared with other jobs.
     threads: int = 0
@@ -78,9 +64,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         _choice("train", "on_nan", self.on_nan, ("stop", "rollback"))
-        _positive("train", "aux_loss_weight", self.aux_loss_weight, allow_zero=True)
-        _choice("train", "m2_schedule", self.m2_schedule, M2_SCHEDULES)
-        _positive("train", "labelled_every", self.labelled_every, allow_zero=True)
         _positive("train", "threads", self.threads, allow_zero=True)
         _positive("train", "epochs", self.epochs)
         _positive("train", "batch_size", self.batch_size)

@@ -33,6 +33,7 @@ from torch import nn
 
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError, DataError
+from pyro_vae.options import Option, positive
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import ACTIVATIONS, MLPEncoder, mlp
@@ -249,9 +250,10 @@ def check_data_labels(config: "Config", data: "ImageData") -> None:
                         "none, and a conditional model is scored on labelled test images. Save "
                         "their labels as y_test beside x_test (or leave out x_test to hold out "
                         "a labelled test split).")
-    check_labels(data.train_y, config.model.num_classes, f"{source} (train split)")
-    check_labels(data.test_y, config.model.num_classes, f"{source} (test split)")
-    check_labels(data.valid_y, config.model.num_classes, f"{source} (validation split)")
+    classes = config.model.options_of("kind")["num_classes"]
+    check_labels(data.train_y, classes, f"{source} (train split)")
+    check_labels(data.test_y, classes, f"{source} (test split)")
+    check_labels(data.valid_y, classes, f"{source} (validation split)")
 
 
 def prepare(config: "Config", data: "ImageData", vae: ConditionalVAE, objective: ELBO
@@ -279,11 +281,52 @@ def model_defaults(recipe: "Mapping[str, Any]") -> dict[str, Any]:
     return {"prior": "mixture"}
 
 
+#: The options every labelled kind declares (``[kind] num_classes``, ``decoder_label``).
+LABELLED_OPTIONS = {
+    "num_classes": Option(10, "number of labels 0..C−1", check=positive, legacy="num_classes"),
+    "decoder_label": Option("every_layer", "how the MLP decoder reads one_hot(y): "
+                            "every_layer (a class template at the output) or input (the "
+                            "first layer only, with z, as Pyro's SS-VAE)",
+                            choices=("every_layer", "input"), legacy="decoder_label"),
+}
+
+CVAE_OPTIONS = {
+    **LABELLED_OPTIONS,
+    "label_independence": Option(
+        "none", "mmd adds λ · N · Σ_c (B_c/B) MMD²(q(z|y=c), p(z)) to the objective, pulling "
+        "every class's aggregate posterior to the prior (pyro_vae/objectives/"
+        "label_independence.py); none", choices=("none", "mmd"), legacy="label_independence"),
+    "label_independence_weight": Option(500.0, "λ of that penalty, per datapoint",
+                                        check=lambda v: None if v >= 0 else
+                                        "must be non-negative.",
+                                        legacy="label_independence_weight"),
+}
+
+
+def check(config: "Config") -> None:
+    """The kind ``cvae``'s own checks: the penalty's weight needs the penalty, and the
+    penalty (p(z|y) pulled to N(0, I)) cannot be combined with a label-conditional prior."""
+    options = config.model.options_of("kind")
+    penalty = options["label_independence"]
+    if penalty == "none" and options["label_independence_weight"] != 500.0:
+        raise ConfigError("[kind] label_independence_weight is only used with "
+                          "label_independence = \"mmd\", which this recipe does not set; "
+                          "remove the weight or set label_independence = \"mmd\".")
+    if penalty != "none" and config.model.prior != "normal":
+        raise ConfigError(
+            f"[kind] label_independence = \"{penalty}\" pulls every class's posterior onto "
+            f"N(0, I), and prior = \"{config.model.prior}\" fits a prior to every class's "
+            "posterior instead: they undo each other. Use one of the two (prior = \"normal\" "
+            "with the penalty, or the label-conditional prior with label_independence = "
+            "\"none\").")
+
+
 @MODEL_KINDS.register("cvae", help="label-conditional p(x|z, y) (needs labels)",
                       capabilities={"labels", "conditional", "pictures", "latent_means",
                                     "label_priors"},
-                      hooks=KindHooks(display_name="label-conditional VAE",
-                                      prepare=prepare, model_defaults=model_defaults))
+                      hooks=KindHooks(display_name="label-conditional VAE", check=check,
+                                      prepare=prepare, model_defaults=model_defaults),
+                      options=CVAE_OPTIONS)
 def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                           num_data: int | None = None) -> ConditionalVAE:
     """A :class:`ConditionalVAE` of MLPs over ``[x, one_hot(y)]`` and ``[z, one_hot(y)]``, with
@@ -291,9 +334,10 @@ def build_conditional_vae(config: ModelConfig, image_shape: tuple[int, int, int]
     (``vamp``: one mixture of posteriors per class)."""
     encoder, decoder = labelled_networks(config, image_shape)
     likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
+    classes = config.options_of("kind")["num_classes"]
     prior = build_label_prior(config, BuildContext(image_shape, num_data, encoder=encoder,
-                                                   num_classes=config.num_classes))
-    return ConditionalVAE(encoder, decoder, prior, likelihood, config.num_classes, num_data)
+                                                   num_classes=classes))
+    return ConditionalVAE(encoder, decoder, prior, likelihood, classes, num_data)
 
 
 def build_label_prior(config: ModelConfig, context: BuildContext) -> Prior:
@@ -320,10 +364,11 @@ def labelled_networks(config: ModelConfig, image_shape: tuple[int, int, int]
     every layer, or with ``decoder_label = "input"`` at the first layer only) as the
     ``[model]`` table describes them."""
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    classes = config.num_classes
+    options = config.options_of("kind")
+    classes = options["num_classes"]
     encoder = MLPEncoder(num_pixels + classes, config.latent_dim, config.hidden_dims,
                          config.activation, config.encoder_scale)
-    if config.decoder_label == "input":  # [z, one_hot(y)] into the first layer only (Pyro)
+    if options["decoder_label"] == "input":  # [z, one_hot(y)] into the first layer only (Pyro)
         return LabelledEncoder(encoder, classes), LabelledDecoder(
             mlp([config.latent_dim + classes, *reversed(config.hidden_dims), num_pixels],
                 config.activation), classes)

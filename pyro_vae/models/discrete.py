@@ -39,10 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_vae.config import ModelConfig
+from pyro_vae.config import Config, ModelConfig
+from pyro_vae.config.checks import MAX_CODE_UNITS, MAX_ENUMERATED_CODES
+from pyro_vae.errors import ConfigError
 from pyro_vae.likelihoods import Likelihood, build_likelihood
 from pyro_vae.models.base import data_plate, kl_scale, true_model
 from pyro_vae.networks import mlp
+from pyro_vae.options import Option, positive
 from pyro_vae.params import register_module
 from pyro_vae.registry import MODEL_KINDS, BuildContext, KindHooks
 
@@ -290,18 +293,53 @@ def test_summary(vae: DiscreteVAE, data: Any, split: str, config: Any) -> dict[s
     return vae.test_summary(*data.split(split))
 
 
+OPTIONS = {
+    "categorical_latents": Option(20, "K categorical latent variables", check=positive,
+                                  legacy="categorical_latents"),
+    "categories": Option(10, "C classes of each (2: Bernoulli latents)",
+                         check=lambda c: None if c >= 2 else "a categorical variable needs at "
+                         "least 2 classes (2 is a Bernoulli latent).", legacy="categories"),
+    "code_prior": Option("uniform", "p(code): uniform, or learned logits",
+                         choices=("uniform", "learned"), legacy="discrete_prior"),
+}
+
+
+def check(config: Config) -> None:
+    """The kind ``discrete``'s own checks: a code of at most :data:`MAX_CODE_UNITS` one-hot
+    units, and at most :data:`MAX_ENUMERATED_CODES` codes for the objective that sums over
+    all of them."""
+    options = config.model.options_of("kind")
+    latents, categories = options["categorical_latents"], options["categories"]
+    units = latents * categories
+    if units > MAX_CODE_UNITS:
+        raise ConfigError(
+            f"[kind] categorical_latents × categories = {latents} × {categories} = {units} "
+            f"one-hot units, more than the {MAX_CODE_UNITS} a discrete model is built for: its "
+            "encoder outputs every unit and its decoder reads them, with a weight per unit and "
+            "hidden unit each. Use fewer latents or categories.")
+    if config.train.objective == "enumerate" and categories ** latents > MAX_ENUMERATED_CODES:
+        raise ConfigError(
+            f"[train] objective = \"enumerate\" sums over all C^K = {categories}^{latents} "
+            f"codes, more than the {MAX_ENUMERATED_CODES} it allows (each costs a decoder pass "
+            "per datapoint). Use fewer [kind] categorical_latents or categories, or a sampling "
+            "objective (score, vimco, concrete, straight_through).")
+
+
 @MODEL_KINDS.register("discrete", help="K categorical latents of C classes",
                       capabilities={"categorical_latents", "pictures", "latent_means",
                                     "estimator_lab"},
-                      hooks=KindHooks(display_name="VAE with a discrete code",
-                                      test_summary=test_summary))
+                      hooks=KindHooks(display_name="VAE with a discrete code", check=check,
+                                      test_summary=test_summary),
+                      options=OPTIONS)
 def build_discrete_vae(config: ModelConfig, image_shape: tuple[int, int, int],
                        num_data: int | None = None) -> DiscreteVAE:
     """The discrete VAE a ``[model]`` table describes (MLP encoder and decoder)."""
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    size = config.categorical_latents * config.categories
+    options = config.options_of("kind")
+    latents, categories = options["categorical_latents"], options["categories"]
+    size = latents * categories
     encoder = mlp([num_pixels, *config.hidden_dims, size], config.activation)
     decoder = mlp([size, *reversed(config.hidden_dims), num_pixels], config.activation)
     likelihood = build_likelihood(config, BuildContext(tuple(image_shape), num_data))
-    return DiscreteVAE(encoder, decoder, likelihood, config.categorical_latents,
-                       config.categories, config.discrete_prior == "learned", num_data)
+    return DiscreteVAE(encoder, decoder, likelihood, latents, categories,
+                       options["code_prior"] == "learned", num_data)

@@ -48,6 +48,7 @@ from pyro_vae.errors import CheckpointError, ConfigError
 from pyro_vae.likelihoods import BernoulliLikelihood
 from pyro_vae.models.base import VAE
 from pyro_vae.networks import MLPDecoder, MLPEncoder, mlp
+from pyro_vae.options import Option
 from pyro_vae.params import register_module
 from pyro_vae.priors import Prior
 from pyro_vae.registry import MODEL_KINDS, KindHooks
@@ -204,12 +205,14 @@ def load_baseline(config: Config, image_shape: tuple[int, int, int], vae: Quadra
                   ) -> None:
     """Copy the trained baseline that ``[model] baseline_run`` names into ``vae``, or
     raise :class:`ConfigError` saying why it does not fit."""
-    run_dir = Path(config.model.baseline_run)
-    where = f"[model] baseline_run = \"{config.model.baseline_run}\""
+    options = config.model.options_of("kind")
+    run_dir = Path(options["baseline_run"])
+    where = f"[kind] baseline_run = \"{options['baseline_run']}\""
     if not (run_dir / "checkpoint.pt").exists():
         raise ConfigError(f"{where} holds no trained run (no checkpoint.pt there). Train the "
                           "baseline first, e.g. `pyro-vae train models/mnist_quadrants_baseline."
-                          f"toml --quadrants {config.model.quadrants} --out RUN`, and name RUN.")
+                          f"toml --set kind.quadrants={options['quadrants']} --out RUN`, and name "
+                          "RUN.")
     try:
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
     except CheckpointError as error:
@@ -219,10 +222,12 @@ def load_baseline(config: Config, image_shape: tuple[int, int, int], vae: Quadra
         raise ConfigError(f"{where}: its checkpoint's [model] is {model!r}, not a table of "
                           "settings: the checkpoint was altered. Retrain the baseline, or "
                           "restore its run from a copy.")
-    wanted = {"kind": "quadrant_baseline", "quadrants": config.model.quadrants,
+    wanted = {"kind": "quadrant_baseline", "quadrants": options["quadrants"],
               "hidden_dims": list(config.model.hidden_dims),
               "activation": config.model.activation}
-    found = {key: model.get(key) for key in wanted}  # a run records every key
+    kind_table = checkpoint["config"].get("kind", {})
+    recorded = {**model, **(kind_table if isinstance(kind_table, dict) else {})}
+    found = {key: recorded.get(key) for key in wanted}  # a run records every key
     found["image_shape"], wanted["image_shape"] = list(checkpoint["image_shape"]), \
         list(image_shape)
     differ = [f"{key} {found[key]!r} (this CVAE: {wanted[key]!r})" for key in wanted
@@ -244,22 +249,40 @@ def initialize(config: Config, data: Any, vae: QuadrantCVAE) -> None:
     """The ``initialize`` hook of ``quadrant_cvae``: copy in the trained baseline, if one is
     named. Only a new run reads it: a resumed run loads its own saved copy, so it continues
     when the baseline run has since been moved, deleted or retrained."""
-    if config.model.baseline_run:
+    if config.model.options_of("kind")["baseline_run"]:
         load_baseline(config, data.image_shape, vae)
+
+
+QUADRANTS = Option(1, "quadrants given (1, 2 or 3); the model predicts the other 4 − "
+                   "quadrants", legacy="quadrants",
+                   check=lambda q: None if q in (1, 2, 3) else
+                   "give 1, 2 or 3 quadrants; the model predicts the other 4 − quadrants.")
+CVAE_OPTIONS = {
+    "quadrants": QUADRANTS,
+    "generation": Option("given_and_z", "what the generation network p(y|x, z) reads: "
+                         "given_and_z (the given pixels and z) or z (z only, as Pyro's "
+                         "tutorial)", choices=("given_and_z", "z"), legacy="quadrant_generation"),
+    "baseline_run": Option("", "a trained quadrant_baseline run whose prediction fills the "
+                           "missing pixels of the prior network's input (Pyro's tutorial); "
+                           "\"\" for none", legacy="baseline_run"),
+}
 
 
 @MODEL_KINDS.register("quadrant_baseline", help="complete images from quadrants: a deterministic "
                       "network", capabilities={"no_latents", "completions"},
-                      hooks=KindHooks(display_name="quadrant-completion baseline"))
+                      hooks=KindHooks(display_name="quadrant-completion baseline"),
+                      options={"quadrants": QUADRANTS})
 @MODEL_KINDS.register("quadrant_cvae", help="complete images from quadrants: a CVAE",
                       capabilities={"completions", "latent_means"},
                       hooks=KindHooks(display_name="quadrant-completion CVAE",
-                                      initialize=initialize))
+                                      initialize=initialize),
+                      options=CVAE_OPTIONS)
 def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
                          num_data: int | None = None) -> _QuadrantModel:
     """``quadrant_baseline`` or ``quadrant_cvae`` as the ``[model]`` table describes it."""
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    given = given_mask(image_shape, config.quadrants)
+    options = config.options_of("kind")
+    given = given_mask(image_shape, options["quadrants"])
     hidden = config.hidden_dims
     if config.kind == "quadrant_baseline":
         decoder = mlp([num_pixels, *hidden, num_pixels], config.activation)
@@ -269,9 +292,9 @@ def build_quadrant_model(config: ModelConfig, image_shape: tuple[int, int, int],
                              config.encoder_scale)
     prior = PriorNetwork(MLPEncoder(num_pixels, config.latent_dim, hidden, config.activation,
                                     config.encoder_scale), config.latent_dim)
-    reads_given = config.quadrant_generation == "given_and_z"
+    reads_given = options["generation"] == "given_and_z"
     generation = MLPDecoder(config.latent_dim + (num_pixels if reads_given else 0), num_pixels,
                             hidden, config.activation)
     baseline = mlp([num_pixels, *hidden, num_pixels], config.activation) \
-        if config.baseline_run else None  # its weights: see load_baseline
+        if options["baseline_run"] else None  # its weights: see load_baseline
     return QuadrantCVAE(recognition, generation, prior, given, num_data, baseline, reads_given)

@@ -56,11 +56,12 @@ from torch import nn
 from pyro_vae.config import Config, ModelConfig
 from pyro_vae.data import ImageData
 from pyro_vae.errors import ConfigError
-from pyro_vae.m2_schedule import cycled_batches, interleaved_batches
-from pyro_vae.models.conditional import (ConditionalVAE, build_label_prior, check_data_labels,
-                                         labelled_networks, labelled_subset)
+from pyro_vae.m2_schedule import M2_SCHEDULES, cycled_batches, interleaved_batches
+from pyro_vae.models.conditional import (LABELLED_OPTIONS, ConditionalVAE, build_label_prior,
+                                         check_data_labels, labelled_networks, labelled_subset)
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.networks import mlp
+from pyro_vae.options import Option
 from pyro_vae.params import register_module
 from pyro_vae.plates import MAX_PLATE_NESTING
 from pyro_vae.protocol import Epoch
@@ -185,11 +186,12 @@ def build_m2(config: ModelConfig, image_shape: tuple[int, int, int],
     """The M2 model a ``[model]`` table describes (MLP classifier, encoder and decoder)."""
     encoder, decoder = labelled_networks(config, image_shape)
     num_pixels = image_shape[0] * image_shape[1] * image_shape[2]
-    classifier = mlp([num_pixels, *config.hidden_dims, config.num_classes], config.activation)
+    classes = config.options_of("kind")["num_classes"]
+    classifier = mlp([num_pixels, *config.hidden_dims, classes], config.activation)
     likelihood = build_likelihood(config, BuildContext(tuple(image_shape)))
     prior = build_label_prior(config, BuildContext(image_shape, encoder=encoder,
-                                                   num_classes=config.num_classes))
-    return M2(classifier, encoder, decoder, prior, likelihood, config.num_classes,
+                                                   num_classes=classes))
+    return M2(classifier, encoder, decoder, prior, likelihood, classes,
               aux_loss_weight)
 
 
@@ -202,16 +204,17 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
     Returns (objective, (labelled, unlabelled) training indices, schedule, labelled_every).
     """
     check_data_labels(config, data)
+    options = config.model.options_of("kind")
     particles = config.train.particles
     num_labels = config.data.num_labels or len(data.train_y)
-    labelled = labelled_subset(data.train_y, num_labels, config.model.num_classes,
+    labelled = labelled_subset(data.train_y, num_labels, options["num_classes"],
                                config.train.seed)
     unlabelled = torch.ones(len(data.train_y), dtype=torch.bool, device=labelled.device)
     unlabelled[labelled] = False
     unlabelled = unlabelled.nonzero().squeeze(-1)
-    if not len(unlabelled) and config.train.aux_loss_weight == 0:
+    if not len(unlabelled) and options["aux_loss_weight"] == 0:
         raise ConfigError(
-            f"M2 keeps every one of the {len(labelled)} training labels and [train] "
+            f"M2 keeps every one of the {len(labelled)} training labels and [kind] "
             "aux_loss_weight = 0, so nothing trains the classifier q(y|x): it learns only "
             "from the unlabelled ELBO and from the labelled -log q(y|x) term, and here there is "
             "neither. Its test accuracy would be that of untrained weights. Set aux_loss_weight "
@@ -225,11 +228,10 @@ def prepare(config: Config, data: ImageData, vae: M2, objective: ELBO
                                   "labelled training images",
                                   f"a larger [data] num_labels than {len(labelled)}")
     vae.set_split_sizes(len(labelled), len(unlabelled), config.train.batch_size)
-    vae.aux_loss_weight = config.train.aux_loss_weight
+    vae.aux_loss_weight = options["aux_loss_weight"]
     objective = TraceEnum_ELBO(num_particles=particles, vectorize_particles=particles > 1,
                                max_plate_nesting=MAX_PLATE_NESTING)
-    return objective, (labelled, unlabelled, config.train.m2_schedule,
-                       config.train.labelled_every)
+    return objective, (labelled, unlabelled, options["m2_schedule"], options["labelled_every"])
 
 
 def batches(epoch: Epoch) -> Iterator[Callable[[], tuple[torch.Tensor, torch.Tensor, int]]]:
@@ -278,12 +280,42 @@ def test_summary(vae: M2, data: ImageData, split: str, config: Config) -> dict[s
     return vae.test_summary(x, y, classifier_x=data.grey(split))
 
 
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be non-negative."
+
+
+M2_OPTIONS = {
+    **LABELLED_OPTIONS,
+    "aux_loss_weight": Option(50.0, "weight α on −log q(y|x) per labelled datapoint (Kingma "
+                              "et al. 2014, eq. 9)", check=_non_negative,
+                              legacy="aux_loss_weight"),
+    "m2_schedule": Option("paired", "paired (a labelled and an unlabelled batch in every "
+                          "step) or interleaved (Pyro's example: unlabelled steps, a labelled "
+                          "batch every labelled_every steps; pyro_vae/m2_schedule.py)",
+                          choices=M2_SCHEDULES, legacy="m2_schedule"),
+    "labelled_every": Option(0, "interleaved: a labelled batch every k unlabelled steps; 0 = "
+                             "each labelled batch once an epoch, spread evenly",
+                             check=_non_negative, legacy="labelled_every"),
+}
+
+
+def check(config: Config) -> None:
+    """The kind ``m2``'s own check: ``labelled_every`` belongs to the interleaved schedule."""
+    options = config.model.options_of("kind")
+    if options["labelled_every"] != 0 and options["m2_schedule"] != "interleaved":
+        raise ConfigError("[kind] labelled_every is only used with m2_schedule = "
+                          "\"interleaved\", which this recipe does not set; remove "
+                          "labelled_every or set the option it belongs to.")
+
+
 @MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
                       capabilities={"labels", "conditional", "semi_supervised",
                                     "discrete_latents", "pictures", "latent_means",
                                     "label_priors"},
-                      hooks=KindHooks(display_name="semi-supervised M2 model", prepare=prepare,
-                                      batches=batches, test_summary=test_summary))
+                      hooks=KindHooks(display_name="semi-supervised M2 model", check=check,
+                                      prepare=prepare, batches=batches,
+                                      test_summary=test_summary),
+                      options=M2_OPTIONS)
 def _build_m2_kind(config: ModelConfig, image_shape: tuple[int, int, int],
                    num_data: int | None = None) -> M2:
     return build_m2(config, image_shape)
