@@ -20,6 +20,7 @@ EPILOG = """examples:
   pyro-vae train models/mnist_vae_burda.toml --data-dir ../shared/data --epochs 10
   pyro-vae recipes                                 # the packaged recipes; train one by name:
   pyro-vae train mnist_vae_burda --data-dir ../shared/data --epochs 10
+  pyro-vae components prior                        # the priors and their options
   pyro-vae evaluate runs/digits-... --num-samples 5000
   pyro-vae sample runs/digits-... --n 64 --out samples.png
   pyro-vae compare runs/digits-... --particles 1,5,50
@@ -36,6 +37,7 @@ EPILOG = """examples:
 #: heavy modules inside ``run``, so that ``pyro-vae --help`` and ``pyro-vae COMMAND --help``
 #: parse without importing torch (tests/test_cli_speed.py holds them under 0.5 CPU-seconds).
 COMMANDS = {"train": "pyro_vae.cli.train", "recipes": "pyro_vae.cli.recipes",
+            "components": "pyro_vae.cli.components",
             "evaluate": "pyro_vae.cli.evaluate", "sample": "pyro_vae.cli.sample",
             "compare": "pyro_vae.cli.compare", "anomaly": "pyro_vae.cli.anomaly",
             "impute": "pyro_vae.cli.impute", "probe": "pyro_vae.cli.probe",
