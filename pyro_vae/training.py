@@ -9,6 +9,10 @@ After every epoch the loop writes ``metrics.jsonl`` and an atomic ``checkpoint.p
 everything needed to continue bit-for-bit: weights, optimizer state, the param store, every RNG
 state, the epoch and step counters and the metric history. At the end it scores the test split
 (ELBO and importance-sampled log p(x)), writes ``summary.json`` and the pictures.
+
+The loop is :class:`Trainer`, whose stages read one at a time: setting up (the constructor),
+:meth:`Trainer.train_epoch` (or :meth:`Trainer.recover` from a non-finite step),
+:meth:`Trainer.end_epoch`, :meth:`Trainer.save_epoch`, and :meth:`Trainer.finish`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import functools
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -365,8 +369,8 @@ def train(config: Config, run_dir: str | Path, resume: bool = False,
     lock = RunLock(run_dir)  # held by rank 0 for the whole run: one writer per folder
     try:
         distributed.on_main(group, lock.acquire)
-        summary = _train(config, Path(run_dir), resume, progress, group,
-                         group_device, model)
+        summary = Trainer(config, Path(run_dir), resume, progress, group, group_device,
+                          model).run()
         distributed.finish(group)
         return summary
     finally:
@@ -490,174 +494,310 @@ def _monitor_data(data: ImageData) -> tuple[torch.Tensor, torch.Tensor | None]:
     return x[:MONITOR_POINTS], None if y is None else y[:MONITOR_POINTS]
 
 
-def _train(config: Config, run_dir: Path, resume: bool, progress: Progress,
-           group: ProcessGroup | None, group_device: torch.device | None,
-           model: torch.nn.Module | None = None) -> dict[str, Any]:
-    """:func:`train`, as one of the processes of ``group`` (if any)."""
-    is_main = group is None or group.is_main
-    # The run records every plugin whose components it uses (entry-point plugins included).
-    config = config.with_plugins_recorded()
-    checkpoint_path = run_dir / CHECKPOINT
-    _check_run_dir(run_dir, resume)
-    if is_main:  # under the lock: what killed writers left behind
-        remove_stray_temporary_files(run_dir)
-    device = group_device or resolve_device(config.train.device)
-    _check_distributable(config, group)
-    checkpoint = load_checkpoint(checkpoint_path) if resume else None
-    if checkpoint is not None:
-        _check_resumable(config, checkpoint, checkpoint_path)
-
-    pyro.clear_param_store()
-    pyro.set_rng_seed(config.train.seed)
-    data = distributed.node_first(
-        group if config.data.download else None, lambda: prepare_data(config, device))
-    check_training_memory(config, data.image_shape, len(data.test_x), device,
-                          None if data.train_y is None else len(torch.unique(data.train_y)))
-    vae = _start_model(config, data, device, model)
+def _prepared_objective(config: Config, data: ImageData, vae: VAE) -> tuple[Any, Any]:
+    """The objective ``[train]`` names, as the kind's ``prepare`` hook adapts it (e.g. checks
+    that the data have labels, a labelled split of its own), and what that hook hands the kind's
+    ``batches`` hook (``None`` for a kind without one)."""
     temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
                                       config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
                                config.train.alpha, getattr(vae, "vectorize_particles", True),
                                temperature, config.options.get("objective"))
-    kind = hooks(config)
-    state = None  # what the kind's prepare hook hands to its batches hook
-    if kind.prepare is not None:  # e.g. checks that the data have labels, M2's split
-        objective, state = kind.prepare(config, data, vae, objective)
-    if kind.initialize is not None and checkpoint is None:  # a resumed run loads its own
-        kind.initialize(config, data, vae)
+    prepare = hooks(config).prepare
+    return (objective, None) if prepare is None else prepare(config, data, vae, objective)
+
+
+def _initialize_model(config: Config, data: ImageData, vae: VAE, resumed: bool) -> None:
+    """Start what the kind starts from the data (its ``initialize`` hook; a resumed run loads
+    its own), and a VampPrior's pseudo-inputs at real training images."""
+    initialize = hooks(config).initialize
+    if initialize is not None and not resumed:
+        initialize(config, data, vae)
     # VampPrior: pseudo-inputs start at real images, once the kind has checked the data (a
     # labelled prior needs labels); M2's prepare starts them at its labelled subset only.
     if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
             and hasattr(vae.prior, "initialize_from") and not has(config, "semi_supervised"):
         _initialize_pseudo_inputs(vae, data)
-    missing = missing_classes_warning(config, data)
-    if missing and is_main:
-        progress.warn(missing)
-    batches = kind.batches or minibatch_steps
-    module = ObjectiveModule(vae, objective, config.train.free_bits)
-    optimizer = adam(module.parameters(), config.train.learning_rate, config.train.adam_beta1)
-    batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
-    schedule = KLSchedule(config.train.beta, config.train.warmup_epochs() * batches_per_epoch)
-    decay = LearningRateDecay(config.train.epochs, config.train.lr_decay_epochs,
-                              config.train.lr_decay_to)
 
-    start_epoch, step, history, train_seconds = 0, 0, [], 0.0
-    if checkpoint is not None:
-        load_state(vae, checkpoint["model"], checkpoint_path)
-        load_optimizer_state(optimizer, checkpoint["optimizer"], checkpoint_path)
-        set_rng_state(checkpoint["rng"], device)
-        start_epoch, step = checkpoint["epoch"], checkpoint["step"]
-        history, train_seconds = checkpoint["history"], checkpoint["train_seconds"]
-        saved = saved_config(checkpoint, checkpoint_path)["train"]
+
+@dataclass
+class TrainingState:
+    """What the loop carries from epoch to epoch; each checkpoint saves all of it."""
+
+    #: Epochs finished, which is also the next epoch to train, counted from 0.
+    epoch: int = 0
+    #: Optimizer steps taken (the KL warm-up and a relaxation's temperature follow them).
+    step: int = 0
+    #: One metrics row per finished epoch (the lines of ``metrics.jsonl``).
+    history: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds spent training the finished epochs (validation and writing not counted).
+    train_seconds: float = 0.0
+    #: How many times a non-finite step rolled the run back (each halves the learning rate).
+    rollbacks: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> TrainingState:
+        """The state a checkpoint saved (its rollbacks are in its last metrics row)."""
+        history = checkpoint["history"]
+        return cls(checkpoint["epoch"], checkpoint["step"], history, checkpoint["train_seconds"],
+                   history[-1].get("rollbacks", 0) if history else 0)
+
+
+class Trainer:
+    """One run's training, a stage at a time (one process's share of it under ``torchrun``).
+
+    Setting up is the constructor: :meth:`_open_run` checks the folder and loads the checkpoint
+    a resume continues, :meth:`_build` makes the data, model, objective, optimizer and
+    schedules, :meth:`_restore` puts a resumed run back where it stopped, :meth:`_start_writing`
+    makes the folder. :meth:`run` is the loop; for each epoch not yet trained it calls
+
+    1. :meth:`train_epoch`, the optimizer steps (on a non-finite step, :meth:`recover` rolls
+       the run back or stops it);
+    2. :meth:`end_epoch`, the epoch's metrics row: validation ELBO, collapse diagnostics;
+    3. :meth:`save_epoch`, the checkpoint and metrics written and the row shown;
+
+    and then :meth:`finish`, the test split scored, the summary and pictures written. What a
+    model kind does differently comes through its hooks (:func:`pyro_vae.protocol.hooks`:
+    ``prepare``, ``initialize``, ``batches``, ``run_summary``, ``pictures``) and capabilities:
+    the trainer names no kind. What it reports goes to a :class:`~pyro_vae.progress.Progress`.
+    """
+
+    config: Config
+    data: ImageData
+    vae: VAE
+    #: The objective as a module: ``module(x)`` is the loss of a batch.
+    module: ObjectiveModule
+    optimizer: torch.optim.Optimizer
+    #: The kind's ``batches`` hook (:func:`minibatch_steps` by default).
+    batches: Callable[[Epoch], Iterator[StepLoss]]
+    #: What the kind's ``prepare`` hook returned for its ``batches`` hook.
+    kind_state: Any
+    schedule: KLSchedule
+    decay: LearningRateDecay
+    state: TrainingState
+    #: The epoch this call of :func:`train` started from (0, or the epochs a resume found).
+    start_epoch: int
+
+    def __init__(self, config: Config, run_dir: Path, resume: bool, progress: Progress,
+                 group: ProcessGroup | None = None, group_device: torch.device | None = None,
+                 model: torch.nn.Module | None = None) -> None:
+        """Set up the run in ``run_dir`` (``resume``: continue it) for :meth:`run`."""
+        # The run records every plugin whose components it uses (entry-point plugins included).
+        self.config = config.with_plugins_recorded()
+        self.run_dir, self.progress, self.group = run_dir, progress, group
+        self.is_main = group is None or group.is_main
+        self.checkpoint_path = run_dir / CHECKPOINT
+        checkpoint = self._open_run(resume, group_device)
+        self._build(model, resumed=checkpoint is not None)
+        self.state = TrainingState() if checkpoint is None else self._restore(checkpoint)
+        self.start_epoch = self.state.epoch
+        self._start_writing(fresh=checkpoint is None)
+
+    def _open_run(self, resume: bool, group_device: torch.device | None
+                  ) -> dict[str, Any] | None:
+        """Check the folder, the device and that the run can be shared out between processes;
+        return the checkpoint a resume continues (checked against this configuration)."""
+        _check_run_dir(self.run_dir, resume)
+        if self.is_main:  # under the lock: what killed writers left behind
+            remove_stray_temporary_files(self.run_dir)
+        self.device = group_device or resolve_device(self.config.train.device)
+        _check_distributable(self.config, self.group)
+        checkpoint = load_checkpoint(self.checkpoint_path) if resume else None
+        if checkpoint is not None:
+            _check_resumable(self.config, checkpoint, self.checkpoint_path)
+        return checkpoint
+
+    def _build(self, model: torch.nn.Module | None, resumed: bool) -> None:
+        """Seed; load the data; make the model (``fit``'s ``model``, or one ``[model]``
+        builds), the objective as the kind prepares it, the optimizer, the KL warm-up, the
+        learning-rate decay and the fixed points of the collapse diagnostics."""
+        config = self.config
+        pyro.clear_param_store()
+        pyro.set_rng_seed(config.train.seed)
+        self.data = data = distributed.node_first(
+            self.group if config.data.download else None,
+            lambda: prepare_data(config, self.device))
+        check_training_memory(config, data.image_shape, len(data.test_x), self.device,
+                              None if data.train_y is None else len(torch.unique(data.train_y)))
+        self.vae = _start_model(config, data, self.device, model)
+        objective, self.kind_state = _prepared_objective(config, data, self.vae)
+        _initialize_model(config, data, self.vae, resumed)
+        missing = missing_classes_warning(config, data)
+        if missing and self.is_main:
+            self.progress.warn(missing)
+        self.batches = hooks(config).batches or minibatch_steps
+        self.module = ObjectiveModule(self.vae, objective, config.train.free_bits)
+        self.optimizer = adam(self.module.parameters(), config.train.learning_rate,
+                              config.train.adam_beta1)
+        self.batches_per_epoch = math.ceil(len(data.train_x) / config.train.batch_size)
+        self.schedule = KLSchedule(config.train.beta,
+                                   config.train.warmup_epochs() * self.batches_per_epoch)
+        self.decay = LearningRateDecay(config.train.epochs, config.train.lr_decay_epochs,
+                                       config.train.lr_decay_to)
+        # Collapse diagnostics each epoch on up to 1,000 fixed points (validation, else training).
+        self.monitor = _monitor_data(data)
+
+    def _restore(self, checkpoint: dict[str, Any]) -> TrainingState:
+        """Put a resumed run back exactly where its checkpoint left it (weights, optimizer,
+        every RNG state, an estimator's running baseline) and return its state. A ``--lr``
+        given now sets the rate; otherwise the learning-rate decay must go on as it was
+        (:func:`_check_decay_continues`). ``--epochs`` below the epochs done is refused."""
+        config, path = self.config, self.checkpoint_path
+        load_state(self.vae, checkpoint["model"], path)
+        load_optimizer_state(self.optimizer, checkpoint["optimizer"], path)
+        set_rng_state(checkpoint["rng"], self.device)
+        state = TrainingState.from_checkpoint(checkpoint)
+        saved = saved_config(checkpoint, path)["train"]
         if saved["learning_rate"] != config.train.learning_rate:  # --lr given on resume
-            _set_learning_rate(optimizer, config.train.learning_rate)
+            _set_learning_rate(self.optimizer, config.train.learning_rate)
         else:
-            _check_decay_continues(run_dir, saved, config, start_epoch)
+            _check_decay_continues(self.run_dir, saved, config, state.epoch)
         baseline = checkpoint.get("objective_state", {}).get("running_baseline")
-        if hasattr(module.objective, "running_baseline"):
-            module.objective.running_baseline = baseline
-        if config.train.epochs < start_epoch:
-            raise ConfigError(f"{run_dir} has already trained {start_epoch} epochs; --epochs "
-                              f"{config.train.epochs} would go back. Give --epochs "
-                              f"{start_epoch} or more.")
-    distributed.check_batches(len(data.train_x), config.train.batch_size, group)
-    distributed.on_main(group, lambda: make_run_dir(run_dir))
-    forward = distributed.wrap(module, group, device)
-    # The state to step back to if the first epoch goes non-finite.
-    last_good = copy.deepcopy((vae.state_dict(), optimizer.state_dict())) \
-        if checkpoint is None else None
-    rollbacks = history[-1].get("rollbacks", 0) if history else 0
+        if hasattr(self.module.objective, "running_baseline"):
+            self.module.objective.running_baseline = baseline
+        if config.train.epochs < state.epoch:
+            raise ConfigError(f"{self.run_dir} has already trained {state.epoch} epochs; "
+                              f"--epochs {config.train.epochs} would go back. Give --epochs "
+                              f"{state.epoch} or more.")
+        return state
 
-    # Collapse diagnostics each epoch on up to 1,000 fixed points (validation, else training).
-    monitor_x, monitor_y = _monitor_data(data)
-    progress.start_epochs(start_epoch, config.train.epochs)
-    progress.watch(vae, monitor_x, monitor_y, data.image_shape)
-    epoch = start_epoch
-    with pyro.validation_enabled(False), warnings.catch_warnings():
-        # Non-finite losses are detected and explained below; Pyro's own warning is noise.
-        warnings.filterwarnings("ignore", message="Encountered NaN")
-        while epoch < config.train.epochs:
-            started = time.perf_counter()
-            vae.train()
-            x_train = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
-            # A rollback halves the rate the schedule starts from.
-            decay.set_rate(optimizer, epoch, config.train.learning_rate * 0.5 ** rollbacks)
-            progress.start_epoch(epoch, batches_per_epoch)
-            epoch_inputs = Epoch(forward, x_train, model_labels(vae, data.train_y), data,
-                                 config.train.batch_size, state, group)
-            try:
-                train_elbo, new_step = _run_steps(module, optimizer, batches(epoch_inputs),
-                                                  schedule, step, progress, group)
-            except NonFiniteStep as fault:
-                if config.train.on_nan != "rollback" or rollbacks >= MAX_ROLLBACKS:
-                    where = (f"the checkpoint of epoch {epoch} in {checkpoint_path}" if epoch
-                             else "the initial state (no epoch had finished)")
-                    raise nonfinite_loss_error(vae, fault.batch, fault.loss, fault.grad_norm,
-                                               epoch + 1, fault.step, where, resumable=epoch > 0,
-                                               rolled_back=rollbacks > 0) from None
-                rollbacks += 1
-                _roll_back(vae, optimizer, checkpoint_path if epoch else None, last_good)
-                continue  # redo this epoch from the last good state at half the rate
-            step = new_step
-            train_seconds += time.perf_counter() - started
-            vae.eval()
-            activity = _collapse_diagnostics(config, vae, monitor_x, monitor_y)
-            # Not while the KL is still warming up: a code that looks unused then may not be.
-            warning = (collapse_warning(epoch + 1, activity)
-                       if epoch + 1 >= config.train.warmup_epochs() else None)
-            row = {"epoch": epoch + 1, "step": step, "train_elbo": train_elbo,
-                   "validation_elbo": _validation_elbo(vae, data.valid_x,
-                                                       config.evaluate.max_chunk,
-                                                       model_labels(vae, data.valid_y)),
-                   **activity, "collapse_warning": warning,
-                   "kl_weight": vae.kl_weight,
-                   "learning_rate": optimizer.param_groups[0]["lr"], "rollbacks": rollbacks,
-                   "seconds": round(train_seconds, 3)}
-            history.append(row)
-            payload = _checkpoint_payload(config, data, vae, optimizer, module.objective,
-                                          epoch + 1, step, history, train_seconds) \
-                if is_main else None
-            distributed.on_main(group, functools.partial(
-                _write_epoch, run_dir, payload, config, history, epoch == start_epoch))
-            progress.end_epoch(row)
-            # Shown when collapse starts (recorded in every row while it lasts).
-            if warning is not None and not (len(history) > 1
-                                            and history[-2].get("collapse_warning")):
-                progress.warn(warning)
-            epoch += 1
+    def _start_writing(self, fresh: bool) -> None:
+        """Check the minibatches can be shared out, make the run's folder (rank 0), wrap the
+        objective module for the process group, and keep the state that a non-finite first
+        epoch of a ``fresh`` run rolls back to (a resumed run rolls back to its checkpoint)."""
+        distributed.check_batches(len(self.data.train_x), self.config.train.batch_size,
+                                  self.group)
+        distributed.on_main(self.group, lambda: make_run_dir(self.run_dir))
+        self.forward = distributed.wrap(self.module, self.group, self.device)
+        self.last_good = copy.deepcopy((self.vae.state_dict(), self.optimizer.state_dict())) \
+            if fresh else None
+
+    def run(self) -> dict[str, Any]:
+        """Train the epochs not yet trained, then :meth:`finish`; returns the summary (``{}``
+        in a process other than rank 0)."""
+        config, state = self.config, self.state
+        self.progress.start_epochs(state.epoch, config.train.epochs)
+        self.progress.watch(self.vae, *self.monitor, self.data.image_shape)
+        with pyro.validation_enabled(False), warnings.catch_warnings():
+            # Non-finite losses are detected and explained (recover); Pyro's warning is noise.
+            warnings.filterwarnings("ignore", message="Encountered NaN")
+            while state.epoch < config.train.epochs:
+                started = time.perf_counter()
+                try:
+                    train_elbo = self.train_epoch()
+                except NonFiniteStep as fault:
+                    self.recover(fault)
+                    continue  # redo this epoch from the last good state at half the rate
+                state.train_seconds += time.perf_counter() - started
+                self.save_epoch(self.end_epoch(train_elbo))
+                state.epoch += 1
+            self.vae.eval()
+            # Rank 0 alone scores the test split and writes the summary and pictures.
+            return self.finish() if self.is_main else {}
+
+    def train_epoch(self) -> float:
+        """Take the optimizer steps of the epoch ``state.epoch`` (the kind's ``batches`` hook),
+        the KL weight following its warm-up and the learning rate its decay (from a rate that
+        each rollback halves); returns the mean training objective per datapoint.
+
+        A non-finite step raises :class:`~pyro_vae.steps.NonFiniteStep` before the optimizer
+        applies it, and the step count stays as it was."""
+        config, data, state = self.config, self.data, self.state
+        self.vae.train()
+        x = binarize(data.train_x) if config.binarization == "dynamic" else data.train_x
+        self.decay.set_rate(self.optimizer, state.epoch,
+                            config.train.learning_rate * 0.5 ** state.rollbacks)
+        self.progress.start_epoch(state.epoch, self.batches_per_epoch)
+        inputs = Epoch(self.forward, x, model_labels(self.vae, data.train_y), data,
+                       config.train.batch_size, self.kind_state, self.group)
+        train_elbo, state.step = _run_steps(self.module, self.optimizer, self.batches(inputs),
+                                            self.schedule, state.step, self.progress, self.group)
+        return train_elbo
+
+    def recover(self, fault: NonFiniteStep) -> None:
+        """After a non-finite step: with ``on_nan = "rollback"`` (at most
+        :data:`MAX_ROLLBACKS` times), go back to the last good state (the last checkpoint, or
+        the initial state in the first epoch) at half the learning rate for the epoch to be
+        trained again; otherwise stop with the paragraph of
+        :func:`~pyro_vae.faults.nonfinite_loss_error` (what went wrong, where to go on from)."""
+        state, epoch = self.state, self.state.epoch
+        if self.config.train.on_nan != "rollback" or state.rollbacks >= MAX_ROLLBACKS:
+            where = (f"the checkpoint of epoch {epoch} in {self.checkpoint_path}" if epoch
+                     else "the initial state (no epoch had finished)")
+            raise nonfinite_loss_error(self.vae, fault.batch, fault.loss, fault.grad_norm,
+                                       epoch + 1, fault.step, where, resumable=epoch > 0,
+                                       rolled_back=state.rollbacks > 0) from None
+        state.rollbacks += 1
+        _roll_back(self.vae, self.optimizer, self.checkpoint_path if epoch else None,
+                   self.last_good)
+
+    def end_epoch(self, train_elbo: float) -> dict[str, Any]:
+        """The metrics row of the epoch just trained, added to the history: training and
+        validation ELBO, the collapse diagnostics on the monitor points (with a warning if the
+        code collapsed, once the KL weight has warmed up), KL weight, learning rate, rollbacks
+        and the training seconds so far."""
+        config, vae, state = self.config, self.vae, self.state
         vae.eval()
-        if not is_main:  # rank 0 scores the test split and writes the summary and pictures
-            return {}
-        summary = _finish(config, data, vae, run_dir, history, train_seconds, progress)
-    return summary
+        activity = _collapse_diagnostics(config, vae, *self.monitor)
+        # Not while the KL is still warming up: a code that looks unused then may not be.
+        warning = (collapse_warning(state.epoch + 1, activity)
+                   if state.epoch + 1 >= config.train.warmup_epochs() else None)
+        row = {"epoch": state.epoch + 1, "step": state.step, "train_elbo": train_elbo,
+               "validation_elbo": _validation_elbo(vae, self.data.valid_x,
+                                                   config.evaluate.max_chunk,
+                                                   model_labels(vae, self.data.valid_y)),
+               **activity, "collapse_warning": warning, "kl_weight": vae.kl_weight,
+               "learning_rate": self.optimizer.param_groups[0]["lr"],
+               "rollbacks": state.rollbacks, "seconds": round(state.train_seconds, 3)}
+        state.history.append(row)
+        return row
 
+    def save_epoch(self, row: dict[str, Any]) -> None:
+        """Write the checkpoint and metrics of the epoch of ``row`` (rank 0; ``config.toml``
+        too with the first epoch this call trains), show the row, and warn when posterior
+        collapse starts (the warning stays in every row while it lasts)."""
+        state, warning = self.state, row["collapse_warning"]
+        payload = _checkpoint_payload(self.config, self.data, self.vae, self.optimizer,
+                                      self.module.objective, row["epoch"], row["step"],
+                                      state.history, state.train_seconds) \
+            if self.is_main else None
+        distributed.on_main(self.group, functools.partial(
+            _write_epoch, self.run_dir, payload, self.config, state.history,
+            state.epoch == self.start_epoch))
+        self.progress.end_epoch(row)
+        started = not (len(state.history) > 1 and state.history[-2].get("collapse_warning"))
+        if warning is not None and started:
+            self.progress.warn(warning)
 
-def _finish(config: Config, data: ImageData, vae: VAE, run_dir: Path, history: list[dict],
-            train_seconds: float, progress: Progress) -> dict[str, Any]:
-    """Score the test split (as much of it as ``[evaluate] scoring`` asks for:
-    :mod:`pyro_vae.scoring`), write ``summary.json`` and the pictures (the kind's hook)."""
-    started = time.perf_counter()
-    plan = plan_final_scoring(vae, data.test_x, model_labels(vae, data.test_y),
-                              config.evaluate.num_samples, config.evaluate.scoring,
-                              config.evaluate.max_chunk, train_seconds)
-    message = plan.message(train_seconds, str(run_dir))
-    if message is not None and hasattr(progress, "note"):  # a display of its own may lack it
-        progress.note(message)
-    scored = first_test_images(data, plan.num_datapoints) if plan.reduced else data
-    scores = split_scores(config, vae, scored, "test", plan.num_samples, progress)
-    summary = {
-        "dataset": config.data.dataset,
-        "epochs": len(history),
-        "steps": history[-1]["step"] if history else 0,
-        "objective": config.train.objective,
-        **scores,
-        **plan.summary_entries(),
-        "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
-        **(hooks(config).run_summary(vae, data, run_dir, config)
-           if hooks(config).run_summary is not None else {}),
-        "train_seconds": round(train_seconds, 2),
-        "evaluate_seconds": round(time.perf_counter() - started, 2),
-    }
-    write_json(run_dir / SUMMARY, summary)
-    (hooks(config).pictures or default_pictures)(vae, data, run_dir, history, config)
-    return summary
+    def finish(self) -> dict[str, Any]:
+        """Score the test split (as much of it as ``[evaluate] scoring`` asks for:
+        :mod:`pyro_vae.scoring`), write ``summary.json`` and the pictures (the kind's
+        ``run_summary`` and ``pictures`` hooks); returns the summary."""
+        config, data, vae, run_dir = self.config, self.data, self.vae, self.run_dir
+        history, train_seconds = self.state.history, self.state.train_seconds
+        started = time.perf_counter()
+        plan = plan_final_scoring(vae, data.test_x, model_labels(vae, data.test_y),
+                                  config.evaluate.num_samples, config.evaluate.scoring,
+                                  config.evaluate.max_chunk, train_seconds)
+        message = plan.message(train_seconds, str(run_dir))
+        if message is not None and hasattr(self.progress, "note"):  # a display may lack it
+            self.progress.note(message)
+        scored = first_test_images(data, plan.num_datapoints) if plan.reduced else data
+        scores = split_scores(config, vae, scored, "test", plan.num_samples, self.progress)
+        kind = hooks(config)
+        summary = {
+            "dataset": config.data.dataset,
+            "epochs": len(history),
+            "steps": history[-1]["step"] if history else 0,
+            "objective": config.train.objective,
+            **scores,
+            **plan.summary_entries(),
+            "final_validation_elbo": history[-1]["validation_elbo"] if history else None,
+            **(kind.run_summary(vae, data, run_dir, config)
+               if kind.run_summary is not None else {}),
+            "train_seconds": round(train_seconds, 2),
+            "evaluate_seconds": round(time.perf_counter() - started, 2),
+        }
+        write_json(run_dir / SUMMARY, summary)
+        (kind.pictures or default_pictures)(vae, data, run_dir, history, config)
+        return summary
