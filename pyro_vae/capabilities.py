@@ -32,8 +32,12 @@ MODEL_CAPABILITIES: dict[str, str] = {
     "conditional": "scored as log p(x|y): evaluation passes the labels to model and guide",
     "label_priors": "its prior may be a label-conditional p(z|y) (a registered prior with "
                     "the capability label_conditional)",
-    "semi_supervised": "trains on partly labelled data ([data] num_labels), sums an absent "
-                       "label out of log p(x) and classifies with classify(x)",
+    "partial_labels": "trains on partly labelled data ([data] num_labels): its prepare hook "
+                      "keeps that many labels and starts its own prior from the labelled images",
+    "unlabelled_scoring": "model(x) and guide(x) without y sum the label out, so log p(x) "
+                          "needs no labels (evaluate and anomaly on unlabelled images)",
+    "classifier": "classify(x) gives q(y|x)'s class probabilities (the label guessed for "
+                  "unlabelled images in summaries, traverse and the explorer)",
     "discrete_latents": "sums a discrete latent out (needs an objective that enumerates)",
     "categorical_latents": "its latent code is discrete (objectives for discrete codes; no "
                            "gradients in z)",
@@ -42,9 +46,16 @@ MODEL_CAPABILITIES: dict[str, str] = {
 }
 
 
+#: Words of version 0.2 and the capabilities that took their place.
+RENAMED: dict[str, tuple[str, ...]] = {
+    "semi_supervised": ("partial_labels", "unlabelled_scoring", "classifier"),
+}
+
+
 def check_capabilities(words: Iterable[str], who: str) -> frozenset[str]:
-    """``words`` as a frozenset, or a :class:`ConfigError` naming the unknown one."""
-    words = frozenset(words)
+    """``words`` as a frozenset (a renamed word replaced by the capabilities that took its
+    place), or a :class:`ConfigError` naming the unknown one."""
+    words = frozenset(new for word in words for new in RENAMED.get(word, (word,)))
     unknown = sorted(word for word in words if word not in MODEL_CAPABILITIES)
     if unknown:
         raise ConfigError(

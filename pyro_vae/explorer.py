@@ -468,7 +468,7 @@ def explore(run_dir: str | Path, data_dir: str | None = None, points: int = 2000
     x = data.test_x[:points]
     y = None if data.test_y is None else data.test_y[:points]
     if has(config, "labels") and y is None:
-        if not has(config, "semi_supervised"):
+        if not has(config, "classifier"):
             raise ConfigError(f"{run_dir} holds a {display_name(config)}, whose codes need each "
                               f"image's label, but {config.data.dataset!r} has no test labels; "
                               "use the dataset it was trained on.")

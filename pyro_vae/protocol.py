@@ -30,8 +30,11 @@ capability           methods the library calls (and the commands that call them)
                      ``encoder``, ``decoder``, ``prior``, ``likelihood`` and ``family``
                      (anomaly's likelihood regret, impute, the gaps' q* in the guide's family)
 ``labels``,          the label-taking forms ``model(x, y)``, ``posterior(x, y)``,
-``conditional``,     ``decode(z, y)``, ``generate(n, labels=...)`` (cvae, m2)
-``semi_supervised``  and ``classify(x)`` (m2)
+``conditional``      ``decode(z, y)``, ``generate(n, labels=...)`` (cvae, m2); the kind's
+                     ``[kind] num_classes`` option
+``classifier``       ``classify(x)``: q(y|x) (the label guessed for unlabelled images)
+``unlabelled_scoring`` ``model(x)`` and ``guide(x)`` without ``y`` sum the label out
+``partial_labels``   its ``prepare`` hook keeps ``[data] num_labels`` labels (m2)
 ===================  ========================================================================
 
 Optional methods, used where present and documented here: ``kl_per_dim(loc, scale)`` (the
@@ -77,6 +80,7 @@ REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
                  "likelihood"),
     "estimator_lab": ("parameter_groups",),
     "components": ("encoder", "decoder", "prior", "likelihood", "family"),
+    "classifier": ("classify",),
 }
 
 

@@ -48,7 +48,7 @@ def split_scores(config: Config, vae: torch.nn.Module, data: ImageData, split: s
     if progress is not None:
         progress.end_evaluation()
     labels = y if has(config, "labels") else None  # q(z|x, y) takes y
-    if labels is None and has(config, "semi_supervised"):
+    if labels is None and has(config, "classifier"):
         labels = vae.classify(x)  # unlabelled data: q(z|x, y) at the classifier's guess
     # A model without a latent code (the quadrant baseline) has no active units to count.
     activity = {"active_units": None} if not has(config, "latent_means") else \

@@ -40,10 +40,10 @@ from pyro_vae.faults import check_training_memory, nonfinite_loss_error
 from pyro_vae.likelihoods import build_likelihood
 from pyro_vae.model_checks import check_given_model
 from pyro_vae.models import VAE, build_vae
-from pyro_vae.objectives import ObjectiveModule, TemperatureSchedule, make_objective
+from pyro_vae.objectives import ObjectiveModule, make_objective
 from pyro_vae.plots.vae import default_pictures
 from pyro_vae.progress import Progress, TqdmProgress
-from pyro_vae.protocol import Epoch, has, hooks
+from pyro_vae.protocol import Epoch, display_name, has, hooks
 from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS, BuildContext
 from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
@@ -402,9 +402,10 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
 def _check_distributable(config: Config, group: ProcessGroup | None) -> None:
     if group is None:
         return
-    if has(config, "semi_supervised"):
-        raise ConfigError("the semi-supervised M2 model enumerates its labels and cannot be "
-                          "shared out between processes; train it without torchrun.")
+    if has(config, "discrete_latents"):
+        raise ConfigError(f"the {display_name(config)} enumerates a discrete latent variable "
+                          "and cannot be shared out between processes; train it without "
+                          "torchrun.")
     if config.train.free_bits > 0:
         raise ConfigError("free bits floor the KL of each dimension averaged over the whole "
                           "minibatch, which no process sees alone under torchrun (each would "
@@ -498,11 +499,9 @@ def _prepared_objective(config: Config, data: ImageData, vae: VAE) -> tuple[Any,
     """The objective ``[train]`` names, as the kind's ``prepare`` hook adapts it (e.g. checks
     that the data have labels, a labelled split of its own), and what that hook hands the kind's
     ``batches`` hook (``None`` for a kind without one)."""
-    temperature = TemperatureSchedule(config.train.temperature, config.train.temperature_min,
-                                      config.train.temperature_decay)
     objective = make_objective(config.train.objective, config.train.particles,
-                               config.train.alpha, getattr(vae, "vectorize_particles", True),
-                               temperature, config.options.get("objective"))
+                               vectorize=getattr(vae, "vectorize_particles", True),
+                               options=config.options.get("objective"))
     prepare = hooks(config).prepare
     return (objective, None) if prepare is None else prepare(config, data, vae, objective)
 
@@ -516,7 +515,7 @@ def _initialize_model(config: Config, data: ImageData, vae: VAE, resumed: bool) 
     # VampPrior: pseudo-inputs start at real images, once the kind has checked the data (a
     # labelled prior needs labels); M2's prepare starts them at its labelled subset only.
     if "pseudo_inputs" in PRIORS.capabilities(config.model.prior) \
-            and hasattr(vae.prior, "initialize_from") and not has(config, "semi_supervised"):
+            and hasattr(vae.prior, "initialize_from") and not has(config, "partial_labels"):
         _initialize_pseudo_inputs(vae, data)
 
 

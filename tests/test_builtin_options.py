@@ -114,3 +114,22 @@ def test_the_gaussian_likelihood_takes_its_options_and_the_image_shape():
                                "likelihood": {"scale": 0.3, "standardize": False}})
     likelihood = build_vae(config.model, (1, 4, 4)).likelihood
     assert likelihood.fixed_scale == 0.3 and likelihood.standardize is False
+
+
+def test_an_objectives_own_options_are_in_its_table_and_reach_it():
+    from pyro_vae.objectives import make_objective
+
+    old = Config.from_dict({"train": {"objective": "renyi", "alpha": 0.25}})
+    assert old.options["objective"] == {"alpha": 0.25}
+    assert make_objective("renyi", 2, options=old.options["objective"]).alpha == 0.25
+    relaxed = Config.from_dict({"model": {"kind": "discrete"},
+                                "train": {"objective": "concrete"},
+                                "objective": {"temperature": 2.0, "temperature_decay": 0.1}})
+    objective = make_objective("concrete", options=relaxed.options["objective"])
+    assert objective.schedule.at(0) == 2.0
+    assert objective.schedule.at(100) == pytest.approx(0.5)  # max(τ_min, 2 e^{-10})
+    assert not {"alpha", "temperature"} & {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(ConfigError, match="the ELBO itself"):
+        Config.from_dict({"train": {"objective": "renyi"}, "objective": {"alpha": 1.0}})
+    with pytest.raises(ConfigError, match="alpha is the option 'alpha' of objective = \"renyi\""):
+        Config.from_dict({"train": {"objective": "elbo", "alpha": 0.3}})

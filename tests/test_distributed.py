@@ -143,7 +143,7 @@ def test_every_process_needs_rows_of_every_batch():
 @pytest.mark.parametrize("override,reason", [
     ({"train": {"free_bits": 0.5, "objective": "meanfield"}}, "free bits"),
     ({"train": {"objective": "score"}}, "running baseline"),
-    ({"model": {"kind": "m2"}, "data": {"num_labels": 100}}, "enumerates its labels")])
+    ({"model": {"kind": "m2"}, "data": {"num_labels": 100}}, "enumerates a discrete latent variable")])
 def test_what_cannot_be_shared_out_is_refused(override, reason):
     config = Config().with_overrides(override)
     _check_distributable(config, None)

@@ -104,7 +104,8 @@ def _config(weight: float | None, epochs: int = 1, beta: float = 1.0) -> Config:
 
 def prepare_labelled(config, data, vae):
     """The objective the cvae kind's prepare hook gives for ``config``."""
-    base = make_objective(config.train.objective, config.train.particles, config.train.alpha)
+    base = make_objective(config.train.objective, config.train.particles,
+                          options=config.options.get("objective"))
     return hooks(config).prepare(config, data, vae, base)
 
 

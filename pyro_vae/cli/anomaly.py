@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = load_run(args.run_dir, args.data_dir)
-    if not has(config, "semi_supervised"):  # M2's log p(x) sums its label out
+    if not has(config, "unlabelled_scoring"):  # M2's log p(x) sums its label out
         refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
                     "anomaly scores an image by log p(x), but this model scores images only "
                     "given a label or given the rest of the image. Train a plain VAE on the "

@@ -102,13 +102,13 @@ def run(args: argparse.Namespace) -> int:
         targets = binary_targets(config, data, args.split)
         score_name = getattr(vae, "score_name", "log p(x)")
     # M2 sums an absent label out of log p(x); only its test accuracy needs labels.
-    if has(config, "labels") and y is None and not has(config, "semi_supervised"):
+    if has(config, "labels") and y is None and not has(config, "unlabelled_scoring"):
         raise DataError(
             f"the {args.split} split of {config.data.dataset!r} has no labels, but "
             f"{args.run_dir} holds a {display_name(config)}, which scores each image given its "
             "label. Evaluate it on labelled images (a .npz with an integer array y beside x), "
             "or score unlabelled images with a --model vae or m2 run (M2 sums its label out).")
-    if has(config, "labels") and not (y is None and has(config, "semi_supervised")):
+    if has(config, "labels") and not (y is None and has(config, "unlabelled_scoring")):
         check_labels(y, config.model.num_classes, f"the {args.split} split of "
                      f"{config.data.dataset!r}")
     if len(x) == 0:
@@ -118,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
         x, y, data, targets = _first(args.limit, args.split, x, y, data, targets)
     if args.estimator != "is":
         refuse_kind(config, args.run_dir, f"--estimator {args.estimator}",
-                    ("categorical_latents", "discrete_latents", "semi_supervised",
-                     "no_latents"),
+                    ("categorical_latents", "discrete_latents", "no_latents"),
                     "AIS anneals a continuous latent code with Hamiltonian Monte Carlo, and "
                     "this model's log p(x) sums over a discrete variable (or has no latent "
                     "code). Use --estimator is, or the exact sum the evaluation reports.")

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
                     "its encoder q(z|x, y) is given the label, so a probe predicting the label "
                     "from its code would measure nothing. Probe a --model vae run"
                     + (" (M2's own classifier accuracy is test_accuracy in RUN_DIR/summary.json)."
-                       if has(config, "semi_supervised") else "."))
+                       if has(config, "classifier") else "."))
         refuse_kind(config, run_dir, "probe", ("no_latents",),
                     "it has no latent code to probe; probe a --model vae or quadrant_cvae run.")
         if data.train_y is None or data.test_y is None:

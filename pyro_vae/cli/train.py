@@ -34,7 +34,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "epochs": ("train", "epochs"),
     "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
     "objective": ("train", "objective"), "particles": ("train", "particles"),
-    "alpha": ("train", "alpha"), "on_nan": ("train", "on_nan"),
+    "alpha": ("objective", "alpha"), "on_nan": ("train", "on_nan"),
     "beta": ("train", "beta"), "kl_warmup_epochs": ("train", "kl_warmup_epochs"),
     "free_bits": ("train", "free_bits"),
     "lr_decay_epochs": ("train", "lr_decay_epochs"), "lr_decay_to": ("train", "lr_decay_to"),
@@ -43,7 +43,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "model": ("model", "kind"), "num_labels": ("data", "num_labels"),
     "threads": ("train", "threads"), "latent_map": ("evaluate", "latent_map"),
     "guide": ("model", "guide"), "plugin": ("plugins", ""),
-    "temperature": ("train", "temperature"),
+    "temperature": ("objective", "temperature"),
     # Shortcuts for the options of built-in components (each is --set ROLE.OPTION=VALUE):
     "prior_components": ("prior", "components"), "guide_rank": ("guide", "rank"),
     # the flow prior's and the IAF guide's layers: the old [model] key, which goes to

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if has(config, "labels"):  # q(z|x, y) and p(x|z, y) take the image's label
         if data.test_y is not None:
             labels = torch_cat_first(data.test_y[args.index: args.index + 1], data.test_y)
-        elif has(config, "semi_supervised"):  # its classifier's guess q(y|x)
+        elif has(config, "classifier"):  # its classifier's guess q(y|x)
             labels = vae.classify(torch_cat_first(x, data.test_x))
         else:
             raise ConfigError(f"{args.run_dir} holds a {display_name(config)}, whose codes need "

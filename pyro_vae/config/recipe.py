@@ -310,9 +310,9 @@ def check_compatible(config: Config) -> None:
     if train.objective == "vimco" and train.particles < 2:
         raise ConfigError("[train] objective = \"vimco\" leaves one of K samples out for "
                           "each baseline, so it needs particles ≥ 2 (--particles 5, say).")
-    if config.data.num_labels and "semi_supervised" not in kind:
+    if config.data.num_labels and "partial_labels" not in kind:
         raise ConfigError("[data] num_labels hides labels for semi-supervised training; "
-                          f"it needs [model] kind = {_kinds_with('semi_supervised')}.")
+                          f"it needs [model] kind = {_kinds_with('partial_labels')}.")
     _check_unused_kind_options(config, kind)
     own_check = MODEL_KINDS.hooks(model.kind).check
     if own_check is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from pyro_vae.config.checks import DEVICES, MIN_BETA, _choice, _positive, _registered
@@ -23,10 +22,9 @@ class TrainConfig:
     #: ``elbo`` (Pyro's Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO, analytic KL),
     #: ``iwae``, ``dreg``, ``stl``, ``renyi`` or ``score`` (see pyro_vae.objectives).
     objective: str = "elbo"
-    #: Number of vectorized particles K per datapoint (IWAE's k).
+    #: Number of vectorized particles K per datapoint (IWAE's k). An objective's own options
+    #: (``renyi``'s ``alpha``, the relaxations' ``temperature``) go in the ``[objective]`` table.
     particles: int = 1
-    #: α of the Rényi bound (objective ``renyi``); α ≠ 1, and α = 0 is IWAE.
-    alpha: float = 0.5
     #: Weight of the KL term (β-VAE), positive; 1 is the ELBO.
     beta: float = 1.0
     #: Epochs over which the KL weight rises linearly from 0 to ``beta`` (0: no annealing).
@@ -50,11 +48,6 @@ class TrainConfig:
     #: torch threads of the command (``pyro-vae --threads``); 0 chooses: $OMP_NUM_THREADS if
     #: set, else 1, the fastest for these models on a machine shared with other jobs.
     threads: int = 0
-    #: Objectives ``concrete`` and ``straight_through``: the relaxation's temperature
-    #: τ_t = max(temperature_min, temperature · exp(−temperature_decay · t)) at step t.
-    temperature: float = 1.0
-    temperature_min: float = 0.5
-    temperature_decay: float = 0.0
 
     def warmup_epochs(self) -> int:
         """The number of KL warm-up epochs, with ``"auto"`` resolved (``epochs // 10``)."""
@@ -75,11 +68,6 @@ class TrainConfig:
                 "SS-VAE example); 1 or more would never forget the first gradient.")
         _registered(OBJECTIVES, self.objective)
         _positive("train", "particles", self.particles)
-        if self.objective == "renyi" and self.alpha == 1.0:
-            raise ConfigError("[train] alpha = 1 makes the Rényi bound the ELBO itself; use "
-                              "objective = \"elbo\", or an alpha other than 1 (0 is IWAE).")
-        if not math.isfinite(self.alpha):
-            raise ConfigError(f"[train] alpha = {self.alpha!r} must be a finite number.")
         _positive("train", "beta", self.beta)
         if self.beta < MIN_BETA:
             raise ConfigError(f"[train] beta = {self.beta!r} is below {MIN_BETA:g}: a KL weight "
@@ -103,6 +91,3 @@ class TrainConfig:
         if self.seed >= 2 ** 32:
             raise ConfigError(f"[train] seed = {self.seed} must be below 2**32.")
         _choice("train", "device", self.device, DEVICES)
-        _positive("train", "temperature", self.temperature)
-        _positive("train", "temperature_min", self.temperature_min)
-        _positive("train", "temperature_decay", self.temperature_decay, allow_zero=True)

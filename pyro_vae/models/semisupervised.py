@@ -309,9 +309,9 @@ def check(config: Config) -> None:
 
 
 @MODEL_KINDS.register("m2", help="semi-supervised M2 (Kingma et al. 2014)",
-                      capabilities={"labels", "conditional", "semi_supervised",
-                                    "discrete_latents", "pictures", "latent_means",
-                                    "label_priors"},
+                      capabilities={"labels", "conditional", "partial_labels",
+                                    "unlabelled_scoring", "classifier", "discrete_latents",
+                                    "pictures", "latent_means", "label_priors"},
                       hooks=KindHooks(display_name="semi-supervised M2 model", check=check,
                                       prepare=prepare, batches=batches,
                                       test_summary=test_summary),

@@ -35,6 +35,8 @@ plain ``torch.optim`` optimizer (or ``DistributedDataParallel``) drives any of t
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from pyro.infer import ELBO
 from torch import nn
@@ -50,6 +52,7 @@ from pyro_vae.objectives.renyi import RenyiBound
 from pyro_vae.objectives.score import ScoreFunctionELBO
 from pyro_vae.objectives.stl import STL
 from pyro_vae.objectives.vimco import VIMCO
+from pyro_vae.options import Option, positive
 from pyro_vae.params import parameters_owned
 from pyro_vae.registry import OBJECTIVES as REGISTRY
 
@@ -111,7 +114,17 @@ def _stl(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
     return STL(num_particles=particles)
 
 
-@REGISTRY.register("renyi", help="Renyi / VR-alpha bound (alpha)", capabilities={"per_datapoint"})
+def _renyi_alpha(alpha: float) -> str | None:
+    if alpha == 1.0:
+        return ("α = 1 makes the Rényi bound the ELBO itself; use objective = \"elbo\", or an "
+                "alpha other than 1 (0 is IWAE).")
+    return None
+
+
+@REGISTRY.register("renyi", help="Renyi / VR-alpha bound ([objective] alpha)",
+                   capabilities={"per_datapoint"},
+                   options={"alpha": Option(0.5, "α of the bound; α ≠ 1, and α = 0 is IWAE",
+                                            check=_renyi_alpha, legacy="alpha")})
 def _renyi(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
         temperature: TemperatureSchedule | float = 1.0) -> ELBO:
     return RenyiBound(alpha=alpha, num_particles=particles)
@@ -131,18 +144,50 @@ def _vimco(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
     return VIMCO(num_particles=particles)
 
 
-@REGISTRY.register("concrete", help="Concrete / Gumbel-softmax relaxation (temperature)",
-                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be non-negative."
+
+
+#: The relaxations' temperature τ_t = max(temperature_min, temperature · exp(−temperature_decay
+#: · t)) at training step t (Jang et al. 2017), in the ``[objective]`` table.
+RELAXATION_OPTIONS = {
+    "temperature": Option(1.0, "the relaxation's temperature τ_0 at the first step",
+                          check=positive, legacy="temperature"),
+    "temperature_min": Option(0.5, "the floor τ_min of the temperature", check=positive,
+                              legacy="temperature_min"),
+    "temperature_decay": Option(0.0, "r in τ_t = max(τ_min, τ_0 exp(−r t)) over steps t "
+                                "(0: constant)", check=_non_negative, legacy="temperature_decay"),
+}
+
+
+def _schedule(temperature: TemperatureSchedule | float, temperature_min: float | None,
+              temperature_decay: float) -> TemperatureSchedule | float:
+    if isinstance(temperature, TemperatureSchedule) or temperature_min is None:
+        return temperature
+    return TemperatureSchedule(temperature, temperature_min, temperature_decay)
+
+
+@REGISTRY.register("concrete", help="Concrete / Gumbel-softmax relaxation ([objective] "
+                   "temperature)",
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"},
+                   options=RELAXATION_OPTIONS)
 def _concrete(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
-              temperature: TemperatureSchedule | float = 1.0) -> ELBO:
-    return ConcreteELBO(num_particles=particles, temperature=temperature)
+              temperature: TemperatureSchedule | float = 1.0,
+              temperature_min: float | None = None, temperature_decay: float = 0.0) -> ELBO:
+    return ConcreteELBO(num_particles=particles,
+                        temperature=_schedule(temperature, temperature_min, temperature_decay))
 
 
 @REGISTRY.register("straight_through", help="straight-through Gumbel-softmax",
-                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"})
+                   capabilities={"per_datapoint", "discrete_codes", "discrete_only"},
+                   options=RELAXATION_OPTIONS)
 def _straight_through(particles: int = 1, alpha: float = 0.5, vectorize: bool = True,
-                      temperature: TemperatureSchedule | float = 1.0) -> ELBO:
-    return StraightThroughELBO(num_particles=particles, temperature=temperature)
+                      temperature: TemperatureSchedule | float = 1.0,
+                      temperature_min: float | None = None,
+                      temperature_decay: float = 0.0) -> ELBO:
+    return StraightThroughELBO(num_particles=particles,
+                               temperature=_schedule(temperature, temperature_min,
+                                                     temperature_decay))
 
 
 @REGISTRY.register("enumerate", help="exact sum over every discrete code",
@@ -179,15 +224,18 @@ def make_objective(name: str, particles: int = 1, alpha: float = 0.5,
                    options: dict | None = None) -> ELBO:
     """The objective registered as ``name`` (see the table above) with ``particles`` samples.
 
-    ``temperature`` (a number or a schedule) is the relaxation's, for ``concrete`` and
-    ``straight_through``. ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one
-    after another (for models whose global sites cannot take a particle dimension, like a
-    Bayesian decoder). An objective factory takes these same keyword arguments, and the
-    options it declares (the recipe's ``[objective]`` table, :mod:`pyro_vae.options`) as
-    further keyword arguments.
+    ``vectorize=False`` draws the particles of ``elbo``/``meanfield`` one after another (for
+    models whose global sites cannot take a particle dimension, like a Bayesian decoder).
+    ``options`` are those the objective declares (the recipe's ``[objective]`` table,
+    :mod:`pyro_vae.options`: ``renyi``'s ``alpha``, the relaxations' ``temperature``,
+    ``temperature_min`` and ``temperature_decay``); they take the place of the ``alpha`` and
+    ``temperature`` arguments, which the estimator lab sweeps (``temperature`` a number or a
+    :class:`TemperatureSchedule`). An objective factory takes these same keyword arguments.
     """
-    return REGISTRY.get(name)(particles=particles, alpha=alpha, vectorize=vectorize,
-                              temperature=temperature, **(options or {}))
+    arguments: dict[str, Any] = {"particles": particles, "alpha": alpha,
+                                 "vectorize": vectorize, "temperature": temperature}
+    arguments.update(options or {})
+    return REGISTRY.get(name)(**arguments)
 
 
 class ObjectiveModule(nn.Module):
