@@ -48,7 +48,8 @@ on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose
 ``fisher`` — Fisher's combination (the default verdict): T(x) = −2 Σ_j log p_j(x) over the
 in-distribution tail probabilities p_j of the run's scores among :data:`FISHER_PARTS`
 (both tails for log p(x)), calibrated on the other half of the validation images
-(:mod:`pyro_vae.fisher`).
+(:mod:`pyro_vae.fisher`, which also offers smoothed tails and Tippett's rule; the default was
+chosen among them on validation shifts built from training images).
 ``typicality`` — a typicality test on batches (Nalisnick et al. 2019b, "Detecting
 out-of-distribution inputs to deep generative models using typicality"), a *batch-level*
 decision: for a batch x_1..x_M,

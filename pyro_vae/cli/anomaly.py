@@ -211,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
         "num_reference_images": len(data.valid_x[: args.limit]),
         "dose_bandwidth": reference.dose.bandwidth if reference.dose is not None else None,
         "fisher_parts": list(reference.fisher.parts) if reference.fisher is not None else None,
+        "fisher_rule": ({"rule": reference.fisher.rule, "tail": reference.fisher.tail,
+                         "sides": reference.fisher.sides}
+                        if reference.fisher is not None else None),
         "flagged_share": {name: {score: float(anomaly.flagged(reference, score, scored,
                                                               args.alpha).double().mean())
                                  for score in reference.scores}

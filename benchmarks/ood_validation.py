@@ -1,0 +1,278 @@
+"""Choose the default verdict's combination rule on *validation shifts* (issue 33).
+
+The default verdict combines the in-distribution tail probabilities of log p(x) (both tails),
+likelihood regret, input complexity and DoSE (:mod:`pyro_vae.fisher`). How to read each tail
+probability (``empirical``, ``kernel``, ``exponential``), which scores to read two-sided
+(``likelihood``: log p(x) only; ``all``) and how to combine them (``fisher``, ``tippett``) are
+choices; so is the training budget. They are made here, on shifts that are **not** the
+benchmark's (``benchmarks/ood_shifts.py``) and are built only from the in-distribution
+*training* images, fixed before any result was seen:
+
+- ``blurred``: Gaussian blur, σ = 1 pixel (5×5 kernel);
+- ``translated``: moved 4 pixels in one of the 8 compass directions (random per image),
+  blank pixels filled in;
+- ``salt-and-pepper``: 5 % of the pixels set to 0 or 1 at random;
+- ``thicker``: grey-level dilation (3×3 maximum): thicker strokes, bigger garments;
+- ``thinner``: grey-level erosion (3×3 minimum);
+- ``cutout``: a random 10×10 square blanked;
+- ``faint``: intensities halved (half the ink after binarization).
+
+Grey shifted images are binarized by one fixed Bernoulli draw, as in the benchmark. The
+in-distribution images are validation images the scores were *not* fitted on (the reference is
+the first ``--reference`` validation images, as in the benchmark; the normal set the next
+``--images``). The models, scores and their settings are the benchmark's (K = 100, regret 20
+Adam steps on 8 draws, PNG complexity, DoSE by cross-validated bandwidth).
+
+The candidates: every (rule, tail, sides) of :mod:`pyro_vae.fisher` (12), and ``joint-kde``: a
+kernel density of the vector of the four scores (standardized, bandwidth by 5-fold
+cross-validation; :class:`pyro_vae.dose.DoSE` applied to the scores), fitted on the same half
+of the reference images as the tail probabilities. The selection rule, fixed in advance: the
+highest *minimum* AUROC over every (model, validation shift) pair (the benchmark's must-hold is
+a minimum), ties within 0.005 broken by the mean AUROC, then by the fewer settings changed from
+the previous default (``fisher``, ``empirical``, ``likelihood``). Each ``--epochs`` budget is
+measured; the budget is chosen by the same rule.
+
+Run by hand, not in CI (one thread; about 12 minutes for the three budgets 3, 10 and 30
+epochs on a 2-core machine, training included):
+
+    OMP_NUM_THREADS=1 python benchmarks/ood_validation.py --data-dir ../shared/data \\
+        --runs runs/ood
+
+Writes benchmarks/results/ood_validation.json. ``--runs`` keeps the trained models (and the
+scores, ``*-validation-scores.pt``) for ``ood_shifts.py --runs`` to reuse. After the
+benchmark has run, ``--check-on-benchmark --epochs 30 --runs runs/ood`` prints every
+candidate's AUROC on the benchmark's shifts (a check of the choice, not an input to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.ood_shifts import DATASETS, SIDE, trained_model  # noqa: E402
+from benchmarks.results import begin, write_result  # noqa: E402
+from pyro_vae import anomaly, fisher  # noqa: E402
+from pyro_vae.data import binarize  # noqa: E402
+from pyro_vae.dose import DoSE  # noqa: E402
+from pyro_vae.training import prepare_data  # noqa: E402
+
+VALIDATION_SHIFTS = ("blurred", "translated", "salt-and-pepper", "thicker", "thinner", "cutout",
+                     "faint")
+PARTS = ("log-likelihood", "regret", "complexity", "dose")
+PREVIOUS = ("fisher", "empirical", "likelihood")
+
+
+def build_validation_shifts(grey: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
+    """The validation shifts (flattened, binarized) of the grey training images ``grey``."""
+    generator = torch.Generator().manual_seed(seed)
+    count = len(grey)
+    square = grey.reshape(count, 1, SIDE, SIDE)
+    offsets = torch.arange(-2, 3, dtype=torch.float64)
+    kernel = torch.exp(-offsets ** 2 / 2.0)
+    kernel = (kernel[:, None] * kernel[None, :] / kernel.sum() ** 2).float()
+    blurred = torch.nn.functional.conv2d(square, kernel[None, None], padding=2)
+    directions = [(dr, dc) for dr in (-4, 0, 4) for dc in (-4, 0, 4) if (dr, dc) != (0, 0)]
+    padded = torch.nn.functional.pad(square, (4, 4, 4, 4))
+    translated = torch.empty_like(square)
+    cutout = square.clone()
+    corners = torch.randint(SIDE - 10 + 1, (count, 2), generator=generator)
+    for n, pick in enumerate(torch.randint(8, (count,), generator=generator).tolist()):
+        dr, dc = directions[pick]
+        translated[n] = padded[n, :, 4 - dr: 4 - dr + SIDE, 4 - dc: 4 - dc + SIDE]
+        row, column = corners[n].tolist()
+        cutout[n, :, row: row + 10, column: column + 10] = 0.0
+    salt = torch.rand(square.shape, generator=generator) < 0.05
+    pepper = (torch.rand(square.shape, generator=generator) < 0.5).float()
+    grey_sets = {
+        "blurred": blurred.clamp(0, 1),
+        "translated": translated,
+        "salt-and-pepper": torch.where(salt, pepper, square),
+        "thicker": torch.nn.functional.max_pool2d(square, 3, stride=1, padding=1),
+        "thinner": -torch.nn.functional.max_pool2d(-square, 3, stride=1, padding=1),
+        "cutout": cutout,
+        "faint": 0.5 * square,
+    }
+    return {name: binarize(grey_sets[name].reshape(count, -1).contiguous(), generator)
+            for name in VALIDATION_SHIFTS}
+
+
+def candidate_names() -> list[str]:
+    return ["-".join(c) for c in itertools.product(fisher.RULES, fisher.TAILS, fisher.SIDES)] \
+        + ["joint-kde"]
+
+
+def candidate_statistics(reference: dict[str, torch.Tensor],
+                         sets: dict[str, dict[str, torch.Tensor]], seed: int = 0
+                         ) -> dict[str, dict[str, torch.Tensor]]:
+    """``{candidate: {set: T}}``: each candidate fitted on the reference scores of
+    :data:`PARTS` (halves as in :class:`pyro_vae.fisher.FisherCombination`)."""
+    parts = {name: reference[name] for name in PARTS}
+    found = {}
+    for rule, tail, sides in itertools.product(fisher.RULES, fisher.TAILS, fisher.SIDES):
+        combination = fisher.FisherCombination(rule, tail, sides).fit(parts, seed=seed)
+        found[f"{rule}-{tail}-{sides}"] = {name: combination.statistic(values)
+                                           for name, values in sets.items()}
+    count = len(parts[PARTS[0]])
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    stacked = torch.stack([parts[name] for name in PARTS], dim=-1)
+    density = DoSE(seed=seed).fit(stacked[order[: count // 2]])
+    found["joint-kde"] = {name: density.score(torch.stack([values[p] for p in PARTS], dim=-1))
+                          for name, values in sets.items()}
+    return found
+
+
+def changed_settings(candidate: str) -> int:
+    if candidate == "joint-kde":
+        return 3
+    return sum(a != b for a, b in zip(candidate.split("-"), PREVIOUS))
+
+
+def choose(auroc: dict[str, dict[str, dict[str, float]]]) -> tuple[str, dict[str, dict]]:
+    """The selection rule of the module docstring over ``{dataset: {shift: {candidate: auroc}}}``.
+    Returns the chosen candidate and each candidate's minimum and mean."""
+    summary = {}
+    for candidate in candidate_names():
+        values = [auroc[d][s][candidate] for d in auroc for s in auroc[d]]
+        summary[candidate] = {"min": min(values), "mean": sum(values) / len(values)}
+    best_min = max(v["min"] for v in summary.values())
+    tied = [c for c, v in summary.items() if v["min"] >= best_min - 0.005]
+    best_mean = max(summary[c]["mean"] for c in tied)
+    tied = [c for c in tied if summary[c]["mean"] >= best_mean - 0.005]
+    return min(tied, key=lambda c: (changed_settings(c), -summary[c]["min"])), summary
+
+
+def run_one(dataset: str, epochs: int, args: argparse.Namespace, folder: Path) -> dict:
+    config, vae, train_seconds = trained_model(dataset, epochs, args.data_dir, folder)
+    data = prepare_data(config)
+    cache = folder / f"{dataset}-{epochs}-validation-scores.pt"
+    clock = time.perf_counter()
+    if cache.exists():
+        saved = torch.load(cache)
+        scored, reference_scores = saved["scored"], saved["reference"]
+    else:
+        pick = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(1))
+        grey = data.grey("train")[pick[: args.images]].cpu()
+        start = args.reference
+        sets = {"_normal": data.valid_x[start: start + args.images],
+                **build_validation_shifts(grey)}
+        settings = anomaly.ScoreSettings(num_samples=args.num_samples,
+                                         regret_steps=args.regret_steps,
+                                         regret_draws=args.regret_draws, compressor="png")
+        torch.manual_seed(0)
+        scored, reference = anomaly.score_with_reference(
+            vae, data.valid_x[: args.reference], sets, data.image_shape, PARTS, settings)
+        reference_scores = reference.scores
+        torch.save({"scored": scored, "reference": reference_scores}, cache)
+    score_seconds = time.perf_counter() - clock
+    statistics = candidate_statistics(reference_scores, scored)
+    normal = scored["_normal"]
+    auroc = {shift: {**{c: anomaly.detection_metrics(statistics[c]["_normal"],
+                                                      statistics[c][shift]).auroc
+                        for c in statistics},
+                     **{p: anomaly.detection_metrics(normal[p], scored[shift][p]).auroc
+                        for p in PARTS}}
+             for shift in VALIDATION_SHIFTS}
+    return {"auroc": auroc, "train_seconds": round(train_seconds, 1),
+            "score_seconds": round(score_seconds, 1)}
+
+
+def check_on_benchmark(folder: Path, epochs: int) -> None:
+    """Print every candidate's AUROC on the *benchmark's* shifts, read from the scores
+    ``ood_shifts.py --runs`` kept: a check after the choice, never an input to it."""
+    from benchmarks.ood_shifts import SHIFTS
+
+    for dataset in DATASETS:
+        saved = torch.load(folder / f"{dataset}-{epochs}-shift-scores.pt")
+        statistics = candidate_statistics(saved["reference"],
+                                          {"_normal": saved["normal"], **saved["scored"]})
+        print(f"{dataset} ({epochs} epochs): AUROC on {', '.join(SHIFTS)}")
+        for name, values in statistics.items():
+            aurocs = [anomaly.detection_metrics(values["_normal"], values[s]).auroc
+                      for s in SHIFTS]
+            print(f"  {name:<32}" + " ".join(f"{a:.3f}" for a in aurocs)
+                  + f"   {sum(a >= 0.95 for a in aurocs)} at 0.95 or more")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--epochs", type=int, nargs="+", default=[3, 10, 30])
+    parser.add_argument("--images", type=int, default=1000, help="images per set")
+    parser.add_argument("--reference", type=int, default=2000, help="validation images")
+    parser.add_argument("--num-samples", type=int, default=100)
+    parser.add_argument("--regret-steps", type=int, default=20)
+    parser.add_argument("--regret-draws", type=int, default=8)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--runs", default=None, help="folder to keep the trained models and "
+                        "scores in (default: a temporary one)")
+    parser.add_argument("--out", default=None, help="result folder (default benchmarks/results)")
+    parser.add_argument("--check-on-benchmark", action="store_true",
+                        help="only print each candidate's AUROC on the benchmark's shifts, from "
+                        "the scores ood_shifts.py --runs kept in --runs (after the choice)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.check_on_benchmark:
+        for epochs in args.epochs:
+            check_on_benchmark(Path(args.runs or "runs/ood"), epochs)
+        return
+    started = begin()
+    results: dict[int, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(args.runs) if args.runs else Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        for epochs in args.epochs:
+            results[epochs] = {d: run_one(d, epochs, args, folder) for d in args.datasets}
+            print(epochs, {d: {s: {k: round(v, 3) for k, v in r.items()}
+                               for s, r in results[epochs][d]["auroc"].items()}
+                           for d in args.datasets}, flush=True)
+    selection = {}
+    for epochs, by_dataset in results.items():
+        chosen, summary = choose({d: r["auroc"] for d, r in by_dataset.items()})
+        selection[epochs] = {"chosen": chosen, "summary": summary}
+    def best(epochs: int) -> tuple[float, float]:
+        values = selection[epochs]["summary"][selection[epochs]["chosen"]]
+        return round(values["min"], 3), values["mean"]
+
+    budget = max(selection, key=best)
+    figures = {f"epochs_{epochs}": {
+        **{dataset.replace("-", "_"): {
+            shift: {name: {"value": round(value, 3), "decimals": 3,
+                           "label": f"validation AUROC of {name}, {dataset} model "
+                                    f"({epochs} epochs) vs {shift}"}
+                    for name, value in row.items()}
+            for shift, row in result["auroc"].items()}
+           for dataset, result in results[epochs].items()},
+        **{f"{stat}_{name}": {"value": round(value, 3), "decimals": 3,
+                              "label": f"{stat} validation AUROC of {name}, {epochs} epochs"}
+           for name, values in selection[epochs]["summary"].items()
+           for stat, value in values.items()}}
+        for epochs in results}
+    rows = [[f"{epochs}", name, f"{{epochs_{epochs}.min_{name}}}",
+             f"{{epochs_{epochs}.mean_{name}}}",
+             "chosen" if name == selection[epochs]["chosen"] and epochs == budget else ""]
+            for epochs in results for name in candidate_names()]
+    table = {"columns": ["epochs", "candidate (rule-tail-sides)", "min AUROC", "mean AUROC",
+                         ""], "rows": rows}
+    details = {"settings": {k: v for k, v in vars(args).items()
+                            if k not in ("data_dir", "out", "runs")},
+               "validation_shifts": list(VALIDATION_SHIFTS), "parts": list(PARTS),
+               "chosen": {"epochs": budget, "candidate": selection[budget]["chosen"]},
+               "chosen_per_budget": {str(e): s["chosen"] for e, s in selection.items()},
+               "seconds": {str(e): {d: {k: r[k] for k in ("train_seconds", "score_seconds")}
+                                    for d, r in by.items()} for e, by in results.items()}}
+    path = write_result("ood_validation", figures, started=started, table=table,
+                        details=details, out_dir=args.out)
+    print(f"chosen: {budget} epochs, {selection[budget]['chosen']}; wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
