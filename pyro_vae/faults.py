@@ -198,7 +198,7 @@ def check_training_memory(config: "Config", image_shape: tuple[int, ...], num_te
                  "[evaluate] max_chunk and a labelled model's num_classes)",
                  weights + max(step, evaluation), device,
                  "lower --latent-dim, --particles, --prior-components, --batch-size, [evaluate] "
-                 "max_chunk or [model] num_classes.")
+                 "max_chunk or [kind] num_classes.")
     samples = config.evaluate.label_fidelity_samples
     if samples and "labels" in MODEL_KINDS.capabilities(model.kind):
         # The end-of-run fidelity decodes every label's samples at once: output, mean, draw.

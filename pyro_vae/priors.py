@@ -304,7 +304,7 @@ class LabelledVampPrior(LabelConditionalMixture):
     def initialize_from(self, images: torch.Tensor, labels: torch.Tensor | None = None,
                         what: str = "training images",
                         remedy: str = "with labels 0..C−1 for the C classes the data have, "
-                        "set [model] num_classes = C") -> None:
+                        "set [kind] num_classes = C") -> None:
         """Start each class's pseudo-inputs at distinct ``images`` of that class (pixels
         squeezed into [0.05, 0.95] so the logit is finite). Raises :class:`DataError` when a
         class has fewer images than pseudo-inputs; ``what`` names the images and ``remedy``

@@ -272,7 +272,7 @@ def missing_classes_warning(config: Config, data: ImageData) -> str | None:
     return (f"{len(missing)} of the model's {config.model.num_classes} classes have no training "
             f"images (labels {shown}): no image shows p(x|y) what they look like, and their "
             "label fidelity is not measured. If the data have fewer classes, number them "
-            "0..C−1 and set [model] num_classes = C.")
+            "0..C−1 and set [kind] num_classes = C.")
 
 
 def collapse_warning(epoch: int, activity: dict[str, Any]) -> str | None:

@@ -120,7 +120,7 @@ def test_fidelity_leaves_out_labels_the_classifier_never_saw(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind", ["cvae", "m2"])
 @pytest.mark.parametrize("relabel,needle", [
-    (lambda y: np.where(y == 9, 11, y), "Set [model] num_classes = 12"),
+    (lambda y: np.where(y == 9, 11, y), "Set [kind] num_classes = 12"),
     (lambda y: y - 1, "no negative labels"),
 ])
 def test_labels_outside_the_classes_say_what_to_do(tmp_path, capsys, kind, relabel, needle):

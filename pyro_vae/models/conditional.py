@@ -130,7 +130,7 @@ def check_labels(y: torch.Tensor | None, num_classes: int, what: str = "the data
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         low, high = int(y.min()), int(y.max())
         fix = ("Number the classes 0, 1, 2, … (no negative labels)" if low < 0 else
-               f"Set [model] num_classes = {high + 1}, or number the classes 0..C−1")
+               f"Set [kind] num_classes = {high + 1}, or number the classes 0..C−1")
         raise DataError(f"{what} has labels in [{low}, {high}], but the model has "
                         f"{num_classes} classes (0..{num_classes - 1}). {fix}.")
 

@@ -203,7 +203,7 @@ class QuadrantCVAE(_QuadrantModel):
 
 def load_baseline(config: Config, image_shape: tuple[int, int, int], vae: QuadrantCVAE
                   ) -> None:
-    """Copy the trained baseline that ``[model] baseline_run`` names into ``vae``, or
+    """Copy the trained baseline that ``[kind] baseline_run`` names into ``vae``, or
     raise :class:`ConfigError` saying why it does not fit."""
     options = config.model.options_of("kind")
     run_dir = Path(options["baseline_run"])

@@ -50,7 +50,7 @@ from pyro.poutine.messenger import Messenger
 
 #: Scales s of the inverse multiquadric kernel (those of the WAE's code).
 KERNEL_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
-#: Names accepted by ``[model] label_independence``.
+#: Names accepted by ``[kind] label_independence``.
 METHODS = ("none", "mmd")
 
 
