@@ -45,6 +45,10 @@ out-of-distribution detection")
 ``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
 estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
 on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
+``knn`` — deep nearest neighbours (Sun et al. 2022) on the code: s(x) = ‖u(x) − u_(k)(x)‖, the
+distance from the standardized posterior mean u(x) = μ(x)/σ̂ to its k-th nearest code among the
+same half of the validation images, k = ⌈√n⌉ (:mod:`pyro_vae.knn_score`): where the code
+lands, which no score above looks at. Needs a model with ``latent_mean(x)`` of x alone.
 ``fisher`` — Fisher's combination (the default verdict): T(x) = −2 Σ_j log p_j(x) over the
 in-distribution tail probabilities p_j of the run's scores among :data:`FISHER_PARTS`
 (both tails for log p(x)), calibrated on the other half of the validation images
@@ -88,17 +92,20 @@ from pyro_vae.dose import DoSE, summary_statistics
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
 from pyro_vae.fisher import MIN_CALIBRATION_IMAGES, FisherCombination, tail_p
+from pyro_vae.knn_score import KNNScore, latent_codes
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
-                    "dose", "fisher")
+                    "dose", "knn", "fisher")
 #: Scores fitted on the run's held-out in-distribution (validation) images.
-FITTED_SCORES = ("dose", "fisher")
+FITTED_SCORES = ("dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
-#: for the likelihood (the ELBO is nearly the same score), each correction enters once.
+#: for the likelihood (the ELBO is nearly the same score), each correction enters once. The
+#: nearest-neighbour distance (``knn``) is not among them: it lost as a fifth part on the
+#: validation shifts (:mod:`pyro_vae.fisher`).
 FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "dose")
 #: The default verdict.
 DEFAULT_VERDICT = "fisher"
@@ -115,6 +122,7 @@ SCORE_LABELS = {
     "complexity": "−log p(x) − L(x)",
     "likelihood-ratio": "log p_bg(x) − log p(x)",
     "dose": "DoSE −log ρ̂(t(x))",
+    "knn": "k-NN distance of μ(x)",
     "fisher": "Fisher T = −2 Σ log p_j",
     "typicality": "typicality ε̂ (batches)",
 }
@@ -458,12 +466,21 @@ def metrics_table(normal: dict[str, torch.Tensor], others: dict[str, dict[str, t
 
 @dataclass
 class Reference:
-    """What the fitted scores learned from the run's validation images: the DoSE density (fitted
-    on the first half), Fisher's combination and every score's reference values (the second)."""
+    """What the fitted scores learned from the run's validation images: the DoSE density and the
+    bank of codes of the nearest-neighbour score (fitted on the first half), Fisher's combination
+    and every score's reference values (the second)."""
 
     dose: DoSE | None
     fisher: FisherCombination | None
     scores: dict[str, torch.Tensor]
+    knn: KNNScore | None = None
+
+
+def reference_halves(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed split of ``count`` reference images: (the half the densities and the bank of
+    codes are fitted on, the half the tail probabilities are read from)."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[: count // 2], order[count // 2:]
 
 
 def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
@@ -472,10 +489,11 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          background: torch.nn.Module | None = None, seed: int = 0
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
     """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
-    (``dose``, ``fisher``) included, and the :class:`Reference` they were fitted on.
+    (``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they were fitted on.
 
     ``reference_x`` are held-out in-distribution images (the validation split), split in
-    halves by a fixed permutation: DoSE's density is fitted on the first; the tail
+    halves by a fixed permutation (:func:`reference_halves`): DoSE's density and the
+    nearest-neighbour score's bank of codes are fitted on the first; the tail
     probabilities and Fisher's calibration, and the reference values that
     :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
     :data:`FISHER_PARTS` that ``scores`` names.
@@ -484,8 +502,7 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
     wanted = {**sets, "_reference": reference_x}
     scored = {name: score_images(vae, x, image_shape, plain, settings, background)
               for name, x in wanted.items()}
-    order = torch.randperm(len(reference_x), generator=torch.Generator().manual_seed(seed))
-    fit_half, reference_half = order[: len(order) // 2], order[len(order) // 2:]
+    fit_half, reference_half = reference_halves(len(reference_x), seed)
     dose = None
     if "dose" in scores:
         statistics = {name: summary_statistics(vae, wanted[name], values["_log_p"],
@@ -494,6 +511,12 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
         dose = DoSE(seed=seed).fit(statistics["_reference"][fit_half])
         for name, values in scored.items():
             values["dose"] = dose.score(statistics[name])
+    knn = None
+    if "knn" in scores:
+        codes = {name: latent_codes(vae, wanted[name]) for name in scored}
+        knn = KNNScore().fit(codes["_reference"][fit_half])
+        for name, values in scored.items():
+            values["knn"] = knn.score(codes[name])
     reference = {score: values[reference_half] for score, values in scored["_reference"].items()
                  if not score.startswith("_")}
     fisher = None
@@ -505,7 +528,7 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
             values["_fisher_p"] = fisher.combined_p(values)
         reference["fisher"] = scored["_reference"]["fisher"][reference_half]
     scored.pop("_reference")
-    return scored, Reference(dose, fisher, reference)
+    return scored, Reference(dose, fisher, reference, knn)
 
 
 def flagged(reference: Reference, score: str, values: dict[str, torch.Tensor],

@@ -3,6 +3,7 @@ no single statistic sees; the combined p-values are uniform on in-distribution d
 prints each score's calibration and warns when the scores' verdicts disagree."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -221,8 +222,12 @@ def test_cli_prints_the_calibration_and_warns_when_verdicts_disagree(digits_run,
     assert report["default_verdict"] == "fisher"
     assert report["fisher_rule"] == {"rule": "fisher", "tail": "empirical",
                                      "sides": "likelihood"}
-    assert report["scores"][:7] == ["log-likelihood", "elbo", "regret", "complexity", "dose",
-                                    "fisher", "typicality"]
+    assert report["scores"][:8] == ["log-likelihood", "elbo", "regret", "complexity", "dose",
+                                    "knn", "fisher", "typicality"]
+    # The nearest-neighbour score: a bank of half the validation images scored, k = ⌈√n⌉,
+    # calibrated like the others (its line is in the calibration print below).
+    assert report["knn"]["k"] == math.ceil(math.sqrt(report["knn"]["bank"]))
+    assert "knn" in report["calibration"]
     assert "in-distribution calibration at α = 0.05" in printed
     for score, result in report["calibration"].items():
         assert f"{score:<18} false-positive rate {result['false_positive_rate']:.3f}" in printed
@@ -234,7 +239,13 @@ def test_cli_prints_the_calibration_and_warns_when_verdicts_disagree(digits_run,
     shares = report["flagged_share"][blank]
     assert max(shares.values()) - min(shares.values()) >= 0.5
     assert f"the scores disagree on {blank}" in err
-    assert f"the scores disagree on {inverted}" not in err
+    # Inverted digits: every score of the likelihood or the coding flags nearly all of them; the
+    # code's distance to its neighbours need not (an inverted digit's code may land among
+    # in-distribution codes), and the warning is printed exactly when the shares differ by 0.5.
+    shares = report["flagged_share"][inverted]
+    assert all(share > 0.9 for score, share in shares.items() if score != "knn")
+    assert (f"the scores disagree on {inverted}" in err) == \
+        (max(shares.values()) - min(shares.values()) >= 0.5)
 
     # --score fisher alone brings the scores it combines; a bad level is refused, nothing written.
     code, _, _ = run_cli(capsys, "anomaly", digits_run / "run", "--against", inverted,

@@ -20,7 +20,8 @@ def add_parser(commands) -> None:
         "anomaly", help="anomaly scores of test data against other datasets (AUROC, AUPRC, "
         "FPR at 95%% TPR)",
         description="Score the run's test images and each other dataset's test images by "
-        "log p(x), the ELBO, likelihood regret, input complexity and (with --background) a "
+        "log p(x), the ELBO, likelihood regret, input complexity, DoSE, the distance of the "
+        "code to its k-th nearest in-distribution code, and (with --background) a "
         "background likelihood ratio, and test batches for typicality; write one table "
         "(anomaly.json, printed) and one figure of histograms (anomaly.png). Higher scores "
         "mean more anomalous. The formulas and references are in pyro_vae/anomaly.py.")
@@ -30,7 +31,8 @@ def add_parser(commands) -> None:
                          "fashion-mnist")
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
-                         "regret, complexity, likelihood-ratio, dose, fisher, typicality "
+                         "regret, complexity, likelihood-ratio, dose, knn, fisher, "
+                         "typicality "
                          "(default: all but likelihood-ratio, which --background adds; fisher, "
                          "the default verdict, adds the scores it combines)")
     parser.add_argument("--background", action="store_true",
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from pyro_vae import anomaly
     from pyro_vae.evaluate import estimate_log_likelihood
+    from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
     from pyro_vae.runs import make_run_dir, write_json
 
@@ -126,6 +129,21 @@ def run(args: argparse.Namespace) -> int:
                 raise
             scores = tuple(s for s in scores if s != "regret")
             print(f"note: no likelihood regret for this model ({error})", file=sys.stderr)
+    if "knn" in scores:
+        try:
+            if not has(config, "latent_means"):
+                raise ConfigError(
+                    "the nearest-neighbour score measures where an image's code μ(x) lands, "
+                    f"and the model kind {config.model.kind!r} does not declare the capability "
+                    "\"latent_means\" (latent_mean(x); see pyro_vae.protocol); leave out "
+                    "--score knn.")
+            check_knn_supported(vae)
+        except ConfigError as error:
+            if "knn" in (args.score or ()):  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "knn")
+            print(f"note: no nearest-neighbour score for this model ({error})",
+                  file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     new_out = not out.exists()
     make_run_dir(out)
@@ -210,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
         "alpha": args.alpha, "calibration": calibration,
         "num_reference_images": len(data.valid_x[: args.limit]),
         "dose_bandwidth": reference.dose.bandwidth if reference.dose is not None else None,
+        "knn": ({"k": reference.knn.k, "bank": len(reference.knn.bank)}
+                if reference.knn is not None else None),
         "fisher_parts": list(reference.fisher.parts) if reference.fisher is not None else None,
         "fisher_rule": ({"rule": reference.fisher.rule, "tail": reference.fisher.tail,
                          "sides": reference.fisher.sides}
