@@ -133,3 +133,21 @@ def test_an_objectives_own_options_are_in_its_table_and_reach_it():
         Config.from_dict({"train": {"objective": "renyi"}, "objective": {"alpha": 1.0}})
     with pytest.raises(ConfigError, match="alpha is the option 'alpha' of objective = \"renyi\""):
         Config.from_dict({"train": {"objective": "elbo", "alpha": 0.3}})
+
+
+def test_a_plugin_written_for_0_2_still_reads_the_old_attributes_with_a_warning():
+    """A 0.2 kind factory reads ``config.gaussian_scale`` and calls
+    ``build_likelihood(name, scale)``: both still work, the attribute with a warning."""
+    from pyro_vae.likelihoods import build_likelihood
+
+    config = ModelConfig.from_table({"likelihood": "gaussian", "gaussian_scale": 0.3})
+    with pytest.warns(DeprecationWarning, match=r"options_of\('likelihood'\)\['scale'\]"):
+        scale = config.gaussian_scale
+    assert scale == 0.3
+    assert build_likelihood("gaussian", scale).fixed_scale == 0.3
+    with pytest.warns(DeprecationWarning):
+        assert ModelConfig().stochastic_layers == 1  # the vae kind's option, by its old name
+    with pytest.warns(DeprecationWarning):
+        assert ModelConfig().categories == 10  # no component in use declares it: the old default
+    with pytest.raises(AttributeError):
+        ModelConfig().no_such_setting

@@ -120,10 +120,13 @@ def test_tutorial_cvae_reads_a_frozen_trained_baseline(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_tutorial_cvae_options_are_checked(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="quadrant-completion CVAE"):
+    with pytest.raises(ConfigError, match="quadrant_generation is the option 'generation' of "
+                                          "kind = \"quadrant_cvae\""):
         Config.from_dict({"model": {"kind": "vae", "quadrant_generation": "z"}})
-    with pytest.raises(ConfigError, match="quadrant_generation"):
+    with pytest.raises(ConfigError, match=r"\[kind\] generation = 'x' is not one of"):
         Config.from_dict({"model": {"kind": "quadrant_cvae", "quadrant_generation": "x"}})
+    with pytest.raises(ConfigError, match="not an option of the kind 'quadrant_baseline'"):
+        Config.from_dict({"model": {"kind": "quadrant_baseline"}, "kind": {"generation": "z"}})
     run = tmp_path / "cvae"
     assert main(["train", "--model", "quadrant_cvae", "--baseline-run",
                  str(tmp_path / "nothing"), "--epochs", "1", "--out", str(run)]) == 2

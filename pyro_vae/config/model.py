@@ -3,12 +3,13 @@ networks."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from pyro_vae.config.checks import ACTIVATIONS, ENCODER_SCALES, _choice, _positive, _registered
 from pyro_vae.errors import ConfigError
-from pyro_vae.config.legacy import move_legacy_keys, section_fields
+from pyro_vae.config.legacy import claimants, move_legacy_keys, section_fields
 from pyro_vae.options import resolve_options
 from pyro_vae.registry import GUIDES, LIKELIHOODS, MODEL_KINDS, NETWORKS, PRIORS
 
@@ -73,10 +74,31 @@ class ModelConfig:
         return cls(**moved.pop("model"), options=moved)
 
     @property
-    def num_classes(self) -> int | None:
-        """The number of labels 0..C−1 of a labelled kind (the ``[kind] num_classes`` option
-        that a kind declaring the capability ``labels`` has); None for any other kind."""
-        return self.options_of("kind").get("num_classes")
+    def num_classes(self) -> int:
+        """The number of labels 0..C−1 of a labelled kind: its ``[kind] num_classes`` option
+        (every built-in kind declaring the capability ``labels`` has one), or 10, the old
+        default, for a kind that declares none."""
+        return self.options_of("kind").get("num_classes", 10)
+
+    def __getattr__(self, name: str) -> Any:
+        """An option that moved from ``[model]`` to its component, read by its old name
+        (``config.gaussian_scale``, as plugins written for 0.2 do): the option of the
+        component in use that declares it, or the old default where none does. Deprecated:
+        read ``config.options_of(ROLE)[OPTION]``."""
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        roles = [(role, registry, "model", role, getattr(type(self), role))
+                 for role, registry in MODEL_ROLES.items()]
+        found = claimants(name, roles)
+        if not found:
+            raise AttributeError(f"'ModelConfig' object has no attribute {name!r}")
+        warnings.warn(f"ModelConfig.{name} is deprecated: read the option of its component, "
+                      f"config.options_of({found[0][0]!r})[{found[0][2]!r}].",
+                      DeprecationWarning, stacklevel=2)
+        for role, component, option, _ in found:
+            if component == getattr(self, role):
+                return self.options_of(role)[option]
+        return found[0][3]
 
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
