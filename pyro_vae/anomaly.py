@@ -36,12 +36,15 @@ detection with likelihood-based generative models")
 ``likelihood-ratio`` — background likelihood ratio (Ren et al. 2019, "Likelihood ratios for
 out-of-distribution detection")
     s(x) = log p̂_bg(x) − log p̂_K(x),
-    where the background model p_bg is the same VAE trained (briefly, with the library's own
-    training function) on perturbed training images: each pixel is replaced with probability μ
-    by a uniform random value (a random bit for binary data). The background model learns the
-    population-level statistics (background pixels, stroke density) but not the semantics, so
-    the ratio cancels what makes simple images likely everywhere. Trains a second model: only
-    on request.
+    where the background model p_bg is the same VAE trained (with the library's own training
+    function; by default for the run's own number of epochs, the budget validated for the
+    default verdict) on perturbed training images: each pixel is replaced with probability
+    μ = 0.2 by a uniform random value (a random bit for binary data; grey images, as a
+    dynamically binarized run keeps them, are perturbed before they are binarized). The
+    background model learns the population-level statistics (background pixels, stroke
+    density) but not the semantics, so the ratio cancels what makes simple images likely
+    everywhere. Trains a second model: only on request (``--background``), and then a part
+    of the default verdict.
 ``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
 estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
 on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
@@ -105,7 +108,8 @@ FITTED_SCORES = ("dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
 #: for the likelihood (the ELBO is nearly the same score), each correction enters once. The
 #: nearest-neighbour distance (``knn``) is not among them: it lost as a fifth part on the
-#: validation shifts (:mod:`pyro_vae.fisher`).
+#: validation shifts; the likelihood ratio won there, and enters whenever a background model
+#: is given (:mod:`pyro_vae.fisher`).
 FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "dose")
 #: The default verdict.
 DEFAULT_VERDICT = "fisher"
@@ -301,7 +305,7 @@ class BackgroundSettings:
 
     #: Probability μ that a training pixel is replaced by noise.
     rate: float = 0.2
-    #: Training epochs (a short budget: the background needs only coarse statistics).
+    #: Training epochs (``pyro-vae anomaly`` gives the run's own: the validated budget).
     epochs: int = 1
     #: Images kept as the background run's own test split (scored once at the end of training).
     test_images: int = 200

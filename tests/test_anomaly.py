@@ -168,9 +168,11 @@ def test_hard_direction_is_detected_where_log_likelihood_is_inverted(speckle_run
     assert (out / "anomaly.png").stat().st_size > 0
     assert json.loads((out / "background" / "perturbation.json").read_text())["rate"] == 0.2
 
-    # One score, the background model reused rather than trained again.
+    # One score, the background model reused rather than trained again (the same settings:
+    # without --background-epochs it would be the run's own epochs, and refused as other).
     assert main(["anomaly", str(run), "--against", blank, "--score", "likelihood-ratio",
-                 "--limit", "100", "--num-samples", "5", "--out", str(out)]) == 0
+                 "--background-epochs", "1", "--limit", "100", "--num-samples", "5",
+                 "--out", str(out)]) == 0
     assert "reusing the background model" in capsys.readouterr().out
     report = json.loads((out / "anomaly.json").read_text())
     assert report["scores"] == ["likelihood-ratio"] and report["typicality"] == {}

@@ -37,12 +37,15 @@ def add_parser(commands) -> None:
                          "the default verdict, adds the scores it combines)")
     parser.add_argument("--background", action="store_true",
                          help="train a background model on perturbed training images for the "
-                         "likelihood ratio (kept in OUT/background and reused)")
+                         "likelihood ratio (kept in OUT/background and reused); the default "
+                         "verdict (fisher) then combines the ratio too, as chosen on "
+                         "validation shifts; without it, it combines the other scores")
     parser.add_argument("--background-rate", type=float, default=0.2,
                          help="probability that a pixel is replaced by noise for the background "
                          "model (default 0.2)")
-    parser.add_argument("--background-epochs", type=int, default=1,
-                         help="training epochs of the background model (default 1)")
+    parser.add_argument("--background-epochs", type=int, default=None,
+                         help="training epochs of the background model (default: the run's "
+                         "own, the budget validated for the default verdict)")
     parser.add_argument("--num-samples", type=int, default=200, help="K (default 200)")
     parser.add_argument("--limit", type=int, default=1000,
                          help="images scored from each dataset (default 1000)")
@@ -98,13 +101,16 @@ def run(args: argparse.Namespace) -> int:
     if "fisher" in scores:  # the default verdict needs the scores it combines
         scores = tuple(dict.fromkeys(
             (*scores, *(s for s in anomaly.FISHER_PARTS if s != "likelihood-ratio"))))
-    settings = anomaly.BackgroundSettings(rate=args.background_rate,
-                                          epochs=args.background_epochs)
+    settings = anomaly.BackgroundSettings(
+        rate=args.background_rate,
+        epochs=1 if args.background_epochs is None else args.background_epochs)
     settings.validate()
     if len(set(args.against)) != len(args.against):
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
     config, vae, data = load_run(args.run_dir, args.data_dir)
+    if args.background_epochs is None:  # the validated recipe: the run's own budget
+        settings.epochs = config.train.epochs
     if not has(config, "unlabelled_scoring"):  # M2's log p(x) sums its label out
         refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
                     "anomaly scores an image by log p(x), but this model scores images only "
