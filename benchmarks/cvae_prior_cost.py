@@ -45,7 +45,8 @@ def main() -> None:
     num_pixels, classes = 784, base.model.num_classes
     steps = {}
     for prior in PRIORS:
-        components = None if prior == "normal" else base.model.prior_components
+        components = None if prior == "normal" else \
+            base.model.options_of("prior").get("components")
         config = base.with_overrides({"model": {"prior": prior, "label_independence": "none",
                                                 "prior_components": components}})
         pyro.clear_param_store()
@@ -71,7 +72,7 @@ def main() -> None:
             times[prior].append((time.thread_time() - start) / args.steps * 1000)
     reference = statistics.median(times["normal"])
     print(f"cvae {base.model.hidden_dims} z {base.model.latent_dim}, batch {batch}, "
-          f"{base.model.prior_components or 500} prior components")
+          f"{base.model.options_of('prior').get('components') or 500} prior components")
     figures = {}
     for prior in PRIORS:
         median = statistics.median(times[prior])

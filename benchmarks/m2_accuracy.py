@@ -139,10 +139,11 @@ def main() -> None:
     epoch_steps = math.ceil(len(unlabelled) / batch)
     curve = _Curve(vae, data.grey("test"), data.test_y, args.eval_every, args.minutes * 60,
                    epoch_steps, round(args.epochs * epoch_steps))
-    print(f"{config.data.num_labels} labels, schedule {config.train.m2_schedule} "
-          f"(labelled_every {config.train.labelled_every}), lr {config.train.learning_rate}, "
+    kind = config.model.options_of("kind")
+    print(f"{config.data.num_labels} labels, schedule {kind['m2_schedule']} "
+          f"(labelled_every {kind['labelled_every']}), lr {config.train.learning_rate}, "
           f"beta1 {config.train.adam_beta1}, binarize {config.binarization}, "
-          f"alpha {config.train.aux_loss_weight}, batch {batch}, seed {config.train.seed}, "
+          f"alpha {kind['aux_loss_weight']}, batch {batch}, seed {config.train.seed}, "
           f"lr decay over the last {config.train.lr_decay_epochs} of {args.epochs:g} epochs "
           f"to {config.train.lr_decay_to:g}",
           flush=True)

@@ -261,19 +261,21 @@ def _gaussian(config: ModelConfig, context: BuildContext) -> Likelihood:
                               standardize=context.options.get("standardize", True))
 
 
-def build_likelihood(config: ModelConfig | str, context: BuildContext | float | str | None = None
-                     ) -> Likelihood:
+def build_likelihood(config: ModelConfig | str, context: BuildContext | float | str | None = None,
+                     options: dict | None = None) -> Likelihood:
     """The likelihood that ``config.likelihood`` names (built-in: ``bernoulli``,
     ``continuous_bernoulli``, ``gaussian``; plugins may add more), built for images of
     ``context.image_shape`` with the options of the recipe's ``[likelihood]`` table in
     ``context.options``. A factory is called ``factory(config, context)``; one written for
     version 0.2 takes ``config`` alone and is called so. ``build_likelihood("gaussian")``
     builds a likelihood with its defaults and no image shape; the 0.2 form
-    ``build_likelihood(name, gaussian_scale)`` still works."""
+    ``build_likelihood(name, gaussian_scale, options)`` still works."""
     if isinstance(config, str):
         scale = context if isinstance(context, (int, float, str)) else None
-        config = ModelConfig(likelihood=config, options={} if scale is None or config != "gaussian"
-                             else {"likelihood": {"scale": scale}})
+        given = dict(options or {})
+        if scale is not None and config == "gaussian":
+            given.setdefault("scale", scale)
+        config = ModelConfig(likelihood=config, options={"likelihood": given} if given else {})
         context = None if scale is not None else context
     context = dataclasses.replace(context or BuildContext(image_shape=()),
                                   options=config.options_of("likelihood"))

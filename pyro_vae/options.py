@@ -57,6 +57,8 @@ class Option:
     def coerce(self, value: Any, where: str) -> Any:
         """``value`` as this option's type, or a :class:`ConfigError` naming ``where``."""
         kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
+        if list in kinds and isinstance(value, tuple):
+            value = list(value)
         matched = next((kind for kind in kinds if _is(value, kind)), None)
         if matched is None:
             raise ConfigError(f"{where} = {value!r} should be "
@@ -112,7 +114,7 @@ def resolve_options(declared: Mapping[str, Option], given: Mapping[str, Any], ro
         raise ConfigError(f"{source}: [{role}] must be a table of the {role} {name!r}'s "
                           f"options, not {given!r}.")
     for key in given:
-        if key not in declared:
+        if key not in declared and given[key] is not None:  # None: an unset option
             has = (f"its options are {', '.join(declared)}" if declared else
                    "it declares no options")
             raise ConfigError(

@@ -143,10 +143,9 @@ class KindHooks:
     * ``check(config)``: the kind's own checks of a whole configuration (its ``[kind]``
       options against the prior, guide, network and objective), raising
       :class:`~pyro_vae.errors.ConfigError` in one paragraph ([none]).
-    * ``model_defaults(recipe) -> dict``: the kind's own values for ``[model]`` keys that a
-      recipe (with its command-line flags) leaves out, given the recipe's tables as written
-      (``recipe["model"]``, ``recipe.get("kind", {})``, ...) ([the ``ModelConfig``
-      defaults]). A run's ``config.toml`` records every key, so a saved run
+    * ``model_defaults(model_table) -> dict``: the kind's own values for ``[model]`` keys that
+      a recipe (with its command-line flags) leaves out, given the ``[model]`` table as written
+      with the ``[kind]`` options beside its keys ([the ``ModelConfig`` defaults]). A run's ``config.toml`` records every key, so a saved run
       reads back the same.
     """
 

@@ -347,7 +347,8 @@ def saved_config(checkpoint: dict[str, Any], path: Path) -> dict[str, dict[str, 
     plugins and ``"module:factory"`` names it holds are never imported."""
     try:
         with untrusted(f"the configuration saved in {path}"):
-            return Config.from_dict(checkpoint.get("config", {}), source=str(path)).to_dict()
+            return Config.from_dict(checkpoint.get("config", {}), source=str(path),
+                                    saved=True).to_dict()
     except PluginError:
         raise
     except ConfigError as error:
@@ -376,7 +377,7 @@ def _read_run_config(run_dir: Path) -> Config:
         # wrote them in that order): the checkpoint carries the configuration.
         checkpoint = load_checkpoint(run_dir / CHECKPOINT)
         with untrusted(f"the configuration saved in {run_dir / CHECKPOINT}"):
-            return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT))
+            return Config.from_dict(saved_config(checkpoint, run_dir / CHECKPOINT), saved=True)
     if not path.exists() and not run_files(run_dir):
         raise CheckpointError(f"{run_dir} holds no saved run (no {CONFIG} or {CHECKPOINT}: "
                               "is it a run directory written by `pyro-vae train`? A run stopped "
@@ -388,7 +389,7 @@ def _read_run_config(run_dir: Path) -> Config:
     open_regular(path).close()  # a pipe or a device in its place: said here, not "damaged"
     try:
         with untrusted(str(path)):
-            return Config.from_toml(path)
+            return Config.from_toml(path, saved=True)
     except UntrustedPluginError:
         raise
     except PluginError as error:
@@ -402,6 +403,14 @@ def _read_run_config(run_dir: Path) -> Config:
         raise CheckpointError(f"{path} is damaged: {error}") from None
 
 
+#: The tables that describe the model: ``[model]`` and its components' options.
+MODEL_TABLES = ("model", "prior", "guide", "likelihood", "network", "kind")
+
+
+def _model_tables(tables: dict[str, Any]) -> dict[str, Any]:
+    return {name: tables.get(name, {}) for name in MODEL_TABLES}
+
+
 def load_trained(run_dir: str | Path, device: str = "cpu"):
     """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
     run_dir = Path(run_dir)
@@ -413,9 +422,11 @@ def load_trained(run_dir: str | Path, device: str = "cpu"):
             "its first epoch has finished; if it was stopped, train it again with the same "
             "--out (without --resume).")
     checkpoint = load_checkpoint(run_dir / CHECKPOINT)
-    if saved_config(checkpoint, run_dir / CHECKPOINT)["model"] != config.to_dict()["model"]:
+    if _model_tables(saved_config(checkpoint, run_dir / CHECKPOINT)) != \
+            _model_tables(config.to_dict()):
         raise CheckpointError(f"{run_dir / CHECKPOINT} was written for a different [model] "
-                              f"than {run_dir / CONFIG} describes; restore the matching pair.")
+                              f"(or options of its components) than {run_dir / CONFIG} "
+                              "describes; restore the matching pair.")
     shape = tuple(checkpoint["image_shape"])
     vae = build_vae(config.model, shape)
     load_state(vae, checkpoint["model"], run_dir / CHECKPOINT)

@@ -46,7 +46,7 @@ from pyro_vae.progress import Progress, TqdmProgress
 from pyro_vae.protocol import Epoch, display_name, has, hooks
 from pyro_vae.steps import NonFiniteStep, adam, optimizer_step
 from pyro_vae.registry import OBJECTIVES, PRIORS, BuildContext
-from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, SUMMARY, RunLock,
+from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, MODEL_TABLES, SUMMARY, RunLock,
                            atomic_write_text, load_checkpoint, load_state, make_run_dir,
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
                            saved_config, set_rng_state, unsaved_start, write_json, write_metrics)
@@ -333,8 +333,8 @@ def _check_resumable(config: Config, checkpoint: dict[str, Any], path: Path) -> 
     for key in ("data_dir", "download"):
         saved["data"].pop(key, None)
         current["data"].pop(key, None)
-    for section in ("data", "model"):
-        if saved.get(section) != current[section]:
+    for section in ("data", *MODEL_TABLES):  # the model and its components' options
+        if saved.get(section, {}) != current.get(section, {}):
             raise CheckpointError(f"{path} was written for a different [{section}] than the "
                                   "configuration given now; resume with the one it was saved "
                                   "with.")

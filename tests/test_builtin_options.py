@@ -151,3 +151,59 @@ def test_a_plugin_written_for_0_2_still_reads_the_old_attributes_with_a_warning(
         assert ModelConfig().categories == 10  # no component in use declares it: the old default
     with pytest.raises(AttributeError):
         ModelConfig().no_such_setting
+
+
+def test_a_saved_0_2_run_with_an_option_its_components_ignored_still_opens():
+    """0.2 accepted, and ignored, a relaxation's temperature_decay with the enumeration: such
+    a run's config.toml opens; a recipe written today is told the option is unused."""
+    tables = {"model": {"kind": "discrete", "categorical_latents": 2, "categories": 4},
+              "train": {"objective": "enumerate", "temperature_decay": 0.001}}
+    assert Config.from_dict(tables, saved=True).train.objective == "enumerate"
+    with pytest.raises(ConfigError, match="temperature_decay is the option 'temperature_decay'"):
+        Config.from_dict(tables)
+
+
+def test_switching_a_component_keeps_the_options_the_new_one_also_has():
+    relaxed = Config.from_dict({"model": {"kind": "discrete"},
+                                "train": {"objective": "concrete"},
+                                "objective": {"temperature_decay": 0.001}})
+    straight = relaxed.with_overrides({"train": {"objective": "straight_through"}})
+    assert straight.options["objective"]["temperature_decay"] == 0.001
+    mixture = Config.from_dict({"model": {"prior": "mixture"}, "prior": {"components": 20}})
+    assert mixture.with_overrides({"model": {"prior": "vamp"}}).options["prior"] == {
+        "components": 20}
+    assert "prior" not in mixture.with_overrides({"model": {"prior": "normal"}}).options
+    cvae = Config.from_dict({"model": {"kind": "cvae"}, "kind": {"num_classes": 4}})
+    assert cvae.with_overrides({"model": {"kind": "m2"}}).model.num_classes == 4
+
+
+def test_an_old_key_and_the_new_table_cannot_disagree_in_one_recipe():
+    with pytest.raises(ConfigError, match="set one option twice"):
+        Config.from_dict({"model": {"kind": "cvae", "num_classes": 10},
+                          "kind": {"num_classes": 3}})
+    same = Config.from_dict({"model": {"kind": "cvae", "num_classes": 3},
+                             "kind": {"num_classes": 3}})
+    assert same.model.num_classes == 3
+    # a command-line flag (an old key among the overrides) is the newer word
+    flag = same.with_overrides({"model": {"num_classes": 5}})
+    assert flag.model.num_classes == 5
+
+
+def test_a_list_option_takes_a_tuple_and_a_stale_table_does_not_break_a_build():
+    config = Config.from_dict({"model": {"kind": "vae"},
+                               "kind": {"stochastic_layers": 2, "top_hidden_dims": (8, 8)}})
+    assert config.options["kind"]["top_hidden_dims"] == [8, 8]
+    cvae = Config.from_dict({"model": {"kind": "cvae", "prior": "mixture"},
+                             "prior": {"components": 20}})
+    cvae.model.prior = "normal"  # the mixture's table is left behind, not read
+    assert cvae.model.options_of("prior") == {}
+    assert type(build_vae(cvae.model, (1, 4, 4)).prior).__name__ == "StandardNormalPrior"
+
+
+def test_setting_an_old_attribute_sets_the_option_or_is_refused():
+    config = ModelConfig(likelihood="gaussian")
+    with pytest.warns(DeprecationWarning):
+        config.gaussian_scale = 0.1
+    assert config.options_of("likelihood")["scale"] == 0.1
+    with pytest.raises(ConfigError, match="which this configuration does not use"):
+        ModelConfig().gaussian_scale = 0.1

@@ -210,6 +210,24 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _changed_flags(saved, settings: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The flags that would change a saved run's configuration (``settings``, its
+    ``to_dict``): a flag that repeats the saved value changes nothing, so it is accepted,
+    whichever table its option now lives in."""
+    changed = []
+    for flag, (section, key) in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None or flag in RESUMABLE_FLAGS:
+            continue
+        try:
+            same = saved.with_overrides({section: {key: value}}).to_dict() == settings
+        except ConfigError:
+            same = False
+        if not same:
+            changed.append(flag)
+    return sorted(changed)
+
+
 def _fresh_run_dir(dataset: str) -> Path:
     name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset.removeprefix("file:")).stem).strip("-")
     base = Path("runs") / f"{name or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -232,11 +250,7 @@ def _train_config(args: argparse.Namespace):
 
         saved = read_run_config(Path(args.out))
         settings = saved.to_dict()
-        # A flag that repeats the saved value changes nothing, so it is accepted.
-        changed = sorted(f for f in TRAIN_FLAGS if getattr(args, f) is not None
-                         and f not in RESUMABLE_FLAGS
-                         and getattr(args, f) != settings.get(TRAIN_FLAGS[f][0], {}).get(
-                             TRAIN_FLAGS[f][1]))
+        changed = _changed_flags(saved, settings, args)
         if getattr(args, "set", None):
             raise ConfigError(f"--set {args.set[0]} cannot change a run when resuming: a "
                               "resumed run keeps its configuration. Start a new run with "

@@ -7,7 +7,11 @@ set in that component's own table (``[prior] components = 50``, ``[kind] num_cla
 Recipes and saved runs written the old way still load: :func:`move_legacy_keys` moves each
 old key into the table of the component in use that declares it. A key no component in use
 declares is dropped when it holds a declared default (a saved run's ``config.toml`` wrote
-every key) and refused otherwise, in one paragraph naming the components that use it.
+every key) and refused otherwise, in one paragraph naming the components that use it; in a
+saved run (``saved``) one that version 0.2 ignored unused (:data:`IGNORED_UNUSED`: a run of
+the enumeration kept its ``temperature_decay``) is dropped too, so every 0.2 run opens. An old key and the new table giving two
+values for one option are refused too, unless the old key is the newer word (a command-line
+flag over a saved run's table).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ from pyro_vae.registry import Registry
 
 #: (role, registry, section and key naming the component in use, default name).
 Role = tuple[str, Registry, str, str, str]
+
+#: The old keys that version 0.2 accepted, and ignored, with a component that does not use
+#: them (it refused the others: ``prior_components``, ``flow_layers``, ``guide_rank``, ...).
+IGNORED_UNUSED = frozenset({
+    "alpha", "temperature", "temperature_min", "temperature_decay", "gaussian_scale",
+    "standardize", "num_classes", "quadrants", "categorical_latents", "categories",
+    "discrete_prior", "top_latent_dim", "top_hidden_dims"})
 
 
 def claimants(key: str, roles: list[Role]) -> list[tuple[str, str, str, Any]]:
@@ -35,10 +46,12 @@ def claimants(key: str, roles: list[Role]) -> list[tuple[str, str, str, Any]]:
 
 
 def move_legacy_keys(mapping: Mapping[str, Any], roles: list[Role],
-                     fields: Mapping[str, set[str]], source: str) -> dict[str, Any]:
+                     fields: Mapping[str, set[str]], source: str,
+                     legacy_wins: bool = False, saved: bool = False) -> dict[str, Any]:
     """``mapping`` (a recipe's tables) with every legacy key of a section in ``fields`` moved
-    to the table of the role whose component in use declares it (an explicit legacy key
-    wins over the role table's value, as the newer word: the command line's flags)."""
+    to the table of the role whose component in use declares it. Where the role's table
+    gives the option another value, the old key wins with ``legacy_wins`` (it is the newer
+    word: a command-line flag over a saved run's tables) and is refused otherwise."""
     mapping = {name: dict(table) if isinstance(table, Mapping) else table
                for name, table in mapping.items()}
     for section, known in fields.items():
@@ -54,12 +67,19 @@ def move_legacy_keys(mapping: Mapping[str, Any], roles: list[Role],
                       if name == _component_in_use(mapping, roles, role)]
             for role, option in in_use:  # flow_layers: the flow prior's and the IAF's layers
                 target = mapping.setdefault(role, {})
-                if isinstance(target, dict):
-                    target[option] = value
+                if not isinstance(target, dict):
+                    continue  # resolving the options names the table that is not one
+                if target.get(option, value) != value and not legacy_wins:
+                    raise ConfigError(
+                        f"{source}: [{section}] {key} = {value!r} and [{role}] {option} = "
+                        f"{target[option]!r} set one option twice; keep [{role}] {option} "
+                        f"(the old key {key} is its former name).")
+                target[option] = value
             if in_use:
                 continue
-            if value is None or any(value == default for *_, default in found):
-                continue  # a saved run's record of an option its components do not use
+            if value is None or saved and key in IGNORED_UNUSED \
+                    or any(value == default for *_, default in found):
+                continue  # as 0.2: a record of an option its components do not use
             users = " or ".join(dict.fromkeys(f"{role} = \"{name}\"" for role, name, *_ in found))
             role, _, option, _ = found[0]
             raise ConfigError(

@@ -52,13 +52,17 @@ class ModelConfig:
         """The options of the component in ``role`` (``prior``, ``guide``, ``likelihood``,
         ``network`` or ``kind``): those set in the recipe's table of that role, checked
         against what the component declares, with its defaults filled in (``{}`` where it
-        declares none)."""
+        declares none). Keys the component does not declare are left out: they belong to
+        the component the role had before (``config.prior = "normal"`` after a mixture);
+        :meth:`validate` refuses them."""
         registry = MODEL_ROLES[role]
         name = getattr(self, role)
         if name not in registry:
             return dict(self.options.get(role, {}))
-        return resolve_options(registry.entry(name).options, self.options.get(role, {}), role,
-                               name)
+        declared = registry.entry(name).options
+        given = {key: value for key, value in self.options.get(role, {}).items()
+                 if key in declared}
+        return resolve_options(declared, given, role, name)
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], source: str = "[model]") -> "ModelConfig":
@@ -100,8 +104,41 @@ class ModelConfig:
                 return self.options_of(role)[option]
         return found[0][3]
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Setting an option by its old name (``config.gaussian_scale = 0.1``) sets it in the
+        table of the component in use that declares it, with a DeprecationWarning; with no
+        such component it is refused, where it would otherwise pass silently unused."""
+        if name in self.__dataclass_fields__ or name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        roles = [(role, registry, "model", role, getattr(type(self), role))
+                 for role, registry in MODEL_ROLES.items()]
+        found = claimants(name, roles)
+        if not found:
+            object.__setattr__(self, name, value)
+            return
+        in_use = [(role, option) for role, component, option, _ in found
+                  if component == getattr(self, role)]
+        if not in_use:
+            users = " or ".join(dict.fromkeys(f"{role} = \"{component}\""
+                                              for role, component, *_ in found))
+            raise ConfigError(f"ModelConfig.{name} is the option {found[0][2]!r} of {users}, "
+                              "which this configuration does not use.")
+        warnings.warn(f"setting ModelConfig.{name} is deprecated: set the option of its "
+                      f"component, config.options[{in_use[0][0]!r}][{in_use[0][1]!r}].",
+                      DeprecationWarning, stacklevel=2)
+        options = {role: dict(values) for role, values in self.options.items()}
+        for role, option in in_use:
+            options.setdefault(role, {})[option] = value
+        object.__setattr__(self, "options", options)
+
     def validate(self) -> None:
         kind = _registered(MODEL_KINDS, self.kind)
+        for role, registry in MODEL_ROLES.items():  # the components' own tables
+            name = getattr(self, role)
+            if name in registry:
+                resolve_options(registry.entry(name).options, self.options.get(role, {}),
+                                role, name, source="[model]")
         if "components" not in kind and self.network != "mlp":
             raise ConfigError(f"[model] kind = \"{self.kind}\" is built from MLPs; set network "
                               "= \"mlp\".")

@@ -149,13 +149,18 @@ class Config:
                               if ROLES[role][1] == "model"}
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe") -> "Config":
+    def from_dict(cls, mapping: Mapping[str, Any], source: str = "recipe",
+                  saved: bool = False, legacy_wins: bool = False) -> "Config":
+        """The configuration ``mapping`` describes, checked. ``saved``: a saved run's (old
+        keys that version 0.2 ignored are dropped, see :mod:`pyro_vae.config.legacy`);
+        ``legacy_wins``: an old key overrides its component's table (command-line flags)."""
         mapping = dict(mapping)
         plugins = _coerce(mapping.pop("plugins", []), list[str], "plugins", source)
         load_plugins(plugins, f"listed under plugins in {source}")
         mapping = _with_kind_defaults(mapping)
         mapping = move_legacy_keys(mapping, _legacy_roles(), {
-            "model": section_fields(ModelConfig), "train": section_fields(TrainConfig)}, source)
+            "model": section_fields(ModelConfig), "train": section_fields(TrainConfig)}, source,
+            legacy_wins=legacy_wins, saved=saved)
         options = {role: mapping.pop(role) for role in list(mapping) if role in ROLES}
         unknown = [key for key in mapping if key not in SECTIONS]
         if unknown:
@@ -175,7 +180,7 @@ class Config:
         return cls(**sections, plugins=plugins, options=options).validate(source)
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "Config":
+    def from_toml(cls, path: str | Path, saved: bool = False) -> "Config":
         path = Path(path)
         try:  # a regular file only: a pipe or a device would block or never end
             text = read_regular_bytes(path, ConfigError).decode("utf-8-sig")  # BOM allowed
@@ -189,7 +194,7 @@ class Config:
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"recipe {path} is not valid TOML: {error}. Fix the line it "
                               "names; every value needs a key = value form.") from None
-        return cls.from_dict(mapping, source=str(path))
+        return cls.from_dict(mapping, source=str(path), saved=saved)
 
     def to_dict(self) -> dict[str, Any]:
         tables: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name))
@@ -216,7 +221,7 @@ class Config:
             # defaults (its ``model_defaults`` hook) apply to them.
             fresh = ModelConfig()
             old_defaults = MODEL_KINDS.hooks(self.model.kind).model_defaults
-            inherited = old_defaults(merged) if old_defaults else {}
+            inherited = old_defaults(_model_table(merged)) if old_defaults else {}
             merged["model"] = {key: value for key, value in merged["model"].items()
                                if value != getattr(fresh, key)
                                and not (key in inherited and inherited[key] == value)}
@@ -226,15 +231,20 @@ class Config:
                 continue
             merged.setdefault(section, {}).update(values)
         named = _with_kind_defaults(merged)
-        for role, (_, section, key) in ROLES.items():
-            # Another component in a role: the old one's options do not carry over.
+        for role, (registry, section, key) in ROLES.items():
+            # Another component in a role: of the old one's options, those the new one also
+            # declares carry over (mixture -> vamp keeps components; cvae -> m2 num_classes),
+            # and the options given now apply on top.
             old = getattr(getattr(self, section), key)
             new = named.get(section, {}).get(key, getattr(SECTIONS[section](), key))
-            if new != old:  # only the options given now, for the new component
-                merged.pop(role, None)
-                if role in overrides:
-                    merged[role] = dict(overrides[role])
-        return Config.from_dict(merged, source="command line")
+            if new != old:
+                declared = registry.entry(new).options if new in registry else {}
+                kept = {name: value for name, value in self.options.get(role, {}).items()
+                        if name in declared}
+                merged[role] = {**kept, **dict(overrides.get(role, {}))}
+                if not merged[role]:
+                    merged.pop(role)
+        return Config.from_dict(merged, source="command line", legacy_wins=True)
 
 
 def _legacy_roles() -> list[tuple[str, Registry, str, str, str]]:
@@ -255,7 +265,15 @@ def _with_kind_defaults(mapping: dict[str, Any]) -> dict[str, Any]:
     defaults = MODEL_KINDS.hooks(kind).model_defaults
     if defaults is None:
         return mapping
-    return {**mapping, "model": {**defaults(mapping), **model}}
+    return {**mapping, "model": {**defaults(_model_table(mapping)), **model}}
+
+
+def _model_table(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """What a kind's ``model_defaults`` hook is given: the ``[model]`` table as written, with
+    the kind's own options (``[kind]``) beside its keys, as version 0.2 wrote them."""
+    model, kind = mapping.get("model", {}), mapping.get("kind", {})
+    return {**(kind if isinstance(kind, Mapping) else {}),
+            **(model if isinstance(model, Mapping) else {})}
 
 
 def check_compatible(config: Config) -> None:

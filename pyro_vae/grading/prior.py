@@ -38,8 +38,9 @@ DIMS = 3
 
 def _build(report: Report, name: str, latent_dim: int) -> Prior:
     try:
-        prior = PRIORS.get(name)(ModelConfig(latent_dim=latent_dim, prior=name),
-                                 BuildContext(image_shape=(1, 2, 3)))
+        config = ModelConfig(latent_dim=latent_dim, prior=name)
+        prior = PRIORS.get(name)(config, BuildContext(image_shape=(1, 2, 3),
+                                                      options=config.options_of("prior")))
     except Exception as error:  # the student's factory may raise anything
         report.fail("factory", f"building the prior with its registered factory, "
                     f"factory(config, context) with config.latent_dim = {latent_dim}, raised "
