@@ -262,6 +262,13 @@ class Registry(Generic[F]):
         """Every registered name, built-ins first, in registration order."""
         return tuple(self._loaded())
 
+    def names_with(self, capability: str, present: bool = True) -> str:
+        """The names that declare ``capability`` (or, ``present=False``, do not), quoted
+        and joined by "or" for a message; "none" where there are none."""
+        names = [name for name in self.choices()
+                 if (capability in self.capabilities(name)) == present]
+        return " or ".join(f"\"{name}\"" for name in names) or "none"
+
     def entry(self, name: str) -> Entry:
         """The entry called ``name``, or a :class:`ConfigError` listing the choices.
 

@@ -19,6 +19,14 @@ MODEL_ROLES = {"prior": PRIORS, "guide": GUIDES, "likelihood": LIKELIHOODS,
                "network": NETWORKS, "kind": MODEL_KINDS}
 
 
+
+def _legacy_roles() -> list[tuple]:
+    """The model roles as :mod:`pyro_vae.config.legacy` takes them: (role, registry, section,
+    key naming the component, its default)."""
+    return [(role, registry, "model", role, getattr(ModelConfig, role))
+            for role, registry in MODEL_ROLES.items()]
+
+
 @dataclass
 class ModelConfig:
     """The networks, the latent space and the likelihood."""
@@ -71,9 +79,7 @@ class ModelConfig:
         not validated (``Config.from_dict`` validates a whole recipe)."""
         table = dict(table)
         options = {role: dict(values) for role, values in table.pop("options", {}).items()}
-        roles = [(role, registry, "model", role, getattr(cls, role))
-                 for role, registry in MODEL_ROLES.items()]
-        moved = move_legacy_keys({"model": table, **options}, roles,
+        moved = move_legacy_keys({"model": table, **options}, _legacy_roles(),
                                  {"model": section_fields(cls)}, source)
         return cls(**moved.pop("model"), options=moved)
 
@@ -91,9 +97,7 @@ class ModelConfig:
         read ``config.options_of(ROLE)[OPTION]``."""
         if name.startswith("_") or name == "options":
             raise AttributeError(name)
-        roles = [(role, registry, "model", role, getattr(type(self), role))
-                 for role, registry in MODEL_ROLES.items()]
-        found = claimants(name, roles)
+        found = claimants(name, _legacy_roles())
         if not found:
             raise AttributeError(f"'ModelConfig' object has no attribute {name!r}")
         warnings.warn(f"ModelConfig.{name} is deprecated: read the option of its component, "
@@ -111,9 +115,7 @@ class ModelConfig:
         if name in self.__dataclass_fields__ or name.startswith("_"):
             object.__setattr__(self, name, value)
             return
-        roles = [(role, registry, "model", role, getattr(type(self), role))
-                 for role, registry in MODEL_ROLES.items()]
-        found = claimants(name, roles)
+        found = claimants(name, _legacy_roles())
         if not found:
             object.__setattr__(self, name, value)
             return

@@ -348,8 +348,7 @@ def _check_unused_kind_options(config: Config, kind: frozenset[str]) -> None:
 
 
 def _names_with(registry: Registry, capability: str, present: bool = True) -> str:
-    names = [n for n in registry.choices() if (capability in registry.capabilities(n)) == present]
-    return " or ".join(f"\"{n}\"" for n in names) or "none"
+    return registry.names_with(capability, present)
 
 
 def _objectives_with(capability: str) -> str:

@@ -71,7 +71,7 @@ def check(config: "Config") -> None:
             f"[train] objective = \"{config.train.objective}\" is reduced per datapoint, but "
             "this model's Bayesian decoder weights are one global latent variable shared by "
             "all datapoints, with no per-datapoint share of its KL. Use objective = "
-            f"{_objectives('global_latents')}, or [kind] bayesian_decoder = \"none\".")
+            f"{OBJECTIVES.names_with('global_latents')}, or [kind] bayesian_decoder = \"none\".")
     if bayesian != "none" and two_layers:
         raise ConfigError("[kind] bayesian_decoder is built for the one-layer model; set "
                           "stochastic_layers = 1 or bayesian_decoder = \"none\".")
@@ -100,14 +100,9 @@ def _check_two_layers(config: "Config") -> None:
         raise ConfigError(
             f"[train] objective = \"{config.train.objective}\" needs a guide whose latent "
             "sites do not depend on one another, but the two-layer model's q(z2|z1) depends "
-            "on z1. Use an objective without that need "
-            f"({_objectives('needs_independent_latents', False)}) with stochastic_layers = 2.")
-
-
-def _objectives(capability: str, present: bool = True) -> str:
-    names = [name for name in OBJECTIVES.choices()
-             if (capability in OBJECTIVES.capabilities(name)) == present]
-    return " or ".join(f"\"{name}\"" for name in names) or "none"
+            "on z1. Use an objective without that need ("
+            f"{OBJECTIVES.names_with('needs_independent_latents', False)}) with "
+            "stochastic_layers = 2.")
 
 
 @MODEL_KINDS.register("vae", help="p(z) p(x|z) with any registered prior, guide, likelihood",
