@@ -45,6 +45,12 @@ out-of-distribution detection")
     density) but not the semantics, so the ratio cancels what makes simple images likely
     everywhere. Trains a second model: only on request (``--background``), and then a part
     of the default verdict.
+``ensemble`` and ``waic`` — the disagreement of M models of the same recipe trained from other
+seeds (:mod:`pyro_vae.ensemble_score`; Choi, Jang & Alemi 2018): s(x) = Var_m log p̂_m(x), and
+s(x) = −WAIC(x) = −E_m log p̂_m(x) + Var_m log p̂_m(x). Trains M − 1 more models: only on
+request (``--ensemble M``). Offered to the default verdict as a part in the fourth round of
+the validation study and rejected there (fainter images make the members *agree* more), so
+they are scores of their own.
 ``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
 estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
 on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
@@ -82,7 +88,7 @@ import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -92,6 +98,7 @@ from pyro import poutine
 from pyro_vae.config import Config
 from pyro_vae.data import ImageData, is_binary
 from pyro_vae.dose import DoSE, summary_statistics
+from pyro_vae.ensemble_score import disagreement, member_log_likelihoods, negative_waic
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
 from pyro_vae.fisher import MIN_CALIBRATION_IMAGES, FisherCombination, tail_p
@@ -102,7 +109,9 @@ from pyro_vae.training import train
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
-                    "dose", "knn", "fisher")
+                    "ensemble", "waic", "dose", "knn", "fisher")
+#: Scores that need more trained models than the run: a background model, or ensemble members.
+EXTRA_MODEL_SCORES = ("likelihood-ratio", "ensemble", "waic")
 #: Scores fitted on the run's held-out in-distribution (validation) images.
 FITTED_SCORES = ("dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
@@ -117,7 +126,7 @@ DEFAULT_VERDICT = "fisher"
 SCORES = (*PER_IMAGE_SCORES, "typicality")
 #: What ``pyro-vae anomaly`` computes without ``--score`` (the likelihood ratio trains a second
 #: model, so it runs only when asked for).
-DEFAULT_SCORES = tuple(s for s in SCORES if s != "likelihood-ratio")
+DEFAULT_SCORES = tuple(s for s in SCORES if s not in EXTRA_MODEL_SCORES)
 #: One line per score for tables and figures.
 SCORE_LABELS = {
     "log-likelihood": "−log p(x)",
@@ -125,6 +134,8 @@ SCORE_LABELS = {
     "regret": "likelihood regret",
     "complexity": "−log p(x) − L(x)",
     "likelihood-ratio": "log p_bg(x) − log p(x)",
+    "ensemble": "Var_m log p_m(x)",
+    "waic": "−WAIC(x)",
     "dose": "DoSE −log ρ̂(t(x))",
     "knn": "k-NN distance of μ(x)",
     "fisher": "Fisher T = −2 Σ log p_j",
@@ -429,10 +440,12 @@ class ScoreSettings:
 
 def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, int, int],
                  scores: tuple[str, ...], settings: ScoreSettings,
-                 background: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+                 background: torch.nn.Module | None = None,
+                 members: Sequence[torch.nn.Module] = ()) -> dict[str, torch.Tensor]:
     """The per-image scores named in ``scores`` (higher = more anomalous), plus ``"_log_p"``
     (log p̂_K, which the typicality test uses). ``background`` is needed for
-    ``likelihood-ratio``."""
+    ``likelihood-ratio``; ``members`` (the ensemble's other models: ``vae`` is the first
+    member) for ``ensemble`` and ``waic``."""
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
         raise ConfigError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}.")
@@ -455,6 +468,15 @@ def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, 
             raise ValueError("the likelihood ratio needs a background model")
         log_bg = estimate_log_likelihood(background, x, settings.num_samples).log_likelihood
         result["likelihood-ratio"] = log_bg.double() - log_p
+    if "ensemble" in scores or "waic" in scores:
+        if not members:
+            raise ValueError("the ensemble scores need the ensemble's other members")
+        log_ps = torch.cat([log_p[None],
+                            member_log_likelihoods(members, x, settings.num_samples)])
+        if "ensemble" in scores:
+            result["ensemble"] = disagreement(log_ps)
+        if "waic" in scores:
+            result["waic"] = negative_waic(log_ps)
     return result
 
 
@@ -490,7 +512,8 @@ def reference_halves(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          sets: dict[str, torch.Tensor], image_shape: tuple[int, int, int],
                          scores: tuple[str, ...], settings: ScoreSettings,
-                         background: torch.nn.Module | None = None, seed: int = 0
+                         background: torch.nn.Module | None = None, seed: int = 0,
+                         members: Sequence[torch.nn.Module] = ()
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
     """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
     (``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they were fitted on.
@@ -500,11 +523,12 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
     nearest-neighbour score's bank of codes are fitted on the first; the tail
     probabilities and Fisher's calibration, and the reference values that
     :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
-    :data:`FISHER_PARTS` that ``scores`` names.
+    :data:`FISHER_PARTS` that ``scores`` names. ``background`` and ``members`` are the extra
+    models of :func:`score_images`.
     """
     plain = tuple(s for s in scores if s not in FITTED_SCORES)
     wanted = {**sets, "_reference": reference_x}
-    scored = {name: score_images(vae, x, image_shape, plain, settings, background)
+    scored = {name: score_images(vae, x, image_shape, plain, settings, background, members)
               for name, x in wanted.items()}
     fit_half, reference_half = reference_halves(len(reference_x), seed)
     dose = None

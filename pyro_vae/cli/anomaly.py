@@ -21,8 +21,9 @@ def add_parser(commands) -> None:
         "FPR at 95%% TPR)",
         description="Score the run's test images and each other dataset's test images by "
         "log p(x), the ELBO, likelihood regret, input complexity, DoSE, the distance of the "
-        "code to its k-th nearest in-distribution code, and (with --background) a "
-        "background likelihood ratio, and test batches for typicality; write one table "
+        "code to its k-th nearest in-distribution code, (with --background) a "
+        "background likelihood ratio and (with --ensemble) the disagreement of models "
+        "trained from other seeds, and test batches for typicality; write one table "
         "(anomaly.json, printed) and one figure of histograms (anomaly.png). Higher scores "
         "mean more anomalous. The formulas and references are in pyro_vae/anomaly.py.")
     parser.add_argument("run_dir")
@@ -31,10 +32,11 @@ def add_parser(commands) -> None:
                          "fashion-mnist")
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
-                         "regret, complexity, likelihood-ratio, dose, knn, fisher, "
-                         "typicality "
-                         "(default: all but likelihood-ratio, which --background adds; fisher, "
-                         "the default verdict, adds the scores it combines)")
+                         "regret, complexity, likelihood-ratio, ensemble, waic, dose, knn, "
+                         "fisher, typicality "
+                         "(default: all but likelihood-ratio, which --background adds, and "
+                         "ensemble and waic, which --ensemble adds; fisher, the default "
+                         "verdict, adds the scores it combines)")
     parser.add_argument("--background", action="store_true",
                          help="train a background model on perturbed training images for the "
                          "likelihood ratio (kept in OUT/background and reused); the default "
@@ -46,6 +48,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--background-epochs", type=int, default=None,
                          help="training epochs of the background model (default: the run's "
                          "own, the budget validated for the default verdict)")
+    parser.add_argument("--ensemble", type=int, default=None, metavar="M",
+                         help="train M − 1 more models of the run's recipe and budget with "
+                         "other seeds (kept in OUT/ensemble and reused) for the ensemble's "
+                         "disagreement Var_m log p_m(x) and −WAIC (Choi et al. 2018); 5 is the "
+                         "papers' size")
     parser.add_argument("--num-samples", type=int, default=200, help="K (default 200)")
     parser.add_argument("--limit", type=int, default=1000,
                          help="images scored from each dataset (default 1000)")
@@ -79,6 +86,7 @@ def _training_inputs(config, data):
 def run(args: argparse.Namespace) -> int:
     import torch
     from pyro_vae import anomaly
+    from pyro_vae.ensemble_score import check_members
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
@@ -98,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
                           f"{', '.join(anomaly.COMPRESSORS)}.")
     if args.background and "likelihood-ratio" not in scores:
         scores = (*scores, "likelihood-ratio")
+    if args.ensemble is not None:
+        check_members(args.ensemble)
+        scores = tuple(dict.fromkeys((*scores, "ensemble", "waic")))
+    elif {"ensemble", "waic"} & set(scores):
+        raise ConfigError("the scores ensemble and waic compare models trained from other "
+                          "seeds; give --ensemble M (the number of models, the run included; "
+                          "5 is the papers' size) to train them.")
     if "fisher" in scores:  # the default verdict needs the scores it combines
         scores = tuple(dict.fromkeys(
             (*scores, *(s for s in anomaly.FISHER_PARTS if s != "likelihood-ratio"))))
@@ -164,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
             if new_out:
                 shutil.rmtree(out, ignore_errors=True)
             raise
+    members, members_report = (), None
+    if args.ensemble is not None:
+        try:
+            members, members_report = _ensemble_members(config, out / "ensemble", args.ensemble)
+        except BaseException:
+            if new_out and not any(p.name == "checkpoint.pt" for p in out.rglob("*")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     score_settings = anomaly.ScoreSettings(num_samples=args.num_samples,
                                            regret_steps=args.regret_steps,
                                            regret_draws=args.regret_draws,
@@ -174,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
             **{name: other.test_x[: args.limit] for name, other in others.items()}}
     against, reference = anomaly.score_with_reference(
         vae, data.valid_x[: args.limit], sets, data.image_shape, per_image, score_settings,
-        background)
+        background, members=members)
     normal = against.pop("_normal")
     table = anomaly.metrics_table(normal, against)
     calibration = anomaly.calibration(reference, normal, args.alpha)
@@ -251,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                    "learning_rate": score_settings.regret_learning_rate}
         if "regret" in scores else None,
         "compressor": args.compressor if "complexity" in scores else None,
-        "background": background_report, "warnings": warnings,
+        "background": background_report, "ensemble": members_report, "warnings": warnings,
     }
     panels = [(f"{anomaly.SCORE_LABELS[s]}: AUROC "
                + ", ".join(f"{table[name][s]['auroc']:.3f}" for name in against),
@@ -279,41 +302,76 @@ def _background_model(config, data, run_dir: Path, settings):
     """The background model of the likelihood ratio: reused from ``run_dir`` when it was
     trained there with the same settings, else trained now."""
     from pyro_vae import anomaly
-    from pyro_vae.runs import load_trained, write_json
 
-    stamp_path = run_dir / "perturbation.json"
     stamp = {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
              "seed": config.train.seed}
+    model = _extra_model(
+        run_dir, "perturbation.json", stamp, "background model",
+        f"the background model ({settings.epochs} epoch(s) on training images with "
+        f"{settings.rate:.0%} of pixels replaced by noise)",
+        lambda: anomaly.train_background(config, data, run_dir, settings,
+                                         seed=config.train.seed))
+    return model, {**stamp, "run_dir": str(run_dir)}
+
+
+def _ensemble_members(config, folder: Path, count: int):
+    """The ensemble's other ``count − 1`` members: the run's recipe and budget trained with the
+    seeds seed + 1 … seed + count − 1 into ``folder/seed-S``, each reused when it was trained
+    there with the same settings (:mod:`pyro_vae.ensemble_score`)."""
+    from pyro_vae.training import train
+
+    members, report = [], []
+    for seed in range(config.train.seed + 1, config.train.seed + count):
+        run_dir = folder / f"seed-{seed}"
+        stamp = {"dataset": config.data.dataset, "epochs": config.train.epochs, "seed": seed,
+                 "of_run_seed": config.train.seed}
+        member_config = config.with_overrides({"train": {"seed": seed}})
+        members.append(_extra_model(
+            run_dir, "member.json", stamp, "ensemble member",
+            f"ensemble member {seed - config.train.seed + 1} of {count} (the run's recipe, "
+            f"{config.train.epochs} epoch(s), seed {seed})",
+            lambda member_config=member_config, run_dir=run_dir: train(member_config, run_dir)))
+        report.append({**stamp, "run_dir": str(run_dir)})
+    return members, report
+
+
+def _extra_model(run_dir: Path, stamp_name: str, stamp: dict, what: str, training: str,
+                 train_now):
+    """A model the scores need beside the run's own, kept in ``run_dir``: reused when its stamp
+    file (written last, when its training ends) matches ``stamp``, else trained by
+    ``train_now()``; an interrupted or damaged one is refused in words."""
+    from pyro_vae.runs import load_trained, write_json
+
+    stamp_path = run_dir / stamp_name
     if (run_dir / "checkpoint.pt").exists():
         try:
             saved = json.loads(stamp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # written last: missing after a kill, or damaged
             raise ConfigError(
-                f"{run_dir} holds a background model whose training did not finish (its "
+                f"{run_dir} holds a {what} whose training did not finish (its "
                 f"{stamp_path.name}, written when it ends, is missing or damaged: the run was "
                 "interrupted, e.g. killed); remove that folder and run again to train it "
                 "anew.") from None
         if saved != stamp:
-            raise ConfigError(f"{run_dir} holds a background model trained with other "
+            raise ConfigError(f"{run_dir} holds a {what} trained with other "
                               f"settings ({saved}); remove that folder or choose another --out "
                               "to train one with the settings given now.")
-        print(f"reusing the background model in {run_dir}")
+        print(f"reusing the {what} in {run_dir}")
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"{run_dir} holds files but no finished background model; remove "
+            raise ConfigError(f"{run_dir} holds files but no finished {what}; remove "
                               "it (an interrupted training) and run again.")
-        print(f"training the background model ({settings.epochs} epoch(s) on training images "
-              f"with {settings.rate:.0%} of pixels replaced by noise) into {run_dir}")
+        print(f"training {training} into {run_dir}")
         try:
-            anomaly.train_background(config, data, run_dir, settings, seed=config.train.seed)
+            train_now()
         except BaseException:
-            # A half-trained background model would block the next try ("holds files but no
-            # finished background model"): remove it, the error says what went wrong.
+            # A half-trained model would block the next try ("holds files but no finished
+            # ..."): remove it, the error says what went wrong.
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
         write_json(stamp_path, stamp)
-    _, background, _ = load_trained(run_dir)
-    return background, {**stamp, "run_dir": str(run_dir)}
+    _, model, _ = load_trained(run_dir)
+    return model
 
 
 def _anomaly_table(dataset: str, report: dict) -> str:
