@@ -139,16 +139,44 @@ def build_shifts(grey: torch.Tensor, other: torch.Tensor, seed: int = 0
     return {name: shifts[name] for name in SHIFTS}
 
 
-def trained_model(dataset: str, epochs: int, data_dir: str, folder: Path):
+#: The networks a model of the benchmarks may have: the library's default (MLP 784-128-128-8,
+#: ReLU) and, the fourth round's candidate of a stronger model, the one-stochastic-layer
+#: architecture of Burda et al. (2016), as ``models/mnist_vae_burda.toml`` has it (784-200-200-50,
+#: tanh, log-variance head), with the default recipe's training otherwise.
+ARCHITECTURES = {
+    "default": {},
+    "burda": {"latent_dim": 50, "hidden_dims": [200, 200], "activation": "tanh",
+              "encoder_scale": "logvar"},
+}
+
+
+def architecture_of(config) -> str:
+    """The name in :data:`ARCHITECTURES` of the run ``config``'s networks (the most specific
+    that matches: every model matches the default's empty table)."""
+    return max((name for name, table in ARCHITECTURES.items()
+                if all(getattr(config.model, key) == value for key, value in table.items())),
+               key=lambda name: len(ARCHITECTURES[name]))
+
+
+def run_name(dataset: str, epochs: int, architecture: str = "default", seed: int = 0) -> str:
+    """``DATASET-EPOCHS`` [``-ARCHITECTURE``] [``-seedSEED``]: a model's folder in ``--runs``."""
+    return (f"{dataset}-{epochs}" + ("" if architecture == "default" else f"-{architecture}")
+            + ("" if seed == 0 else f"-seed{seed}"))
+
+
+def trained_model(dataset: str, epochs: int, data_dir: str, folder: Path, seed: int = 0,
+                  architecture: str = "default"):
     """The benchmark's model of ``dataset`` (the default recipe, ``epochs`` epochs, batch 100,
     seed 0): trained into ``folder/DATASET-EPOCHS`` unless a finished run is already there
-    (``--runs`` shares them with ``benchmarks/ood_validation.py``). Returns (config, vae,
-    training seconds)."""
-    run_dir = folder / f"{dataset}-{epochs}"
+    (``--runs`` shares them with ``benchmarks/ood_validation.py``); another ``seed`` (an
+    ensemble member) or ``architecture`` (:data:`ARCHITECTURES`) into the folder
+    :func:`run_name` names. Returns (config, vae, training seconds)."""
+    run_dir = folder / run_name(dataset, epochs, architecture, seed)
     if not (run_dir / CHECKPOINT).exists():
         config = Config().with_overrides({
             "data": {"dataset": dataset, "data_dir": data_dir},
-            "train": {"epochs": epochs, "batch_size": 100, "seed": 0},
+            "model": ARCHITECTURES[architecture],
+            "train": {"epochs": epochs, "batch_size": 100, "seed": seed},
             "evaluate": {"num_samples": 10}})
         train(config, run_dir, progress=None)
     config, vae, checkpoint = load_trained(run_dir)
@@ -157,12 +185,27 @@ def trained_model(dataset: str, epochs: int, data_dir: str, folder: Path):
     return config, vae, float(checkpoint["train_seconds"])
 
 
+def ensemble_members(config, folder: Path, count: int) -> tuple[list[torch.nn.Module], float]:
+    """The ensemble's other ``count − 1`` members of the run ``config``: the same recipe and
+    budget with the seeds 1 … count − 1 (:mod:`pyro_vae.ensemble_score`), trained into
+    ``folder`` unless finished there. Returns (models, their total training seconds)."""
+    members, seconds = [], 0.0
+    for seed in range(config.train.seed + 1, config.train.seed + count):
+        _, member, member_seconds = trained_model(config.data.dataset, config.train.epochs,
+                                                  config.data.data_dir, folder, seed=seed,
+                                                  architecture=architecture_of(config))
+        members.append(member)
+        seconds += member_seconds
+    return members, seconds
+
+
 def background_model(config, data, folder: Path) -> tuple[torch.nn.Module, float]:
     """The likelihood ratio's background model of the run ``config`` (its recipe, epochs and
     seed) on its training images perturbed at :data:`BACKGROUND_RATE`: trained into
     ``folder/DATASET-EPOCHS-background`` unless finished there. Returns (model, seconds)."""
     epochs = config.train.epochs
-    run_dir = folder / f"{config.data.dataset}-{epochs}-background"
+    architecture = architecture_of(config)
+    run_dir = folder / f"{run_name(config.data.dataset, epochs, architecture)}-background"
     stamp_path = run_dir / "perturbation.json"  # written last, as pyro-vae anomaly does
     if not stamp_path.exists():
         if run_dir.exists():
@@ -177,7 +220,8 @@ def background_model(config, data, folder: Path) -> tuple[torch.nn.Module, float
 
 def run_one(dataset: str, args: argparse.Namespace, folder: Path) -> dict:
     """Train the model of ``dataset``, score everything; AUROC by shift and score."""
-    config, vae, train_seconds = trained_model(dataset, args.epochs, args.data_dir, folder)
+    config, vae, train_seconds = trained_model(dataset, args.epochs, args.data_dir, folder,
+                                               architecture=args.architecture)
     data = prepare_data(config)
     background, background_seconds = background_model(config, data, folder)
     other_name = next(d for d in DATASETS if d != dataset)
@@ -207,7 +251,8 @@ def run_one(dataset: str, args: argparse.Namespace, folder: Path) -> dict:
                for name, values in scored.items()}
     if args.runs:  # the scores, for re-reading without scoring again
         torch.save({"normal": normal, "scored": scored, "reference": reference.scores},
-                   folder / f"{dataset}-{args.epochs}-shift-scores.pt")
+                   folder / f"{run_name(dataset, args.epochs, args.architecture)}"
+                            "-shift-scores.pt")
     # Informative only (the shifts stay as defined): AUROC against the shifted images of each
     # class, for the shifts that leave some classes nearly unchanged (a 0, 1, 3 or 8 turned
     # upside down is still that digit).
@@ -249,7 +294,8 @@ def save_heatmap(path: Path, results: dict) -> None:
                         [f"{s} (informative)" if s in INFORMATIVE else s for s in SCORES],
                         rotation=40, ha="right", fontsize=8)
         axis.set_yticks(range(len(SHIFTS)), rows, fontsize=8)
-        axis.set_title(f"{dataset} model ({result['epochs']} epochs): AUROC", fontsize=9)
+        axis.set_title(f"{dataset} model ({result['architecture']} networks, "
+                       f"{result['epochs']} epochs): AUROC", fontsize=9)
     figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
     save_figure(figure, path)
 
@@ -258,6 +304,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--architecture", choices=tuple(ARCHITECTURES), default="burda",
+                        help="the models' networks (default burda: chosen on the validation "
+                        "shifts in the fourth round; default: the library's 784-128-128-8)")
     parser.add_argument("--images", type=int, default=2000, help="images per set")
     parser.add_argument("--reference", type=int, default=2000, help="validation images")
     parser.add_argument("--num-samples", type=int, default=100)
@@ -275,7 +324,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.runs) if args.runs else Path(scratch)
         for dataset in args.datasets:
-            results[dataset] = {**run_one(dataset, args, folder), "epochs": args.epochs}
+            results[dataset] = {**run_one(dataset, args, folder), "epochs": args.epochs,
+                                "architecture": args.architecture}
             print(dataset, {s: {k: round(v, 3) for k, v in r.items()}
                             for s, r in results[dataset]["auroc"].items()}, flush=True)
     figures = {dataset.replace("-", "_"): {

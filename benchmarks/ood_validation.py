@@ -41,14 +41,24 @@ of the range 0.1-0.3 that Ren et al. report for Fashion-MNIST, fixed before any 
 not tuned); it
 is kept in ``--runs`` as ``DATASET-EPOCHS-background`` (with the ``perturbation.json`` stamp
 that ``pyro-vae anomaly --background`` reads, so a copy of it at ``OUT/background`` is reused
-there). Only the new scores are computed when the cached scores of an earlier round are there
-(``--runs``); they are added to the cache.
+there). Fourth round, two candidates fixed before measuring: the ensemble's disagreement
+Var_m log p̂_m(x) over M = 5 models of the same recipe and budget with the seeds 0-4 (Choi et
+al. 2018; :mod:`pyro_vae.ensemble_score`; M from the papers) as a sixth part
+(``...+likelihood-ratio+ensemble``), the disagreement alone and −WAIC alone; and a stronger
+model, ``burda-architecture``: the third round's verdict unchanged, computed from models (and
+their background models) with the one-stochastic-layer networks of Burda et al. (2016),
+784-200-200-50 tanh with a log-variance head (``ARCHITECTURES["burda"]`` of ``ood_shifts.py``,
+as ``models/mnist_vae_burda.toml`` has them), trained with the same budget and recipe
+otherwise; measured at 30 epochs, the budget the earlier rounds chose. Only the new scores are
+computed when the cached scores of an earlier round are there (``--runs``); they are added to
+the cache.
 
 The selection rule, fixed in advance: the highest *minimum* AUROC over every (model,
 validation shift) pair (the benchmark's must-hold is a minimum), ties within 0.005 broken by
-the mean AUROC, then by the fewer settings changed from the previous default (``fisher``,
-``empirical``, ``likelihood``; adding one part counts as one change, a rule of another kind —
-the joint density, a new score alone — as three). Each ``--epochs`` budget is measured; the
+the mean AUROC, then by the fewer settings changed from the current default (the third
+round's choice, ``fisher-empirical-likelihood+likelihood-ratio``; adding or removing one part
+counts as one change, a rule of another kind — the joint density, a new score alone, another
+model — as three). Each ``--epochs`` budget is measured; the
 budget is chosen by the same rule.
 
 Run by hand, not in CI (one thread; about 12 minutes for the three budgets 3, 10 and 30
@@ -78,11 +88,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ood_shifts import (BACKGROUND_RATE, DATASETS, SIDE,  # noqa: E402
-                                   background_model, trained_model)
+                                   background_model, ensemble_members, trained_model)
 from benchmarks.results import begin, write_result  # noqa: E402
 from pyro_vae import anomaly, fisher  # noqa: E402
 from pyro_vae.data import binarize  # noqa: E402
 from pyro_vae.dose import DoSE  # noqa: E402
+from pyro_vae.ensemble_score import (DEFAULT_MEMBERS, disagreement,  # noqa: E402
+                                     member_log_likelihoods, negative_waic)
 from pyro_vae.evaluate import estimate_log_likelihood  # noqa: E402
 from pyro_vae.knn_score import KNNScore, latent_codes  # noqa: E402
 from pyro_vae.training import prepare_data  # noqa: E402
@@ -92,11 +104,20 @@ VALIDATION_SHIFTS = ("blurred", "translated", "salt-and-pepper", "thicker", "thi
 PARTS = ("log-likelihood", "regret", "complexity", "dose")
 PREVIOUS = ("fisher", "empirical", "likelihood")
 #: The scores of the later rounds' candidates (each AUROC is recorded for them too).
-NEW_PARTS = ("knn", "likelihood-ratio")
+NEW_PARTS = ("knn", "likelihood-ratio", "ensemble", "waic")
 #: The second round's candidates: the previous default with the new score as a part, and it alone.
 WITH_KNN, KNN_ALONE = "fisher-empirical-likelihood+knn", "knn"
 #: The third round's: the previous default with the likelihood ratio as a part, and it alone.
 WITH_LLR, LLR_ALONE = "fisher-empirical-likelihood+likelihood-ratio", "likelihood-ratio"
+#: The fourth round's: the third round's choice with the ensemble's disagreement as a part, the
+#: disagreement alone, and Choi et al.'s −WAIC alone (:mod:`pyro_vae.ensemble_score`).
+WITH_ENSEMBLE = "fisher-empirical-likelihood+likelihood-ratio+ensemble"
+ENSEMBLE_ALONE, WAIC_ALONE = "ensemble", "waic"
+ENSEMBLE_PARTS = ("ensemble", "waic")
+#: And a stronger model: the third round's verdict on models of Burda et al.'s architecture
+#: (``ARCHITECTURES["burda"]`` of ``ood_shifts.py``), measured at the chosen budget only.
+STRONGER = "burda-architecture"
+STRONGER_EPOCHS = (30,)
 
 
 def build_validation_shifts(grey: torch.Tensor, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -135,7 +156,8 @@ def build_validation_shifts(grey: torch.Tensor, seed: int = 1) -> dict[str, torc
 
 def candidate_names() -> list[str]:
     return ["-".join(c) for c in itertools.product(fisher.RULES, fisher.TAILS, fisher.SIDES)] \
-        + ["joint-kde", WITH_KNN, KNN_ALONE, WITH_LLR, LLR_ALONE]
+        + ["joint-kde", WITH_KNN, KNN_ALONE, WITH_LLR, LLR_ALONE, WITH_ENSEMBLE, ENSEMBLE_ALONE,
+           WAIC_ALONE, STRONGER]
 
 
 def candidate_statistics(reference: dict[str, torch.Tensor],
@@ -163,15 +185,29 @@ def candidate_statistics(reference: dict[str, torch.Tensor],
         {**parts, "likelihood-ratio": reference["likelihood-ratio"]}, seed=seed)
     found[WITH_LLR] = {name: combination.statistic(values) for name, values in sets.items()}
     found[LLR_ALONE] = {name: values["likelihood-ratio"] for name, values in sets.items()}
+    if "ensemble" not in reference:  # scores kept by ood_shifts.py, which trains no ensemble
+        return found
+    combination = fisher.FisherCombination(*PREVIOUS).fit(
+        {**parts, "likelihood-ratio": reference["likelihood-ratio"],
+         "ensemble": reference["ensemble"]}, seed=seed)
+    found[WITH_ENSEMBLE] = {name: combination.statistic(values) for name, values in sets.items()}
+    for alone in (ENSEMBLE_ALONE, WAIC_ALONE):
+        found[alone] = {name: values[alone] for name, values in sets.items()}
     return found
 
 
 def changed_settings(candidate: str) -> int:
-    if candidate in ("joint-kde", KNN_ALONE, LLR_ALONE):
+    """Settings changed from the current default, the third round's choice ``WITH_LLR``
+    (adding or removing a part is one change; a rule of another kind three)."""
+    if candidate in ("joint-kde", KNN_ALONE, LLR_ALONE, ENSEMBLE_ALONE, WAIC_ALONE, STRONGER):
         return 3
-    if candidate in (WITH_KNN, WITH_LLR):
+    if candidate == WITH_LLR:
+        return 0
+    if candidate == WITH_ENSEMBLE:
         return 1
-    return sum(a != b for a, b in zip(candidate.split("-"), PREVIOUS))
+    if candidate == WITH_KNN:
+        return 2
+    return 1 + sum(a != b for a, b in zip(candidate.split("-"), PREVIOUS))
 
 
 def choose(auroc: dict[str, dict[str, dict[str, float]]]) -> tuple[str, dict[str, dict]]:
@@ -179,13 +215,52 @@ def choose(auroc: dict[str, dict[str, dict[str, float]]]) -> tuple[str, dict[str
     Returns the chosen candidate and each candidate's minimum and mean."""
     summary = {}
     for candidate in candidate_names():
-        values = [auroc[d][s][candidate] for d in auroc for s in auroc[d]]
+        values = [auroc[d][s][candidate] for d in auroc for s in auroc[d]
+                  if candidate in auroc[d][s]]
+        if not values:  # not measured at this budget (the stronger model: 30 epochs only)
+            continue
         summary[candidate] = {"min": min(values), "mean": sum(values) / len(values)}
     best_min = max(v["min"] for v in summary.values())
     tied = [c for c, v in summary.items() if v["min"] >= best_min - 0.005]
     best_mean = max(summary[c]["mean"] for c in tied)
     tied = [c for c in tied if summary[c]["mean"] >= best_mean - 0.005]
     return min(tied, key=lambda c: (changed_settings(c), -summary[c]["min"])), summary
+
+
+def stronger_model_auroc(dataset: str, epochs: int, args: argparse.Namespace, folder: Path
+                         ) -> tuple[dict[str, float], dict]:
+    """The third round's verdict (the parts and the likelihood ratio, Fisher's rule over
+    empirical tails) computed from models of the stronger architecture (their own background
+    model): ``{shift: AUROC}`` and the timings. Scores cached as the default model's are."""
+    config, vae, train_seconds = trained_model(dataset, epochs, args.data_dir, folder,
+                                               architecture="burda")
+    data = prepare_data(config)
+    background, background_seconds = background_model(config, data, folder)
+    cache = folder / f"{dataset}-{epochs}-burda-validation-scores.pt"
+    clock = time.perf_counter()
+    cached = cache.exists()
+    if cached:
+        saved = torch.load(cache)
+        scored, reference_scores = saved["scored"], saved["reference"]
+    else:
+        settings = anomaly.ScoreSettings(num_samples=args.num_samples,
+                                         regret_steps=args.regret_steps,
+                                         regret_draws=args.regret_draws, compressor="png")
+        torch.manual_seed(0)
+        scored, reference = anomaly.score_with_reference(
+            vae, data.valid_x[: args.reference], validation_sets(data, args), data.image_shape,
+            (*PARTS, "likelihood-ratio"), settings, background)
+        reference_scores = reference.scores
+        torch.save({"scored": scored, "reference": reference_scores}, cache)
+    combination = fisher.FisherCombination(*PREVIOUS).fit(
+        {name: reference_scores[name] for name in (*PARTS, "likelihood-ratio")})
+    statistic = {name: combination.statistic(values) for name, values in scored.items()}
+    auroc = {shift: anomaly.detection_metrics(statistic["_normal"], statistic[shift]).auroc
+             for shift in VALIDATION_SHIFTS}
+    return auroc, {"train_seconds": round(train_seconds, 1),
+                   "background_train_seconds": round(background_seconds, 1),
+                   "score_seconds": round(time.perf_counter() - clock, 1),
+                   "scores_from_cache": cached}
 
 
 def validation_sets(data, args: argparse.Namespace) -> dict[str, torch.Tensor]:
@@ -231,10 +306,33 @@ def add_likelihood_ratio(vae, background, reference_x: torch.Tensor,
         scored[name]["likelihood-ratio"] = log_background(x) + scored[name]["log-likelihood"]
 
 
+def add_ensemble(vae, members, reference_x: torch.Tensor, sets: dict[str, torch.Tensor],
+                 scored: dict[str, dict[str, torch.Tensor]],
+                 reference_scores: dict[str, torch.Tensor], num_samples: int,
+                 seed: int = 0) -> None:
+    """Add the ensemble's disagreement and −WAIC to cached scores: the run's cached log p̂(x)
+    is the first member, the other members' estimates (K = ``num_samples``) are made now, as
+    :func:`pyro_vae.anomaly.score_images` does; reference values on the half of the reference
+    images the tails are read from."""
+    _, reference_half = anomaly.reference_halves(len(reference_x), seed)
+    torch.manual_seed(seed)
+
+    def add(x: torch.Tensor, cached: dict[str, torch.Tensor]) -> None:
+        log_ps = torch.cat([-cached["log-likelihood"][None],
+                            member_log_likelihoods(members, x, num_samples)])
+        cached["ensemble"] = disagreement(log_ps)
+        cached["waic"] = negative_waic(log_ps)
+
+    add(reference_x[reference_half], reference_scores)
+    for name, x in sets.items():
+        add(x, scored[name])
+
+
 def run_one(dataset: str, epochs: int, args: argparse.Namespace, folder: Path) -> dict:
     config, vae, train_seconds = trained_model(dataset, epochs, args.data_dir, folder)
     data = prepare_data(config)
     background, background_seconds = background_model(config, data, folder)
+    members, members_seconds = ensemble_members(config, folder, DEFAULT_MEMBERS)
     cache = folder / f"{dataset}-{epochs}-validation-scores.pt"
     clock = time.perf_counter()
     cached = cache.exists()
@@ -250,6 +348,11 @@ def run_one(dataset: str, epochs: int, args: argparse.Namespace, folder: Path) -
                                  validation_sets(data, args), scored, reference_scores,
                                  args.num_samples)
             torch.save({"scored": scored, "reference": reference_scores}, cache)
+        if "ensemble" not in reference_scores:  # the fourth round's scores only
+            add_ensemble(vae, members, data.valid_x[: args.reference],
+                         validation_sets(data, args), scored, reference_scores,
+                         args.num_samples)
+            torch.save({"scored": scored, "reference": reference_scores}, cache)
     else:
         sets = validation_sets(data, args)
         settings = anomaly.ScoreSettings(num_samples=args.num_samples,
@@ -258,7 +361,7 @@ def run_one(dataset: str, epochs: int, args: argparse.Namespace, folder: Path) -
         torch.manual_seed(0)
         scored, reference = anomaly.score_with_reference(
             vae, data.valid_x[: args.reference], sets, data.image_shape, (*PARTS, *NEW_PARTS),
-            settings, background)
+            settings, background, members=members)
         reference_scores = reference.scores
         torch.save({"scored": scored, "reference": reference_scores}, cache)
     score_seconds = time.perf_counter() - clock
@@ -272,16 +375,17 @@ def run_one(dataset: str, epochs: int, args: argparse.Namespace, folder: Path) -
              for shift in VALIDATION_SHIFTS}
     return {"auroc": auroc, "train_seconds": round(train_seconds, 1),
             "background_train_seconds": round(background_seconds, 1),
+            "ensemble_train_seconds": round(members_seconds, 1),
             "score_seconds": round(score_seconds, 1), "scores_from_cache": cached}
 
 
-def check_on_benchmark(folder: Path, epochs: int) -> None:
+def check_on_benchmark(folder: Path, epochs: int, architecture: str = "burda") -> None:
     """Print every candidate's AUROC on the *benchmark's* shifts, read from the scores
     ``ood_shifts.py --runs`` kept: a check after the choice, never an input to it."""
-    from benchmarks.ood_shifts import SHIFTS
+    from benchmarks.ood_shifts import SHIFTS, run_name
 
     for dataset in DATASETS:
-        saved = torch.load(folder / f"{dataset}-{epochs}-shift-scores.pt")
+        saved = torch.load(folder / f"{run_name(dataset, epochs, architecture)}-shift-scores.pt")
         statistics = candidate_statistics(saved["reference"],
                                           {"_normal": saved["normal"], **saved["scored"]})
         print(f"{dataset} ({epochs} epochs): AUROC on {', '.join(SHIFTS)}")
@@ -308,11 +412,13 @@ def main() -> None:
     parser.add_argument("--check-on-benchmark", action="store_true",
                         help="only print each candidate's AUROC on the benchmark's shifts, from "
                         "the scores ood_shifts.py --runs kept in --runs (after the choice)")
+    parser.add_argument("--architecture", default="burda",
+                        help="with --check-on-benchmark: the networks whose scores to read")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.check_on_benchmark:
         for epochs in args.epochs:
-            check_on_benchmark(Path(args.runs or "runs/ood"), epochs)
+            check_on_benchmark(Path(args.runs or "runs/ood"), epochs, args.architecture)
         return
     started = begin()
     results: dict[int, dict[str, dict]] = {}
@@ -321,6 +427,12 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for epochs in args.epochs:
             results[epochs] = {d: run_one(d, epochs, args, folder) for d in args.datasets}
+            if epochs in STRONGER_EPOCHS:
+                for dataset in args.datasets:
+                    auroc, seconds = stronger_model_auroc(dataset, epochs, args, folder)
+                    for shift, value in auroc.items():
+                        results[epochs][dataset]["auroc"][shift][STRONGER] = value
+                    results[epochs][dataset]["stronger_model"] = seconds
             print(epochs, {d: {s: {k: round(v, 3) for k, v in r.items()}
                                for s, r in results[epochs][d]["auroc"].items()}
                            for d in args.datasets}, flush=True)
@@ -349,7 +461,8 @@ def main() -> None:
     rows = [[f"{epochs}", name, f"{{epochs_{epochs}.min_{name}}}",
              f"{{epochs_{epochs}.mean_{name}}}",
              "chosen" if name == selection[epochs]["chosen"] and epochs == budget else ""]
-            for epochs in results for name in candidate_names()]
+            for epochs in results for name in candidate_names()
+            if name in selection[epochs]["summary"]]
     table = {"columns": ["epochs", "candidate (rule-tail-sides)", "min AUROC", "mean AUROC",
                          ""], "rows": rows}
     details = {"settings": {k: v for k, v in vars(args).items()
@@ -362,7 +475,9 @@ def main() -> None:
                                            "Fashion-MNIST, before any measurement"},
                "seconds": {str(e): {d: {k: r[k] for k in ("train_seconds",
                                                          "background_train_seconds",
-                                                         "score_seconds", "scores_from_cache")}
+                                                         "ensemble_train_seconds",
+                                                         "score_seconds", "scores_from_cache",
+                                                         "stronger_model") if k in r}
                                     for d, r in by.items()} for e, by in results.items()}}
     path = write_result("ood_validation", figures, started=started, table=table,
                         details=details, out_dir=args.out)

@@ -1,0 +1,53 @@
+"""The selection rule of the validation study (``benchmarks/ood_validation.py``), fixed before
+any measurement: the highest minimum AUROC, near-ties (0.005) broken by the mean, then by the
+fewest settings changed from the current default; a candidate not measured at a budget (the
+stronger model: 30 epochs only) is left out there, not counted as zero."""
+
+import pytest
+
+from benchmarks.ood_shifts import ARCHITECTURES, architecture_of, run_name
+from benchmarks.ood_validation import (STRONGER, WITH_ENSEMBLE, WITH_LLR, candidate_names,
+                                       changed_settings, choose)
+from pyro_vae.config import Config
+
+
+def _aurocs(values: dict[str, list[float]]) -> dict:
+    """``{dataset: {shift: {candidate: auroc}}}`` with every other candidate at 0.5."""
+    shifts = {}
+    for index in range(len(next(iter(values.values())))):
+        row = {name: 0.5 for name in candidate_names()}
+        row.update({name: aurocs[index] for name, aurocs in values.items()})
+        shifts[f"shift{index}"] = row
+    return {"mnist": shifts}
+
+
+def test_the_highest_minimum_wins():
+    chosen, summary = choose(_aurocs({WITH_LLR: [0.90, 0.60], STRONGER: [0.70, 0.65]}))
+    assert chosen == STRONGER
+    assert summary[STRONGER] == {"min": 0.65, "mean": pytest.approx(0.675)}
+
+
+def test_a_near_tie_goes_to_the_mean_then_to_the_fewest_changes():
+    # Minimums within 0.005: the higher mean wins although its minimum is lower.
+    chosen, _ = choose(_aurocs({WITH_LLR: [0.99, 0.647], STRONGER: [0.70, 0.65]}))
+    assert chosen == WITH_LLR
+    # Minimum and mean within 0.005: the current default (no change) beats a new part.
+    chosen, _ = choose(_aurocs({WITH_LLR: [0.80, 0.650], WITH_ENSEMBLE: [0.803, 0.652]}))
+    assert chosen == WITH_LLR
+    assert changed_settings(WITH_LLR) == 0 < changed_settings(WITH_ENSEMBLE) \
+        < changed_settings(STRONGER)
+
+
+def test_a_candidate_not_measured_at_a_budget_is_left_out():
+    aurocs = _aurocs({WITH_LLR: [0.7, 0.6]})
+    for row in aurocs["mnist"].values():
+        del row[STRONGER]
+    chosen, summary = choose(aurocs)
+    assert chosen == WITH_LLR and STRONGER not in summary
+
+
+def test_the_models_are_named_by_architecture_and_seed():
+    burda = Config().with_overrides({"model": ARCHITECTURES["burda"]})
+    assert architecture_of(burda) == "burda" and architecture_of(Config()) == "default"
+    assert run_name("mnist", 30) == "mnist-30"
+    assert run_name("mnist", 30, "burda", seed=2) == "mnist-30-burda-seed2"
