@@ -61,8 +61,9 @@ counts as one change, a rule of another kind — the joint density, a new score 
 model — as three). Each ``--epochs`` budget is measured; the
 budget is chosen by the same rule.
 
-Run by hand, not in CI (one thread; about 12 minutes for the three budgets 3, 10 and 30
-epochs on a 2-core machine, training included):
+Run by hand, not in CI (one thread on a 2-core machine, training included: about 12 minutes
+for the first three rounds' models at the budgets 3, 10 and 30 epochs, about 15 more for the
+ensembles' 24 extra models, about 10 more for the stronger models; about 40 in all):
 
     OMP_NUM_THREADS=1 python benchmarks/ood_validation.py --data-dir ../shared/data \\
         --runs runs/ood
@@ -87,7 +88,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ood_shifts import (BACKGROUND_RATE, DATASETS, SIDE,  # noqa: E402
+from benchmarks.ood_shifts import (ARCHITECTURES, BACKGROUND_RATE, DATASETS, SIDE,  # noqa: E402
                                    background_model, ensemble_members, trained_model)
 from benchmarks.results import begin, write_result  # noqa: E402
 from pyro_vae import anomaly, fisher  # noqa: E402
@@ -385,7 +386,13 @@ def check_on_benchmark(folder: Path, epochs: int, architecture: str = "burda") -
     from benchmarks.ood_shifts import SHIFTS, run_name
 
     for dataset in DATASETS:
-        saved = torch.load(folder / f"{run_name(dataset, epochs, architecture)}-shift-scores.pt")
+        path = folder / f"{run_name(dataset, epochs, architecture)}-shift-scores.pt"
+        if not path.exists():
+            print(f"{dataset} ({epochs} epochs, {architecture} networks): no benchmark scores "
+                  f"in {folder} (run ood_shifts.py --epochs {epochs} --architecture "
+                  f"{architecture} --runs {folder} first)")
+            continue
+        saved = torch.load(path)
         statistics = candidate_statistics(saved["reference"],
                                           {"_normal": saved["normal"], **saved["scored"]})
         print(f"{dataset} ({epochs} epochs): AUROC on {', '.join(SHIFTS)}")
@@ -412,7 +419,7 @@ def main() -> None:
     parser.add_argument("--check-on-benchmark", action="store_true",
                         help="only print each candidate's AUROC on the benchmark's shifts, from "
                         "the scores ood_shifts.py --runs kept in --runs (after the choice)")
-    parser.add_argument("--architecture", default="burda",
+    parser.add_argument("--architecture", default="burda", choices=sorted(ARCHITECTURES),
                         help="with --check-on-benchmark: the networks whose scores to read")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -411,6 +411,34 @@ def _model_tables(tables: dict[str, Any]) -> dict[str, Any]:
     return {name: tables.get(name, {}) for name in MODEL_TABLES}
 
 
+#: What a recipe may change without changing what a model of it learns from the same images:
+#: where the data lies, the budget and the seed (compared on their own where they matter),
+#: the device, and how the finished model is evaluated.
+_NOT_THE_RECIPE = {"data": ("dataset", "data_dir", "download"),
+                   "train": ("epochs", "seed", "device", "threads", "on_nan")}
+
+
+def recipe_differences(config: Config, other: Config) -> list[str]:
+    """The settings (``"TABLE.KEY"``) in which two configurations train different models —
+    every table but ``[evaluate]``, less the data's name and location, the budget, the seed
+    and the device — empty when a model of one may stand in for a model of the other."""
+
+    def settings(c: Config) -> dict[str, Any]:
+        tables = json.loads(json.dumps(c.to_dict(), default=str))  # tuples read as lists
+        tables.pop("evaluate", None)
+        tables["data"]["binarize"] = c.binarization  # "auto" read as what it means
+        for table, keys in _NOT_THE_RECIPE.items():
+            for key in keys:
+                tables.get(table, {}).pop(key, None)
+        return {f"{table}.{key}" if isinstance(values, dict) else table: value
+                for table, values in tables.items()
+                for key, value in (values.items() if isinstance(values, dict)
+                                   else [(None, values)])}
+
+    mine, theirs = settings(config), settings(other)
+    return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
+
+
 def load_trained(run_dir: str | Path, device: str = "cpu"):
     """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
     run_dir = Path(run_dir)

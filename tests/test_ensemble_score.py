@@ -12,6 +12,7 @@ from pyro_vae.ensemble_score import check_members, disagreement, negative_waic
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import estimate_log_likelihood
 from pyro_vae.models import build_vae
+from pyro_vae.runs import read_run_config, recipe_differences
 from helpers import model_config, run_cli, three_epoch_config
 
 
@@ -80,11 +81,14 @@ def test_anomaly_trains_the_members_once_and_reuses_them(tmp_path, capsys):
                  "log-likelihood", "--limit", 60, "--num-samples", 2, "--out", out)
     code, printed, err = run_cli(capsys, *arguments)
     assert code == 0, err
-    stamp = json.loads((out / "ensemble" / "seed-1" / "member.json").read_text())
-    assert stamp == {"dataset": config.data.dataset, "epochs": 3, "seed": 1, "of_run_seed": 0}
+    member = read_run_config(out / "ensemble" / "seed-1")
+    assert member.train.seed == 1 and member.train.epochs == 3
+    assert recipe_differences(member, read_run_config(run)) == []  # the run's recipe
+    assert (out / "ensemble" / "seed-1" / "member.json").exists()  # finished: stamped
     report = json.loads((out / "anomaly.json").read_text())
     assert {"ensemble", "waic"} <= set(report["scores"])
-    assert set(report["metrics"][f"file:{noise}"]["ensemble"]) == {"auroc", "auprc", "fpr_at_95_tpr"}
+    assert set(report["metrics"][f"file:{noise}"]["ensemble"]) == {"auroc", "auprc",
+                                                                   "fpr_at_95_tpr"}
     assert report["ensemble"][0]["seed"] == 1 and "training ensemble member 2 of 2" in printed
     code, printed, err = run_cli(capsys, *arguments)
     assert code == 0, err
@@ -98,4 +102,28 @@ def test_anomaly_refuses_an_ensemble_of_one_and_the_scores_without_one(tmp_path,
     code, _, err = run_cli(capsys, "anomaly", tmp_path / "missing", "--against", "noise",
                            "--score", "waic")
     assert code == 2 and "--ensemble M" in err
-    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+def test_members_of_another_recipe_are_refused_before_anything_is_trained(tmp_path, capsys):
+    """A member kept in --out by a run of another recipe is not reused for this one: refused in
+    words (exit 2) before the background model is trained, and the member is left as it was."""
+    from pyro_vae.training import train
+
+    noise = tmp_path / "noise.npz"
+    np.savez(noise, x=np.random.default_rng(0).random((60, 8, 8)).astype(np.float32))
+    out = tmp_path / "anomaly"
+    small, wide = tmp_path / "small", tmp_path / "wide"
+    train(three_epoch_config(), small, progress=None)
+    train(three_epoch_config().with_overrides({"model": {"hidden_dims": [48]}}), wide,
+          progress=None)
+    common = ("--against", f"file:{noise}", "--ensemble", 2, "--score", "log-likelihood",
+              "--limit", 60, "--num-samples", 2, "--out", out)
+    code, _, err = run_cli(capsys, "anomaly", small, *common)
+    assert code == 0, err
+    kept = (out / "ensemble" / "seed-1" / "checkpoint.pt").read_bytes()
+    code, printed, err = run_cli(capsys, "anomaly", wide, *common, "--background")
+    assert code == 2 and "another recipe" in err and "model.hidden_dims" in err
+    assert "Traceback" not in err and "training the background model" not in printed
+    assert not (out / "background").exists()
+    assert (out / "ensemble" / "seed-1" / "checkpoint.pt").read_bytes() == kept

@@ -183,3 +183,18 @@ def test_a_checkpoint_of_the_wrong_structure_is_refused(trained, tmp_path, capsy
         load_checkpoint(run_dir / "checkpoint.pt")
     code, _, err = run_cli(capsys, "sample", run_dir, "--n", 4)
     assert code == 2 and "not a complete" in err
+
+
+def test_recipe_differences_name_what_changes_the_model_and_nothing_else():
+    """Seed, budget, device, evaluation and the data's location do not make another recipe;
+    the networks, the training settings and the binarization (``auto`` read as what it means
+    for the likelihood) do."""
+    base = Config().with_overrides({"data": {"dataset": "mnist"}})
+    same = base.with_overrides({"data": {"data_dir": "elsewhere", "binarize": "dynamic"},
+                                "train": {"seed": 7, "epochs": 99, "threads": 1},
+                                "evaluate": {"num_samples": 3}})
+    assert runs.recipe_differences(base, same) == []
+    other = base.with_overrides({"model": {"hidden_dims": [64]},
+                                 "train": {"batch_size": 32}, "data": {"binarize": "static"}})
+    assert runs.recipe_differences(base, other) == ["data.binarize", "model.hidden_dims",
+                                               "train.batch_size"]

@@ -6,7 +6,9 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
         scores = (*scores, "likelihood-ratio")
     if args.ensemble is not None:
         check_members(args.ensemble)
-        scores = tuple(dict.fromkeys((*scores, "ensemble", "waic")))
+        if not {"ensemble", "waic"} & set(scores):
+            scores = (*scores, "ensemble", "waic")
     elif {"ensemble", "waic"} & set(scores):
         raise ConfigError("the scores ensemble and waic compare models trained from other "
                           "seeds; give --ensemble M (the number of models, the run included; "
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if "fisher" in scores:  # the default verdict needs the scores it combines
         scores = tuple(dict.fromkeys(
             (*scores, *(s for s in anomaly.FISHER_PARTS if s != "likelihood-ratio"))))
+    scores = tuple(s for s in anomaly.SCORES if s in scores)  # the table's order
     settings = anomaly.BackgroundSettings(
         rate=args.background_rate,
         epochs=1 if args.background_epochs is None else args.background_epochs)
@@ -169,24 +173,25 @@ def run(args: argparse.Namespace) -> int:
     new_out = not out.exists()
     make_run_dir(out)
 
-    background, background_report = None, None
-    if "likelihood-ratio" in scores:
-        try:
-            background, background_report = _background_model(
-                config, data, out / "background", settings)
-        except BaseException:
-            # Nothing was written but the failed background model: leave no empty folder.
-            if new_out:
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-    members, members_report = (), None
-    if args.ensemble is not None:
-        try:
-            members, members_report = _ensemble_members(config, out / "ensemble", args.ensemble)
-        except BaseException:
-            if new_out and not any(p.name == "checkpoint.pt" for p in out.rglob("*")):
-                shutil.rmtree(out, ignore_errors=True)
-            raise
+    background_plan = (_background_plan(config, data, out / "background", settings)
+                       if "likelihood-ratio" in scores else None)
+    member_plans = ([] if args.ensemble is None else _member_plans(
+        config, out / "ensemble", args.ensemble, anomaly.BackgroundSettings().test_samples))
+    plans = [plan for plan in (background_plan, *member_plans) if plan is not None]
+    try:
+        # Every extra model's folder is checked before any is trained: a stale one is refused
+        # before a long training, not after it.
+        found = [plan.reusable() for plan in plans]
+        models = [plan.load(reusable) for plan, reusable in zip(plans, found)]
+    except BaseException:
+        # Leave no empty folder behind; finished extra models stay for the next try.
+        if new_out and not any(p.name == "checkpoint.pt" for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    background = models[0] if background_plan is not None else None
+    members = tuple(models[len(plans) - len(member_plans):])
+    background_report = _report(background_plan) if background_plan is not None else None
+    members_report = [_report(plan) for plan in member_plans] if member_plans else None
     score_settings = anomaly.ScoreSettings(num_samples=args.num_samples,
                                            regret_steps=args.regret_steps,
                                            regret_draws=args.regret_draws,
@@ -298,80 +303,117 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _background_model(config, data, run_dir: Path, settings):
-    """The background model of the likelihood ratio: reused from ``run_dir`` when it was
-    trained there with the same settings, else trained now."""
-    from pyro_vae import anomaly
+@dataclass
+class ExtraModel:
+    """A model the scores need beside the run's own (a background model, an ensemble member),
+    kept in ``run_dir`` and reused by a later call: ``stamp`` (written to ``stamp_name`` last,
+    when its training ends) names its budget and seed, ``recipe`` the configuration it is
+    trained with, which a reused one must match (:func:`pyro_vae.runs.recipe_differences`)."""
 
-    stamp = {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
-             "seed": config.train.seed}
-    model = _extra_model(
-        run_dir, "perturbation.json", stamp, "background model",
-        f"the background model ({settings.epochs} epoch(s) on training images with "
-        f"{settings.rate:.0%} of pixels replaced by noise)",
-        lambda: anomaly.train_background(config, data, run_dir, settings,
-                                         seed=config.train.seed))
-    return model, {**stamp, "run_dir": str(run_dir)}
+    run_dir: Path
+    stamp_name: str
+    stamp: dict
+    recipe: object
+    what: str
+    training: str
+    train_now: Callable[[], object]
 
+    def reusable(self) -> bool:
+        """True when ``run_dir`` holds a finished model of these settings, False when there is
+        none yet; an interrupted, damaged or differently trained one is refused in words."""
+        from pyro_vae.errors import CheckpointError
+        from pyro_vae.runs import read_run_config, recipe_differences
 
-def _ensemble_members(config, folder: Path, count: int):
-    """The ensemble's other ``count − 1`` members: the run's recipe and budget trained with the
-    seeds seed + 1 … seed + count − 1 into ``folder/seed-S``, each reused when it was trained
-    there with the same settings (:mod:`pyro_vae.ensemble_score`)."""
-    from pyro_vae.training import train
-
-    members, report = [], []
-    for seed in range(config.train.seed + 1, config.train.seed + count):
-        run_dir = folder / f"seed-{seed}"
-        stamp = {"dataset": config.data.dataset, "epochs": config.train.epochs, "seed": seed,
-                 "of_run_seed": config.train.seed}
-        member_config = config.with_overrides({"train": {"seed": seed}})
-        members.append(_extra_model(
-            run_dir, "member.json", stamp, "ensemble member",
-            f"ensemble member {seed - config.train.seed + 1} of {count} (the run's recipe, "
-            f"{config.train.epochs} epoch(s), seed {seed})",
-            lambda member_config=member_config, run_dir=run_dir: train(member_config, run_dir)))
-        report.append({**stamp, "run_dir": str(run_dir)})
-    return members, report
-
-
-def _extra_model(run_dir: Path, stamp_name: str, stamp: dict, what: str, training: str,
-                 train_now):
-    """A model the scores need beside the run's own, kept in ``run_dir``: reused when its stamp
-    file (written last, when its training ends) matches ``stamp``, else trained by
-    ``train_now()``; an interrupted or damaged one is refused in words."""
-    from pyro_vae.runs import load_trained, write_json
-
-    stamp_path = run_dir / stamp_name
-    if (run_dir / "checkpoint.pt").exists():
+        run_dir, stamp_path = self.run_dir, self.run_dir / self.stamp_name
+        if not (run_dir / "checkpoint.pt").exists():
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise ConfigError(f"{run_dir} holds files but no finished {self.what}; remove "
+                                  "it (an interrupted training) and run again.")
+            return False
         try:
             saved = json.loads(stamp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # written last: missing after a kill, or damaged
             raise ConfigError(
-                f"{run_dir} holds a {what} whose training did not finish (its "
+                f"{run_dir} holds a {self.what} whose training did not finish (its "
                 f"{stamp_path.name}, written when it ends, is missing or damaged: the run was "
                 "interrupted, e.g. killed); remove that folder and run again to train it "
                 "anew.") from None
-        if saved != stamp:
-            raise ConfigError(f"{run_dir} holds a {what} trained with other "
-                              f"settings ({saved}); remove that folder or choose another --out "
-                              "to train one with the settings given now.")
-        print(f"reusing the {what} in {run_dir}")
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise ConfigError(f"{run_dir} holds files but no finished {what}; remove "
-                              "it (an interrupted training) and run again.")
-        print(f"training {training} into {run_dir}")
+        if saved != self.stamp:
+            raise ConfigError(f"{run_dir} holds a {self.what} trained with other settings "
+                              f"({saved}); remove that folder or choose another --out to train "
+                              "one with the settings given now.")
         try:
-            train_now()
-        except BaseException:
-            # A half-trained model would block the next try ("holds files but no finished
-            # ..."): remove it, the error says what went wrong.
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        write_json(stamp_path, stamp)
-    _, model, _ = load_trained(run_dir)
-    return model
+            differences = recipe_differences(read_run_config(run_dir), self.recipe)
+        except CheckpointError as error:
+            raise ConfigError(f"{run_dir} holds a {self.what} that cannot be read ({error}); "
+                              "remove that folder and run again to train it anew.") from None
+        if differences:
+            raise ConfigError(f"{run_dir} holds a {self.what} of another recipe than this "
+                              f"run's (it differs in {', '.join(differences)}); remove that "
+                              "folder or choose another --out to train one of this run's "
+                              "recipe.")
+        return True
+
+    def load(self, reusable: bool):
+        """The model: reused when ``reusable``, else trained now (a half-trained one removed
+        when the training fails, so that it does not block the next try)."""
+        from pyro_vae.runs import load_trained, write_json
+
+        if reusable:
+            print(f"reusing the {self.what} in {self.run_dir}")
+        else:
+            print(f"training {self.training} into {self.run_dir}")
+            try:
+                self.train_now()
+            except BaseException:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            write_json(self.run_dir / self.stamp_name, self.stamp)
+        _, model, _ = load_trained(self.run_dir)
+        return model
+
+
+def _background_plan(config, data, run_dir: Path, settings) -> ExtraModel:
+    """The background model of the likelihood ratio (:func:`pyro_vae.anomaly.train_background`:
+    the run's recipe on perturbed training images)."""
+    from pyro_vae import anomaly
+
+    return ExtraModel(
+        run_dir, "perturbation.json",
+        {"dataset": config.data.dataset, "rate": settings.rate, "epochs": settings.epochs,
+         "seed": config.train.seed},
+        config, "background model",
+        f"the background model ({settings.epochs} epoch(s) on training images with "
+        f"{settings.rate:.0%} of pixels replaced by noise)",
+        lambda: anomaly.train_background(config, data, run_dir, settings,
+                                         seed=config.train.seed))
+
+
+def _member_plans(config, folder: Path, count: int, evaluate_samples: int) -> list[ExtraModel]:
+    """The ensemble's other ``count − 1`` members: the run's recipe and budget with the seeds
+    seed + 1 … seed + count − 1, each in ``folder/seed-S`` (:mod:`pyro_vae.ensemble_score`).
+    Their training's closing evaluation uses ``evaluate_samples`` draws: the scores estimate
+    log p(x) themselves."""
+    from pyro_vae.training import train
+
+    plans = []
+    for seed in range(config.train.seed + 1, config.train.seed + count):
+        run_dir = folder / f"seed-{seed}"
+        member = config.with_overrides({"train": {"seed": seed},
+                                        "evaluate": {"num_samples": evaluate_samples}})
+        plans.append(ExtraModel(
+            run_dir, "member.json",
+            {"dataset": config.data.dataset, "epochs": config.train.epochs, "seed": seed,
+             "of_run_seed": config.train.seed},
+            member, "ensemble member",
+            f"ensemble member {seed - config.train.seed + 1} of {count} (the run's recipe, "
+            f"{config.train.epochs} epoch(s), seed {seed})",
+            lambda member=member, run_dir=run_dir: train(member, run_dir)))
+    return plans
+
+
+def _report(plan: ExtraModel) -> dict:
+    return {**plan.stamp, "run_dir": str(plan.run_dir)}
 
 
 def _anomaly_table(dataset: str, report: dict) -> str:
