@@ -251,8 +251,11 @@ def run_one(dataset: str, args: argparse.Namespace, folder: Path) -> dict:
                                    .double().mean()) for score in CALIBRATED}
                for name, values in scored.items()}
     if args.runs:  # the scores, for re-reading without scoring again
+        # Other regret settings than the stated ones keep their own file.
+        regret = ("" if (args.regret_steps, args.regret_draws) == (20, 8)
+                  else f"-regret{args.regret_steps}x{args.regret_draws}")
         torch.save({"normal": normal, "scored": scored, "reference": reference.scores},
-                   folder / f"{run_name(dataset, args.epochs, args.architecture)}"
+                   folder / f"{run_name(dataset, args.epochs, args.architecture)}{regret}"
                             "-shift-scores.pt")
     # Informative only (the shifts stay as defined): AUROC against the shifted images of each
     # class, for the shifts that leave some classes nearly unchanged (a 0, 1, 3 or 8 turned

@@ -68,7 +68,8 @@ goes to the budget of the current default, 30 epochs, then to the smaller budget
 
 Run by hand, not in CI (one thread on a 2-core machine, training included: about 12 minutes
 for the first three rounds' models at the budgets 3, 10 and 30 epochs, about 15 more for the
-ensembles' 24 extra models, about 10 more for the stronger models; about 40 in all):
+ensembles' 24 extra models, about 30 more for the stronger models and their background models
+at 30 and 100 epochs; about an hour in all, a few minutes when ``--runs`` holds them):
 
     OMP_NUM_THREADS=1 python benchmarks/ood_validation.py --data-dir ../shared/data \\
         --runs runs/ood
@@ -126,7 +127,8 @@ STRONGER = "burda-architecture"
 #: The budgets the stronger model is measured at: the chosen one (fourth round), and the grid
 #: extended by one step (fifth round).
 STRONGER_EPOCHS = (30, 100)
-#: The budget of the current default, which a near-tie between budgets keeps.
+#: The budget of the default when the fifth round was measured, which a near-tie between
+#: budgets keeps (round five chose 100 by the mean, not by a tie; a later round sets 100 here).
 CURRENT_EPOCHS = 30
 
 

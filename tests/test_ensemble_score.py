@@ -127,3 +127,19 @@ def test_members_of_another_recipe_are_refused_before_anything_is_trained(tmp_pa
     assert "Traceback" not in err and "training the background model" not in printed
     assert not (out / "background").exists()
     assert (out / "ensemble" / "seed-1" / "checkpoint.pt").read_bytes() == kept
+
+
+def test_a_file_where_a_member_is_kept_is_refused_in_words(tmp_path, capsys):
+    from pyro_vae.training import train
+
+    run = tmp_path / "run"
+    train(three_epoch_config(), run, progress=None)
+    out = tmp_path / "anomaly"
+    (out / "ensemble").mkdir(parents=True)
+    (out / "ensemble" / "seed-1").write_text("not a model")
+    noise = tmp_path / "noise.npz"
+    np.savez(noise, x=np.random.default_rng(0).random((60, 8, 8)).astype(np.float32))
+    code, _, err = run_cli(capsys, "anomaly", run, "--against", f"file:{noise}", "--ensemble", 2,
+                           "--score", "log-likelihood", "--limit", 60, "--out", out)
+    assert code == 2 and "is a file" in err and "Traceback" not in err
+    assert (out / "ensemble" / "seed-1").read_text() == "not a model"

@@ -325,6 +325,9 @@ class ExtraModel:
         from pyro_vae.runs import read_run_config, recipe_differences
 
         run_dir, stamp_path = self.run_dir, self.run_dir / self.stamp_name
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is a file, where the {self.what} is kept; move it "
+                              "away or choose another --out.")
         if not (run_dir / "checkpoint.pt").exists():
             if run_dir.exists() and any(run_dir.iterdir()):
                 raise ConfigError(f"{run_dir} holds files but no finished {self.what}; remove "
