@@ -320,8 +320,14 @@ def main() -> None:
     parser.add_argument("--runs", default=None, help="folder to keep (and reuse) the trained "
                         "models in (default: a temporary one)")
     parser.add_argument("--out", default=None, help="result folder (default benchmarks/results)")
-    parser.add_argument("--figure", default=str(ROOT / "docs" / "images" / "ood_shifts.png"))
+    parser.add_argument("--name", default="ood_shifts",
+                        help="the result file's name (benchmarks/results/NAME.json) and the "
+                        "figure's (docs/images/NAME.png), for a run with other settings")
+    parser.add_argument("--figure", default=None, help="the heat map (default "
+                        "docs/images/NAME.png)")
     args = parser.parse_args()
+    if args.figure is None:
+        args.figure = str(ROOT / "docs" / "images" / f"{args.name}.png")
     torch.set_num_threads(1)
     started = begin()
     results = {}
@@ -365,10 +371,10 @@ def main() -> None:
                          *(f"{s} (informative)" if s in INFORMATIVE else s for s in SCORES)],
              "rows": rows}
     details = {"settings": {k: v for k, v in vars(args).items()
-                            if k not in ("data_dir", "out", "figure", "runs")},
+                            if k not in ("data_dir", "out", "figure", "runs", "name")},
                **{dataset: {k: v for k, v in result.items() if k != "auroc"}
                   for dataset, result in results.items()}}
-    path = write_result("ood_shifts", figures, started=started, table=table, details=details,
+    path = write_result(args.name, figures, started=started, table=table, details=details,
                         out_dir=args.out)
     Path(args.figure).parent.mkdir(parents=True, exist_ok=True)
     save_heatmap(Path(args.figure), results)
