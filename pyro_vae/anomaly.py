@@ -106,27 +106,33 @@ from pyro_vae.knn_score import KNNScore, latent_codes
 from pyro_vae.objectives.particles import _sample_sites
 from pyro_vae.plots import save_figure, subplots
 from pyro_vae.training import train
+from pyro_vae.transformation_score import TransformationClassifier, transformation_scores
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
-                    "ensemble", "waic", "dose", "knn", "fisher")
-#: Scores that need more trained models than the run: a background model, or ensemble members.
-EXTRA_MODEL_SCORES = ("likelihood-ratio", "ensemble", "waic")
+                    "ensemble", "waic", "transformations", "dose", "knn", "fisher")
+#: Scores that need more trained models than the run: a background model, ensemble members, or
+#: the transformation classifier.
+EXTRA_MODEL_SCORES = ("likelihood-ratio", "ensemble", "waic", "transformations")
 #: Scores fitted on the run's held-out in-distribution (validation) images.
 FITTED_SCORES = ("dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
 #: for the likelihood (the ELBO is nearly the same score), each correction enters once. The
 #: nearest-neighbour distance (``knn``) is not among them: it lost as a fifth part on the
 #: validation shifts; the likelihood ratio won there, and enters whenever a background model
-#: is given (:mod:`pyro_vae.fisher`).
-FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "dose")
+#: is given, and so did the transformation score (the sixth round; :mod:`pyro_vae.fisher`).
+FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "transformations",
+                "dose")
 #: The default verdict.
 DEFAULT_VERDICT = "fisher"
 #: Every score, batch-level typicality last.
 SCORES = (*PER_IMAGE_SCORES, "typicality")
-#: What ``pyro-vae anomaly`` computes without ``--score`` (the likelihood ratio trains a second
-#: model, so it runs only when asked for).
-DEFAULT_SCORES = tuple(s for s in SCORES if s not in EXTRA_MODEL_SCORES)
+#: Scores computed only when asked for: they train whole VAEs beside the run (a background
+#: model, ensemble members). The transformation score's classifier is cheaper (a few minutes
+#: on a CPU) and a part of the default verdict, so it is trained by default.
+OPT_IN_SCORES = ("likelihood-ratio", "ensemble", "waic")
+#: What ``pyro-vae anomaly`` computes without ``--score``.
+DEFAULT_SCORES = tuple(s for s in SCORES if s not in OPT_IN_SCORES)
 #: One line per score for tables and figures.
 SCORE_LABELS = {
     "log-likelihood": "−log p(x)",
@@ -136,6 +142,7 @@ SCORE_LABELS = {
     "likelihood-ratio": "log p_bg(x) − log p(x)",
     "ensemble": "Var_m log p_m(x)",
     "waic": "−WAIC(x)",
+    "transformations": "−mean_j p(T_j | T_j(x))",
     "dose": "DoSE −log ρ̂(t(x))",
     "knn": "k-NN distance of μ(x)",
     "fisher": "Fisher T = −2 Σ log p_j",
@@ -441,11 +448,13 @@ class ScoreSettings:
 def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, int, int],
                  scores: tuple[str, ...], settings: ScoreSettings,
                  background: torch.nn.Module | None = None,
-                 members: Sequence[torch.nn.Module] = ()) -> dict[str, torch.Tensor]:
+                 members: Sequence[torch.nn.Module] = (),
+                 classifier: TransformationClassifier | None = None) -> dict[str, torch.Tensor]:
     """The per-image scores named in ``scores`` (higher = more anomalous), plus ``"_log_p"``
     (log p̂_K, which the typicality test uses). ``background`` is needed for
     ``likelihood-ratio``; ``members`` (the ensemble's other models: ``vae`` is the first
-    member) for ``ensemble`` and ``waic``."""
+    member) for ``ensemble`` and ``waic``; ``classifier`` (:mod:`pyro_vae.
+    transformation_score`) for ``transformations``."""
     unknown = [s for s in scores if s not in SCORES]
     if unknown:
         raise ConfigError(f"unknown score {unknown[0]!r}; choose from {', '.join(SCORES)}.")
@@ -477,6 +486,10 @@ def score_images(vae: torch.nn.Module, x: torch.Tensor, image_shape: tuple[int, 
             result["ensemble"] = disagreement(log_ps)
         if "waic" in scores:
             result["waic"] = negative_waic(log_ps)
+    if "transformations" in scores:
+        if classifier is None:
+            raise ValueError("the transformation score needs its classifier")
+        result["transformations"] = transformation_scores(classifier, x)
     return result
 
 
@@ -513,7 +526,8 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          sets: dict[str, torch.Tensor], image_shape: tuple[int, int, int],
                          scores: tuple[str, ...], settings: ScoreSettings,
                          background: torch.nn.Module | None = None, seed: int = 0,
-                         members: Sequence[torch.nn.Module] = ()
+                         members: Sequence[torch.nn.Module] = (),
+                         classifier: TransformationClassifier | None = None
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
     """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
     (``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they were fitted on.
@@ -523,12 +537,13 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
     nearest-neighbour score's bank of codes are fitted on the first; the tail
     probabilities and Fisher's calibration, and the reference values that
     :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
-    :data:`FISHER_PARTS` that ``scores`` names. ``background`` and ``members`` are the extra
-    models of :func:`score_images`.
+    :data:`FISHER_PARTS` that ``scores`` names. ``background``, ``members`` and ``classifier``
+    are the extra models of :func:`score_images`.
     """
     plain = tuple(s for s in scores if s not in FITTED_SCORES)
     wanted = {**sets, "_reference": reference_x}
-    scored = {name: score_images(vae, x, image_shape, plain, settings, background, members)
+    scored = {name: score_images(vae, x, image_shape, plain, settings, background, members,
+                                 classifier)
               for name, x in wanted.items()}
     fit_half, reference_half = reference_halves(len(reference_x), seed)
     dose = None

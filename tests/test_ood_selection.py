@@ -56,10 +56,10 @@ def test_the_models_are_named_by_architecture_and_seed():
 def test_a_budget_tie_keeps_the_current_budget_then_the_smaller():
     from benchmarks.ood_validation import CURRENT_EPOCHS, choose_budget
 
-    assert choose_budget({30: {"min": 0.60, "mean": 0.80},
-                          100: {"min": 0.62, "mean": 0.79}}) == 100  # a higher minimum wins
-    assert choose_budget({30: {"min": 0.600, "mean": 0.800},
-                          100: {"min": 0.604, "mean": 0.803}}) == CURRENT_EPOCHS == 30
+    assert choose_budget({30: {"min": 0.62, "mean": 0.79},
+                          100: {"min": 0.60, "mean": 0.80}}) == 30  # a higher minimum wins
+    assert choose_budget({30: {"min": 0.604, "mean": 0.803},
+                          100: {"min": 0.600, "mean": 0.800}}) == CURRENT_EPOCHS == 100
     assert choose_budget({3: {"min": 0.6, "mean": 0.8}, 10: {"min": 0.6, "mean": 0.8}}) == 3
 
 

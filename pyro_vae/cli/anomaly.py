@@ -13,6 +13,11 @@ from typing import Callable
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError
 
+#: The transformation classifier's default passes over the training images (the value of
+#: ``pyro_vae.transformation_score.DEFAULT_EPOCHS``, kept here so that ``--help`` needs no
+#: torch; a test checks that the two agree).
+TRANSFORMATION_EPOCHS = 10
+
 # torch and the library's heavy modules are imported inside the functions that use them,
 # so that `pyro-vae --help` parses without importing torch (see cli/main.py).
 
@@ -24,8 +29,10 @@ def add_parser(commands) -> None:
         description="Score the run's test images and each other dataset's test images by "
         "log p(x), the ELBO, likelihood regret, input complexity, DoSE, the distance of the "
         "code to its k-th nearest in-distribution code, (with --background) a "
-        "background likelihood ratio and (with --ensemble) the disagreement of models "
-        "trained from other seeds, and test batches for typicality; write one table "
+        "background likelihood ratio, (with --ensemble) the disagreement of models "
+        "trained from other seeds, how well a classifier tells flipped, moved and turned "
+        "copies of the image apart (the transformation score), and test batches for "
+        "typicality; write one table "
         "(anomaly.json, printed) and one figure of histograms (anomaly.png). Higher scores "
         "mean more anomalous. The formulas and references are in pyro_vae/anomaly.py.")
     parser.add_argument("run_dir")
@@ -34,11 +41,17 @@ def add_parser(commands) -> None:
                          "fashion-mnist")
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
-                         "regret, complexity, likelihood-ratio, ensemble, waic, dose, knn, "
-                         "fisher, typicality "
+                         "regret, complexity, likelihood-ratio, ensemble, waic, "
+                         "transformations, dose, knn, fisher, typicality "
                          "(default: all but likelihood-ratio, which --background adds, and "
                          "ensemble and waic, which --ensemble adds; fisher, the default "
                          "verdict, adds the scores it combines)")
+    parser.add_argument("--no-transformations", action="store_true",
+                         help="leave out the transformation score (Golan & El-Yaniv 2018), "
+                         "whose classifier of 72 flips, moves and quarter turns of the training "
+                         "images is otherwise trained (a few minutes on a CPU; kept in "
+                         "OUT/transformations and reused) and combined by the default verdict, "
+                         "as chosen on validation shifts")
     parser.add_argument("--background", action="store_true",
                          help="train a background model on perturbed training images for the "
                          "likelihood ratio (kept in OUT/background and reused); the default "
@@ -55,6 +68,9 @@ def add_parser(commands) -> None:
                          "other seeds (kept in OUT/ensemble and reused) for the ensemble's "
                          "disagreement Var_m log p_m(x) and −WAIC (Choi et al. 2018); 5 is the "
                          "papers' size")
+    parser.add_argument("--transformation-epochs", type=int, default=None,
+                         help="passes of that classifier over the training images (default "
+                         f"{TRANSFORMATION_EPOCHS})")
     parser.add_argument("--num-samples", type=int, default=200, help="K (default 200)")
     parser.add_argument("--limit", type=int, default=1000,
                          help="images scored from each dataset (default 1000)")
@@ -93,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
     from pyro_vae.runs import make_run_dir, write_json
+    from pyro_vae.transformation_score import check_image_shape
 
-    for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch"):
+    for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch",
+                 "transformation-epochs"):
         positive_flag(name, getattr(args, name.replace("-", "_")))
     scores = tuple(dict.fromkeys(args.score or anomaly.DEFAULT_SCORES))
     if not 0.0 < args.alpha < 1.0:
@@ -118,7 +136,12 @@ def run(args: argparse.Namespace) -> int:
                           "5 is the papers' size) to train them.")
     if "fisher" in scores:  # the default verdict needs the scores it combines
         scores = tuple(dict.fromkeys(
-            (*scores, *(s for s in anomaly.FISHER_PARTS if s != "likelihood-ratio"))))
+            (*scores, *(s for s in anomaly.FISHER_PARTS if s not in anomaly.OPT_IN_SCORES))))
+    if args.no_transformations:
+        if "transformations" in (args.score or ()):
+            raise ConfigError("--score transformations and --no-transformations contradict "
+                              "each other; give one of them.")
+        scores = tuple(s for s in scores if s != "transformations")
     scores = tuple(s for s in anomaly.SCORES if s in scores)  # the table's order
     settings = anomaly.BackgroundSettings(
         rate=args.background_rate,
@@ -169,6 +192,14 @@ def run(args: argparse.Namespace) -> int:
             scores = tuple(s for s in scores if s != "knn")
             print(f"note: no nearest-neighbour score for this model ({error})",
                   file=sys.stderr)
+    if "transformations" in scores:
+        try:
+            check_image_shape(data.image_shape)
+        except ConfigError as error:
+            if "transformations" in (args.score or ()):  # asked for by name: say why not
+                raise
+            scores = tuple(s for s in scores if s != "transformations")
+            print(f"note: no transformation score for these images ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     new_out = not out.exists()
     make_run_dir(out)
@@ -177,7 +208,11 @@ def run(args: argparse.Namespace) -> int:
                        if "likelihood-ratio" in scores else None)
     member_plans = ([] if args.ensemble is None else _member_plans(
         config, out / "ensemble", args.ensemble, anomaly.BackgroundSettings().test_samples))
-    plans = [plan for plan in (background_plan, *member_plans) if plan is not None]
+    classifier_plan = (_classifier_plan(config, data, out / "transformations",
+                                        args.transformation_epochs or TRANSFORMATION_EPOCHS)
+                       if "transformations" in scores else None)
+    plans = [plan for plan in (background_plan, *member_plans, classifier_plan)
+             if plan is not None]
     try:
         # Every extra model's folder is checked before any is trained: a stale one is refused
         # before a long training, not after it.
@@ -188,10 +223,12 @@ def run(args: argparse.Namespace) -> int:
         if new_out and not any(p.name == "checkpoint.pt" for p in out.rglob("*")):
             shutil.rmtree(out, ignore_errors=True)
         raise
+    classifier = models.pop() if classifier_plan is not None else None
     background = models[0] if background_plan is not None else None
-    members = tuple(models[len(plans) - len(member_plans):])
+    members = tuple(models[len(models) - len(member_plans):])
     background_report = _report(background_plan) if background_plan is not None else None
     members_report = [_report(plan) for plan in member_plans] if member_plans else None
+    classifier_report = _report(classifier_plan) if classifier_plan is not None else None
     score_settings = anomaly.ScoreSettings(num_samples=args.num_samples,
                                            regret_steps=args.regret_steps,
                                            regret_draws=args.regret_draws,
@@ -202,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             **{name: other.test_x[: args.limit] for name, other in others.items()}}
     against, reference = anomaly.score_with_reference(
         vae, data.valid_x[: args.limit], sets, data.image_shape, per_image, score_settings,
-        background, members=members)
+        background, members=members, classifier=classifier)
     normal = against.pop("_normal")
     table = anomaly.metrics_table(normal, against)
     calibration = anomaly.calibration(reference, normal, args.alpha)
@@ -279,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
                    "learning_rate": score_settings.regret_learning_rate}
         if "regret" in scores else None,
         "compressor": args.compressor if "complexity" in scores else None,
-        "background": background_report, "ensemble": members_report, "warnings": warnings,
+        "background": background_report, "ensemble": members_report,
+        "transformations": classifier_report, "warnings": warnings,
     }
     panels = [(f"{anomaly.SCORE_LABELS[s]}: AUROC "
                + ", ".join(f"{table[name][s]['auroc']:.3f}" for name in against),
@@ -415,7 +453,94 @@ def _member_plans(config, folder: Path, count: int, evaluate_samples: int) -> li
     return plans
 
 
-def _report(plan: ExtraModel) -> dict:
+@dataclass
+class KeptClassifier:
+    """The transformation score's classifier (:mod:`pyro_vae.transformation_score`), kept in
+    ``folder`` (``classifier.pt``, then the stamp ``transformations.json`` written last) and
+    reused by a later call when the stamp matches."""
+
+    run_dir: Path
+    stamp: dict
+    train_now: Callable[[], object]
+    stamp_name: str = "transformations.json"
+    what: str = "transformation classifier"
+
+    def reusable(self) -> bool:
+        """True when ``run_dir`` holds a finished classifier of these settings, False when it
+        holds none yet; an interrupted or differently trained one is refused in words."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} is a file, where the {self.what} is kept; move "
+                              "it away or choose another --out.")
+        stamp_path = self.run_dir / self.stamp_name
+        if not stamp_path.exists():
+            if self.run_dir.exists() and any(self.run_dir.iterdir()):
+                raise ConfigError(f"{self.run_dir} holds files but no finished {self.what} (its "
+                                  f"{self.stamp_name}, written when the training ends, is "
+                                  "missing: it was interrupted); remove that folder and run "
+                                  "again.")
+            return False
+        try:
+            saved = json.loads(stamp_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ConfigError(f"{stamp_path} is damaged; remove {self.run_dir} and run again to "
+                              f"train the {self.what} anew.") from None
+        if saved != self.stamp:
+            differing = sorted(k for k in {*saved, *self.stamp} if saved.get(k) != self.stamp.get(k))
+            raise ConfigError(f"{self.run_dir} holds a {self.what} trained with other settings "
+                              f"(it differs in {', '.join(differing)}: {saved}); remove that "
+                              "folder or choose another --out to train one with the settings "
+                              "given now.")
+        return True
+
+    def load(self, reusable: bool):
+        """The classifier: reused when ``reusable``, else trained now and written (nothing
+        half-written is left when the training fails)."""
+        from pyro_vae.runs import write_json
+        from pyro_vae.transformation_score import load_classifier, save_classifier
+
+        path = self.run_dir / "classifier.pt"
+        if reusable:
+            print(f"reusing the {self.what} in {self.run_dir}")
+        else:
+            print(f"training the {self.what} into {self.run_dir} ({self.stamp['epochs']} "
+                  f"passes over {self.stamp['images']} training images, one of "
+                  f"{self.stamp['transformations']} transformations each)")
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                save_classifier(self.train_now(), path)
+            except BaseException:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                raise
+            write_json(self.run_dir / self.stamp_name, self.stamp)
+        try:
+            return load_classifier(path)
+        except (OSError, RuntimeError, KeyError, ValueError) as error:
+            raise ConfigError(f"{path} cannot be read ({error}); remove {self.run_dir} and run "
+                              f"again to train the {self.what} anew.") from None
+
+
+def _classifier_plan(config, data, run_dir: Path, epochs: int) -> KeptClassifier:
+    """The transformation classifier of the run: its training images (a fresh binarization of
+    each batch for a dynamically binarized run), its seed, ``epochs`` passes."""
+    from pyro_vae.transformation_score import train_transformation_classifier, transformations
+
+    dynamic = config.binarization == "dynamic"
+
+    def progress(epoch: int, loss: float) -> None:
+        print(f"  transformation classifier: pass {epoch}/{epochs}, cross-entropy {loss:.3f}",
+              flush=True)
+
+    return KeptClassifier(
+        run_dir,
+        {"dataset": config.data.dataset, "epochs": epochs, "seed": config.train.seed,
+         "images": len(data.train_x), "binarized_per_batch": dynamic,
+         "transformations": len(transformations(data.image_shape[-1]))},
+        lambda: train_transformation_classifier(
+            data.train_x, data.image_shape, epochs, binarize_batches=dynamic,
+            seed=config.train.seed, progress=progress))
+
+
+def _report(plan: ExtraModel | KeptClassifier) -> dict:
     return {**plan.stamp, "run_dir": str(plan.run_dir)}
 
 
