@@ -78,9 +78,9 @@ from pyro_vae.fisher import FisherCombination  # noqa: E402
 from pyro_vae.plots import save_figure, subplots  # noqa: E402
 from pyro_vae.runs import CHECKPOINT, load_trained, write_json  # noqa: E402
 from pyro_vae.training import prepare_data, train  # noqa: E402
-from pyro_vae.transformation_score import (TransformationClassifier,  # noqa: E402
-                                           load_classifier, save_classifier,
-                                           train_transformation_classifier)
+from pyro_vae.transformation_score import (DEFAULT_EPOCHS,  # noqa: E402
+                                           TransformationClassifier, load_classifier,
+                                           save_classifier, train_transformation_classifier)
 
 DATASETS = ("mnist", "fashion-mnist")
 SHIFTS = ("other", "inverted", "rotated", "upside-down", "pixel-shuffled", "noise", "constant",
@@ -226,20 +226,21 @@ def background_model(config, data, folder: Path) -> tuple[torch.nn.Module, float
     return background, float(checkpoint["train_seconds"])
 
 
-def transformation_classifier(config, data, folder: Path
+def transformation_classifier(config, data, folder: Path, epochs: int = DEFAULT_EPOCHS
                               ) -> tuple[TransformationClassifier, float]:
     """The transformation score's classifier of the run ``config`` (:mod:`pyro_vae.
-    transformation_score`, its default settings, the run's seed), trained on its training
-    images into ``folder/RUN-transformations.pt`` unless that is there. Returns (classifier,
-    training seconds)."""
-    path = folder / (f"{run_name(config.data.dataset, config.train.epochs, architecture_of(config))}"
-                     "-transformations.pt")
+    transformation_score`, ``epochs`` passes, the run's seed), trained on its training images
+    into ``folder/RUN-transformations.pt`` (``-transformationsEPOCHS.pt`` for another number of
+    passes than the default) unless that is there. Returns (classifier, training seconds)."""
+    suffix = "" if epochs == DEFAULT_EPOCHS else str(epochs)
+    name = run_name(config.data.dataset, config.train.epochs, architecture_of(config))
+    path = folder / f"{name}-transformations{suffix}.pt"
     seconds_path = path.with_suffix(".json")  # written last
     if not seconds_path.exists():
         clock = time.perf_counter()
         classifier = train_transformation_classifier(
-            data.train_x.cpu(), data.image_shape, binarize_batches=config.binarization == "dynamic",
-            seed=config.train.seed)
+            data.train_x.cpu(), data.image_shape, epochs,
+            binarize_batches=config.binarization == "dynamic", seed=config.train.seed)
         seconds = time.perf_counter() - clock
         save_classifier(classifier, path)
         write_json(seconds_path, {"train_seconds": seconds})

@@ -485,7 +485,8 @@ class KeptClassifier:
             raise ConfigError(f"{stamp_path} is damaged; remove {self.run_dir} and run again to "
                               f"train the {self.what} anew.") from None
         if saved != self.stamp:
-            differing = sorted(k for k in {*saved, *self.stamp} if saved.get(k) != self.stamp.get(k))
+            differing = sorted(k for k in {*saved, *self.stamp}
+                               if saved.get(k) != self.stamp.get(k))
             raise ConfigError(f"{self.run_dir} holds a {self.what} trained with other settings "
                               f"(it differs in {', '.join(differing)}: {saved}); remove that "
                               "folder or choose another --out to train one with the settings "
