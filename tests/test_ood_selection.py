@@ -79,3 +79,21 @@ def test_the_oracle_classifier_learns_a_shift_it_is_shown():
         auroc = detection_metrics(logits(network, sparse[300:350]),
                                   logits(network, 1 - sparse[350:])).auroc
         assert auroc > 0.99, variant
+
+
+def test_the_seventh_rounds_candidates_count_each_changed_setting():
+    """The current default (the sixth round's choice) is the 10-pass classifier under Fisher's
+    rule over empirical tails; each other rule, tail, sides or budget adds one change, so a
+    near-tie keeps the default, and the default's twin among the new names ties with it."""
+    from benchmarks.ood_validation import SEVENTH_ROUND, WITH_TRANSFORMATIONS
+
+    assert len(SEVENTH_ROUND) == 24
+    default = "six-parts-fisher-empirical-likelihood-10-passes"
+    assert changed_settings(default) == changed_settings(WITH_TRANSFORMATIONS) == 4
+    assert changed_settings("six-parts-tippett-empirical-likelihood-10-passes") == 5
+    assert changed_settings("six-parts-fisher-empirical-likelihood-30-passes") == 5
+    assert changed_settings("six-parts-tippett-kernel-all-30-passes") == 8
+    chosen, _ = choose(_aurocs({WITH_TRANSFORMATIONS: [0.80, 0.650], default: [0.80, 0.650],
+                                "six-parts-tippett-empirical-likelihood-30-passes":
+                                    [0.802, 0.652]}))
+    assert chosen == WITH_TRANSFORMATIONS
