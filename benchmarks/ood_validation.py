@@ -89,7 +89,9 @@ smaller budget).
 Run by hand, not in CI (one thread on a 2-core machine, training included: about 12 minutes
 for the first three rounds' models at the budgets 3, 10 and 30 epochs, about 15 more for the
 ensembles' 24 extra models, about 30 more for the stronger models and their background models
-at 30 and 100 epochs; about an hour in all, a few minutes when ``--runs`` holds them):
+at 30 and 100 epochs, about 30 more for the transformation classifiers of the sixth and seventh
+rounds (10 and 30 passes: about 3 and 10 minutes per model) and their scoring; about an hour
+and a half in all, a few minutes when ``--runs`` holds them):
 
     OMP_NUM_THREADS=1 python benchmarks/ood_validation.py --data-dir ../shared/data \\
         --runs runs/ood
