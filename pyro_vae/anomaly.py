@@ -51,6 +51,13 @@ s(x) = −WAIC(x) = −E_m log p̂_m(x) + Var_m log p̂_m(x). Trains M − 1 mor
 request (``--ensemble M``). Offered to the default verdict as a part in the fourth round of
 the validation study and rejected there (fainter images make the members *agree* more), so
 they are scores of their own.
+``transformations`` — transformation prediction (Golan & El-Yaniv 2018, "Deep anomaly detection
+using geometric transformations"; :mod:`pyro_vae.transformation_score`): a small CNN f learns on
+the training images which of 72 transformations T_j (a left-right flip or none, a move by 0 or
+±¼ of the side each way, 0-3 quarter turns) was applied; s(x) = −(1/72) Σ_j
+softmax(f(T_j(x)))_j. It reads orientation and position, which the density scores do not (a
+flipped digit is coded about as well as an upright one). A part of the default verdict since
+the sixth round of the validation study; its classifier is trained by default.
 ``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
 estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
 on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
@@ -111,9 +118,6 @@ from pyro_vae.transformation_score import TransformationClassifier, transformati
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
                     "ensemble", "waic", "transformations", "dose", "knn", "fisher")
-#: Scores that need more trained models than the run: a background model, ensemble members, or
-#: the transformation classifier.
-EXTRA_MODEL_SCORES = ("likelihood-ratio", "ensemble", "waic", "transformations")
 #: Scores fitted on the run's held-out in-distribution (validation) images.
 FITTED_SCORES = ("dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands

@@ -10,17 +10,21 @@ anomaly is one on which it cannot tell the transformations apart. The score is t
 
 minus the mean probability the classifier gives the right transformation over all k of them.
 
-Unlike the scores of a density (log p(x) and its corrections), it does not reward simple
-images: a flipped, rotated or differently shaped image has a low likelihood *ratio* to no
-model, but its transformations are misread. It is a discriminative score: the classifier is a
-network beside the VAE, trained once on the run's training images.
+It looks at what the scores of a density (log p(x) and its corrections) do not: orientation
+and position. A VAE codes a flipped or turned digit about as well as an upright one, so its
+likelihood barely moves; the classifier, which has learned which way up the training shapes
+are, misreads the transformations of such an image. It is a discriminative score: the
+classifier is a network beside the VAE, trained once on the run's training images.
 
-The settings are the paper's, fixed before any measurement (``docs`` say how each was chosen):
+The settings are the paper's, fixed before any measurement (``docs/source/guide/
+anomaly_dose.md`` says how each was chosen):
 
-- the transformations (:data:`TRANSFORMATIONS`): every composition of a left-right flip (or
+- the transformations (:func:`transformations`): every composition of a left-right flip (or
   none), a translation by 0 or ±¼ of the side in each direction (±8 pixels of the paper's 32,
-  ±7 of 28; reflected at the border), and a rotation by 0, 90, 180 or 270 degrees: 2 · 3 · 3 · 4
-  = 72, applied in that order;
+  ±7 of 28), and a rotation by 0, 90, 180 or 270 degrees: 2 · 3 · 3 · 4 = 72, applied in that
+  order. The uncovered border is filled by reflection about the edge pixel (torch's
+  ``reflect``), where the paper's Keras ``reflect`` repeats the edge pixel first: the filled
+  strip is shifted by one pixel;
 - Adam at its default learning rate, batches of 128, cross-entropy.
 
 Two settings are ours, for the cost on a CPU: the network, a small convolutional one
@@ -121,9 +125,8 @@ def check_image_shape(image_shape: tuple[int, int, int]) -> None:
     _, height, width = image_shape
     if height != width or height < 8:
         raise ConfigError(
-            f"the transformation score needs square images of at least 8×8 pixels (it rotates "
-            f"them by 90 degrees); these are {height}×{width}. Leave 'transformations' out of "
-            "--score for this data.")
+            f"the transformation score needs square images of at least 8×8 pixels (it turns "
+            f"them by quarter turns and halves them three times); these are {height}×{width}.")
 
 
 def _square(x: torch.Tensor, image_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -143,9 +146,11 @@ def train_transformation_classifier(
         raise ConfigError(f"the transformation classifier's epochs must be positive, not "
                           f"{epochs}.")
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     found = transformations(image_shape[-1])
-    classifier = TransformationClassifier(image_shape, len(found)).to(images.device)
+    with torch.random.fork_rng(devices=[]):  # the initial weights by the seed, the caller's
+        torch.manual_seed(seed)              # random state left as it was
+        classifier = TransformationClassifier(image_shape, len(found))
+    classifier = classifier.to(images.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=LEARNING_RATE)
     classifier.train()
     for epoch in range(1, epochs + 1):
@@ -177,15 +182,15 @@ def train_transformation_classifier(
 @torch.no_grad()
 def transformation_scores(classifier: TransformationClassifier, x: torch.Tensor,
                           batch_size: int = 500) -> torch.Tensor:
-    """The score s(x) of the module docstring for each of the flattened images ``x``."""
+    """The score s(x) of the module docstring for each of the flattened images ``x`` (on the
+    classifier's device, returned on the CPU, as the other scores are)."""
     classifier.eval()
     found = transformations(classifier.image_shape[-1])
-    if len(found) != classifier.count:
-        raise ValueError("the classifier was trained on another set of transformations")
+    device = next(classifier.parameters()).device
     scores = []
     for start in range(0, len(x), batch_size):
-        batch = _square(x[start: start + batch_size], classifier.image_shape)
-        right = torch.zeros(len(batch), dtype=torch.float64, device=x.device)
+        batch = _square(x[start: start + batch_size].to(device), classifier.image_shape)
+        right = torch.zeros(len(batch), dtype=torch.float64, device=device)
         for j, transform in enumerate(found):
             right += torch.softmax(classifier(transform(batch)), dim=-1)[:, j].double()
         scores.append(-right / len(found))
@@ -199,9 +204,19 @@ def save_classifier(classifier: TransformationClassifier, path) -> None:
 
 
 def load_classifier(path) -> TransformationClassifier:
-    """The classifier :func:`save_classifier` wrote to ``path``, ready to score."""
-    saved = torch.load(path, map_location="cpu")
-    classifier = TransformationClassifier(tuple(saved["image_shape"]), saved["count"])
-    classifier.load_state_dict(saved["state"])
+    """The classifier :func:`save_classifier` wrote to ``path``, ready to score, on the CPU.
+    Raises :class:`ValueError` for a file that is not one (damaged, cut short, or another
+    kind of file), with what is wrong."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - empty, cut short, not a pickle, unsafe
+        raise ValueError(f"not a saved classifier ({type(error).__name__}: {error})") from None
+    if not isinstance(saved, dict) or not {"state", "image_shape", "count"} <= set(saved):
+        raise ValueError("not a saved classifier (it holds no weights, image shape and count)")
+    try:
+        classifier = TransformationClassifier(tuple(saved["image_shape"]), int(saved["count"]))
+        classifier.load_state_dict(saved["state"])
+    except Exception as error:  # noqa: BLE001 - weights of another shape or kind
+        raise ValueError(f"its weights do not fit the classifier ({error})") from None
     classifier.eval()
     return classifier

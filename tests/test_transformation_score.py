@@ -143,6 +143,7 @@ def test_anomaly_trains_the_classifier_once_and_the_verdict_combines_it(tmp_path
     assert "pass 2/2, cross-entropy" in printed
     stamp = json.loads((out / "transformations" / "transformations.json").read_text())
     assert stamp["epochs"] == 2 and stamp["transformations"] == 72 and stamp["seed"] == 0
+    assert stamp["image_shape"] == [1, 8, 8] and stamp["binarization"] == "dynamic"
     report = json.loads((out / "anomaly.json").read_text())
     assert "transformations" in report["scores"] and "transformations" in report["fisher_parts"]
     metrics = report["metrics"][f"file:{noise}"]["transformations"]
@@ -194,6 +195,9 @@ def test_bad_passes_are_refused_in_words(tmp_path, capsys):
     code, _, err = run_cli(capsys, "anomaly", tmp_path / "missing", "--against", "noise",
                            "--score", "transformations", "--no-transformations")
     assert code == 2 and "contradict" in err
+    code, _, err = run_cli(capsys, "anomaly", tmp_path / "missing", "--against", "noise",
+                           "--transformation-epochs", 3, "--no-transformations")
+    assert code == 2 and "give one of them" in err
 
 
 def test_no_transformations_leaves_the_score_and_its_classifier_out(tmp_path, capsys,
@@ -213,3 +217,114 @@ def test_no_transformations_leaves_the_score_and_its_classifier_out(tmp_path, ca
     assert "transformations" not in report["scores"]
     assert "transformations" not in report["fisher_parts"]
     assert report["transformations"] is None and not (out / "transformations").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", "list"])
+def test_a_damaged_classifier_file_is_refused_with_what_is_wrong(tmp_path, content):
+    from pyro_vae.transformation_score import load_classifier
+
+    path = tmp_path / "classifier.pt"
+    if content == "list":
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a saved classifier"):
+        load_classifier(path)
+
+
+def test_a_saved_classifier_scores_as_before_and_seeds_leave_the_global_stream_alone():
+    from pyro_vae.transformation_score import load_classifier, save_classifier
+
+    generator = torch.Generator().manual_seed(2)
+    images = _corner_shapes(128, generator)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    classifier = train_transformation_classifier(images, (1, 16, 16), epochs=1, seed=5)
+    assert torch.equal(torch.rand(3), expected)  # training drew nothing from the global stream
+    other = train_transformation_classifier(images, (1, 16, 16), epochs=1, seed=6)
+    assert not torch.equal(transformation_scores(classifier, images[:20]),
+                           transformation_scores(other, images[:20]))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "classifier.pt"
+        save_classifier(classifier, path)
+        assert torch.equal(transformation_scores(load_classifier(path), images[:20]),
+                           transformation_scores(classifier, images[:20]))
+
+
+def test_a_damaged_kept_classifier_or_stamp_is_refused_in_words(tmp_path, capsys, digits_run):
+    from helpers import run_cli
+
+    noise = _noise_file(tmp_path)
+    out = tmp_path / "anomaly"
+    common = ("anomaly", digits_run, "--against", f"file:{noise}", "--score", "transformations",
+              "--limit", 60, "--num-samples", 2, "--transformation-epochs", 1, "--out", out)
+    code, _, err = run_cli(capsys, *common)
+    assert code == 0, err
+    kept = out / "transformations"
+    stamp = (kept / "transformations.json").read_text()
+    (kept / "classifier.pt").write_bytes(b"")
+    code, _, err = run_cli(capsys, *common)
+    assert code == 2 and "cannot be read" in err and "remove" in err
+    (kept / "transformations.json").write_text("[1, 2]")
+    code, _, err = run_cli(capsys, *common)
+    assert code == 2 and "is damaged" in err
+    assert (kept / "transformations.json").read_text() == "[1, 2]"  # nothing overwritten
+    assert stamp  # the first call wrote one
+
+
+def test_a_failed_training_leaves_no_half_written_classifier(tmp_path, capsys, digits_run,
+                                                             monkeypatch):
+    import pyro_vae.transformation_score as module
+    from helpers import run_cli
+
+    def fail(*args, **kwargs):
+        raise ConfigError("the classifier could not be trained (a test's failure)")
+
+    monkeypatch.setattr(module, "train_transformation_classifier", fail)
+    noise = _noise_file(tmp_path)
+    out = tmp_path / "anomaly"
+    code, _, err = run_cli(capsys, "anomaly", digits_run, "--against", f"file:{noise}",
+                           "--score", "transformations", "--limit", 60, "--out", out)
+    assert code == 2 and "could not be trained" in err
+    assert not (out / "transformations").exists()
+
+
+def test_images_that_cannot_be_turned_leave_the_score_out_or_are_refused_by_name(tmp_path,
+                                                                              capsys):
+    """A run on 8×6 images: the default scores go on without the transformation score (a
+    note says why); asked for by name, it is refused in words."""
+    import json
+
+    import numpy as np
+
+    from pyro_vae.config import Config
+    from pyro_vae.training import train
+    from helpers import run_cli
+
+    rng = np.random.default_rng(0)
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, x=(rng.random((800, 8, 6)) < 0.3).astype(np.float32),
+             x_test=(rng.random((80, 8, 6)) < 0.3).astype(np.float32))
+    run = tmp_path / "run"
+    train(Config().with_overrides({
+        "data": {"dataset": f"file:{wide}"},
+        "model": {"hidden_dims": [16], "latent_dim": 2},
+        "train": {"epochs": 1, "batch_size": 64},
+        "evaluate": {"num_samples": 2, "latent_map": "pca"}}), run, progress=None)
+    other = tmp_path / "other.npz"
+    np.savez(other, x=rng.random((60, 8, 6)).astype(np.float32))
+    common = ("anomaly", run, "--against", f"file:{other}", "--limit", 60, "--num-samples", 2,
+              "--regret-steps", 2, "--regret-draws", 2)
+    code, _, err = run_cli(capsys, *common, "--out", tmp_path / "out")
+    assert code == 0, err
+    assert "no transformation score for these images" in err and "8×6" in err
+    report = json.loads((tmp_path / "out" / "anomaly.json").read_text())
+    assert "transformations" not in report["scores"] and "fisher" in report["scores"]
+    code, _, err = run_cli(capsys, *common, "--score", "transformations", "--out",
+                           tmp_path / "refused")
+    assert code == 2 and "square images" in err and "Leave out --score transformations" in err
+    assert not (tmp_path / "refused").exists()

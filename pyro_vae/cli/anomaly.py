@@ -141,6 +141,10 @@ def run(args: argparse.Namespace) -> int:
         if "transformations" in (args.score or ()):
             raise ConfigError("--score transformations and --no-transformations contradict "
                               "each other; give one of them.")
+        if args.transformation_epochs is not None:
+            raise ConfigError("--transformation-epochs sets the training of the transformation "
+                              "classifier, which --no-transformations leaves out; give one of "
+                              "them.")
         scores = tuple(s for s in scores if s != "transformations")
     scores = tuple(s for s in anomaly.SCORES if s in scores)  # the table's order
     settings = anomaly.BackgroundSettings(
@@ -197,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
             check_image_shape(data.image_shape)
         except ConfigError as error:
             if "transformations" in (args.score or ()):  # asked for by name: say why not
-                raise
+                raise ConfigError(f"{error} Leave out --score transformations for these "
+                                  "images.") from None
             scores = tuple(s for s in scores if s != "transformations")
             print(f"note: no transformation score for these images ({error})", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
@@ -482,8 +487,10 @@ class KeptClassifier:
         try:
             saved = json.loads(stamp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            saved = None
+        if not isinstance(saved, dict):
             raise ConfigError(f"{stamp_path} is damaged; remove {self.run_dir} and run again to "
-                              f"train the {self.what} anew.") from None
+                              f"train the {self.what} anew.")
         if saved != self.stamp:
             differing = sorted(k for k in {*saved, *self.stamp}
                                if saved.get(k) != self.stamp.get(k))
@@ -515,7 +522,7 @@ class KeptClassifier:
             write_json(self.run_dir / self.stamp_name, self.stamp)
         try:
             return load_classifier(path)
-        except (OSError, RuntimeError, KeyError, ValueError) as error:
+        except (OSError, ValueError) as error:
             raise ConfigError(f"{path} cannot be read ({error}); remove {self.run_dir} and run "
                               f"again to train the {self.what} anew.") from None
 
@@ -534,7 +541,8 @@ def _classifier_plan(config, data, run_dir: Path, epochs: int) -> KeptClassifier
     return KeptClassifier(
         run_dir,
         {"dataset": config.data.dataset, "epochs": epochs, "seed": config.train.seed,
-         "images": len(data.train_x), "binarized_per_batch": dynamic,
+         "images": len(data.train_x), "image_shape": list(data.image_shape),
+         "binarization": config.binarization,
          "transformations": len(transformations(data.image_shape[-1]))},
         lambda: train_transformation_classifier(
             data.train_x, data.image_shape, epochs, binarize_batches=dynamic,
