@@ -123,6 +123,7 @@ def digits_run(tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_anomaly_trains_the_classifier_once_and_the_verdict_combines_it(tmp_path, capsys,
                                                                          digits_run):
     """The default verdict trains the classifier into OUT/transformations (with progress
@@ -158,6 +159,7 @@ def test_anomaly_trains_the_classifier_once_and_the_verdict_combines_it(tmp_path
     assert again["metrics"] == report["metrics"]  # the same classifier, the same scores
 
 
+@pytest.mark.slow
 def test_a_classifier_of_other_settings_or_a_file_in_its_place_is_refused(tmp_path, capsys,
                                                                          digits_run):
     from helpers import run_cli
@@ -200,6 +202,7 @@ def test_bad_passes_are_refused_in_words(tmp_path, capsys):
     assert code == 2 and "give one of them" in err
 
 
+@pytest.mark.slow
 def test_no_transformations_leaves_the_score_and_its_classifier_out(tmp_path, capsys,
                                                                      digits_run):
     import json
@@ -255,6 +258,7 @@ def test_a_saved_classifier_scores_as_before_and_seeds_leave_the_global_stream_a
                            transformation_scores(classifier, images[:20]))
 
 
+@pytest.mark.slow
 def test_a_damaged_kept_classifier_or_stamp_is_refused_in_words(tmp_path, capsys, digits_run):
     from helpers import run_cli
 
@@ -293,6 +297,7 @@ def test_a_failed_training_leaves_no_half_written_classifier(tmp_path, capsys, d
     assert not (out / "transformations").exists()
 
 
+@pytest.mark.slow
 def test_images_that_cannot_be_turned_leave_the_score_out_or_are_refused_by_name(tmp_path,
                                                                               capsys):
     """A run on 8×6 images: the default scores go on without the transformation score (a
