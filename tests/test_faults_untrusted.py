@@ -430,6 +430,33 @@ def test_a_half_trained_run_is_said_to_be_unfinished(digits_run, tmp_path, capsy
     assert code == 0 and "of its" not in err
 
 
+def test_a_half_trained_runs_background_model_matches_what_it_finished(digits_run, tmp_path,
+                                                                        capsys):
+    """The background model of a run stopped at epoch 1 of 3 trained 3 epochs: a likelihood
+    ratio between models of other budgets than the validated recipe's (the run's own)."""
+    import json
+    import re
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(re.sub(r"(?m)^epochs = 1$", "epochs = 3", text))
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["train"]["epochs"] = 3
+    torch.save(checkpoint, run / "checkpoint.pt")
+    out = tmp_path / "anomaly"
+    code, _, err = run_cli(capsys, "anomaly", run, "--against", "digits", "--score",
+                           "likelihood-ratio", "--limit", 20, "--num-samples", 2, "--out", out)
+    assert code == 0, err[-2000:]
+    assert "train 1 epoch(s), as many as the run has finished, not the 3" in err
+    assert json.loads((out / "background" / "perturbation.json").read_text())["epochs"] == 1
+    background = json.loads((out / "background" / "summary.json").read_text())
+    assert background["epochs"] == 1
+
+
 @pytest.mark.slow
 def test_regret_of_a_non_diagonal_guide_says_what_it_measures(tmp_path, capsys):
     """Audit: regret of lowrank and IAF guides is measured from the encoder's diagonal base."""

@@ -62,10 +62,11 @@ def add_parser(commands) -> None:
                          "model (default 0.2)")
     parser.add_argument("--background-epochs", type=int, default=None,
                          help="training epochs of the background model (default: the run's "
-                         "own, the budget validated for the default verdict)")
+                         "own, the budget validated for the default verdict; for a run whose "
+                         "training stopped early, the epochs it finished)")
     parser.add_argument("--ensemble", type=int, default=None, metavar="M",
-                         help="train M − 1 more models of the run's recipe and budget with "
-                         "other seeds (kept in OUT/ensemble and reused) for the ensemble's "
+                         help="train M − 1 more models of the run's recipe and budget (the "
+                         "epochs it finished) with other seeds (kept in OUT/ensemble and reused) for the ensemble's "
                          "disagreement Var_m log p_m(x) and −WAIC (Choi et al. 2018); 5 is the "
                          "papers' size")
     parser.add_argument("--transformation-epochs", type=int, default=None,
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
-    from pyro_vae.runs import make_run_dir, write_json
+    from pyro_vae.runs import make_run_dir, read_run_config, write_json
     from pyro_vae.transformation_score import check_image_shape
 
     for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch",
@@ -154,9 +155,15 @@ def run(args: argparse.Namespace) -> int:
     if len(set(args.against)) != len(args.against):
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
-    config, vae, data = load_run(args.run_dir, args.data_dir)
+    config, vae, data = load_run(args.run_dir, args.data_dir, budget_as_trained=True)
     if args.background_epochs is None:  # the validated recipe: the run's own budget
         settings.epochs = config.train.epochs
+    planned = read_run_config(Path(args.run_dir)).train.epochs
+    if planned != config.train.epochs and (args.ensemble is not None or (
+            "likelihood-ratio" in scores and args.background_epochs is None)):
+        print(f"note: the extra models (background model, ensemble members) train "
+              f"{config.train.epochs} epoch(s), as many as the run has finished, not the "
+              f"{planned} it was set to: they match the model scored.", file=sys.stderr)
     if not has(config, "unlabelled_scoring"):  # M2's log p(x) sums its label out
         refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
                     "anomaly scores an image by log p(x), but this model scores images only "
