@@ -190,3 +190,17 @@ def test_bad_score_settings_are_refused(speckle_run, capsys):
     err = capsys.readouterr().err
     assert "is not a score" in err and "Traceback" not in err
     assert not (speckle_run / "refused").exists()  # nothing written
+
+
+def test_the_printed_table_keeps_a_long_dataset_name_apart_from_its_neighbour():
+    """`--against mnist file:/a/long/path.npz` ran the header's columns together."""
+    from pyro_vae.cli.anomaly import _anomaly_table
+
+    names = ["mnist", "file:/data/handwritten/characters-of-a-long-name.npz"]
+    metric = {"auroc": 0.5, "auprc": 0.5, "fpr_at_95_tpr": 0.95}
+    report = {"against": names, "num_images": 10, "num_samples": 2, "scores": ["elbo"],
+              "metrics": {name: {"elbo": metric} for name in names}, "typicality": {}}
+    header, row = _anomaly_table("digits", report).splitlines()[1:3]
+    assert "FPR95  vs file:" in header
+    assert header.endswith("AUROC AUPRC FPR95") and len(row) == len(header)
+    assert row.split() == ["elbo", "0.5000", "0.5000", "0.950", "0.5000", "0.5000", "0.950"]

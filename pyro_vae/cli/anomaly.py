@@ -563,15 +563,19 @@ def _report(plan: ExtraModel | KeptClassifier) -> dict:
 def _anomaly_table(dataset: str, report: dict) -> str:
     """The printed table: one row per score, AUROC / AUPRC / FPR95 per other dataset."""
     names = report["against"]
+    labels = [f"vs {name}: AUROC AUPRC FPR95" for name in names]
+    widths = [max(36, len(label) + 2) for label in labels]  # a long name keeps its gap
     header = f"{'score (higher = more anomalous)':<34}" + "".join(
-        f"{f'vs {name}: AUROC AUPRC FPR95':>36}" for name in names)
+        f"{label:>{width}}" for label, width in zip(labels, widths))
     lines = [f"{dataset} (in) against {', '.join(names)}, {report['num_images']} images each, "
              f"K={report['num_samples']}", header]
     for score in report["scores"]:
         if score == "typicality":
             continue
-        cells = "".join(f"{'':>15}{m['auroc']:>7.4f}{m['auprc']:>7.4f}{m['fpr_at_95_tpr']:>7.3f}"
-                        for m in (report["metrics"][name][score] for name in names))
+        cells = "".join(f"{'':>{width - 21}}{m['auroc']:>7.4f}{m['auprc']:>7.4f}"
+                        f"{m['fpr_at_95_tpr']:>7.3f}"
+                        for m, width in zip((report["metrics"][name][score] for name in names),
+                                            widths))
         lines.append(f"{score:<34}{cells}")
     for name, result in report["typicality"].items():
         lines.append(f"typicality vs {name}, batches of {result['batch_size']}: detected "
