@@ -4,6 +4,7 @@ result, with nothing lost."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -434,7 +435,6 @@ def test_a_half_trained_runs_background_model_matches_what_it_finished(digits_ru
                                                                         capsys):
     """The background model of a run stopped at epoch 1 of 3 trained 3 epochs: a likelihood
     ratio between models of other budgets than the validated recipe's (the run's own)."""
-    import json
     import re
     import shutil
 
@@ -515,3 +515,33 @@ def test_a_disk_without_room_is_refused_before_the_netcdf_write(tmp_path, monkey
     monkeypatch.setattr(diagnostics.shutil, "disk_usage", lambda folder: usage)
     diagnostics.save_inference_data(data, tmp_path / "posterior.nc")  # room enough: written
     assert len(wrote) == 1
+
+
+def test_too_few_held_out_images_for_the_verdict_say_which_limit_binds(tmp_path, capsys):
+    """A dataset with 32 validation images was told to raise --limit (already 100), and
+    --score fisher failed only after the transformation classifier had been trained."""
+    import numpy as np
+
+    images = (np.random.default_rng(0).random((400, 10, 10)) < 0.3).astype(np.uint8) * 255
+    np.savez(tmp_path / "small.npz", x=images)
+    run, out = tmp_path / "run", tmp_path / "anomaly"
+    code, _, err = run_cli(capsys, "train", "--dataset", f"file:{tmp_path / 'small.npz'}",
+                           *TINY, "--out", run)
+    assert code == 0, err[-2000:]
+    against = ("--against", f"file:{tmp_path / 'small.npz'}", "--num-samples", 2)
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "fisher",
+                           "--limit", 100, "--out", out)
+    message = one_paragraph(code, err)
+    assert "--score fisher calibrates" in message and "only 32 validation images" in message
+    assert "--limit" not in message.split("gives")[1]
+    assert not out.exists()  # refused before the classifier was trained
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "log-likelihood",
+                           "--score", "dose", "--limit", 30, "--out", out)
+    assert "--score dose calibrates" in one_paragraph(code, err) and "--limit 40" in err
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--no-transformations",
+                           "--limit", 30, "--regret-steps", 1, "--regret-draws", 1,
+                           "--out", out)
+    assert code == 0, err[-2000:]
+    assert "note: no dose, knn, fisher" in err and "Give --limit 40 or more" in err
+    report = json.loads((out / "anomaly.json").read_text())
+    assert not {"dose", "knn", "fisher"} & set(report["scores"])

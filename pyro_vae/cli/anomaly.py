@@ -173,13 +173,23 @@ def run(args: argparse.Namespace) -> int:
     # The fitted scores calibrate on the second half of the validation images scored; Fisher
     # needs at least 20 there. Not asked for by name, they are left out of a smaller --limit.
     calibration_images = min(args.limit, len(data.valid_x)) // 2
-    if args.score is None and calibration_images < anomaly.MIN_CALIBRATION_IMAGES:
+    fitted = [s for s in scores if s in anomaly.FITTED_SCORES]
+    if fitted and calibration_images < anomaly.MIN_CALIBRATION_IMAGES:
+        needed = 2 * anomaly.MIN_CALIBRATION_IMAGES
+        remedy = (f"Give --limit {needed} or more for them." if args.limit < needed else
+                  f"The run's data holds only {len(data.valid_x)} validation images; train "
+                  f"on data with {needed} or more held out (more images, or a larger [data] "
+                  "validation_fraction) for them.")
+        why = (f"on at least {anomaly.MIN_CALIBRATION_IMAGES} held-out in-distribution "
+               "images, half of the validation images scored, and this run gives "
+               f"{calibration_images}. {remedy}")
+        named = [s for s in fitted if s in (args.score or ())]
+        if named:  # asked for by name: refused before any extra model is trained
+            verb = "calibrates" if len(named) == 1 else "calibrate"
+            raise ConfigError(f"--score {' and '.join(named)} {verb} {why}")
         scores = tuple(s for s in scores if s not in anomaly.FITTED_SCORES)
-        print(f"note: no default verdict (fisher) and no dose: they calibrate on at least "
-              f"{anomaly.MIN_CALIBRATION_IMAGES} held-out in-distribution images, half of the "
-              f"validation images scored, and --limit {args.limit} gives "
-              f"{calibration_images}. Give --limit {2 * anomaly.MIN_CALIBRATION_IMAGES} or "
-              "more for them.", file=sys.stderr)
+        print(f"note: no {', '.join(fitted)} (fisher is the default verdict): these scores "
+              f"calibrate {why}", file=sys.stderr)
     if "regret" in scores:
         try:
             anomaly.check_regret_supported(vae, data.test_x[:1])
@@ -517,8 +527,9 @@ class KeptClassifier:
         if reusable:
             print(f"reusing the {self.what} in {self.run_dir}")
         else:
+            passes = "pass" if self.stamp["epochs"] == 1 else "passes"
             print(f"training the {self.what} into {self.run_dir} ({self.stamp['epochs']} "
-                  f"passes over {self.stamp['images']} training images, one of "
+                  f"{passes} over {self.stamp['images']} training images, one of "
                   f"{self.stamp['transformations']} transformations each)")
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
