@@ -545,3 +545,31 @@ def test_too_few_held_out_images_for_the_verdict_say_which_limit_binds(tmp_path,
     assert "note: no dose, knn, fisher" in err and "Give --limit 40 or more" in err
     report = json.loads((out / "anomaly.json").read_text())
     assert not {"dose", "knn", "fisher"} & set(report["scores"])
+
+
+def test_a_test_set_smaller_than_a_typicality_batch_leaves_the_test_out_with_a_note(
+        tmp_path, capsys):
+    """30 images (6 test images) failed the whole command after scoring, telling the user to
+    raise --limit, which was 1,000 already."""
+    import numpy as np
+
+    images = (np.random.default_rng(1).random((30, 10, 10)) < 0.3).astype(np.uint8) * 255
+    np.savez(tmp_path / "tiny.npz", x=images)
+    run, out = tmp_path / "run", tmp_path / "anomaly"
+    code, _, err = run_cli(capsys, "train", "--dataset", f"file:{tmp_path / 'tiny.npz'}",
+                           *TINY, "--out", run)
+    assert code == 0, err[-2000:]
+    against = ("--against", f"file:{tmp_path / 'tiny.npz'}", "--num-samples", 2)
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "typicality",
+                           "--out", out)
+    message = one_paragraph(code, err)
+    assert "has only 6 to score; give --typicality-batch 6 or less" in message
+    assert not out.exists()
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "log-likelihood",
+                           "--score", "typicality", "--typicality-batch", 3, "--out", out)
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "anomaly.json").read_text())["typicality"]
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--no-transformations",
+                           "--regret-steps", 1, "--regret-draws", 1, "--out", out)
+    assert code == 0 and "note: no typicality test" in err, err[-2000:]
+    assert json.loads((out / "anomaly.json").read_text())["typicality"] == {}

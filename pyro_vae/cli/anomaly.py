@@ -190,6 +190,20 @@ def run(args: argparse.Namespace) -> int:
         scores = tuple(s for s in scores if s not in anomaly.FITTED_SCORES)
         print(f"note: no {', '.join(fitted)} (fisher is the default verdict): these scores "
               f"calibrate {why}", file=sys.stderr)
+    if "typicality" in scores:
+        counts = {"the run's test set": len(data.test_x[: args.limit]),
+                  **{name: len(other.test_x[: args.limit]) for name, other in others.items()}}
+        smallest = min(counts, key=counts.get)
+        if counts[smallest] < args.typicality_batch:
+            remedy = (f"raise --limit to {args.typicality_batch} or more"
+                      if args.limit < args.typicality_batch else
+                      f"give --typicality-batch {counts[smallest]} or less")
+            why = (f"the typicality test scores batches of {args.typicality_batch} images, "
+                   f"and {smallest} has only {counts[smallest]} to score; {remedy}")
+            if "typicality" in (args.score or ()):  # asked for by name: say why not
+                raise ConfigError(f"--score typicality: {why}.")
+            scores = tuple(s for s in scores if s != "typicality")
+            print(f"note: no typicality test: {why}.", file=sys.stderr)
     if "regret" in scores:
         try:
             anomaly.check_regret_supported(vae, data.test_x[:1])
