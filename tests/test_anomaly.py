@@ -204,3 +204,19 @@ def test_the_printed_table_keeps_a_long_dataset_name_apart_from_its_neighbour():
     assert "FPR95  vs file:" in header
     assert header.endswith("AUROC AUPRC FPR95") and len(row) == len(header)
     assert row.split() == ["elbo", "0.5000", "0.5000", "0.950", "0.5000", "0.5000", "0.950"]
+
+
+def test_the_printed_table_says_how_many_images_each_set_gave():
+    """A 600-image --against set was reported as "1000 images each"."""
+    from pyro_vae.cli.anomaly import _anomaly_table
+
+    metric = {"auroc": 0.5, "auprc": 0.5, "fpr_at_95_tpr": 0.95}
+    report = {"against": ["mnist", "file:chars.npz"], "num_images": 1000, "num_samples": 2,
+              "num_images_against": {"mnist": 1000, "file:chars.npz": 600},
+              "scores": ["elbo"], "typicality": {},
+              "metrics": {"mnist": {"elbo": metric}, "file:chars.npz": {"elbo": metric}}}
+    assert _anomaly_table("fashion-mnist", report).splitlines()[0] == (
+        "fashion-mnist (in) against mnist (1000 images), file:chars.npz (600 images); 1000 of "
+        "its own, K=2")
+    report["num_images_against"]["file:chars.npz"] = 1000
+    assert "against mnist, file:chars.npz, 1000 images each" in _anomaly_table("x", report)

@@ -592,8 +592,12 @@ def _anomaly_table(dataset: str, report: dict) -> str:
     widths = [max(36, len(label) + 2) for label in labels]  # a long name keeps its gap
     header = f"{'score (higher = more anomalous)':<34}" + "".join(
         f"{label:>{width}}" for label, width in zip(labels, widths))
-    lines = [f"{dataset} (in) against {', '.join(names)}, {report['num_images']} images each, "
-             f"K={report['num_samples']}", header]
+    counts = report.get("num_images_against", {})
+    sizes = {report["num_images"], *counts.values()}
+    against = (f"{', '.join(names)}, {report['num_images']} images each" if len(sizes) == 1 else
+               f"{', '.join(f'{name} ({counts[name]} images)' for name in names)}; "
+               f"{report['num_images']} of its own")
+    lines = [f"{dataset} (in) against {against}, K={report['num_samples']}", header]
     for score in report["scores"]:
         if score == "typicality":
             continue
