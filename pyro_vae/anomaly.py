@@ -526,6 +526,21 @@ def reference_halves(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
     return order[: count // 2], order[count // 2:]
 
 
+def fewest_reference_images(score: str) -> int:
+    """The fewest held-out in-distribution images a fitted score (:data:`FITTED_SCORES`) needs,
+    split by :func:`reference_halves`: DoSE's density (cross-validated over its folds, two
+    images a fold) and the bank of codes are fitted on the first half, ``n // 2``; Fisher's
+    tail probabilities are read from the second, ``n − n // 2``, which needs
+    :data:`MIN_CALIBRATION_IMAGES` (DoSE, one of its parts, is then fitted too)."""
+    if score == "dose":
+        return 2 * (2 * DoSE().folds)
+    if score == "knn":
+        return 2 * 2
+    if score == "fisher":
+        return 2 * MIN_CALIBRATION_IMAGES - 1
+    raise ValueError(f"{score!r} is not fitted on held-out images")
+
+
 def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          sets: dict[str, torch.Tensor], image_shape: tuple[int, int, int],
                          scores: tuple[str, ...], settings: ScoreSettings,

@@ -116,6 +116,23 @@ class LearningRateDecay:
             _set_learning_rate(optimizer, base * self.factor(epoch))
 
 
+def budget_as_finished(train, finished: int) -> dict[str, Any]:
+    """``[train]`` overrides for a model trained to match a run set to ``train.epochs`` epochs
+    that stopped after ``finished``: as many epochs, the KL warm-up the run had (``"auto"``
+    resolved against its planned budget), and the learning-rate decay it had reached — none
+    when it stopped before the decay began; otherwise a decay over the epochs it ran, ending at
+    the factor its last epoch ran at (the half cosine compressed onto those epochs)."""
+    overrides: dict[str, Any] = {"epochs": finished,
+                                 "kl_warmup_epochs": train.warmup_epochs()}
+    decay = LearningRateDecay(train.epochs, train.lr_decay_epochs, train.lr_decay_to)
+    if decay.active:
+        start = train.epochs - min(decay.decay_epochs, train.epochs)
+        overrides["lr_decay_epochs"] = max(0, finished - start)
+        if finished > start:
+            overrides["lr_decay_to"] = decay.factor(finished - 1)
+    return overrides
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("[train] device = \"cuda\" was asked for, but torch sees no CUDA GPU "

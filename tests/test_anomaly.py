@@ -220,3 +220,17 @@ def test_the_printed_table_says_how_many_images_each_set_gave():
         "its own, K=2")
     report["num_images_against"]["file:chars.npz"] = 1000
     assert "against mnist, file:chars.npz, 1000 images each" in _anomaly_table("x", report)
+
+
+def test_fewest_reference_images_are_what_each_fitted_score_needs_of_its_half():
+    from pyro_vae.anomaly import FITTED_SCORES, fewest_reference_images, reference_halves
+    from pyro_vae.fisher import MIN_CALIBRATION_IMAGES
+
+    assert set(FITTED_SCORES) == {"dose", "knn", "fisher"}
+    for score, fit_needs, read_needs in (("dose", 10, 0), ("knn", 2, 0),
+                                         ("fisher", 0, MIN_CALIBRATION_IMAGES)):
+        n = fewest_reference_images(score)
+        fit, read = reference_halves(n)
+        assert len(fit) >= fit_needs and len(read) >= read_needs
+        fit, read = reference_halves(n - 1)  # one fewer is too few
+        assert len(fit) < fit_needs or len(read) < read_needs

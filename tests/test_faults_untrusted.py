@@ -451,10 +451,18 @@ def test_a_half_trained_runs_background_model_matches_what_it_finished(digits_ru
     code, _, err = run_cli(capsys, "anomaly", run, "--against", "digits", "--score",
                            "likelihood-ratio", "--limit", 20, "--num-samples", 2, "--out", out)
     assert code == 0, err[-2000:]
-    assert "train 1 epoch(s), as many as the run has finished, not the 3" in err
+    assert "the background model train 1 epoch(s), as many as the run finished of the 3" in err
+    assert "ensemble" not in err
     assert json.loads((out / "background" / "perturbation.json").read_text())["epochs"] == 1
     background = json.loads((out / "background" / "summary.json").read_text())
     assert background["epochs"] == 1
+    # A budget given by hand is the user's: no note, and the kept model (1 epoch) is refused
+    # by naming the setting that differs.
+    code, _, err = run_cli(capsys, "anomaly", run, "--against", "digits", "--score",
+                           "likelihood-ratio", "--background-epochs", 2, "--limit", 20,
+                           "--num-samples", 2, "--out", out)
+    message = one_paragraph(code, err)
+    assert "epochs 1 there, 2 now" in message and "as many as the run finished" not in err
 
 
 @pytest.mark.slow
@@ -532,19 +540,26 @@ def test_too_few_held_out_images_for_the_verdict_say_which_limit_binds(tmp_path,
     code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "fisher",
                            "--limit", 100, "--out", out)
     message = one_paragraph(code, err)
-    assert "--score fisher calibrates" in message and "only 32 validation images" in message
-    assert "--limit" not in message.split("gives")[1]
+    assert "--score fisher: it is fitted" in message and "at least 39 (fisher)" in message
+    assert "only 32 validation images" in message and "--limit" not in message
     assert not out.exists()  # refused before the classifier was trained
-    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "log-likelihood",
-                           "--score", "dose", "--limit", 30, "--out", out)
-    assert "--score dose calibrates" in one_paragraph(code, err) and "--limit 40" in err
-    code, _, err = run_cli(capsys, "anomaly", run, *against, "--no-transformations",
-                           "--limit", 30, "--regret-steps", 1, "--regret-draws", 1,
-                           "--out", out)
+    # DoSE needs 20 and knn 4 (their halves), Fisher 39: the limit binds, and says so.
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "dose",
+                           "--limit", 16, "--out", out)
+    assert "20 (dose)" in one_paragraph(code, err) and "Give --limit 20 or more" in err
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "dose", "--score",
+                           "knn", "--limit", 30, "--out", out)
     assert code == 0, err[-2000:]
-    assert "note: no dose, knn, fisher" in err and "Give --limit 40 or more" in err
+    assert {"dose", "knn"} <= set(json.loads((out / "anomaly.json").read_text())["scores"])
+    code, _, err = run_cli(capsys, "anomaly", run, *against, "--no-transformations",
+                           "--limit", 10, "--regret-steps", 1, "--regret-draws", 1,
+                           "--typicality-batch", 5, "--out", out)
+    assert code == 0, err[-2000:]
+    assert "note: no dose, fisher (fisher is the default verdict)" in err
+    assert "need at least 20 (dose), 39 (fisher), and this run scores 10" in err
+    assert "only 32 validation images" in err
     report = json.loads((out / "anomaly.json").read_text())
-    assert not {"dose", "knn", "fisher"} & set(report["scores"])
+    assert "knn" in report["scores"] and not {"dose", "fisher"} & set(report["scores"])
 
 
 def test_a_test_set_smaller_than_a_typicality_batch_leaves_the_test_out_with_a_note(
@@ -573,3 +588,12 @@ def test_a_test_set_smaller_than_a_typicality_batch_leaves_the_test_out_with_a_n
                            "--regret-steps", 1, "--regret-draws", 1, "--out", out)
     assert code == 0 and "note: no typicality test" in err, err[-2000:]
     assert json.loads((out / "anomaly.json").read_text())["typicality"] == {}
+
+
+def test_a_typicality_batch_larger_than_the_limit_asks_for_a_larger_limit(digits_run, tmp_path,
+                                                                          capsys):
+    code, _, err = run_cli(capsys, "anomaly", digits_run, "--against", "digits", "--score",
+                           "typicality", "--limit", 5, "--num-samples", 2,
+                           "--out", tmp_path / "anomaly")
+    assert "raise --limit to 10 or more" in one_paragraph(code, err)
+    assert not (tmp_path / "anomaly").exists()

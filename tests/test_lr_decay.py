@@ -128,3 +128,26 @@ def test_bad_decay_flag_is_exit_2_in_one_paragraph(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "lr_decay_to" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_budget_of_a_stopped_run_keeps_the_schedules_it_had_reached():
+    """An extra model matching a 200-epoch run stopped early (anomaly's background model and
+    ensemble members): its warm-up is the run's (``"auto"``: 200 // 10), not a tenth of the
+    epochs it finished, and its learning rate follows the run's up to where it stopped."""
+    from pyro_vae.config import Config
+    from pyro_vae.training import budget_as_finished
+
+    train = Config().with_overrides({"train": {"epochs": 200, "lr_decay_epochs": 50,
+                                               "lr_decay_to": 0.01}}).train
+    planned = LearningRateDecay(200, 50, 0.01)
+    before = budget_as_finished(train, 120)  # stopped before the decay (from epoch 150)
+    assert before == {"epochs": 120, "kl_warmup_epochs": 20, "lr_decay_epochs": 0}
+    during = budget_as_finished(train, 170)
+    assert during["epochs"] == 170 and during["kl_warmup_epochs"] == 20
+    matched = Config().with_overrides({"train": {**during}}).train
+    decay = LearningRateDecay(matched.epochs, matched.lr_decay_epochs, matched.lr_decay_to)
+    assert decay.factor(149) == planned.factor(149) == 1.0  # the same start
+    assert decay.factor(169) == pytest.approx(planned.factor(169))  # the same last rate
+    assert all(decay.factor(e) <= decay.factor(e - 1) for e in range(151, 170))
+    constant = Config().with_overrides({"train": {"epochs": 30}}).train
+    assert budget_as_finished(constant, 7) == {"epochs": 7, "kl_warmup_epochs": 3}

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
-    from pyro_vae.runs import make_run_dir, read_run_config, write_json
+    from pyro_vae.runs import finished_epochs, make_run_dir, write_json
+    from pyro_vae.training import budget_as_finished
     from pyro_vae.transformation_score import check_image_shape
 
     for name in ("num-samples", "limit", "regret-steps", "regret-draws", "typicality-batch",
@@ -155,15 +156,14 @@ def run(args: argparse.Namespace) -> int:
     if len(set(args.against)) != len(args.against):
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
-    config, vae, data = load_run(args.run_dir, args.data_dir, budget_as_trained=True)
+    config, vae, data = load_run(args.run_dir, args.data_dir)
+    # Extra models of the run's own budget match the model scored: for a run whose training
+    # stopped early, the epochs (and warm-up and learning-rate decay) it finished.
+    finished = finished_epochs(args.run_dir)
+    own_budget = (config if finished >= config.train.epochs else
+                  config.with_overrides({"train": budget_as_finished(config.train, finished)}))
     if args.background_epochs is None:  # the validated recipe: the run's own budget
-        settings.epochs = config.train.epochs
-    planned = read_run_config(Path(args.run_dir)).train.epochs
-    if planned != config.train.epochs and (args.ensemble is not None or (
-            "likelihood-ratio" in scores and args.background_epochs is None)):
-        print(f"note: the extra models (background model, ensemble members) train "
-              f"{config.train.epochs} epoch(s), as many as the run has finished, not the "
-              f"{planned} it was set to: they match the model scored.", file=sys.stderr)
+        settings.epochs = own_budget.train.epochs
     if not has(config, "unlabelled_scoring"):  # M2's log p(x) sums its label out
         refuse_kind(config, args.run_dir, "anomaly", ("labels", "completions"),
                     "anomaly scores an image by log p(x), but this model scores images only "
@@ -172,34 +172,38 @@ def run(args: argparse.Namespace) -> int:
     others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
     # The fitted scores calibrate on the second half of the validation images scored; Fisher
     # needs at least 20 there. Not asked for by name, they are left out of a smaller --limit.
-    calibration_images = min(args.limit, len(data.valid_x)) // 2
-    fitted = [s for s in scores if s in anomaly.FITTED_SCORES]
-    if fitted and calibration_images < anomaly.MIN_CALIBRATION_IMAGES:
-        needed = 2 * anomaly.MIN_CALIBRATION_IMAGES
-        remedy = (f"Give --limit {needed} or more for them." if args.limit < needed else
-                  f"The run's data holds only {len(data.valid_x)} validation images; train "
+    held_out = min(args.limit, len(data.valid_x))  # the validation images scored
+    short = {s: anomaly.fewest_reference_images(s) for s in scores
+             if s in anomaly.FITTED_SCORES and held_out < anomaly.fewest_reference_images(s)}
+    if short:
+        needed = max(short.values())
+        remedy = (f"The run's data holds only {len(data.valid_x)} validation images; train "
                   f"on data with {needed} or more held out (more images, or a larger [data] "
-                  "validation_fraction) for them.")
-        why = (f"on at least {anomaly.MIN_CALIBRATION_IMAGES} held-out in-distribution "
-               "images, half of the validation images scored, and this run gives "
-               f"{calibration_images}. {remedy}")
-        named = [s for s in fitted if s in (args.score or ())]
+                  "validation_fraction)." if len(data.valid_x) < needed else
+                  f"Give --limit {needed} or more.")
+        needs = ", ".join(f"{n} ({s})" for s, n in short.items())
+        one = len(short) == 1
+        why = (f"{'it is' if one else 'they are'} fitted on held-out in-distribution images "
+               f"and need{'s' if one else ''} at least {needs}, and this run scores "
+               f"{held_out}. {remedy}")
+        named = [s for s in short if s in (args.score or ())]
         if named:  # asked for by name: refused before any extra model is trained
-            verb = "calibrates" if len(named) == 1 else "calibrate"
-            raise ConfigError(f"--score {' and '.join(named)} {verb} {why}")
-        scores = tuple(s for s in scores if s not in anomaly.FITTED_SCORES)
-        print(f"note: no {', '.join(fitted)} (fisher is the default verdict): these scores "
-              f"calibrate {why}", file=sys.stderr)
+            raise ConfigError(f"--score {' and '.join(named)}: {why}")
+        scores = tuple(s for s in scores if s not in short)
+        default = " (fisher is the default verdict)" if "fisher" in short else ""
+        print(f"note: no {', '.join(short)}{default}: {why}", file=sys.stderr)
     if "typicality" in scores:
-        counts = {"the run's test set": len(data.test_x[: args.limit]),
-                  **{name: len(other.test_x[: args.limit]) for name, other in others.items()}}
-        smallest = min(counts, key=counts.get)
-        if counts[smallest] < args.typicality_batch:
+        whole = {"the run's test set": len(data.test_x),
+                 **{name: len(other.test_x) for name, other in others.items()}}
+        scored = {name: min(count, args.limit) for name, count in whole.items()}
+        smallest = min(scored, key=scored.get)
+        if scored[smallest] < args.typicality_batch:
             remedy = (f"raise --limit to {args.typicality_batch} or more"
-                      if args.limit < args.typicality_batch else
-                      f"give --typicality-batch {counts[smallest]} or less")
+                      if whole[smallest] >= args.typicality_batch else
+                      f"give --typicality-batch {whole[smallest]} or less" if whole[smallest]
+                      else "it has no test images")
             why = (f"the typicality test scores batches of {args.typicality_batch} images, "
-                   f"and {smallest} has only {counts[smallest]} to score; {remedy}")
+                   f"and {smallest} has only {scored[smallest]} to score; {remedy}")
             if "typicality" in (args.score or ()):  # asked for by name: say why not
                 raise ConfigError(f"--score typicality: {why}.")
             scores = tuple(s for s in scores if s != "typicality")
@@ -236,14 +240,23 @@ def run(args: argparse.Namespace) -> int:
                                   "images.") from None
             scores = tuple(s for s in scores if s != "transformations")
             print(f"note: no transformation score for these images ({error})", file=sys.stderr)
+    matched = [what for what, trained in (
+        ("background model", "likelihood-ratio" in scores and args.background_epochs is None),
+        ("ensemble members", args.ensemble is not None)) if trained]
+    if own_budget is not config and matched:
+        print(f"note: the {' and the '.join(matched)} train {finished} epoch(s), as many as "
+              f"the run finished of the {config.train.epochs} it was set to, with the KL "
+              "warm-up and learning-rate decay it had reached: they match the model scored.",
+              file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     new_out = not out.exists()
     make_run_dir(out)
 
-    background_plan = (_background_plan(config, data, out / "background", settings)
+    background_recipe = own_budget if args.background_epochs is None else config
+    background_plan = (_background_plan(background_recipe, data, out / "background", settings)
                        if "likelihood-ratio" in scores else None)
     member_plans = ([] if args.ensemble is None else _member_plans(
-        config, out / "ensemble", args.ensemble, anomaly.BackgroundSettings().test_samples))
+        own_budget, out / "ensemble", args.ensemble, anomaly.BackgroundSettings().test_samples))
     classifier_plan = (_classifier_plan(config, data, out / "transformations",
                                         args.transformation_epochs or TRANSFORMATION_EPOCHS)
                        if "transformations" in scores else None)
@@ -416,9 +429,12 @@ class ExtraModel:
                 "interrupted, e.g. killed); remove that folder and run again to train it "
                 "anew.") from None
         if saved != self.stamp:
+            differing = "; ".join(f"{key} {saved.get(key)!r} there, {self.stamp.get(key)!r} now"
+                                  for key in sorted({*saved, *self.stamp}, key=str)
+                                  if saved.get(key) != self.stamp.get(key))
             raise ConfigError(f"{run_dir} holds a {self.what} trained with other settings "
-                              f"({saved}); remove that folder or choose another --out to train "
-                              "one with the settings given now.")
+                              f"({differing}); remove that folder or choose another --out to "
+                              "train one with the settings given now.")
         try:
             differences = recipe_differences(read_run_config(run_dir), self.recipe)
         except CheckpointError as error:

@@ -12,12 +12,7 @@ from pyro_vae.errors import ConfigError
 # every command's parser imports this module, and `pyro-vae --help` must not import torch.
 
 
-def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None,
-             budget_as_trained: bool = False):
-    """(config, trained VAE, data) of a run, its data read from ``data_dir`` (or ``dataset``
-    in its place). With ``budget_as_trained``, a run whose training stopped early has
-    ``config.train.epochs`` set to the epochs it finished: the budget of a model trained to
-    match it."""
+def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
     from pyro_vae.protocol import has
     from pyro_vae.runs import load_trained
     from pyro_vae.training import prepare_data
@@ -33,10 +28,6 @@ def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None,
     overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
-    if budget_as_trained and checkpoint["epoch"] < config.train.epochs:
-        # A model trained beside this one (a background model, an ensemble member) matches
-        # the model as it is, not the budget its stopped training was set to.
-        config = config.with_overrides({"train": {"epochs": checkpoint["epoch"]}})
     data = prepare_data(config)
     check_same_shape(config, data, checkpoint)
     return config, vae, data
