@@ -58,6 +58,11 @@ the training images which of 72 transformations T_j (a left-right flip or none, 
 softmax(f(T_j(x)))_j. It reads orientation and position, which the density scores do not (a
 flipped digit is coded about as well as an upright one). A part of the default verdict since
 the sixth round of the validation study; its classifier is trained by default.
+``features`` — the distance of the classifier's features (SSD, Sehwag, Chiang & Mittal 2021;
+:mod:`pyro_vae.feature_score`): s(x) = (φ(x) − m)ᵀ Σ⁻¹ (φ(x) − m), φ the transformation
+classifier's hidden layer for the untransformed image, m and Σ (Ledoit-Wolf) from half of the
+validation images. What the image's shape does to the features, not the classifier's answer.
+A part of the default verdict since the eighth round; computed whenever the classifier is.
 ``dose`` — density of states (Morningstar et al. 2021): s(x) = −log ρ̂(t(x)), a kernel density
 estimate of summary statistics t(x) (log p(x), rate, distortion, posterior entropy, ‖μ‖) fitted
 on half of the held-out in-distribution *validation* images (:mod:`pyro_vae.dose`).
@@ -108,6 +113,7 @@ from pyro_vae.dose import DoSE, summary_statistics
 from pyro_vae.ensemble_score import disagreement, member_log_likelihoods, negative_waic
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
+from pyro_vae.feature_score import FeatureDistance, classifier_features
 from pyro_vae.fisher import MIN_CALIBRATION_IMAGES, FisherCombination, tail_p
 from pyro_vae.knn_score import KNNScore, latent_codes
 from pyro_vae.objectives.particles import _sample_sites
@@ -117,16 +123,20 @@ from pyro_vae.transformation_score import TransformationClassifier, transformati
 
 #: Per-image scores, in the order of the table and the figure.
 PER_IMAGE_SCORES = ("log-likelihood", "elbo", "regret", "complexity", "likelihood-ratio",
-                    "ensemble", "waic", "transformations", "dose", "knn", "fisher")
+                    "ensemble", "waic", "transformations", "features", "dose", "knn", "fisher")
 #: Scores fitted on the run's held-out in-distribution (validation) images.
-FITTED_SCORES = ("dose", "knn", "fisher")
+FITTED_SCORES = ("features", "dose", "knn", "fisher")
 #: The scores Fisher's combination combines (those of them the run computes): log p(x) stands
 #: for the likelihood (the ELBO is nearly the same score), each correction enters once. The
 #: nearest-neighbour distance (``knn``) is not among them: it lost as a fifth part on the
 #: validation shifts; the likelihood ratio won there, and enters whenever a background model
-#: is given, and so did the transformation score (the sixth round; :mod:`pyro_vae.fisher`).
+#: is given, and so did the transformation score (the sixth round) and the distance of the
+#: transformation classifier's features (the eighth; :mod:`pyro_vae.fisher`).
 FISHER_PARTS = ("log-likelihood", "regret", "complexity", "likelihood-ratio", "transformations",
-                "dose")
+                "features", "dose")
+#: The scores read from the transformation classifier (trained by default; ``pyro-vae anomaly
+#: --no-transformations`` leaves both out).
+CLASSIFIER_SCORES = ("transformations", "features")
 #: The default verdict.
 DEFAULT_VERDICT = "fisher"
 #: Every score, batch-level typicality last.
@@ -147,6 +157,7 @@ SCORE_LABELS = {
     "ensemble": "Var_m log p_m(x)",
     "waic": "−WAIC(x)",
     "transformations": "−mean_j p(T_j | T_j(x))",
+    "features": "Mahalanobis distance of φ(x)",
     "dose": "DoSE −log ρ̂(t(x))",
     "knn": "k-NN distance of μ(x)",
     "fisher": "Fisher T = −2 Σ log p_j",
@@ -517,6 +528,7 @@ class Reference:
     fisher: FisherCombination | None
     scores: dict[str, torch.Tensor]
     knn: KNNScore | None = None
+    features: FeatureDistance | None = None
 
 
 def reference_halves(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -534,7 +546,7 @@ def fewest_reference_images(score: str) -> int:
     :data:`MIN_CALIBRATION_IMAGES` (DoSE, one of its parts, is then fitted too)."""
     if score == "dose":
         return 2 * (2 * DoSE().folds)
-    if score == "knn":
+    if score in ("knn", "features"):
         return 2 * 2
     if score == "fisher":
         return 2 * MIN_CALIBRATION_IMAGES - 1
@@ -549,11 +561,13 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          classifier: TransformationClassifier | None = None
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
     """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
-    (``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they were fitted on.
+    (``features``, ``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they
+    were fitted on.
 
     ``reference_x`` are held-out in-distribution images (the validation split), split in
-    halves by a fixed permutation (:func:`reference_halves`): DoSE's density and the
-    nearest-neighbour score's bank of codes are fitted on the first; the tail
+    halves by a fixed permutation (:func:`reference_halves`): DoSE's density, the
+    nearest-neighbour score's bank of codes and the feature score's mean and covariance
+    (from ``classifier``, which ``features`` needs) are fitted on the first; the tail
     probabilities and Fisher's calibration, and the reference values that
     :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
     :data:`FISHER_PARTS` that ``scores`` names. ``background``, ``members`` and ``classifier``
@@ -579,6 +593,15 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
         knn = KNNScore().fit(codes["_reference"][fit_half])
         for name, values in scored.items():
             values["knn"] = knn.score(codes[name])
+    features = None
+    if "features" in scores:
+        if classifier is None:
+            raise ConfigError("the feature score reads the transformation classifier's "
+                              "features; pass the classifier (classifier=...).")
+        found = {name: classifier_features(classifier, wanted[name]) for name in scored}
+        features = FeatureDistance().fit(found["_reference"][fit_half])
+        for name, values in scored.items():
+            values["features"] = features.score(found[name])
     reference = {score: values[reference_half] for score, values in scored["_reference"].items()
                  if not score.startswith("_")}
     fisher = None
@@ -590,7 +613,7 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
             values["_fisher_p"] = fisher.combined_p(values)
         reference["fisher"] = scored["_reference"]["fisher"][reference_half]
     scored.pop("_reference")
-    return scored, Reference(dose, fisher, reference, knn)
+    return scored, Reference(dose, fisher, reference, knn, features)
 
 
 def flagged(reference: Reference, score: str, values: dict[str, torch.Tensor],

@@ -226,8 +226,8 @@ def test_fewest_reference_images_are_what_each_fitted_score_needs_of_its_half():
     from pyro_vae.anomaly import FITTED_SCORES, fewest_reference_images, reference_halves
     from pyro_vae.fisher import MIN_CALIBRATION_IMAGES
 
-    assert set(FITTED_SCORES) == {"dose", "knn", "fisher"}
-    for score, fit_needs, read_needs in (("dose", 10, 0), ("knn", 2, 0),
+    assert set(FITTED_SCORES) == {"features", "dose", "knn", "fisher"}
+    for score, fit_needs, read_needs in (("dose", 10, 0), ("knn", 2, 0), ("features", 2, 0),
                                          ("fisher", 0, MIN_CALIBRATION_IMAGES)):
         n = fewest_reference_images(score)
         fit, read = reference_halves(n)

@@ -222,8 +222,9 @@ def test_cli_prints_the_calibration_and_warns_when_verdicts_disagree(digits_run,
     assert report["default_verdict"] == "fisher"
     assert report["fisher_rule"] == {"rule": "fisher", "tail": "empirical",
                                      "sides": "likelihood"}
-    assert report["scores"][:9] == ["log-likelihood", "elbo", "regret", "complexity",
-                                    "transformations", "dose", "knn", "fisher", "typicality"]
+    assert report["scores"][:10] == ["log-likelihood", "elbo", "regret", "complexity",
+                                     "transformations", "features", "dose", "knn", "fisher",
+                                     "typicality"]
     # The nearest-neighbour score: a bank of half the validation images scored, k = ⌈√n⌉,
     # calibrated like the others (its line is in the calibration print below).
     assert report["knn"]["k"] == math.ceil(math.sqrt(report["knn"]["bank"]))
@@ -254,7 +255,7 @@ def test_cli_prints_the_calibration_and_warns_when_verdicts_disagree(digits_run,
     assert code == 0
     report = json.loads((out / "anomaly.json").read_text())
     assert report["fisher_parts"] == ["log-likelihood", "regret", "complexity", "transformations",
-                                      "dose"]
+                                      "features", "dose"]
     code, _, err = run_cli(capsys, "anomaly", digits_run / "run", "--against", inverted,
                            "--alpha", "1.5", "--out", digits_run / "refused")
     assert code == 2 and "--alpha" in err

@@ -97,3 +97,19 @@ def test_the_seventh_rounds_candidates_count_each_changed_setting():
                                 "six-parts-tippett-empirical-likelihood-30-passes":
                                     [0.802, 0.652]}))
     assert chosen == WITH_TRANSFORMATIONS
+
+
+def test_the_eighth_rounds_part_wins_only_by_the_rule():
+    """The feature score as a seventh part counts one change more than the sixth round's
+    choice: a near-tie in minimum and mean keeps the default; a mean higher by more than
+    0.005 at a tied minimum admits it (what the eighth round measured)."""
+    from benchmarks.ood_validation import FEATURES_ALONE, WITH_FEATURES, WITH_TRANSFORMATIONS
+
+    assert changed_settings(WITH_FEATURES) == changed_settings(WITH_TRANSFORMATIONS) + 1
+    assert changed_settings(FEATURES_ALONE) == 3
+    near = _aurocs({WITH_TRANSFORMATIONS: [0.90, 0.684], WITH_FEATURES: [0.902, 0.686]})
+    assert choose(near)[0] == WITH_TRANSFORMATIONS
+    higher_mean = _aurocs({WITH_TRANSFORMATIONS: [0.90, 0.684], WITH_FEATURES: [0.92, 0.684]})
+    assert choose(higher_mean)[0] == WITH_FEATURES
+    lower_minimum = _aurocs({WITH_TRANSFORMATIONS: [0.90, 0.684], WITH_FEATURES: [0.99, 0.67]})
+    assert choose(lower_minimum)[0] == WITH_TRANSFORMATIONS

@@ -146,9 +146,9 @@ def test_anomaly_trains_the_classifier_once_and_the_verdict_combines_it(tmp_path
     assert stamp["epochs"] == 2 and stamp["transformations"] == 72 and stamp["seed"] == 0
     assert stamp["image_shape"] == [1, 8, 8] and stamp["binarization"] == "dynamic"
     report = json.loads((out / "anomaly.json").read_text())
-    assert "transformations" in report["scores"] and "transformations" in report["fisher_parts"]
-    metrics = report["metrics"][f"file:{noise}"]["transformations"]
-    assert 0.0 <= metrics["auroc"] <= 1.0
+    for score in ("transformations", "features"):  # both read the classifier
+        assert score in report["scores"] and score in report["fisher_parts"]
+        assert 0.0 <= report["metrics"][f"file:{noise}"][score]["auroc"] <= 1.0
     assert report["transformations"]["epochs"] == 2
     kept = (out / "transformations" / "classifier.pt").read_bytes()
     code, printed, err = run_cli(capsys, *arguments)
@@ -198,6 +198,9 @@ def test_bad_passes_are_refused_in_words(tmp_path, capsys):
                            "--score", "transformations", "--no-transformations")
     assert code == 2 and "contradict" in err
     code, _, err = run_cli(capsys, "anomaly", tmp_path / "missing", "--against", "noise",
+                           "--score", "features", "--no-transformations")
+    assert code == 2 and "--score features reads the transformation classifier" in err
+    code, _, err = run_cli(capsys, "anomaly", tmp_path / "missing", "--against", "noise",
                            "--transformation-epochs", 3, "--no-transformations")
     assert code == 2 and "give one of them" in err
 
@@ -217,8 +220,8 @@ def test_no_transformations_leaves_the_score_and_its_classifier_out(tmp_path, ca
                                  "--out", out)
     assert code == 0, err
     report = json.loads((out / "anomaly.json").read_text())
-    assert "transformations" not in report["scores"]
-    assert "transformations" not in report["fisher_parts"]
+    assert not {"transformations", "features"} & set(report["scores"])
+    assert not {"transformations", "features"} & set(report["fisher_parts"])
     assert report["transformations"] is None and not (out / "transformations").exists()
 
 
@@ -326,9 +329,10 @@ def test_images_that_cannot_be_turned_leave_the_score_out_or_are_refused_by_name
               "--regret-steps", 2, "--regret-draws", 2)
     code, _, err = run_cli(capsys, *common, "--out", tmp_path / "out")
     assert code == 0, err
-    assert "no transformation score for these images" in err and "8×6" in err
+    assert "no transformation or feature score for these images" in err and "8×6" in err
     report = json.loads((tmp_path / "out" / "anomaly.json").read_text())
-    assert "transformations" not in report["scores"] and "fisher" in report["scores"]
+    assert not {"transformations", "features"} & set(report["scores"])
+    assert "fisher" in report["scores"]
     code, _, err = run_cli(capsys, *common, "--score", "transformations", "--out",
                            tmp_path / "refused")
     assert code == 2 and "square images" in err and "Leave out --score transformations" in err

@@ -42,16 +42,17 @@ def add_parser(commands) -> None:
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
                          "regret, complexity, likelihood-ratio, ensemble, waic, "
-                         "transformations, dose, knn, fisher, typicality "
+                         "transformations, features, dose, knn, fisher, typicality "
                          "(default: all but likelihood-ratio, which --background adds, and "
                          "ensemble and waic, which --ensemble adds; fisher, the default "
                          "verdict, adds the scores it combines)")
     parser.add_argument("--no-transformations", action="store_true",
-                         help="leave out the transformation score (Golan & El-Yaniv 2018), "
-                         "whose classifier of 72 flips, moves and quarter turns of the training "
-                         "images is otherwise trained (a few minutes on a CPU; kept in "
-                         "OUT/transformations and reused) and combined by the default verdict, "
-                         "as chosen on validation shifts")
+                         help="leave out the transformation score (Golan & El-Yaniv 2018) and "
+                         "the feature score (the distance of the image's features in the same "
+                         "classifier; Sehwag et al. 2021), whose classifier of 72 flips, moves "
+                         "and quarter turns of the training images is otherwise trained (a few "
+                         "minutes on a CPU; kept in OUT/transformations and reused) and "
+                         "combined by the default verdict, as chosen on validation shifts")
     parser.add_argument("--background", action="store_true",
                          help="train a background model on perturbed training images for the "
                          "likelihood ratio (kept in OUT/background and reused); the default "
@@ -140,14 +141,16 @@ def run(args: argparse.Namespace) -> int:
         scores = tuple(dict.fromkeys(
             (*scores, *(s for s in anomaly.FISHER_PARTS if s not in anomaly.OPT_IN_SCORES))))
     if args.no_transformations:
-        if "transformations" in (args.score or ()):
-            raise ConfigError("--score transformations and --no-transformations contradict "
-                              "each other; give one of them.")
+        named = [s for s in anomaly.CLASSIFIER_SCORES if s in (args.score or ())]
+        if named:
+            raise ConfigError(f"--score {named[0]} reads the transformation classifier, which "
+                              "--no-transformations leaves out: they contradict each other; "
+                              "give one of them.")
         if args.transformation_epochs is not None:
             raise ConfigError("--transformation-epochs sets the training of the transformation "
                               "classifier, which --no-transformations leaves out; give one of "
                               "them.")
-        scores = tuple(s for s in scores if s != "transformations")
+        scores = tuple(s for s in scores if s not in anomaly.CLASSIFIER_SCORES)
     scores = tuple(s for s in anomaly.SCORES if s in scores)  # the table's order
     settings = anomaly.BackgroundSettings(
         rate=args.background_rate,
@@ -231,15 +234,17 @@ def run(args: argparse.Namespace) -> int:
             scores = tuple(s for s in scores if s != "knn")
             print(f"note: no nearest-neighbour score for this model ({error})",
                   file=sys.stderr)
-    if "transformations" in scores:
+    if set(anomaly.CLASSIFIER_SCORES) & set(scores):
         try:
             check_image_shape(data.image_shape)
         except ConfigError as error:
-            if "transformations" in (args.score or ()):  # asked for by name: say why not
-                raise ConfigError(f"{error} Leave out --score transformations for these "
+            named = [s for s in anomaly.CLASSIFIER_SCORES if s in (args.score or ())]
+            if named:  # asked for by name: say why not
+                raise ConfigError(f"{error} Leave out --score {named[0]} for these "
                                   "images.") from None
-            scores = tuple(s for s in scores if s != "transformations")
-            print(f"note: no transformation score for these images ({error})", file=sys.stderr)
+            scores = tuple(s for s in scores if s not in anomaly.CLASSIFIER_SCORES)
+            print(f"note: no transformation or feature score for these images ({error})",
+                  file=sys.stderr)
     matched = [what for what, trained in (
         ("background model", "likelihood-ratio" in scores and args.background_epochs is None),
         ("ensemble members", args.ensemble is not None)) if trained]
@@ -259,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         own_budget, out / "ensemble", args.ensemble, anomaly.BackgroundSettings().test_samples))
     classifier_plan = (_classifier_plan(config, data, out / "transformations",
                                         args.transformation_epochs or TRANSFORMATION_EPOCHS)
-                       if "transformations" in scores else None)
+                       if set(anomaly.CLASSIFIER_SCORES) & set(scores) else None)
     plans = [plan for plan in (background_plan, *member_plans, classifier_plan)
              if plan is not None]
     try:
