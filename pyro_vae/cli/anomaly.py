@@ -31,7 +31,9 @@ def add_parser(commands) -> None:
         "code to its k-th nearest in-distribution code, (with --background) a "
         "background likelihood ratio, (with --ensemble) the disagreement of models "
         "trained from other seeds, how well a classifier tells flipped, moved and turned "
-        "copies of the image apart (the transformation score), and test batches for "
+        "copies of the image apart (the transformation score) and how far the image's "
+        "features in that classifier lie from the in-distribution ones (the feature score), "
+        "and test batches for "
         "typicality; write one table "
         "(anomaly.json, printed) and one figure of histograms (anomaly.png). Higher scores "
         "mean more anomalous. The formulas and references are in pyro_vae/anomaly.py.")
