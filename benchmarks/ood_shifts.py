@@ -275,8 +275,9 @@ def run_one(dataset: str, args: argparse.Namespace, folder: Path) -> dict:
         vae, data.valid_x[: args.reference], sets, data.image_shape, CALIBRATED, settings,
         background, classifier=classifier)
     score_seconds = time.perf_counter() - clock
-    # The verdict without a background model, and the fifth round's (without the
-    # transformation score), fitted as score_with_reference fits the default.
+    # The verdict without a background model, the fifth round's (without the transformation
+    # and feature scores) and the sixth round's (without the feature score), fitted as
+    # score_with_reference fits the default.
     for name, left_out in LEFT_OUT.items():
         without = FisherCombination().fit({s: reference.scores[s] for s in anomaly.FISHER_PARTS
                                            if s in reference.scores and s not in left_out})

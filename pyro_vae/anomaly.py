@@ -541,7 +541,8 @@ def reference_halves(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Ten
 def fewest_reference_images(score: str) -> int:
     """The fewest held-out in-distribution images a fitted score (:data:`FITTED_SCORES`) needs,
     split by :func:`reference_halves`: DoSE's density (cross-validated over its folds, two
-    images a fold) and the bank of codes are fitted on the first half, ``n // 2``; Fisher's
+    images a fold), the bank of codes and the feature score's mean and covariance are fitted
+    on the first half, ``n // 2``; Fisher's
     tail probabilities are read from the second, ``n − n // 2``, which needs
     :data:`MIN_CALIBRATION_IMAGES` (DoSE, one of its parts, is then fitted too)."""
     if score == "dose":

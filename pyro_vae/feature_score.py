@@ -43,7 +43,9 @@ def classifier_features(classifier: TransformationClassifier, x: torch.Tensor,
     for start in range(0, len(x), batch_size):
         batch = x[start: start + batch_size].to(device).reshape(-1, *classifier.image_shape)
         found.append(hidden(classifier.features(batch)).double().cpu())
-    return torch.cat(found) if found else torch.empty(0, 128, dtype=torch.float64)
+    if not found:
+        return torch.empty(0, classifier.head[-1].in_features, dtype=torch.float64)
+    return torch.cat(found)
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FeatureDistance:
 
     mean: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     precision: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    fit_images: int = 0
 
     def fit(self, features: torch.Tensor) -> "FeatureDistance":
         """Fit m and the Ledoit-Wolf Σ to ``features`` [n, D] of in-distribution images."""
@@ -64,8 +67,11 @@ class FeatureDistance:
         values = features.double().cpu().numpy()
         estimate = LedoitWolf().fit(values)
         self.mean = torch.from_numpy(estimate.location_).double()
+        # Ledoit-Wolf's shrinkage towards a multiple of the identity keeps Σ invertible even
+        # for hidden units that never fire on these images.
         self.precision = torch.linalg.pinv(torch.from_numpy(estimate.covariance_).double(),
                                            hermitian=True)
+        self.fit_images = len(values)
         return self
 
     def score(self, features: torch.Tensor) -> torch.Tensor:

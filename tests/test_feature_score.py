@@ -58,3 +58,33 @@ def test_the_features_are_the_classifiers_hidden_layer_of_the_untransformed_imag
     with torch.no_grad():
         logits = classifier.head[-1](features.float())
         assert torch.allclose(logits, classifier(x.reshape(7, 1, 16, 16)), atol=1e-5)
+
+
+def test_the_library_fits_the_score_on_the_first_half_and_reads_it_on_the_second():
+    """As the bank of codes: the mean and covariance from the first half of the reference
+    images (``reference_halves``), the reference values (which calibrate it and Fisher's
+    part) from the second; read one-sided, a distance of 0 is never flagged."""
+    from pyro_vae import anomaly
+    from pyro_vae.config import Config
+    from pyro_vae.models import build_vae
+
+    torch.manual_seed(0)
+    vae = build_vae(Config().with_overrides({"model": {"hidden_dims": [8], "latent_dim": 2}})
+                    .model, (1, 8, 8)).eval()
+    classifier = TransformationClassifier((1, 8, 8), 72).eval()
+    reference_x = (torch.rand(40, 64) < 0.3).float()
+    other = (torch.rand(10, 64) < 0.6).float()
+    scored, reference = anomaly.score_with_reference(
+        vae, reference_x, {"other": other}, (1, 8, 8), ("features",),
+        anomaly.ScoreSettings(num_samples=2), classifier=classifier)
+    fit_half, reference_half = anomaly.reference_halves(len(reference_x))
+    features = classifier_features(classifier, reference_x)
+    expected = FeatureDistance().fit(features[fit_half])
+    assert reference.features.fit_images == len(fit_half) == 20
+    assert torch.allclose(reference.scores["features"], expected.score(features[reference_half]))
+    assert torch.allclose(scored["other"]["features"],
+                          expected.score(classifier_features(classifier, other)))
+    assert not anomaly.flagged(reference, "features", {"features": torch.zeros(1)}, 0.05).any()
+    with pytest.raises(ConfigError, match="transformation classifier's features"):
+        anomaly.score_with_reference(vae, reference_x, {"other": other}, (1, 8, 8),
+                                     ("features",), anomaly.ScoreSettings(num_samples=2))

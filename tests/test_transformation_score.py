@@ -337,3 +337,26 @@ def test_images_that_cannot_be_turned_leave_the_score_out_or_are_refused_by_name
                            tmp_path / "refused")
     assert code == 2 and "square images" in err and "Leave out --score transformations" in err
     assert not (tmp_path / "refused").exists()
+    code, _, err = run_cli(capsys, *common, "--score", "features", "--out",
+                           tmp_path / "refused")
+    assert code == 2 and "Leave out --score features" in err
+    assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_the_feature_score_alone_trains_the_classifier_it_reads(tmp_path, capsys, digits_run):
+    import json
+
+    from helpers import run_cli
+
+    noise = _noise_file(tmp_path)
+    out = tmp_path / "anomaly"
+    code, printed, err = run_cli(capsys, "anomaly", digits_run, "--against", f"file:{noise}",
+                                 "--score", "features", "--transformation-epochs", 1,
+                                 "--limit", 60, "--num-samples", 2, "--out", out)
+    assert code == 0, err
+    assert "training the transformation classifier" in printed
+    report = json.loads((out / "anomaly.json").read_text())
+    assert report["scores"] == ["features"]
+    assert report["features"] == {"fit_images": 30, "dimensions": 128}
+    assert 0.0 <= report["metrics"][f"file:{noise}"]["features"]["auroc"] <= 1.0

@@ -145,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
     if args.no_transformations:
         named = [s for s in anomaly.CLASSIFIER_SCORES if s in (args.score or ())]
         if named:
-            raise ConfigError(f"--score {named[0]} reads the transformation classifier, which "
-                              "--no-transformations leaves out: they contradict each other; "
-                              "give one of them.")
+            raise ConfigError(f"--score {' and --score '.join(named)} read"
+                              f"{'s' if len(named) == 1 else ''} the transformation classifier, "
+                              "which --no-transformations leaves out: they contradict each "
+                              "other; give one of them.")
         if args.transformation_epochs is not None:
             raise ConfigError("--transformation-epochs sets the training of the transformation "
                               "classifier, which --no-transformations leaves out; give one of "
@@ -242,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as error:
             named = [s for s in anomaly.CLASSIFIER_SCORES if s in (args.score or ())]
             if named:  # asked for by name: say why not
-                raise ConfigError(f"{error} Leave out --score {named[0]} for these "
-                                  "images.") from None
+                raise ConfigError(f"{error} Leave out --score {' and --score '.join(named)} "
+                                  "for these images.") from None
             scores = tuple(s for s in scores if s not in anomaly.CLASSIFIER_SCORES)
             print(f"note: no transformation or feature score for these images ({error})",
                   file=sys.stderr)
@@ -357,6 +358,9 @@ def run(args: argparse.Namespace) -> int:
         "dose_bandwidth": reference.dose.bandwidth if reference.dose is not None else None,
         "knn": ({"k": reference.knn.k, "bank": len(reference.knn.bank)}
                 if reference.knn is not None else None),
+        "features": ({"fit_images": reference.features.fit_images,
+                      "dimensions": len(reference.features.mean)}
+                     if reference.features is not None else None),
         "fisher_parts": list(reference.fisher.parts) if reference.fisher is not None else None,
         "fisher_rule": ({"rule": reference.fisher.rule, "tail": reference.fisher.tail,
                          "sides": reference.fisher.sides}
