@@ -414,32 +414,35 @@ def validation_sets(data, args: argparse.Namespace) -> dict[str, torch.Tensor]:
     return {"_normal": data.valid_x[start: start + args.images], **build_validation_shifts(grey)}
 
 
+def add_fitted(name: str, embed, fitted, reference_x: torch.Tensor,
+               sets: dict[str, torch.Tensor], scored: dict[str, dict[str, torch.Tensor]],
+               reference_scores: dict[str, torch.Tensor], seed: int = 0) -> None:
+    """Add a score fitted on embeddings (``embed(x)``; ``fitted``, with ``fit`` and ``score``)
+    to cached scores, fitted on the same half of the reference images as
+    :func:`pyro_vae.anomaly.score_with_reference` fits it, its reference values from the
+    other half."""
+    fit_half, reference_half = anomaly.reference_halves(len(reference_x), seed)
+    embedded = embed(reference_x)
+    fitted.fit(embedded[fit_half])
+    reference_scores[name] = fitted.score(embedded[reference_half])
+    for set_name, x in sets.items():
+        scored[set_name][name] = fitted.score(embed(x))
+
+
 def add_knn(vae, reference_x: torch.Tensor, sets: dict[str, torch.Tensor],
             scored: dict[str, dict[str, torch.Tensor]], reference_scores: dict[str, torch.Tensor],
             seed: int = 0) -> None:
-    """Add the nearest-neighbour score to cached scores, fitted on the same half of the
-    reference images as :func:`pyro_vae.anomaly.score_with_reference` fits it (its bank), its
-    reference values from the other half."""
-    fit_half, reference_half = anomaly.reference_halves(len(reference_x), seed)
-    codes = latent_codes(vae, reference_x)
-    knn = KNNScore().fit(codes[fit_half])
-    reference_scores["knn"] = knn.score(codes[reference_half])
-    for name, x in sets.items():
-        scored[name]["knn"] = knn.score(latent_codes(vae, x))
+    """The nearest-neighbour score (its bank of codes μ(x)), added by :func:`add_fitted`."""
+    add_fitted("knn", lambda x: latent_codes(vae, x), KNNScore(), reference_x, sets, scored,
+               reference_scores, seed)
 
 
 def add_features(classifier, reference_x: torch.Tensor, sets: dict[str, torch.Tensor],
                  scored: dict[str, dict[str, torch.Tensor]],
                  reference_scores: dict[str, torch.Tensor], seed: int = 0) -> None:
-    """Add the feature score to cached scores, fitted on the same half of the reference images
-    as :func:`pyro_vae.anomaly.score_with_reference` fits the bank of codes, its reference
-    values from the other half."""
-    fit_half, reference_half = anomaly.reference_halves(len(reference_x), seed)
-    features = classifier_features(classifier, reference_x)
-    distance = FeatureDistance().fit(features[fit_half])
-    reference_scores["features"] = distance.score(features[reference_half])
-    for name, x in sets.items():
-        scored[name]["features"] = distance.score(classifier_features(classifier, x))
+    """The feature score (the classifier's hidden features), added by :func:`add_fitted`."""
+    add_fitted("features", lambda x: classifier_features(classifier, x), FeatureDistance(),
+               reference_x, sets, scored, reference_scores, seed)
 
 
 def add_likelihood_ratio(vae, background, reference_x: torch.Tensor,

@@ -525,18 +525,25 @@ def test_a_disk_without_room_is_refused_before_the_netcdf_write(tmp_path, monkey
     assert len(wrote) == 1
 
 
+def _speckle_run(tmp_path, capsys, count: int, seed: int) -> tuple[Path, str]:
+    """A one-epoch run on ``count`` 10×10 speckle images (30 % of pixels on) kept in a
+    ``.npz``; returns the run and the data's ``file:`` name."""
+    import numpy as np
+
+    images = (np.random.default_rng(seed).random((count, 10, 10)) < 0.3).astype(np.uint8)
+    np.savez(tmp_path / "speckle.npz", x=images * 255)
+    data, run = f"file:{tmp_path / 'speckle.npz'}", tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--dataset", data, *TINY, "--out", run)
+    assert code == 0, err[-2000:]
+    return run, data
+
+
 def test_too_few_held_out_images_for_the_verdict_say_which_limit_binds(tmp_path, capsys):
     """A dataset with 32 validation images was told to raise --limit (already 100), and
     --score fisher failed only after the transformation classifier had been trained."""
-    import numpy as np
-
-    images = (np.random.default_rng(0).random((400, 10, 10)) < 0.3).astype(np.uint8) * 255
-    np.savez(tmp_path / "small.npz", x=images)
-    run, out = tmp_path / "run", tmp_path / "anomaly"
-    code, _, err = run_cli(capsys, "train", "--dataset", f"file:{tmp_path / 'small.npz'}",
-                           *TINY, "--out", run)
-    assert code == 0, err[-2000:]
-    against = ("--against", f"file:{tmp_path / 'small.npz'}", "--num-samples", 2)
+    run, data = _speckle_run(tmp_path, capsys, 400, seed=0)
+    out = tmp_path / "anomaly"
+    against = ("--against", data, "--num-samples", 2)
     code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "fisher",
                            "--limit", 100, "--out", out)
     message = one_paragraph(code, err)
@@ -566,15 +573,9 @@ def test_a_test_set_smaller_than_a_typicality_batch_leaves_the_test_out_with_a_n
         tmp_path, capsys):
     """30 images (6 test images) failed the whole command after scoring, telling the user to
     raise --limit, which was 1,000 already."""
-    import numpy as np
-
-    images = (np.random.default_rng(1).random((30, 10, 10)) < 0.3).astype(np.uint8) * 255
-    np.savez(tmp_path / "tiny.npz", x=images)
-    run, out = tmp_path / "run", tmp_path / "anomaly"
-    code, _, err = run_cli(capsys, "train", "--dataset", f"file:{tmp_path / 'tiny.npz'}",
-                           *TINY, "--out", run)
-    assert code == 0, err[-2000:]
-    against = ("--against", f"file:{tmp_path / 'tiny.npz'}", "--num-samples", 2)
+    run, data = _speckle_run(tmp_path, capsys, 30, seed=1)
+    out = tmp_path / "anomaly"
+    against = ("--against", data, "--num-samples", 2)
     code, _, err = run_cli(capsys, "anomaly", run, *against, "--score", "typicality",
                            "--out", out)
     message = one_paragraph(code, err)

@@ -113,3 +113,25 @@ def test_the_eighth_rounds_part_wins_only_by_the_rule():
     assert choose(higher_mean)[0] == WITH_FEATURES
     lower_minimum = _aurocs({WITH_TRANSFORMATIONS: [0.90, 0.684], WITH_FEATURES: [0.99, 0.67]})
     assert choose(lower_minimum)[0] == WITH_TRANSFORMATIONS
+
+
+def test_a_fitted_score_added_to_cached_scores_is_fitted_as_the_library_fits_it():
+    """``add_fitted`` (the knn and feature scores added to a cache): fitted on the first
+    half of the reference images, its reference values read on the second."""
+    import torch
+
+    from benchmarks.ood_validation import add_fitted
+    from pyro_vae.anomaly import reference_halves
+    from pyro_vae.feature_score import FeatureDistance
+
+    generator = torch.Generator().manual_seed(0)
+    reference_x = torch.randn(30, 5, generator=generator, dtype=torch.float64)
+    sets = {"_normal": torch.randn(7, 5, generator=generator, dtype=torch.float64)}
+    scored, reference_scores = {"_normal": {}}, {}
+    add_fitted("features", lambda x: 2 * x, FeatureDistance(), reference_x, sets, scored,
+               reference_scores)
+    fit_half, reference_half = reference_halves(30)
+    expected = FeatureDistance().fit(2 * reference_x[fit_half])
+    assert torch.allclose(reference_scores["features"],
+                          expected.score(2 * reference_x[reference_half]))
+    assert torch.allclose(scored["_normal"]["features"], expected.score(2 * sets["_normal"]))
