@@ -559,7 +559,8 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
                          scores: tuple[str, ...], settings: ScoreSettings,
                          background: torch.nn.Module | None = None, seed: int = 0,
                          members: Sequence[torch.nn.Module] = (),
-                         classifier: TransformationClassifier | None = None
+                         classifier: TransformationClassifier | None = None,
+                         progress: Callable[[str, int], None] | None = None
                          ) -> tuple[dict[str, dict[str, torch.Tensor]], Reference]:
     """Every per-image score of ``scores`` on each of ``sets`` (name → images), the fitted ones
     (``features``, ``dose``, ``knn``, ``fisher``) included, and the :class:`Reference` they
@@ -572,13 +573,17 @@ def score_with_reference(vae: torch.nn.Module, reference_x: torch.Tensor,
     probabilities and Fisher's calibration, and the reference values that
     :func:`calibration` thresholds, come from the second. ``fisher`` combines the scores of
     :data:`FISHER_PARTS` that ``scores`` names. ``background``, ``members`` and ``classifier``
-    are the extra models of :func:`score_images`.
+    are the extra models of :func:`score_images`. ``progress(name, count)`` is called before
+    each set is scored (``"_reference"`` for ``reference_x``), for a caller's progress line.
     """
     plain = tuple(s for s in scores if s not in FITTED_SCORES)
     wanted = {**sets, "_reference": reference_x}
-    scored = {name: score_images(vae, x, image_shape, plain, settings, background, members,
-                                 classifier)
-              for name, x in wanted.items()}
+    scored = {}
+    for name, x in wanted.items():
+        if progress is not None:
+            progress(name, len(x))
+        scored[name] = score_images(vae, x, image_shape, plain, settings, background, members,
+                                    classifier)
     fit_half, reference_half = reference_halves(len(reference_x), seed)
     dose = None
     if "dose" in scores:

@@ -588,6 +588,10 @@ def test_a_test_set_smaller_than_a_typicality_batch_leaves_the_test_out_with_a_n
     code, _, err = run_cli(capsys, "anomaly", run, *against, "--no-transformations",
                            "--regret-steps", 1, "--regret-draws", 1, "--out", out)
     assert code == 0 and "note: no typicality test" in err, err[-2000:]
+    # A progress line before each set is scored: its test images, the other set, the
+    # validation images.
+    assert "scoring 1/3: the run's test images (6 images; log-likelihood, elbo" in err
+    assert "scoring 3/3: the validation images" in err and "s so far" in err
     assert json.loads((out / "anomaly.json").read_text())["typicality"] == {}
 
 

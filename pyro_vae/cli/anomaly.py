@@ -6,6 +6,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -296,7 +297,8 @@ def run(args: argparse.Namespace) -> int:
             **{name: other.test_x[: args.limit] for name, other in others.items()}}
     against, reference = anomaly.score_with_reference(
         vae, data.valid_x[: args.limit], sets, data.image_shape, per_image, score_settings,
-        background, members=members, classifier=classifier)
+        background, members=members, classifier=classifier,
+        progress=_scoring_progress(len(sets) + 1, per_image))
     normal = against.pop("_normal")
     table = anomaly.metrics_table(normal, against)
     calibration = anomaly.calibration(reference, normal, args.alpha)
@@ -401,6 +403,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stamp_differences(saved: dict, wanted: dict) -> str:
+    """"KEY SAVED there, WANTED now" for each setting in which a kept model's stamp differs."""
+    return "; ".join(f"{key} {saved.get(key)!r} there, {wanted.get(key)!r} now"
+                     for key in sorted({*saved, *wanted}, key=str)
+                     if saved.get(key) != wanted.get(key))
+
+
 @dataclass
 class ExtraModel:
     """A model the scores need beside the run's own (a background model, an ensemble member),
@@ -440,12 +449,10 @@ class ExtraModel:
                 "interrupted, e.g. killed); remove that folder and run again to train it "
                 "anew.") from None
         if saved != self.stamp:
-            differing = "; ".join(f"{key} {saved.get(key)!r} there, {self.stamp.get(key)!r} now"
-                                  for key in sorted({*saved, *self.stamp}, key=str)
-                                  if saved.get(key) != self.stamp.get(key))
             raise ConfigError(f"{run_dir} holds a {self.what} trained with other settings "
-                              f"({differing}); remove that folder or choose another --out to "
-                              "train one with the settings given now.")
+                              f"({_stamp_differences(saved, self.stamp)}); remove that folder "
+                              "or choose another --out to train one with the settings given "
+                              "now.")
         try:
             differences = recipe_differences(read_run_config(run_dir), self.recipe)
         except CheckpointError as error:
@@ -550,12 +557,10 @@ class KeptClassifier:
             raise ConfigError(f"{stamp_path} is damaged; remove {self.run_dir} and run again to "
                               f"train the {self.what} anew.")
         if saved != self.stamp:
-            differing = sorted(k for k in {*saved, *self.stamp}
-                               if saved.get(k) != self.stamp.get(k))
             raise ConfigError(f"{self.run_dir} holds a {self.what} trained with other settings "
-                              f"(it differs in {', '.join(differing)}: {saved}); remove that "
-                              "folder or choose another --out to train one with the settings "
-                              "given now.")
+                              f"({_stamp_differences(saved, self.stamp)}); remove that folder "
+                              "or choose another --out to train one with the settings given "
+                              "now.")
         return True
 
     def load(self, reusable: bool):
@@ -610,6 +615,24 @@ def _classifier_plan(config, data, run_dir: Path, epochs: int) -> KeptClassifier
 
 def _report(plan: ExtraModel | KeptClassifier) -> dict:
     return {**plan.stamp, "run_dir": str(plan.run_dir)}
+
+
+def _scoring_progress(count: int, scores: tuple[str, ...]) -> Callable[[str, int], None]:
+    """A progress line (on stderr) before each set is scored, with the time since the first:
+    scoring takes minutes (regret refits each image's code; the transformation score runs the
+    classifier on 72 copies of it)."""
+    started = time.perf_counter()
+    names = {"_normal": "the run's test images", "_reference": "the validation images"}
+    done = 0
+
+    def report(name: str, images: int) -> None:
+        nonlocal done
+        done += 1
+        print(f"scoring {done}/{count}: {names.get(name, name)} ({images} images; "
+              f"{', '.join(s for s in scores if s not in ('fisher', 'typicality'))}), "
+              f"{time.perf_counter() - started:.0f} s so far", file=sys.stderr, flush=True)
+
+    return report
 
 
 def _anomaly_table(dataset: str, report: dict) -> str:
