@@ -135,3 +135,29 @@ def test_a_fitted_score_added_to_cached_scores_is_fitted_as_the_library_fits_it(
     assert torch.allclose(reference_scores["features"],
                           expected.score(2 * reference_x[reference_half]))
     assert torch.allclose(scored["_normal"]["features"], expected.score(2 * sets["_normal"]))
+
+
+def test_the_library_default_is_what_the_recorded_validation_chose():
+    """The default verdict's parts (``anomaly.FISHER_PARTS``), rule and recipe budget are the
+    choice recorded in ``benchmarks/results/ood_validation.json``, re-derived from the AUROCs
+    recorded there by the selection rule — not a setting edited by hand."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.ood_validation import (FEATURES_ALONE, PREVIOUS, WITH_FEATURES,
+                                           WITH_TRANSFORMATIONS)
+    from pyro_vae import anomaly, fisher
+
+    result = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+                         / "ood_validation.json").read_text())
+    budget = result["details"]["chosen"]["epochs"]
+    figures = result["figures"][f"epochs_{budget}"]
+    auroc = {dataset: {shift: {name: cell["value"] for name, cell in row.items()}
+                       for shift, row in figures[dataset].items()}
+             for dataset in ("mnist", "fashion_mnist")}
+    chosen, summary = choose(auroc)
+    assert chosen == result["details"]["chosen"]["candidate"] == WITH_FEATURES
+    assert summary[WITH_FEATURES]["mean"] > summary[WITH_TRANSFORMATIONS]["mean"] + 0.005
+    assert summary[FEATURES_ALONE]["min"] < summary[WITH_FEATURES]["min"]
+    assert {"transformations", "features", "likelihood-ratio"} <= set(anomaly.FISHER_PARTS)
+    assert (fisher.DEFAULT_RULE, fisher.DEFAULT_TAIL, fisher.DEFAULT_SIDES) == PREVIOUS
