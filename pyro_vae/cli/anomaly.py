@@ -70,9 +70,9 @@ def add_parser(commands) -> None:
                          "training stopped early, the epochs it finished)")
     parser.add_argument("--ensemble", type=int, default=None, metavar="M",
                          help="train M − 1 more models of the run's recipe and budget (the "
-                         "epochs it finished) with other seeds (kept in OUT/ensemble and reused) for the ensemble's "
-                         "disagreement Var_m log p_m(x) and −WAIC (Choi et al. 2018); 5 is the "
-                         "papers' size")
+                         "epochs it finished) with other seeds (kept in OUT/ensemble and "
+                         "reused) for the ensemble's disagreement Var_m log p_m(x) and −WAIC "
+                         "(Choi et al. 2018); 5 is the papers' size")
     parser.add_argument("--transformation-epochs", type=int, default=None,
                          help="passes of that classifier over the training images (default "
                          f"{TRANSFORMATION_EPOCHS})")
@@ -177,44 +177,12 @@ def run(args: argparse.Namespace) -> int:
                     "given a label or given the rest of the image. Train a plain VAE on the "
                     "same data (pyro-vae train --model vae ...) and score with that run.")
     others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
-    # The fitted scores calibrate on the second half of the validation images scored; Fisher
-    # needs at least 20 there. Not asked for by name, they are left out of a smaller --limit.
-    held_out = min(args.limit, len(data.valid_x))  # the validation images scored
-    short = {s: anomaly.fewest_reference_images(s) for s in scores
-             if s in anomaly.FITTED_SCORES and held_out < anomaly.fewest_reference_images(s)}
-    if short:
-        needed = max(short.values())
-        remedy = (f"The run's data holds only {len(data.valid_x)} validation images; train "
-                  f"on data with {needed} or more held out (more images, or a larger [data] "
-                  "validation_fraction)." if len(data.valid_x) < needed else
-                  f"Give --limit {needed} or more.")
-        needs = ", ".join(f"{n} ({s})" for s, n in short.items())
-        one = len(short) == 1
-        why = (f"{'it is' if one else 'they are'} fitted on held-out in-distribution images "
-               f"and need{'s' if one else ''} at least {needs}, and this run scores "
-               f"{held_out}. {remedy}")
-        named = [s for s in short if s in (args.score or ())]
-        if named:  # asked for by name: refused before any extra model is trained
-            raise ConfigError(f"--score {' and '.join(named)}: {why}")
-        scores = tuple(s for s in scores if s not in short)
-        default = " (fisher is the default verdict)" if "fisher" in short else ""
-        print(f"note: no {', '.join(short)}{default}: {why}", file=sys.stderr)
-    if "typicality" in scores:
-        whole = {"the run's test set": len(data.test_x),
-                 **{name: len(other.test_x) for name, other in others.items()}}
-        scored = {name: min(count, args.limit) for name, count in whole.items()}
-        smallest = min(scored, key=scored.get)
-        if scored[smallest] < args.typicality_batch:
-            remedy = (f"raise --limit to {args.typicality_batch} or more"
-                      if whole[smallest] >= args.typicality_batch else
-                      f"give --typicality-batch {whole[smallest]} or less" if whole[smallest]
-                      else "it has no test images")
-            why = (f"the typicality test scores batches of {args.typicality_batch} images, "
-                   f"and {smallest} has only {scored[smallest]} to score; {remedy}")
-            if "typicality" in (args.score or ()):  # asked for by name: say why not
-                raise ConfigError(f"--score typicality: {why}.")
-            scores = tuple(s for s in scores if s != "typicality")
-            print(f"note: no typicality test: {why}.", file=sys.stderr)
+    # Small data: what a score needs of the held-out images and of each set is checked before
+    # anything is trained or written; left out with a note, refused when asked for by name.
+    scores = _without_short_fitted_scores(scores, args, len(data.valid_x))
+    scores = _without_short_typicality(scores, args, {
+        "the run's test set": len(data.test_x),
+        **{name: len(other.test_x) for name, other in others.items()}})
     if "regret" in scores:
         try:
             anomaly.check_regret_supported(vae, data.test_x[:1])
@@ -615,6 +583,59 @@ def _classifier_plan(config, data, run_dir: Path, epochs: int) -> KeptClassifier
 
 def _report(plan: ExtraModel | KeptClassifier) -> dict:
     return {**plan.stamp, "run_dir": str(plan.run_dir)}
+
+
+def _without_short_fitted_scores(scores: tuple[str, ...], args: argparse.Namespace,
+                                 validation_images: int) -> tuple[str, ...]:
+    """``scores`` without the fitted ones (:data:`pyro_vae.anomaly.FITTED_SCORES`) that the
+    validation images scored (``--limit`` of the run's ``validation_images``) are too few for,
+    with a note naming the limit that binds; one asked for by name is refused instead."""
+    from pyro_vae import anomaly
+
+    held_out = min(args.limit, validation_images)
+    short = {s: anomaly.fewest_reference_images(s) for s in scores
+             if s in anomaly.FITTED_SCORES and held_out < anomaly.fewest_reference_images(s)}
+    if not short:
+        return scores
+    needed = max(short.values())
+    remedy = (f"The run's data holds only {validation_images} validation images; train on data "
+              f"with {needed} or more held out (more images, or a larger [data] "
+              "validation_fraction)." if validation_images < needed else
+              f"Give --limit {needed} or more.")
+    needs = ", ".join(f"{n} ({s})" for s, n in short.items())
+    one = len(short) == 1
+    why = (f"{'it is' if one else 'they are'} fitted on held-out in-distribution images and "
+           f"need{'s' if one else ''} at least {needs}, and this run scores {held_out}. "
+           f"{remedy}")
+    named = [s for s in short if s in (args.score or ())]
+    if named:  # asked for by name: refused before any extra model is trained
+        raise ConfigError(f"--score {' and '.join(named)}: {why}")
+    default = " (fisher is the default verdict)" if "fisher" in short else ""
+    print(f"note: no {', '.join(short)}{default}: {why}", file=sys.stderr)
+    return tuple(s for s in scores if s not in short)
+
+
+def _without_short_typicality(scores: tuple[str, ...], args: argparse.Namespace,
+                              whole: dict[str, int]) -> tuple[str, ...]:
+    """``scores`` without the typicality test when a set (``whole``: its test images) gives
+    fewer images than one batch, with a note saying which and what fits; refused instead when
+    asked for by name."""
+    if "typicality" not in scores:
+        return scores
+    scored = {name: min(count, args.limit) for name, count in whole.items()}
+    smallest = min(scored, key=scored.get)
+    if scored[smallest] >= args.typicality_batch:
+        return scores
+    remedy = (f"raise --limit to {args.typicality_batch} or more"
+              if whole[smallest] >= args.typicality_batch else
+              f"give --typicality-batch {whole[smallest]} or less" if whole[smallest]
+              else "it has no test images")
+    why = (f"the typicality test scores batches of {args.typicality_batch} images, and "
+           f"{smallest} has only {scored[smallest]} to score; {remedy}")
+    if "typicality" in (args.score or ()):  # asked for by name: say why not
+        raise ConfigError(f"--score typicality: {why}.")
+    print(f"note: no typicality test: {why}.", file=sys.stderr)
+    return tuple(s for s in scores if s != "typicality")
 
 
 def _scoring_progress(count: int, scores: tuple[str, ...]) -> Callable[[str, int], None]:
