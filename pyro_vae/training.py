@@ -31,6 +31,7 @@ import torch
 
 from pyro_vae import distributed
 from pyro_vae.config import Config
+from pyro_vae.config.train import TrainConfig
 from pyro_vae.data import (ImageData, binarize, binarize_fixed, check_splits_for_binarization,
                            load_dataset, minibatches)
 from pyro_vae.distributed import ProcessGroup
@@ -116,7 +117,7 @@ class LearningRateDecay:
             _set_learning_rate(optimizer, base * self.factor(epoch))
 
 
-def budget_as_finished(train, finished: int) -> dict[str, Any]:
+def budget_as_finished(train: TrainConfig, finished: int) -> dict[str, Any]:
     """``[train]`` overrides for a model trained to match a run set to ``train.epochs`` epochs
     that stopped after ``finished``: as many epochs, the KL warm-up the run had (``"auto"``
     resolved against its planned budget), and the learning-rate decay it had reached — none
