@@ -113,7 +113,7 @@ from pyro_vae.dose import DoSE, summary_statistics
 from pyro_vae.ensemble_score import disagreement, member_log_likelihoods, negative_waic
 from pyro_vae.errors import ConfigError
 from pyro_vae.evaluate import _any_weights, estimate_log_likelihood, gaussian_start
-from pyro_vae.feature_score import FeatureDistance, classifier_features
+from pyro_vae.feature_score import MIN_FIT_IMAGES, FeatureDistance, classifier_features
 from pyro_vae.fisher import MIN_CALIBRATION_IMAGES, FisherCombination, tail_p
 from pyro_vae.knn_score import KNNScore, latent_codes
 from pyro_vae.objectives.particles import _sample_sites
@@ -284,7 +284,7 @@ def _refit_elbo(vae: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, steps:
                 - log_q).mean(0)
         value = elbo.detach()
         first = value if first is None else first
-        best = value if best is None else torch.maximum(best, value)
+        best = value if best is None else torch.fmax(best, value)  # a NaN step is passed over
         if step == steps:
             break
         grads = torch.autograd.grad(-elbo.sum(), [loc, log_scale])
@@ -547,8 +547,10 @@ def fewest_reference_images(score: str) -> int:
     :data:`MIN_CALIBRATION_IMAGES` (DoSE, one of its parts, is then fitted too)."""
     if score == "dose":
         return 2 * (2 * DoSE().folds)
-    if score in ("knn", "features"):
+    if score == "knn":
         return 2 * 2
+    if score == "features":
+        return 2 * MIN_FIT_IMAGES
     if score == "fisher":
         return 2 * MIN_CALIBRATION_IMAGES - 1
     raise ValueError(f"{score!r} is not fitted on held-out images")

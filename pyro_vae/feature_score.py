@@ -27,8 +27,10 @@ import torch
 from pyro_vae.errors import ConfigError
 from pyro_vae.transformation_score import TransformationClassifier
 
-#: The fewest in-distribution images the covariance is fitted on.
-MIN_FIT_IMAGES = 2
+#: The fewest in-distribution images the covariance is fitted on: with two, Ledoit-Wolf's
+#: shrinkage is exactly zero and Σ has rank one (the line between them); three is the first
+#: size whose shrinkage is positive.
+MIN_FIT_IMAGES = 3
 
 
 @torch.no_grad()
@@ -67,8 +69,8 @@ class FeatureDistance:
         values = features.double().cpu().numpy()
         estimate = LedoitWolf().fit(values)
         self.mean = torch.from_numpy(estimate.location_).double()
-        # Ledoit-Wolf's shrinkage towards a multiple of the identity keeps Σ invertible even
-        # for hidden units that never fire on these images.
+        # Ledoit-Wolf's shrinkage towards a multiple of the identity keeps Σ invertible, from
+        # three images on, even for hidden units that never fire on these images.
         self.precision = torch.linalg.pinv(torch.from_numpy(estimate.covariance_).double(),
                                            hermitian=True)
         self.fit_images = len(values)

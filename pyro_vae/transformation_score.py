@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from pyro_vae.data import binarize
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, TrainingError
 
 #: Passes over the training images (one random transformation per image and pass).
 DEFAULT_EPOCHS = 10
@@ -169,6 +169,12 @@ def train_transformation_classifier(
                 chosen = target == j
                 transformed[chosen] = found[j](batch[chosen])
             loss = nn.functional.cross_entropy(classifier(transformed), target)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the transformation classifier's loss became {loss.item()} in pass "
+                    f"{epoch}: the training images hold non-finite or extreme values. Check the "
+                    "data (pyro-vae reads intensities in [0, 1]), or leave the classifier's "
+                    "scores out with --no-transformations.")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

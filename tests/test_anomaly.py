@@ -192,6 +192,29 @@ def test_bad_score_settings_are_refused(speckle_run, capsys):
     assert not (speckle_run / "refused").exists()  # nothing written
 
 
+@pytest.mark.slow
+def test_no_held_out_images_is_refused_before_anything_is_trained(speckle_run, capsys):
+    blank = f"file:{speckle_run / 'blank.npz'}"
+    for limit in ("0", "-3"):
+        assert main(["anomaly", str(speckle_run / "run"), "--against", blank, "--limit", limit,
+                     "--out", str(speckle_run / "refused")]) == 2
+        assert "--limit must be a positive integer" in capsys.readouterr().err
+    # A run with no validation images: every score's tail is read from them. It failed with a
+    # raw traceback after the classifier had been trained and every set scored.
+    config = Config().with_overrides({
+        "data": {"dataset": f"file:{speckle_run / 'speckle.npz'}", "binarize": "none",
+                 "validation_fraction": 0.0},
+        "model": {"hidden_dims": [16], "latent_dim": 2},
+        "train": {"epochs": 1, "batch_size": 500}, "evaluate": {"num_samples": 2}})
+    train(config, speckle_run / "no-validation")
+    assert main(["anomaly", str(speckle_run / "no-validation"), "--against", blank,
+                 "--out", str(speckle_run / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert "validation_fraction = 0" in err and "Traceback" not in err
+    assert not (speckle_run / "refused").exists()
+    assert not (speckle_run / "no-validation" / "transformations").exists()  # nothing trained
+
+
 def test_the_printed_table_keeps_a_long_dataset_name_apart_from_its_neighbour():
     """`--against mnist file:/a/long/path.npz` ran the header's columns together."""
     from pyro_vae.cli.anomaly import _anomaly_table
@@ -224,13 +247,40 @@ def test_the_printed_table_says_how_many_images_each_set_gave():
 
 def test_fewest_reference_images_are_what_each_fitted_score_needs_of_its_half():
     from pyro_vae.anomaly import FITTED_SCORES, fewest_reference_images, reference_halves
+    from pyro_vae.feature_score import MIN_FIT_IMAGES
     from pyro_vae.fisher import MIN_CALIBRATION_IMAGES
 
     assert set(FITTED_SCORES) == {"features", "dose", "knn", "fisher"}
-    for score, fit_needs, read_needs in (("dose", 10, 0), ("knn", 2, 0), ("features", 2, 0),
+    assert MIN_FIT_IMAGES == 3  # two images give Ledoit-Wolf no shrinkage: Σ of rank one
+    for score, fit_needs, read_needs in (("dose", 10, 0), ("knn", 2, 0),
+                                         ("features", MIN_FIT_IMAGES, 0),
                                          ("fisher", 0, MIN_CALIBRATION_IMAGES)):
         n = fewest_reference_images(score)
         fit, read = reference_halves(n)
         assert len(fit) >= fit_needs and len(read) >= read_needs
         fit, read = reference_halves(n - 1)  # one fewer is too few
         assert len(fit) < fit_needs or len(read) < read_needs
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "1", "{not json"])
+def test_a_kept_models_stamp_that_is_not_a_table_is_refused_in_words(tmp_path, content):
+    from pyro_vae.cli.anomaly import ExtraModel
+    from pyro_vae.errors import ConfigError
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / "perturbation.json").write_text(content)
+    kept = ExtraModel(tmp_path, "perturbation.json", {"rate": 0.2}, None, "background model",
+                      "", lambda: None)
+    with pytest.raises(ConfigError, match="missing or damaged"):
+        kept.reusable()
+
+
+def test_scores_that_are_not_finite_are_refused_naming_the_score_and_the_set():
+    from pyro_vae.cli.anomaly import _refuse_non_finite
+    from pyro_vae.errors import TrainingError
+
+    fine = {"log-likelihood": torch.zeros(5), "_labels": torch.arange(5)}
+    _refuse_non_finite({"the run's test images": fine, "mnist": fine})
+    broken = {"regret": torch.tensor([0.0, float("nan"), float("inf"), 1.0])}
+    with pytest.raises(TrainingError, match="regret on 2 of 4 images of mnist"):
+        _refuse_non_finite({"the run's test images": fine, "mnist": broken})

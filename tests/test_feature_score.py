@@ -44,8 +44,16 @@ def test_the_distance_grows_away_from_the_in_distribution_features():
 
 
 def test_too_few_images_are_refused_in_words():
-    with pytest.raises(ConfigError, match="at least 2"):
-        FeatureDistance().fit(torch.zeros(1, 4))
+    with pytest.raises(ConfigError, match="at least 3"):
+        FeatureDistance().fit(torch.zeros(2, 4))
+
+
+def test_the_fewest_images_allowed_give_a_covariance_of_full_rank():
+    # Two images give Ledoit-Wolf no shrinkage (Σ of rank one, the line between them);
+    # from three on the shrinkage makes Σ invertible, so every direction is measured.
+    features = torch.randn(3, 16, generator=torch.Generator().manual_seed(0)).double()
+    fitted = FeatureDistance().fit(features)
+    assert torch.linalg.matrix_rank(fitted.precision) == 16
 
 
 def test_the_features_are_the_classifiers_hidden_layer_of_the_untransformed_image():

@@ -360,3 +360,12 @@ def test_the_feature_score_alone_trains_the_classifier_it_reads(tmp_path, capsys
     assert report["scores"] == ["features"]
     assert report["features"] == {"fit_images": 30, "dimensions": 128}
     assert 0.0 <= report["metrics"][f"file:{noise}"]["features"]["auroc"] <= 1.0
+
+
+def test_a_loss_that_is_not_finite_stops_the_classifier_in_words():
+    from pyro_vae.errors import TrainingError
+
+    images = torch.rand(64, 64)
+    images[3] = float("nan")  # a whole image: no translation moves it out of view
+    with pytest.raises(TrainingError, match="loss became nan in pass 1"):
+        train_transformation_classifier(images, (1, 8, 8), epochs=1)

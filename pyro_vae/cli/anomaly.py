@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, TrainingError
 
 #: The transformation classifier's default passes over the training images (the value of
 #: ``pyro_vae.transformation_score.DEFAULT_EPOCHS``, kept here so that ``--help`` needs no
@@ -179,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
     others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
     # Small data: what a score needs of the held-out images and of each set is checked before
     # anything is trained or written; left out with a note, refused when asked for by name.
+    _refuse_empty_sets(len(data.valid_x), {
+        "the run's test set": len(data.test_x),
+        **{f"--against {name}'s test set": len(other.test_x) for name, other in others.items()}})
     scores = _without_short_fitted_scores(scores, args, len(data.valid_x))
     scores = _without_short_typicality(scores, args, {
         "the run's test set": len(data.test_x),
@@ -268,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
         background, members=members, classifier=classifier,
         progress=_scoring_progress(len(sets) + 1, per_image))
     normal = against.pop("_normal")
+    _refuse_non_finite({"the run's test images": normal, **against})
     table = anomaly.metrics_table(normal, against)
     calibration = anomaly.calibration(reference, normal, args.alpha)
     disagreeing = anomaly.disagreements(reference, against, args.alpha)
@@ -361,8 +365,9 @@ def run(args: argparse.Namespace) -> int:
                        normal_stats.float(),
                        {name: stats[1].float() for name, stats in batch_stats.items()},
                        "ε̂ = |mean −log p(x) − Ĥ| per batch"))
-    write_json(out / "anomaly.json", report)
+    # The picture first: anomaly.json, written last, is the record that the whole run finished.
     anomaly.save_histograms(out / "anomaly.png", panels, config.data.dataset)
+    write_json(out / "anomaly.json", report)
     print(_anomaly_table(config.data.dataset, report))
     print(_calibration_table(report))
     for warning in warnings:
@@ -411,11 +416,13 @@ class ExtraModel:
         try:
             saved = json.loads(stamp_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # written last: missing after a kill, or damaged
+            saved = None
+        if not isinstance(saved, dict):  # unreadable, or JSON but not a table of settings
             raise ConfigError(
                 f"{run_dir} holds a {self.what} whose training did not finish (its "
                 f"{stamp_path.name}, written when it ends, is missing or damaged: the run was "
                 "interrupted, e.g. killed); remove that folder and run again to train it "
-                "anew.") from None
+                "anew.")
         if saved != self.stamp:
             raise ConfigError(f"{run_dir} holds a {self.what} trained with other settings "
                               f"({_stamp_differences(saved, self.stamp)}); remove that folder "
@@ -583,6 +590,40 @@ def _classifier_plan(config, data, run_dir: Path, epochs: int) -> KeptClassifier
 
 def _report(plan: ExtraModel | KeptClassifier) -> dict:
     return {**plan.stamp, "run_dir": str(plan.run_dir)}
+
+
+def _refuse_non_finite(scored: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Refuse, before anything is written, scores that came out NaN or infinite on some images
+    (a diverging re-fit, a model that gives an image zero density): an AUROC of them would be
+    meaningless."""
+    import torch
+
+    found = [f"{score} on {int((~torch.isfinite(values)).sum())} of {len(values)} images of "
+             f"{name}" for name, scores in scored.items() for score, values in scores.items()
+             if torch.is_tensor(values) and values.is_floating_point()
+             and not torch.isfinite(values).all()]
+    if found:
+        raise TrainingError(
+            f"some scores are not finite: {'; '.join(found)}. Nothing was written. Check the "
+            "model (pyro-vae evaluate on the run), and score the others alone meanwhile: name "
+            "them with --score, leaving out those listed here.")
+
+
+def _refuse_empty_sets(validation_images: int, test_images: dict[str, int]) -> None:
+    """Refuse, before anything is trained, a run with no held-out images to read the scores'
+    in-distribution tails from, or a set (``test_images``: name → count) with none to score."""
+    if validation_images == 0:
+        raise ConfigError(
+            "anomaly reads each score's in-distribution tail (its calibration, the threshold "
+            "at α, the default verdict) from the run's held-out validation images, and this run "
+            "holds none: it was trained with [data] validation_fraction = 0, or on too few "
+            "images for one to be held out. Train it again with validation images (e.g. --set "
+            "data.validation_fraction=0.1).")
+    empty = [name for name, count in test_images.items() if count == 0]
+    if empty:
+        raise ConfigError(f"{' and '.join(empty)} hold{'s' if len(empty) == 1 else ''} no "
+                          "images, and an AUROC needs images on both sides; give a dataset "
+                          "whose test split holds images.")
 
 
 def _without_short_fitted_scores(scores: tuple[str, ...], args: argparse.Namespace,
