@@ -284,3 +284,20 @@ def test_scores_that_are_not_finite_are_refused_naming_the_score_and_the_set():
     broken = {"regret": torch.tensor([0.0, float("nan"), float("inf"), 1.0])}
     with pytest.raises(TrainingError, match="regret on 2 of 4 images of mnist"):
         _refuse_non_finite({"the run's test images": fine, "mnist": broken})
+
+
+@pytest.mark.slow
+def test_an_interrupt_while_scoring_leaves_no_empty_output_folder(speckle_run, capsys,
+                                                                   monkeypatch):
+    from pyro_vae import anomaly
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(anomaly, "score_with_reference", interrupted)
+    out = speckle_run / "interrupted"
+    code = main(["anomaly", str(speckle_run / "run"), "--against",
+                 f"file:{speckle_run / 'blank.npz'}", "--no-transformations", "--limit", "100",
+                 "--out", str(out)])
+    assert code != 0 and "Traceback" not in capsys.readouterr().err
+    assert not out.exists()

@@ -107,6 +107,19 @@ def _training_inputs(config, data):
 
 
 def run(args: argparse.Namespace) -> int:
+    """``pyro-vae anomaly``: on any failure or interrupt, an output folder this call created
+    and left holding no file is removed (kept extra models and results stay)."""
+    out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
+    new_out = not out.exists()
+    try:
+        return _run(args)
+    except BaseException:
+        if new_out and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
     from pyro_vae import anomaly
     from pyro_vae.ensemble_score import check_members
