@@ -638,15 +638,18 @@ def calibration(reference: Reference, normal: dict[str, torch.Tensor], alpha: fl
                 ) -> dict[str, dict[str, float | bool]]:
     """Each score's false-positive rate on in-distribution images that it was not fitted on
     (the run's test images) at level ``alpha``, and whether that is within three binomial
-    standard errors (plus the reference's granularity 1/(n+1)) of ``alpha``: *reliable*."""
+    standard errors (plus the reference's granularity 1/(n+1)) of ``alpha``: *reliable*.
+    With so few images that the tolerance reaches 0 or 1 (a score that never flags, or always
+    does, would pass), nothing is judged: ``reliable`` is ``None``."""
     report = {}
     for score in reference.scores:
         rate = float(flagged(reference, score, normal, alpha).double().mean())
         count = len(normal[score])
         tolerance = (3.0 * math.sqrt(alpha * (1 - alpha) / count)
                      + 1.0 / (len(reference.scores[score]) + 1))
+        judged = tolerance < min(alpha, 1.0 - alpha)
         report[score] = {"alpha": alpha, "false_positive_rate": rate, "tolerance": tolerance,
-                         "reliable": abs(rate - alpha) <= tolerance}
+                         "reliable": abs(rate - alpha) <= tolerance if judged else None}
     return report
 
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from pyro_vae.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
-from pyro_vae.config import Config
+from pyro_vae.config import SECTIONS, Config
 from pyro_vae.errors import CheckpointError, ConfigError, PyroVAEError
 from pyro_vae.files import open_lock_file, open_regular, read_regular_bytes
 from pyro_vae.models import build_vae
@@ -389,7 +390,7 @@ def _read_run_config(run_dir: Path) -> Config:
     open_regular(path).close()  # a pipe or a device in its place: said here, not "damaged"
     try:
         with untrusted(str(path)):
-            return Config.from_toml(path, saved=True)
+            config = Config.from_toml(path, saved=True)
     except UntrustedPluginError:
         raise
     except PluginError as error:
@@ -401,6 +402,25 @@ def _read_run_config(run_dir: Path) -> Config:
                               "If the run was trained with a plugin you trust, give --plugin "
                               "MODULE with the command.") from None
         raise CheckpointError(f"{path} is damaged: {error}") from None
+    _check_complete(path)
+    return config
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a run's configuration that lacks one of the tables ``pyro-vae train`` writes
+    (emptied, or cut short): read as a recipe, the defaults would fill the gap silently, and
+    the run would be scored on the default dataset or resumed with another recipe."""
+    tables = tomllib.loads(read_regular_bytes(path).decode("utf-8"))
+    missing = [name for name in SECTIONS if not isinstance(tables.get(name), dict)]
+    if missing:
+        raise CheckpointError(
+            f"{path} lacks the table{'s' if len(missing) > 1 else ''} "
+            f"{', '.join('[' + name + ']' for name in missing)} that pyro-vae train writes: it "
+            "was emptied or cut short, and the defaults would silently take its place (another "
+            "dataset, another recipe). " + (
+                f"Restore it, or delete it: the copy of the run's configuration saved in "
+                f"{CHECKPOINT} is then read instead." if (path.parent / CHECKPOINT).exists() else
+                "Restore it, or train the run again (it has saved no checkpoint yet)."))
 
 
 #: The tables that describe the model: ``[model]`` and its components' options.

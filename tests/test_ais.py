@@ -223,6 +223,15 @@ def test_cli_refuses_bad_flags_in_one_paragraph(digits_run, capsys):
     assert code == 2 and "--ais-steps must be a positive integer" in err
     code, _, err = run_cli(capsys, "evaluate", digits_run, "--limit", -1)
     assert code == 2 and "--limit" in err
+    # --per-datapoint was silently ignored under importance sampling (nothing written, exit 0),
+    # and an unwritable path failed only after the annealing.
+    for flags, said in ((["--per-datapoint", "x.csv"], "writes the per-datapoint values of "
+                                                        "--estimator ais or bdmc"),
+                        (["--estimator", "ais", "--per-datapoint", digits_run], "is a folder"),
+                        (["--estimator", "ais", "--per-datapoint",
+                          digits_run / "checkpoint.pt" / "x.csv"], "does not exist")):
+        code, _, err = run_cli(capsys, "evaluate", digits_run, *flags)
+        assert code == 2 and said in err, err
 
 
 def test_cli_ctrl_c_stops_cleanly_and_writes_nothing(digits_run, capsys, monkeypatch, tmp_path):

@@ -301,3 +301,15 @@ def test_an_interrupt_while_scoring_leaves_no_empty_output_folder(speckle_run, c
                  "--out", str(out)])
     assert code != 0 and "Traceback" not in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_calibration_is_not_judged_where_a_score_that_never_flags_would_pass():
+    from pyro_vae.anomaly import Reference, calibration
+
+    generator = torch.Generator().manual_seed(0)
+    for count, judged in ((4, False), (2000, True)):
+        reference = Reference(None, None, {"s": torch.randn(count, generator=generator)})
+        never = {"s": torch.full((count,), -1e9)}  # below every reference value: never flagged
+        result = calibration(reference, never, 0.05)["s"]
+        assert result["false_positive_rate"] == 0.0
+        assert result["reliable"] is (False if judged else None)

@@ -112,6 +112,24 @@ def test_a_checkpoint_without_config_toml_resumes_from_the_config_it_carries(tmp
 
 
 @pytest.mark.slow
+def test_an_emptied_or_cut_config_toml_is_refused_not_replaced_by_the_defaults(tmp_path,
+                                                                              capsys):
+    # It was read as a recipe: the run was scored on the default dataset, exit 0.
+    run_dir = tmp_path / "run"
+    train(one_epoch_config().with_overrides({"data": {"dataset": "digits"},
+                                             "evaluate": {"num_samples": 2}}), run_dir)
+    text = (run_dir / "config.toml").read_text()
+    for damaged, missing in (("", "[data], [model], [train], [evaluate]"),
+                             (text[text.index("[model]"):], "[data]")):
+        (run_dir / "config.toml").write_text(damaged)
+        code, out, err = run_cli(capsys, "evaluate", run_dir, "--num-samples", 2)
+        assert code == 2 and "lacks the table" in err and missing in err, err
+        assert "checkpoint.pt is then read instead" in err and out == ""
+    (run_dir / "config.toml").unlink()  # the remedy it names: the checkpoint's own copy
+    assert run_cli(capsys, "evaluate", run_dir, "--num-samples", 2)[0] == 0
+
+
+@pytest.mark.slow
 def test_a_users_own_config_toml_is_never_replaced(fast, tmp_path, capsys):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -748,7 +748,9 @@ def _calibration_table(report: dict) -> str:
              f"{report['num_reference_images']} validation images; false positives on the "
              f"{report['num_images']} test images; reliable = within 3 standard errors of α)"]
     for score, result in report["calibration"].items():
-        mark = "reliable" if result["reliable"] else "NOT reliable"
+        mark = ("too few images to judge (raise --limit, or score more test images)"
+                if result["reliable"] is None else
+                "reliable" if result["reliable"] else "NOT reliable")
         default = "  (default verdict)" if score == report["default_verdict"] else ""
         lines.append(f"  {score:<18} false-positive rate {result['false_positive_rate']:.3f} "
                      f"± {result['tolerance']:.3f}: {mark}{default}")

@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     positive_flag("num-samples", args.num_samples)
     for flag in ("limit", "ais-steps", "ais-chains", "ais-leapfrog"):
         positive_flag(flag, getattr(args, flag.replace("-", "_")))
+    if args.per_datapoint is not None:
+        _check_per_datapoint_path(args)
     device = resolve_device(args.device)
     config, vae, checkpoint = load_trained(args.run_dir, device)
     if note := unfinished_note(args.run_dir, config, checkpoint):
@@ -248,6 +250,23 @@ class AnnealingProgress(TqdmProgress):
             while self._next_share * self._total <= self._done:
                 self._next_share += 0.1
         self._stop_if_requested()
+
+
+def _check_per_datapoint_path(args: argparse.Namespace) -> None:
+    """Refuse ``--per-datapoint`` where nothing would be written to it, or where the file
+    cannot be written, before any scoring (AIS takes minutes)."""
+    if args.estimator == "is":
+        raise ConfigError(
+            "--per-datapoint writes the per-datapoint values of --estimator ais or bdmc, and "
+            "this evaluation uses importance sampling (--estimator is), which writes none. Add "
+            "--estimator ais (or bdmc), or leave --per-datapoint out.")
+    path = Path(args.per_datapoint)
+    if path.is_dir():
+        raise ConfigError(f"--per-datapoint {path} is a folder; name a file in it, e.g. "
+                          f"{path / 'values.csv'}.")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--per-datapoint {path}: its folder {path.parent} does not exist (or "
+                          "is a file); create it first or name a file in an existing folder.")
 
 
 def _per_datapoint_path(args: argparse.Namespace) -> Path:
