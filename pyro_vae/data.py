@@ -289,7 +289,12 @@ def _load_npz(path: Path):
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; give file:PATH.npz with an array 'x'.") from None
     except (ValueError, OSError, zlib.error) as error:
-        raise DataError(f"{path} is not a readable .npz archive ({error}).") from None
+        # numpy reads any file that is not an array as a pickle, which is never loaded here;
+        # its hint to allow pickles would point the user at running the file's code.
+        why = ("it is neither an .npz archive nor a .npy array" if "pickle" in str(error) else
+               str(error))
+        raise DataError(f"{path} is not a readable .npz archive ({why}); save the images "
+                        "with numpy.savez(path, x=images, y=labels).") from None
     if not hasattr(archive, "files"):
         raise DataError(f"{path} holds a single array, not an .npz archive; save it with "
                         "numpy.savez(path, x=images, y=labels).")

@@ -105,3 +105,11 @@ def test_fixed_binarization_is_the_same_every_time():
 def test_minibatches_cover_every_index_once():
     seen = torch.cat(list(minibatches(103, 10, "cpu")))
     assert sorted(seen.tolist()) == list(range(103))
+
+
+def test_a_file_that_is_not_an_array_is_refused_without_numpys_pickle_hint(tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("these are not images")
+    with pytest.raises(DataError, match="neither an .npz archive nor a .npy array") as error:
+        load_dataset(f"file:{path}")
+    assert "pickle" not in str(error.value)  # numpy's hint would have the user load code

@@ -118,6 +118,16 @@ def test_fidelity_leaves_out_labels_the_classifier_never_saw(tmp_path, capsys):
     assert "not measured, no training images: 5, 6, 7, 8, 9" in text
 
 
+@pytest.mark.parametrize("unknown", [float("nan"), None])  # NaN when scored, null in JSON
+def test_an_error_bar_of_one_datapoint_prints_as_a_dash(unknown):
+    text = format_summary({"dataset": "d", "num_test_datapoints": 1, "test_elbo": -3.0,
+                           "test_elbo_stderr": unknown, "test_log_likelihood": -2.0,
+                           "test_log_likelihood_stderr": unknown, "num_importance_samples": 1,
+                           "active_units": 0, "latent_dim": 2})
+    assert "ELBO: -3.000 ± - nats" in text and "-2.000 ± - nats" in text
+    assert "nan" not in text
+
+
 @pytest.mark.parametrize("kind", ["cvae", "m2"])
 @pytest.mark.parametrize("relabel,needle", [
     (lambda y: np.where(y == 9, 11, y), "Set [kind] num_classes = 12"),

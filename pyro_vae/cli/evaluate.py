@@ -156,9 +156,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"dataset: {summary['dataset']} ({summary.get('split', 'test')} split, "
         f"{summary['num_test_datapoints']} datapoints)",
-        f"ELBO: {summary['test_elbo']:.3f} ± {summary['test_elbo_stderr']:.3f} nats",
+        f"ELBO: {summary['test_elbo']:.3f} ± {_or_dash(summary['test_elbo_stderr'])} nats",
         f"log p(x), K={summary['num_importance_samples']} importance samples: "
-        f"{summary['test_log_likelihood']:.3f} ± {summary['test_log_likelihood_stderr']:.3f} nats"
+        f"{summary['test_log_likelihood']:.3f} ± "
+        f"{_or_dash(summary['test_log_likelihood_stderr'])} nats"
         + (f" (± over {summary.get('split', 'test')} points; Monte Carlo error ± "
            f"{summary['test_log_likelihood_mc_stderr']:.3f})"
            if _finite(summary.get("test_log_likelihood_mc_stderr")) else ""),
@@ -179,7 +180,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if "test_exact_log_likelihood" in summary:  # a discrete code small enough to sum over
         lines.insert(3, f"log p(x), exact (sum over all codes): "
                      f"{summary['test_exact_log_likelihood']:.3f} ± "
-                     f"{summary['test_exact_log_likelihood_stderr']:.3f} nats")
+                     f"{_or_dash(summary['test_exact_log_likelihood_stderr'])} nats")
     if "test_accuracy" in summary:
         lines.append(f"classifier accuracy argmax q(y|x): {100 * summary['test_accuracy']:.2f}"
                      f" ± {100 * summary['test_accuracy_stderr']:.2f} %")
@@ -381,4 +382,6 @@ def format_annealed(summary: dict[str, Any]) -> str:
 
 
 def _or_dash(value: float | None) -> str:
+    """``value`` to three decimals, or "-" for an error bar that could not be estimated (one
+    datapoint: NaN, or null once written to JSON)."""
     return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
