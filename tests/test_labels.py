@@ -116,6 +116,13 @@ def test_fidelity_leaves_out_labels_the_classifier_never_saw(tmp_path, capsys):
                            "active_units": 0, "latent_dim": 2,
                            **fidelity.summary_fields(means, means)})
     assert "not measured, no training images: 5, 6, 7, 8, 9" in text
+    assert "no better than chance" not in text
+    fields = {**fidelity.summary_fields(means, means), "fidelity_classifier_test_accuracy": 0.0}
+    text = format_summary({"dataset": "d", "num_test_datapoints": 1, "test_elbo": 0.0,
+                           "test_elbo_stderr": 0.0, "test_log_likelihood": 0.0,
+                           "test_log_likelihood_stderr": 0.0, "num_importance_samples": 1,
+                           "active_units": 0, "latent_dim": 2, **fields})
+    assert "no better than chance on the test images" in text
 
 
 @pytest.mark.parametrize("unknown", [float("nan"), None])  # NaN when scored, null in JSON

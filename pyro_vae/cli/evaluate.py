@@ -196,6 +196,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                   f"({100 * summary['label_fidelity_draws']:.1f} %) recognised as y by a "
                   f"classifier of {_percent(summary['fidelity_classifier_test_accuracy'])} "
                   "test accuracy", f"  per label (%): {per_label}"]
+        accuracy = summary["fidelity_classifier_test_accuracy"]
+        if accuracy is not None and accuracy <= 1.0 / len(shares):
+            lines.append("  the classifier is no better than chance on the test images, so this "
+                         "fidelity measures nothing: train on more labelled images")
     return "\n".join(lines)
 
 
