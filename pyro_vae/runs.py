@@ -459,11 +459,6 @@ def recipe_differences(config: Config, other: Config) -> list[str]:
     return sorted(key for key in mine.keys() | theirs.keys() if mine.get(key) != theirs.get(key))
 
 
-def finished_epochs(run_dir: str | Path) -> int:
-    """The epochs a run's checkpoint holds (fewer than planned when its training stopped)."""
-    return int(load_checkpoint(Path(run_dir) / CHECKPOINT)["epoch"])
-
-
 def load_trained(run_dir: str | Path, device: str = "cpu"):
     """(config, VAE with trained weights, checkpoint payload) of a finished or saved run."""
     run_dir = Path(run_dir)

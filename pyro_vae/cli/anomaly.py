@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pyro_vae.cli.common import load_run, positive_flag, refuse_kind
+from pyro_vae.cli.common import load_run, load_run_and_checkpoint, positive_flag, refuse_kind
 from pyro_vae.errors import ConfigError, TrainingError
 
 #: The transformation classifier's default passes over the training images (the value of
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
     from pyro_vae.evaluate import estimate_log_likelihood
     from pyro_vae.knn_score import check_knn_supported
     from pyro_vae.protocol import has
-    from pyro_vae.runs import finished_epochs, make_run_dir, write_json
+    from pyro_vae.runs import make_run_dir, write_json
     from pyro_vae.training import budget_as_finished
     from pyro_vae.transformation_score import check_image_shape
 
@@ -176,10 +176,10 @@ def _run(args: argparse.Namespace) -> int:
     if len(set(args.against)) != len(args.against):
         raise ConfigError(f"--against names a dataset twice ({' '.join(args.against)}); give "
                           "each once.")
-    config, vae, data = load_run(args.run_dir, args.data_dir)
+    config, vae, data, checkpoint = load_run_and_checkpoint(args.run_dir, args.data_dir)
     # Extra models of the run's own budget match the model scored: for a run whose training
     # stopped early, the epochs (and warm-up and learning-rate decay) it finished.
-    finished = finished_epochs(args.run_dir)
+    finished = int(checkpoint["epoch"])
     own_budget = (config if finished >= config.train.epochs else
                   config.with_overrides({"train": budget_as_finished(config.train, finished)}))
     if args.background_epochs is None:  # the validated recipe: the run's own budget

@@ -13,6 +13,15 @@ from pyro_vae.errors import ConfigError
 
 
 def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
+    """(config, VAE with trained weights, data) of a run, with ``dataset`` or ``data_dir``
+    in place of the run's own (see :func:`load_run_and_checkpoint`)."""
+    return load_run_and_checkpoint(run_dir, data_dir, dataset)[:3]
+
+
+def load_run_and_checkpoint(run_dir: str, data_dir: str | None, dataset: str | None = None):
+    """:func:`load_run`'s (config, VAE, data) and the checkpoint payload the weights came from
+    (its ``epoch``: the epochs this model finished, read once with the weights, so that a run
+    still training cannot move on between the two)."""
     from pyro_vae.protocol import has
     from pyro_vae.runs import load_trained
     from pyro_vae.training import prepare_data
@@ -30,7 +39,7 @@ def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
         config = config.with_overrides({"data": overrides})
     data = prepare_data(config)
     check_same_shape(config, data, checkpoint)
-    return config, vae, data
+    return config, vae, data, checkpoint
 
 
 def unfinished_note(run_dir, config, checkpoint) -> str | None:
