@@ -22,7 +22,7 @@ import functools
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -52,6 +52,7 @@ from pyro_vae.runs import (CHECKPOINT, CONFIG, CONFIG_HEADER, MODEL_TABLES, SUMM
                            remove_stray_temporary_files, rng_state, run_files, save_checkpoint,
                            saved_config, set_rng_state, unsaved_start, write_json, write_metrics)
 from pyro_vae.scoring import first_test_images, plan_final_scoring
+from pyro_vae.shifts import shifted
 from pyro_vae.summary import model_labels, split_scores
 
 #: How many times ``on_nan = "rollback"`` steps back before giving up.
@@ -142,10 +143,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_data(config: Config, device: torch.device | str = "cpu",
-                 check: bool = True) -> ImageData:
-    """Load the dataset, binarize it as configured, check it fits the likelihood, move it."""
+                 check: bool = True, shift: str | None = None) -> ImageData:
+    """Load the dataset, binarize it as configured, check it fits the likelihood, move it.
+    ``shift`` (a name of :data:`pyro_vae.shifts.SHIFTS`) replaces the grey test images by
+    their shifted copies before they are binarized as the run's are."""
     data = load_dataset(config.data.dataset, config.data.data_dir,
                         config.data.validation_fraction, config.data.download)
+    if shift is not None:
+        data = replace(data, test_x=shifted(shift, data.test_x, data.image_shape))
     binarization = config.binarization
     source = f"dataset {config.data.dataset!r}"
     if binarization != "none":  # ranges are checked before any transform

@@ -41,7 +41,10 @@ def add_parser(commands) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--against", required=True, nargs="+", metavar="DATA",
                          help="one or more other datasets (same image shape), e.g. mnist "
-                         "fashion-mnist")
+                         "fashion-mnist, or shifted copies of the run's own test images: "
+                         "shift:NAME, NAME one of rotated, upside-down, mirrored, translated, "
+                         "crops, pixel-shuffled, inverted, faint, blurred, thicker, thinner, "
+                         "salt-and-pepper, cutout, noise, constant, mixtures")
     parser.add_argument("--score", action="append", metavar="NAME",
                          help="a score to compute (repeat for several): log-likelihood, elbo, "
                          "regret, complexity, likelihood-ratio, ensemble, waic, "

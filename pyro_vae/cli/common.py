@@ -21,9 +21,11 @@ def load_run(run_dir: str, data_dir: str | None, dataset: str | None = None):
 def load_run_and_checkpoint(run_dir: str, data_dir: str | None, dataset: str | None = None):
     """:func:`load_run`'s (config, VAE, data) and the checkpoint payload the weights came from
     (its ``epoch``: the epochs this model finished, read once with the weights, so that a run
-    still training cannot move on between the two)."""
+    still training cannot move on between the two). A ``dataset`` named ``shift:NAME`` is the
+    run's own dataset with its test images shifted (:mod:`pyro_vae.shifts`)."""
     from pyro_vae.protocol import has
     from pyro_vae.runs import load_trained
+    from pyro_vae.shifts import shift_name
     from pyro_vae.training import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
@@ -34,10 +36,12 @@ def load_run_and_checkpoint(run_dir: str, data_dir: str | None, dataset: str | N
         raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
                           "in a continuous latent space (encodings, gradients in z). Use it on a "
                           "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
-    overrides = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v}
+    shift = shift_name(dataset) if dataset else None  # shift:NAME, the run's own test images
+    overrides = {k: v for k, v in (("dataset", None if shift else dataset),
+                                   ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
-    data = prepare_data(config)
+    data = prepare_data(config, shift=shift)
     check_same_shape(config, data, checkpoint)
     return config, vae, data, checkpoint
 
