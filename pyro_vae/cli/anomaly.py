@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pyro_vae.cli.common import load_run, load_run_and_checkpoint, positive_flag, refuse_kind
+from pyro_vae.cli.common import load_run_and_checkpoint, positive_flag, refuse_kind, run_data
 from pyro_vae.errors import ConfigError, TrainingError
 
 #: The transformation classifier's default passes over the training images (the value of
@@ -192,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
                     "anomaly scores an image by log p(x), but this model scores images only "
                     "given a label or given the rest of the image. Train a plain VAE on the "
                     "same data (pyro-vae train --model vae ...) and score with that run.")
-    others = {name: load_run(args.run_dir, args.data_dir, name)[2] for name in args.against}
+    others = {name: run_data(config, checkpoint, args.data_dir, name)[1]
+              for name in args.against}
     # Small data: what a score needs of the held-out images and of each set is checked before
     # anything is trained or written; left out with a note, refused when asked for by name.
     _refuse_empty_sets(len(data.valid_x), {

@@ -25,8 +25,6 @@ def load_run_and_checkpoint(run_dir: str, data_dir: str | None, dataset: str | N
     run's own dataset with its test images shifted (:mod:`pyro_vae.shifts`)."""
     from pyro_vae.protocol import has
     from pyro_vae.runs import load_trained
-    from pyro_vae.shifts import shift_name
-    from pyro_vae.training import prepare_data
 
     config, vae, checkpoint = load_trained(run_dir)
     note = unfinished_note(run_dir, config, checkpoint)
@@ -36,14 +34,25 @@ def load_run_and_checkpoint(run_dir: str, data_dir: str | None, dataset: str | N
         raise ConfigError(f"{run_dir} holds a model with a discrete code, and this command works "
                           "in a continuous latent space (encodings, gradients in z). Use it on a "
                           "Gaussian VAE run; for a discrete run use evaluate, sample or compare.")
-    shift = shift_name(dataset) if dataset else None  # shift:NAME, the run's own test images
+    config, data = run_data(config, checkpoint, data_dir, dataset)
+    return config, vae, data, checkpoint
+
+
+def run_data(config, checkpoint, data_dir: str | None, dataset: str | None = None):
+    """(config, data): the run's data as it was trained on, or ``dataset`` (another dataset of
+    the same image shape, or ``shift:NAME``, the run's own test images shifted) from
+    ``data_dir``, prepared as the run's own are."""
+    from pyro_vae.shifts import shift_name
+    from pyro_vae.training import prepare_data
+
+    shift = shift_name(dataset) if dataset else None
     overrides = {k: v for k, v in (("dataset", None if shift else dataset),
                                    ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
     data = prepare_data(config, shift=shift)
     check_same_shape(config, data, checkpoint)
-    return config, vae, data, checkpoint
+    return config, data
 
 
 def unfinished_note(run_dir, config, checkpoint) -> str | None:
