@@ -26,12 +26,13 @@ artifacts. Both need their optional extra: ``pip install "pyro-vae[tensorboard]"
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -210,6 +211,25 @@ class MLflowLogger(Logger):
         self.experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME", "pyro-vae")
         self.client: Any = None
         self.run_id: str | None = None
+        self._check_store()
+
+    def _check_store(self) -> None:
+        """Reach the tracking store once, before training: a wrong ``MLFLOW_TRACKING_URI`` is
+        refused in one paragraph now, not after the first epoch as a traceback (after minutes
+        of MLflow's retries)."""
+        from mlflow.tracking import MlflowClient
+
+        with _environment(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10"):
+            try:
+                MlflowClient(self.uri).search_experiments(max_results=1)
+            except Exception as error:  # MLflow's, requests', SQLAlchemy's, a missing driver
+                reason = (str(error).strip().splitlines() or [""])[0]
+                reason = reason if len(reason) <= 160 else reason[:160] + "…"
+                raise ConfigError(
+                    f"--logger mlflow cannot use the tracking store {self.uri} "
+                    f"({type(error).__name__}: {reason}). Start the tracking server, or point "
+                    "MLFLOW_TRACKING_URI at one that runs (unset, runs are logged to ./mlruns); "
+                    "nothing was trained.") from None
 
     def open(self, first: int) -> None:
         from mlflow.entities import Param
@@ -260,6 +280,21 @@ class MLflowLogger(Logger):
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status=status)
             self.run_id = None
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Environment variables set for the duration of a block, and restored after it."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def make_loggers(names: list[str], config: Config, run_dir: Path,

@@ -146,6 +146,20 @@ def _tiny_recipe(tmp_path: Path) -> Path:
     return recipe
 
 
+@pytest.mark.parametrize("uri", ["bogus://nowhere", "http://127.0.0.1:9"])
+def test_an_mlflow_store_that_cannot_be_reached_is_refused_before_training(tmp_path, monkeypatch,
+                                                                          capsys, uri):
+    # It failed after the first epoch with a traceback (after minutes of retries for a server
+    # that does not answer), leaving a run without its summary.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code = main(["train", str(_tiny_recipe(tmp_path)), "--out", "run", "--logger", "mlflow"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"cannot use the tracking store {uri}" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the check's own settings undone
+
+
 @pytest.mark.slow
 def test_loggers_write_what_tensorboard_and_mlflow_read_back(tmp_path, monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
