@@ -661,7 +661,7 @@ def disagreements(reference: Reference, others: dict[str, dict[str, torch.Tensor
     for name, values in others.items():
         shares = {score: float(flagged(reference, score, values, alpha).double().mean())
                   for score in reference.scores}
-        if max(shares.values()) - min(shares.values()) >= gap:
+        if shares and max(shares.values()) - min(shares.values()) >= gap:
             found[name] = shares
     return found
 

@@ -320,10 +320,15 @@ def _npz_array(archive, key: str, path: Path) -> np.ndarray:
                         "arrays (no Python objects).") from None
 
 
+#: The channel counts of images (grey, grey with alpha, RGB, RGBA): a 4-d array whose last axis
+#: has one of these sizes and whose second has none is read as N×H×W×C, channels last.
+CHANNEL_COUNTS = (1, 2, 3, 4)
+
+
 def _npz_images(array: np.ndarray, path: Path, key: str):
     if array.ndim not in (2, 3, 4) or len(array) < 2:
         raise DataError(f"{path}: {key} has shape {array.shape}; it needs at least two images "
-                        "as N×D, N×H×W or N×C×H×W.")
+                        "as N×D, N×H×W, N×C×H×W or N×H×W×C.")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{path}: {key} has dtype {array.dtype}; it must be numeric.")
     if np.iscomplexobj(array):
@@ -335,6 +340,11 @@ def _npz_images(array: np.ndarray, path: Path, key: str):
         raise DataError(f"{path}: {key} has shape {array.shape}: no values per datapoint. Store "
                         "at least one value per datapoint (N×D with D ≥ 1, N×H×W or N×C×H×W).")
     images = array.astype(np.float32) / (255.0 if array.dtype == np.uint8 else 1.0)
+    if array.ndim == 4 and array.shape[3] in CHANNEL_COUNTS \
+            and array.shape[1] not in CHANNEL_COUNTS:
+        # N×H×W×C, as PIL, matplotlib and most image files hold colour: channels last.
+        images = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        array = images
     if not np.all(np.isfinite(images)):
         raise DataError(f"{path}: {key} contains NaN or infinite values; clean them first.")
     if array.ndim == 2:  # square rows of 16 values or more are images, the rest vectors

@@ -145,13 +145,12 @@ def shift_name(dataset: str) -> str | None:
 def check_shift(name: str, image_shape: tuple[int, int, int]) -> None:
     """Refuse, in one paragraph, a shift that does not exist or that these images cannot take."""
     if name not in SHIFTS:
-        raise ConfigError(f"{PREFIX}{name} is not a shift; choose from "
+        raise ConfigError(f"{PREFIX + name!r} is not a shift; choose from "
                           f"{', '.join(PREFIX + s for s in SHIFTS)}.")
     _, height, width = image_shape
     if name == "rotated" and height != width:
         raise ConfigError(f"{PREFIX}rotated turns the images a quarter, and these are "
-                          f"{height}×{width}, not square; choose another shift (e.g. "
-                          f"{PREFIX}upside-down).")
+                          f"{height}×{width}, not square; choose another shift.")
     if name == "crops" and (height % 2 or width % 2):
         raise ConfigError(f"{PREFIX}crops enlarges a quarter of each image 2×, which needs even "
                           f"sides, and these images are {height}×{width}; choose another shift.")
@@ -159,11 +158,22 @@ def check_shift(name: str, image_shape: tuple[int, int, int]) -> None:
 
 def shifted(name: str, x: torch.Tensor, image_shape: tuple[int, int, int],
             seed: int = SEED) -> torch.Tensor:
-    """The flattened images ``x`` (grey, in [0, 1]) with the shift ``name`` applied."""
+    """The flattened images ``x`` (grey, in [0, 1]) with the shift ``name`` applied; refused
+    for images outside [0, 1] and where the shift would leave every image as it was."""
     check_shift(name, image_shape)
     if len(x) == 0:
         return x.clone()
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise ConfigError(
+            f"{PREFIX}{name} shifts intensities in [0, 1], and these images hold values from "
+            f"{float(x.min()):.3g} to {float(x.max()):.3g} (real-valued data): the shifted set "
+            "would differ from the images by its range alone. Score against another dataset of "
+            "the same kind instead.")
     generator = torch.Generator().manual_seed(seed)
     images = x.detach().cpu().reshape(len(x), *image_shape)
-    result = SHIFTS[name](images, generator)
-    return result.clamp(0, 1).reshape(len(x), -1).contiguous().to(x.device)
+    result = SHIFTS[name](images, generator).clamp(0, 1).reshape(len(x), -1).contiguous()
+    if torch.equal(result, x.detach().cpu().reshape(len(x), -1)):
+        _, height, width = image_shape
+        raise ConfigError(f"{PREFIX}{name} leaves these {height}×{width} images as they are, so "
+                          "the two sets would be the same; choose another shift.")
+    return result.to(x.device)

@@ -113,3 +113,19 @@ def test_a_file_that_is_not_an_array_is_refused_without_numpys_pickle_hint(tmp_p
     with pytest.raises(DataError, match="neither an .npz archive nor a .npy array") as error:
         load_dataset(f"file:{path}")
     assert "pickle" not in str(error.value)  # numpy's hint would have the user load code
+
+
+def test_colour_images_stored_channels_last_are_read_as_channels_first(tmp_path):
+    # N×H×W×3, as image files hold colour, was read as H channels of W×3 images.
+    generator = np.random.default_rng(0)
+    rgb = generator.integers(0, 256, size=(30, 8, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", x=rgb)
+    data = load_dataset(f"file:{tmp_path / 'rgb.npz'}", validation_fraction=0.0)
+    assert data.image_shape == (3, 8, 6)
+    rows = np.concatenate([data.train_x.numpy(), data.test_x.numpy()])
+    assert len(rows) == 30
+    # Every pixel keeps its colour: channel c of an image is rgb[..., c].
+    stored = rgb.transpose(0, 3, 1, 2).reshape(30, -1) / 255.0
+    assert all(np.abs(stored - row).max(axis=1).min() < 1e-6 for row in rows)
+    np.savez(tmp_path / "first.npz", x=rgb.transpose(0, 3, 1, 2))  # channels first: unchanged
+    assert load_dataset(f"file:{tmp_path / 'first.npz'}").image_shape == (3, 8, 6)

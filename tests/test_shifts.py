@@ -72,6 +72,14 @@ def test_shifts_these_images_cannot_take_are_refused_in_words():
         shifted("crops", torch.zeros(2, 49), (1, 7, 7))
     with pytest.raises(ConfigError, match="is not a shift; choose from shift:rotated"):
         shifted("upsidedown", torch.zeros(2, 64), (1, 8, 8))
+    with pytest.raises(ConfigError, match="'shift:' is not a shift"):
+        shifted("", torch.zeros(2, 64), (1, 8, 8))
+    # A shift that changes nothing would score a set against itself (AUROC 0.5, silently).
+    with pytest.raises(ConfigError, match="leaves these 1×10 images as they are"):
+        shifted("upside-down", torch.rand(4, 10), (1, 1, 10))
+    # Real values: the shift's clamp to [0, 1] would be all the difference.
+    with pytest.raises(ConfigError, match="real-valued data"):
+        shifted("mirrored", torch.randn(4, 64), (1, 8, 8))
 
 
 @pytest.mark.slow
@@ -85,6 +93,11 @@ def test_anomaly_scores_the_runs_test_images_against_their_shifted_copies(tmp_pa
     assert code == 0 and "vs shift:inverted" in printed
     report = json.loads((out / "anomaly.json").read_text())
     assert report["metrics"]["shift:inverted"]["log-likelihood"]["auroc"] > 0.95
-    code, _, err = run_cli(capsys, "anomaly", run, "--against", "shift:sideways",
-                           "--out", tmp_path / "refused")
-    assert code == 2 and "is not a shift" in err and not (tmp_path / "refused").exists()
+    for name in ("shift:sideways", "shift:"):  # the empty name was read as an import path
+        code, _, err = run_cli(capsys, "anomaly", run, "--against", name,
+                               "--out", tmp_path / "refused")
+        assert code == 2 and "is not a shift" in err and not (tmp_path / "refused").exists()
+    # One score alone, typicality, crashed when the verdicts were compared (no per-image score).
+    code, _, _ = run_cli(capsys, "anomaly", run, "--against", "shift:noise", "--score",
+                         "typicality", "--limit", "100", "--num-samples", "5", "--out", out)
+    assert code == 0 and json.loads((out / "anomaly.json").read_text())["typicality"]

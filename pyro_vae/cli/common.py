@@ -46,7 +46,7 @@ def run_data(config, checkpoint, data_dir: str | None, dataset: str | None = Non
     from pyro_vae.training import prepare_data
 
     shift = shift_name(dataset) if dataset else None
-    overrides = {k: v for k, v in (("dataset", None if shift else dataset),
+    overrides = {k: v for k, v in (("dataset", None if shift is not None else dataset),
                                    ("data_dir", data_dir)) if v}
     if overrides:
         config = config.with_overrides({"data": overrides})
