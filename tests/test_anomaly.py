@@ -118,6 +118,18 @@ def test_every_score_is_named_in_the_help(capsys):
     assert all(name in help_text for name in SCORES)
 
 
+def test_the_help_lists_every_shift_and_no_other():
+    import re
+
+    from pyro_vae.shifts import SHIFTS
+
+    parser = build_parser()  # the help is written by hand, so that --help needs no torch
+    against = next(a for a in parser._subparsers._group_actions[0].choices["anomaly"]._actions
+                   if "--against" in a.option_strings)
+    listed = re.search(r"NAME one of (.*)$", against.help).group(1).split(", ")
+    assert listed == list(SHIFTS)
+
+
 def _save_images(path, images):
     np.savez(path, x=(images.numpy() * 255).astype(np.uint8).reshape(-1, 10, 10))
 

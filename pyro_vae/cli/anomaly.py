@@ -115,14 +115,14 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     new_out = not out.exists()
     try:
-        return _run(args)
+        return _run(args, out)
     except BaseException:
         if new_out and out.is_dir() and not any(p.is_file() for p in out.rglob("*")):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, out: Path) -> int:
     import torch
     from pyro_vae import anomaly
     from pyro_vae.ensemble_score import check_members
@@ -245,7 +245,6 @@ def _run(args: argparse.Namespace) -> int:
               f"the run finished of the {config.train.epochs} it was set to, with the KL "
               "warm-up and learning-rate decay it had reached: they match the model scored.",
               file=sys.stderr)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "anomaly"
     new_out = not out.exists()
     make_run_dir(out)
 
